@@ -1,0 +1,14 @@
+//! quantsmith: quantize transformer language models on the CPU.
+//!
+//! The flow (see ARCHITECTURE.md): load a checkpoint (`io`), run it (`arch`), measure it
+//! (`eval`).
+
+pub mod arch;
+pub mod error;
+pub mod fetch;
+pub mod io;
+pub mod tensor;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use formats;
