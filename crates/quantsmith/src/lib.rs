@@ -5,8 +5,10 @@
 
 pub mod arch;
 pub mod error;
+pub mod eval;
 pub mod fetch;
 pub mod io;
+pub mod linalg;
 pub mod tensor;
 pub mod tokenizer;
 

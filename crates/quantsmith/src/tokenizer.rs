@@ -1,1 +1,160 @@
-//! (in progress)
+//! Tokenizers for decoder models, built with the `tokenizers` crate from GGUF metadata
+//! (`tokenizer.ggml.*`) or from a Hugging Face `tokenizer.json`.
+//!
+//! Special-token text in the input is never parsed as special tokens (llama-perplexity's
+//! `parse_special = false`): the GGUF-built tokenizer registers no added tokens, so
+//! `<|im_start|>` in a novel is tokenized as ordinary text.
+
+use std::path::Path;
+
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::SplitDelimiterBehavior;
+
+use crate::io::gguf::GgufFile;
+use crate::{Error, Result};
+
+/// GPT-2's byte-level split (also the second stage of the `smollm` family's split).
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// Llama 3's split: case-insensitive contractions, numbers in groups of up to three.
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split: as Llama 3's but digits one by one.
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A text → token-id encoder with the model's BOS/EOS conventions.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    add_bos: bool,
+    vocab_size: usize,
+    /// True when `inner`'s post-processor already adds the special tokens (tokenizer.json).
+    post_adds_specials: bool,
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer that a GGUF file's `tokenizer.ggml.*` metadata describes.
+    pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
+        let path = g.path().to_path_buf();
+        let cfg_err = |key: &str, msg: String| Error::Config { path: path.clone(), key: key.into(), msg };
+        let model = g.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(cfg_err(
+                "tokenizer.ggml.model",
+                format!("tokenizer model `{model}` is not supported (quantsmith reads byte-level BPE, `gpt2`)"),
+            ));
+        }
+        let pre = g.opt_str("tokenizer.ggml.pre").unwrap_or("default").to_string();
+        let splits: Vec<(&str, bool)> = match pre.as_str() {
+            // (regex, whether it runs inside ByteLevel) — order matters.
+            "default" | "gpt-2" | "gpt2" | "olmo" | "jais" => vec![(GPT2_SPLIT, true)],
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+                vec![(r"\p{N}", false), (GPT2_SPLIT, true)]
+            }
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => vec![(LLAMA3_SPLIT, false)],
+            "qwen2" | "deepseek-r1-qwen" => vec![(QWEN2_SPLIT, false)],
+            other => {
+                return Err(cfg_err(
+                    "tokenizer.ggml.pre",
+                    format!(
+                        "unknown pre-tokenizer `{other}`; known: default, gpt-2, smollm, starcoder, llama-bpe, qwen2"
+                    ),
+                ))
+            }
+        };
+        let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
+        let merges_raw = g.get_str_array("tokenizer.ggml.merges")?;
+        let vocab_size = tokens.len();
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let mut merges = Vec::with_capacity(merges_raw.len());
+        for (i, m) in merges_raw.iter().enumerate() {
+            let Some((a, b)) = m.split_once(' ') else {
+                return Err(cfg_err("tokenizer.ggml.merges", format!("merge {i} `{m}` is not two tokens")));
+            };
+            merges.push((a.to_string(), b.to_string()));
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| cfg_err("tokenizer.ggml.merges", e.to_string()))?;
+        let mut stages: Vec<PreTokenizerWrapper> = Vec::new();
+        let mut byte_level_regex = false;
+        for (re, in_byte_level) in splits {
+            if in_byte_level {
+                // ByteLevel's own regex is GPT-2's split.
+                byte_level_regex = true;
+            } else {
+                let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                stages.push(PreTokenizerWrapper::Split(split));
+            }
+        }
+        stages.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, byte_level_regex)));
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(Sequence::new(stages)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        let bos = g.opt_u32("tokenizer.ggml.bos_token_id");
+        let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
+        if add_bos && bos.is_none() {
+            return Err(cfg_err("tokenizer.ggml.bos_token_id", "add_bos_token is set but no BOS id is given".into()));
+        }
+        if let Some(b) = bos {
+            if b as usize >= vocab_size {
+                return Err(cfg_err("tokenizer.ggml.bos_token_id", format!("{b} is outside the vocabulary ({vocab_size})")));
+            }
+        }
+        Ok(Tokenizer { inner, bos, add_bos, vocab_size, post_adds_specials: false })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`; `tokenizer_config.json` beside it says whether
+    /// a BOS token is added.
+    pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let vocab_size = inner.get_vocab_size(true);
+        // Whether the post-processor adds a BOS: encode nothing with specials and look.
+        let probe = inner
+            .encode("", true)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let bos = probe.get_ids().first().copied();
+        Ok(Tokenizer { inner, bos, add_bos: bos.is_some(), vocab_size, post_adds_specials: true })
+    }
+
+    /// Token ids of `text`; with `add_special`, the BOS the vocabulary asks for.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special && self.post_adds_specials)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids();
+        let mut out = Vec::with_capacity(ids.len() + 1);
+        if add_special && self.add_bos && !self.post_adds_specials {
+            out.extend(self.bos);
+        }
+        out.extend_from_slice(ids);
+        Ok(out)
+    }
+
+    /// The text of token ids (for display).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// The BOS id, if the vocabulary has one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// Whether the vocabulary asks for a BOS at the start of a text.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+}

@@ -1,0 +1,7 @@
+//! One file per subcommand.
+
+pub mod embed;
+pub mod eval;
+pub mod fetch;
+pub mod formats;
+pub mod inspect;

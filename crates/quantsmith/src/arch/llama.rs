@@ -1,0 +1,664 @@
+//! The Llama family — Llama, SmolLM2, Mistral, Qwen2 — as one decoder configured by
+//! [`LlamaConfig`]: pre-RMSNorm blocks, grouped-query attention with RoPE, SwiGLU MLP.
+//! Qwen2 differs only by q/k/v biases and Mistral only by its name.
+//!
+//! Blocks are loaded and run one at a time ([`Block::load`], [`Block::forward`]) so the
+//! quantization pipeline can stream a model block by block.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::io::gguf::GgufFile;
+use crate::io::hf::HfModel;
+use crate::linalg::{matmul_nt, Linear};
+use crate::tensor::TensorSource;
+use crate::{Error, Result};
+
+/// How q/k rows pair up for rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs (2i, 2i+1): llama.cpp's "normal" RoPE, for which llama-architecture
+    /// GGUF converters permute the q/k rows of Hugging Face checkpoints.
+    Interleaved,
+    /// Half-split pairs (i, i + d/2): Hugging Face checkpoints and Qwen2 GGUFs ("neox").
+    Halves,
+}
+
+/// Which naming convention a checkpoint uses for its tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// `blk.N.attn_q.weight`, `token_embd.weight`, ...
+    Gguf,
+    /// `model.layers.N.self_attn.q_proj.weight`, `model.embed_tokens.weight`, ...
+    Hf,
+}
+
+/// The linear layers of a block, by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinearRole {
+    /// Attention query projection.
+    Q,
+    /// Attention key projection.
+    K,
+    /// Attention value projection.
+    V,
+    /// Attention output projection.
+    O,
+    /// MLP gate projection.
+    Gate,
+    /// MLP up projection.
+    Up,
+    /// MLP down projection.
+    Down,
+}
+
+impl LinearRole {
+    /// Every role, in the order a block runs them.
+    pub const ALL: [LinearRole; 7] =
+        [LinearRole::Q, LinearRole::K, LinearRole::V, LinearRole::O, LinearRole::Gate, LinearRole::Up, LinearRole::Down];
+}
+
+impl Naming {
+    /// Name of the token embedding.
+    pub fn embed(self) -> &'static str {
+        match self {
+            Naming::Gguf => "token_embd.weight",
+            Naming::Hf => "model.embed_tokens.weight",
+        }
+    }
+    /// Name of the final norm.
+    pub fn out_norm(self) -> &'static str {
+        match self {
+            Naming::Gguf => "output_norm.weight",
+            Naming::Hf => "model.norm.weight",
+        }
+    }
+    /// Name of the output head (absent when tied to the embedding).
+    pub fn head(self) -> &'static str {
+        match self {
+            Naming::Gguf => "output.weight",
+            Naming::Hf => "lm_head.weight",
+        }
+    }
+    /// Name of block `i`'s attention norm.
+    pub fn attn_norm(self, i: usize) -> String {
+        match self {
+            Naming::Gguf => format!("blk.{i}.attn_norm.weight"),
+            Naming::Hf => format!("model.layers.{i}.input_layernorm.weight"),
+        }
+    }
+    /// Name of block `i`'s MLP norm.
+    pub fn ffn_norm(self, i: usize) -> String {
+        match self {
+            Naming::Gguf => format!("blk.{i}.ffn_norm.weight"),
+            Naming::Hf => format!("model.layers.{i}.post_attention_layernorm.weight"),
+        }
+    }
+    /// Name of block `i`'s linear layer `role`, without the `.weight` / `.bias` suffix.
+    pub fn linear(self, i: usize, role: LinearRole) -> String {
+        use LinearRole::*;
+        match self {
+            Naming::Gguf => {
+                let r = match role {
+                    Q => "attn_q",
+                    K => "attn_k",
+                    V => "attn_v",
+                    O => "attn_output",
+                    Gate => "ffn_gate",
+                    Up => "ffn_up",
+                    Down => "ffn_down",
+                };
+                format!("blk.{i}.{r}")
+            }
+            Naming::Hf => {
+                let r = match role {
+                    Q => "self_attn.q_proj",
+                    K => "self_attn.k_proj",
+                    V => "self_attn.v_proj",
+                    O => "self_attn.o_proj",
+                    Gate => "mlp.gate_proj",
+                    Up => "mlp.up_proj",
+                    Down => "mlp.down_proj",
+                };
+                format!("model.layers.{i}.{r}")
+            }
+        }
+    }
+}
+
+/// Hyper-parameters of a Llama-family decoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// Family name as the checkpoint gives it (`llama`, `qwen2`, `mistral`).
+    pub arch: String,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Residual width.
+    pub d_model: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention).
+    pub n_head_kv: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// MLP hidden width.
+    pub d_ff: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab: usize,
+    /// RoPE base frequency.
+    pub rope_theta: f64,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// Pairing of q/k rows for RoPE.
+    pub rope: RopeLayout,
+    /// Whether q/k/v have biases (Qwen2).
+    pub qkv_bias: bool,
+    /// Tensor naming convention of the checkpoint.
+    pub naming: Naming,
+}
+
+impl LlamaConfig {
+    /// Reads the configuration from a GGUF file's `{arch}.*` metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
+        let arch = g.get_str("general.architecture")?.to_string();
+        let rope = match arch.as_str() {
+            "llama" | "mistral" => RopeLayout::Interleaved,
+            "qwen2" => RopeLayout::Halves,
+            other => {
+                return Err(Error::Config {
+                    path: g.path().to_path_buf(),
+                    key: "general.architecture".into(),
+                    msg: format!("`{other}` is not a Llama-family decoder (llama, mistral, qwen2)"),
+                })
+            }
+        };
+        let k = |s: &str| format!("{arch}.{s}");
+        let n_head = g.get_u32(&k("attention.head_count"))? as usize;
+        let d_model = g.get_u32(&k("embedding_length"))? as usize;
+        let n_head_kv = g.opt_u32(&k("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
+        let head_dim = match g.opt_u32(&k("attention.key_length")) {
+            Some(v) => v as usize,
+            None => d_model / n_head.max(1),
+        };
+        let embed = g.info(Naming::Gguf.embed()).ok_or_else(|| missing(g.path(), Naming::Gguf.embed()))?;
+        let cfg = LlamaConfig {
+            n_layer: g.get_u32(&k("block_count"))? as usize,
+            d_model,
+            n_head,
+            n_head_kv,
+            head_dim,
+            d_ff: g.get_u32(&k("feed_forward_length"))? as usize,
+            vocab: embed.shape[0],
+            rope_theta: g.opt_f32(&k("rope.freq_base")).unwrap_or(10000.0) as f64,
+            rms_eps: g.get_f32(&k("attention.layer_norm_rms_epsilon"))?,
+            rope,
+            qkv_bias: g.info("blk.0.attn_q.bias").is_some(),
+            naming: Naming::Gguf,
+            arch,
+        };
+        if let Some(rd) = g.opt_u32(&k("rope.dimension_count")) {
+            if rd as usize != cfg.head_dim {
+                return Err(Error::Config {
+                    path: g.path().to_path_buf(),
+                    key: k("rope.dimension_count"),
+                    msg: format!("partial rotary embeddings ({rd} of {}) are not supported", cfg.head_dim),
+                });
+            }
+        }
+        cfg.validate(g.path())?;
+        Ok(cfg)
+    }
+
+    /// Reads the configuration from a Hugging Face `config.json`.
+    pub fn from_hf(m: &HfModel) -> Result<LlamaConfig> {
+        let path = m.dir().join("config.json");
+        let c = m.config();
+        let err = |key: &str, msg: String| Error::Config { path: path.clone(), key: key.into(), msg };
+        let get_usize = |key: &str| -> Result<usize> {
+            c.get(key)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| err(key, "missing or not a non-negative integer".into()))
+        };
+        let arch = c
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| err("model_type", "missing".into()))?
+            .to_string();
+        let qkv_bias = match arch.as_str() {
+            "llama" | "mistral" => c.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
+            "qwen2" => true,
+            other => return Err(err("model_type", format!("`{other}` is not a Llama-family decoder (llama, mistral, qwen2)"))),
+        };
+        if let Some(s) = c.get("rope_scaling") {
+            if !s.is_null() {
+                return Err(err("rope_scaling", "RoPE scaling is not supported yet".into()));
+            }
+        }
+        let d_model = get_usize("hidden_size")?;
+        let n_head = get_usize("num_attention_heads")?;
+        let head_dim = match c.get("head_dim").and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => d_model / n_head.max(1),
+        };
+        let cfg = LlamaConfig {
+            n_layer: get_usize("num_hidden_layers")?,
+            d_model,
+            n_head,
+            n_head_kv: c.get("num_key_value_heads").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(n_head),
+            head_dim,
+            d_ff: get_usize("intermediate_size")?,
+            vocab: get_usize("vocab_size")?,
+            rope_theta: c.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+            rms_eps: c.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6) as f32,
+            rope: RopeLayout::Halves,
+            qkv_bias,
+            naming: Naming::Hf,
+            arch,
+        };
+        cfg.validate(&path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config { path: path.to_path_buf(), key: "attention".into(), msg });
+        if self.n_head == 0 || self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
+            return bad(format!("{} query heads cannot be grouped over {} key/value heads", self.n_head, self.n_head_kv));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return bad(format!("head width {} must be even and positive", self.head_dim));
+        }
+        if self.n_layer == 0 || self.d_model == 0 || self.d_ff == 0 || self.vocab == 0 {
+            return bad("zero-sized model dimensions".into());
+        }
+        Ok(())
+    }
+}
+
+fn missing(path: &Path, name: &str) -> Error {
+    Error::Tensor { path: path.to_path_buf(), tensor: name.into(), msg: "missing".into() }
+}
+
+/// Loads a tensor and checks its shape.
+pub(crate) fn load_checked(src: &dyn TensorSource, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let info = src.info(name).ok_or_else(|| missing(path, name))?;
+    if info.shape != shape {
+        return Err(Error::Tensor {
+            path: path.to_path_buf(),
+            tensor: name.into(),
+            msg: format!("expected shape {shape:?}, found {:?}", info.shape),
+        });
+    }
+    src.load_f32(name)
+}
+
+/// One decoder block's weights.
+pub struct Block {
+    /// Attention RMSNorm gain.
+    pub attn_norm: Vec<f32>,
+    /// Query projection.
+    pub q: Linear,
+    /// Key projection.
+    pub k: Linear,
+    /// Value projection.
+    pub v: Linear,
+    /// Attention output projection.
+    pub o: Linear,
+    /// MLP RMSNorm gain.
+    pub ffn_norm: Vec<f32>,
+    /// MLP gate projection.
+    pub gate: Linear,
+    /// MLP up projection.
+    pub up: Linear,
+    /// MLP down projection.
+    pub down: Linear,
+}
+
+/// Receives the input of every linear layer as a block runs (calibration statistics).
+pub trait LinearObserver {
+    /// `x` is `[rows, in_features]`, row-major, exactly what `role` multiplies.
+    fn observe(&mut self, role: LinearRole, x: &[f32], rows: usize);
+}
+
+impl Block {
+    /// Loads block `i` from `src`.
+    pub fn load(src: &dyn TensorSource, path: &Path, cfg: &LlamaConfig, i: usize) -> Result<Block> {
+        let n = cfg.naming;
+        let d = cfg.d_model;
+        let qd = cfg.n_head * cfg.head_dim;
+        let kvd = cfg.n_head_kv * cfg.head_dim;
+        let lin = |role: LinearRole, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let base = n.linear(i, role);
+            let w = load_checked(src, path, &format!("{base}.weight"), &[out, inp])?;
+            let b = if bias { Some(load_checked(src, path, &format!("{base}.bias"), &[out])?) } else { None };
+            Ok(Linear { w, b, out, inp })
+        };
+        Ok(Block {
+            attn_norm: load_checked(src, path, &n.attn_norm(i), &[d])?,
+            q: lin(LinearRole::Q, qd, d, cfg.qkv_bias)?,
+            k: lin(LinearRole::K, kvd, d, cfg.qkv_bias)?,
+            v: lin(LinearRole::V, kvd, d, cfg.qkv_bias)?,
+            o: lin(LinearRole::O, d, qd, false)?,
+            ffn_norm: load_checked(src, path, &n.ffn_norm(i), &[d])?,
+            gate: lin(LinearRole::Gate, cfg.d_ff, d, false)?,
+            up: lin(LinearRole::Up, cfg.d_ff, d, false)?,
+            down: lin(LinearRole::Down, d, cfg.d_ff, false)?,
+        })
+    }
+
+    /// The linear layer of `role`.
+    pub fn linear(&self, role: LinearRole) -> &Linear {
+        match role {
+            LinearRole::Q => &self.q,
+            LinearRole::K => &self.k,
+            LinearRole::V => &self.v,
+            LinearRole::O => &self.o,
+            LinearRole::Gate => &self.gate,
+            LinearRole::Up => &self.up,
+            LinearRole::Down => &self.down,
+        }
+    }
+
+    /// Mutable access to the linear layer of `role` (to swap in quantized weights).
+    pub fn linear_mut(&mut self, role: LinearRole) -> &mut Linear {
+        match role {
+            LinearRole::Q => &mut self.q,
+            LinearRole::K => &mut self.k,
+            LinearRole::V => &mut self.v,
+            LinearRole::O => &mut self.o,
+            LinearRole::Gate => &mut self.gate,
+            LinearRole::Up => &mut self.up,
+            LinearRole::Down => &mut self.down,
+        }
+    }
+
+    /// Runs the block in place over `x` = `n_seq` sequences of `seq_len` positions each,
+    /// `[n_seq * seq_len, d_model]` row-major, causal within each sequence.
+    pub fn forward(
+        &self,
+        cfg: &LlamaConfig,
+        rope: &RopeTable,
+        x: &mut [f32],
+        seq_len: usize,
+        mut observer: Option<&mut dyn LinearObserver>,
+    ) {
+        let d = cfg.d_model;
+        let rows = x.len() / d;
+        let mut h = vec![0f32; rows * d];
+        rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut h);
+        if let Some(o) = observer.as_deref_mut() {
+            o.observe(LinearRole::Q, &h, rows);
+            o.observe(LinearRole::K, &h, rows);
+            o.observe(LinearRole::V, &h, rows);
+        }
+        let mut q = self.q.forward(&h, rows);
+        let mut k = self.k.forward(&h, rows);
+        let v = self.v.forward(&h, rows);
+        rope.apply(&mut q, cfg.n_head, seq_len);
+        rope.apply(&mut k, cfg.n_head_kv, seq_len);
+        let attn = attention(cfg, &q, &k, &v, rows, seq_len);
+        if let Some(o) = observer.as_deref_mut() {
+            o.observe(LinearRole::O, &attn, rows);
+        }
+        let out = self.o.forward(&attn, rows);
+        add_assign(x, &out);
+
+        rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut h);
+        if let Some(o) = observer.as_deref_mut() {
+            o.observe(LinearRole::Gate, &h, rows);
+            o.observe(LinearRole::Up, &h, rows);
+        }
+        let mut g = self.gate.forward(&h, rows);
+        let u = self.up.forward(&h, rows);
+        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = silu(*g) * u;
+            }
+        });
+        if let Some(o) = observer.as_deref_mut() {
+            o.observe(LinearRole::Down, &g, rows);
+        }
+        let out = self.down.forward(&g, rows);
+        add_assign(x, &out);
+    }
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(x, y)| {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    });
+}
+
+/// RMSNorm of every row of `x` (width = `gain.len()`) into `out`; sums in f64.
+pub fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut [f32]) {
+    let d = gain.len();
+    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| {
+        let ss: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let mean = (ss / d as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, &v), &g) in o.iter_mut().zip(r).zip(gain) {
+            *o = v * scale * g;
+        }
+    });
+}
+
+/// Cosine/sine tables of rotary position embeddings for positions `0..max_len`.
+pub struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    layout: RopeLayout,
+}
+
+impl RopeTable {
+    /// Tables for head width `head_dim`, base `theta`, up to `max_len` positions.
+    pub fn new(head_dim: usize, theta: f64, layout: RopeLayout, max_len: usize) -> RopeTable {
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; max_len * half];
+        let mut sin = vec![0f32; max_len * half];
+        for p in 0..max_len {
+            for i in 0..half {
+                let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
+                let a = p as f64 * freq;
+                cos[p * half + i] = a.cos() as f32;
+                sin[p * half + i] = a.sin() as f32;
+            }
+        }
+        RopeTable { cos, sin, half, layout }
+    }
+
+    /// Positions covered.
+    pub fn max_len(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// Rotates `x` = `[rows, n_heads * head_dim]` in place; row r is position r % seq_len.
+    pub fn apply(&self, x: &mut [f32], n_heads: usize, seq_len: usize) {
+        let half = self.half;
+        let hd = 2 * half;
+        let width = n_heads * hd;
+        x.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
+            let p = r % seq_len;
+            let c = &self.cos[p * half..(p + 1) * half];
+            let s = &self.sin[p * half..(p + 1) * half];
+            for head in row.chunks_mut(hd) {
+                match self.layout {
+                    RopeLayout::Interleaved => {
+                        for i in 0..half {
+                            let (a, b) = (head[2 * i], head[2 * i + 1]);
+                            head[2 * i] = a * c[i] - b * s[i];
+                            head[2 * i + 1] = a * s[i] + b * c[i];
+                        }
+                    }
+                    RopeLayout::Halves => {
+                        for i in 0..half {
+                            let (a, b) = (head[i], head[i + half]);
+                            head[i] = a * c[i] - b * s[i];
+                            head[i + half] = a * s[i] + b * c[i];
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Causal grouped-query attention; returns `[rows, n_head * head_dim]`.
+fn attention(cfg: &LlamaConfig, q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize) -> Vec<f32> {
+    let hd = cfg.head_dim;
+    let qw = cfg.n_head * hd;
+    let kw = cfg.n_head_kv * hd;
+    let group = cfg.n_head / cfg.n_head_kv;
+    let n_seq = rows / seq_len;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // One task per (sequence, head); each writes its own [seq_len, hd] tile.
+    let tiles: Vec<Vec<f32>> = (0..n_seq * cfg.n_head)
+        .into_par_iter()
+        .map(|task| {
+            let (s, h) = (task / cfg.n_head, task % cfg.n_head);
+            let g = h / group;
+            let base = s * seq_len;
+            let mut qh = vec![0f32; seq_len * hd];
+            let mut kh = vec![0f32; seq_len * hd];
+            let mut vh = vec![0f32; seq_len * hd];
+            for t in 0..seq_len {
+                let r = base + t;
+                qh[t * hd..(t + 1) * hd].copy_from_slice(&q[r * qw + h * hd..r * qw + (h + 1) * hd]);
+                kh[t * hd..(t + 1) * hd].copy_from_slice(&k[r * kw + g * hd..r * kw + (g + 1) * hd]);
+                vh[t * hd..(t + 1) * hd].copy_from_slice(&v[r * kw + g * hd..r * kw + (g + 1) * hd]);
+            }
+            let mut scores = vec![0f32; seq_len * seq_len];
+            matmul_nt(&qh, &kh, seq_len, seq_len, hd, &mut scores, false);
+            for t in 0..seq_len {
+                let row = &mut scores[t * seq_len..(t + 1) * seq_len];
+                let mut max = f32::NEG_INFINITY;
+                for x in row[..=t].iter_mut() {
+                    *x *= scale;
+                    max = max.max(*x);
+                }
+                let mut sum = 0f32;
+                for x in row[..=t].iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in row[..=t].iter_mut() {
+                    *x *= inv;
+                }
+                for x in row[t + 1..].iter_mut() {
+                    *x = 0.0;
+                }
+            }
+            let mut out = vec![0f32; seq_len * hd];
+            crate::linalg::matmul_nn(&scores, &vh, seq_len, hd, seq_len, &mut out, false);
+            out
+        })
+        .collect();
+    let mut out = vec![0f32; rows * qw];
+    for (task, tile) in tiles.into_iter().enumerate() {
+        let (s, h) = (task / cfg.n_head, task % cfg.n_head);
+        for t in 0..seq_len {
+            let r = s * seq_len + t;
+            out[r * qw + h * hd..r * qw + (h + 1) * hd].copy_from_slice(&tile[t * hd..(t + 1) * hd]);
+        }
+    }
+    out
+}
+
+/// A whole Llama-family decoder held in memory as f32.
+pub struct Llama {
+    /// Hyper-parameters.
+    pub cfg: LlamaConfig,
+    /// Token embedding `[vocab, d_model]`.
+    pub embed: Vec<f32>,
+    /// The blocks.
+    pub blocks: Vec<Block>,
+    /// Final RMSNorm gain.
+    pub out_norm: Vec<f32>,
+    /// Output head `[vocab, d_model]`; `None` when tied to the embedding.
+    pub head: Option<Linear>,
+    /// Where the weights came from.
+    pub path: PathBuf,
+}
+
+impl Llama {
+    /// Loads every tensor of a Llama-family decoder as f32.
+    pub fn load(src: &dyn TensorSource, path: &Path, cfg: LlamaConfig) -> Result<Llama> {
+        let n = cfg.naming;
+        let embed = load_checked(src, path, n.embed(), &[cfg.vocab, cfg.d_model])?;
+        let blocks = (0..cfg.n_layer).map(|i| Block::load(src, path, &cfg, i)).collect::<Result<Vec<_>>>()?;
+        let out_norm = load_checked(src, path, n.out_norm(), &[cfg.d_model])?;
+        let head = if src.info(n.head()).is_some() {
+            let w = load_checked(src, path, n.head(), &[cfg.vocab, cfg.d_model])?;
+            Some(Linear { w, b: None, out: cfg.vocab, inp: cfg.d_model })
+        } else {
+            None
+        };
+        Ok(Llama { cfg, embed, blocks, out_norm, head, path: path.to_path_buf() })
+    }
+
+    /// Embedding rows of `tokens`, `[tokens.len(), d_model]`.
+    pub fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let d = self.cfg.d_model;
+        let mut x = vec![0f32; tokens.len() * d];
+        for (row, &t) in x.chunks_mut(d).zip(tokens) {
+            let t = t as usize;
+            if t >= self.cfg.vocab {
+                return Err(Error::Other(format!(
+                    "{}: token id {t} is outside the vocabulary ({})",
+                    self.path.display(),
+                    self.cfg.vocab
+                )));
+            }
+            row.copy_from_slice(&self.embed[t * d..(t + 1) * d]);
+        }
+        Ok(x)
+    }
+
+    /// A RoPE table long enough for `seq_len`.
+    pub fn rope_table(&self, seq_len: usize) -> RopeTable {
+        RopeTable::new(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope, seq_len)
+    }
+
+    /// Logits `[positions.len() * n_seq, vocab]` for `n_seq` sequences of `seq_len` tokens
+    /// each (concatenated in `tokens`), at the given positions of every sequence.
+    pub fn logits(&self, tokens: &[u32], seq_len: usize, positions: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let rope = self.rope_table(seq_len);
+        let mut x = self.embed_tokens(tokens)?;
+        for b in &self.blocks {
+            b.forward(&self.cfg, &rope, &mut x, seq_len, None);
+        }
+        Ok(self.head_logits(&x, seq_len, positions))
+    }
+
+    /// Final norm and output head over the selected positions of hidden states `x`.
+    pub fn head_logits(&self, x: &[f32], seq_len: usize, positions: std::ops::Range<usize>) -> Vec<f32> {
+        let d = self.cfg.d_model;
+        let n_seq = x.len() / d / seq_len;
+        let np = positions.len();
+        let mut sel = Vec::with_capacity(n_seq * np * d);
+        for s in 0..n_seq {
+            let a = (s * seq_len + positions.start) * d;
+            sel.extend_from_slice(&x[a..a + np * d]);
+        }
+        let mut h = vec![0f32; sel.len()];
+        rms_norm(&sel, &self.out_norm, self.cfg.rms_eps, &mut h);
+        let rows = n_seq * np;
+        match &self.head {
+            Some(head) => head.forward(&h, rows),
+            None => {
+                let mut out = vec![0f32; rows * self.cfg.vocab];
+                matmul_nt(&h, &self.embed, rows, self.cfg.vocab, d, &mut out, true);
+                out
+            }
+        }
+    }
+}

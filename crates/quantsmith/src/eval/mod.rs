@@ -1,0 +1,3 @@
+//! Measuring models: perplexity and KL-divergence for decoders, embedding fidelity for encoders.
+
+pub mod encoder;

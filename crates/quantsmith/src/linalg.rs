@@ -1,0 +1,89 @@
+//! Dense kernels over row-major f32 slices, on faer's GEMM.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+fn par(parallel: bool) -> Par {
+    if parallel {
+        Par::rayon(0)
+    } else {
+        Par::Seq
+    }
+}
+
+/// `c[m, n] = a[m, k] · b[n, k]ᵀ`, all row-major.
+pub fn matmul_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32], parallel: bool) {
+    debug_assert_eq!(a.len(), m * k);
+    debug_assert_eq!(b.len(), n * k);
+    debug_assert_eq!(c.len(), m * n);
+    let a = MatRef::from_row_major_slice(a, m, k);
+    let b = MatRef::from_row_major_slice(b, n, k);
+    let c = MatMut::from_row_major_slice_mut(c, m, n);
+    matmul(c, Accum::Replace, a, b.transpose(), 1.0f32, par(parallel));
+}
+
+/// `c[m, n] = a[m, k] · b[k, n]`, all row-major.
+pub fn matmul_nn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32], parallel: bool) {
+    debug_assert_eq!(a.len(), m * k);
+    debug_assert_eq!(b.len(), k * n);
+    debug_assert_eq!(c.len(), m * n);
+    let a = MatRef::from_row_major_slice(a, m, k);
+    let b = MatRef::from_row_major_slice(b, k, n);
+    let c = MatMut::from_row_major_slice_mut(c, m, n);
+    matmul(c, Accum::Replace, a, b, 1.0f32, par(parallel));
+}
+
+/// A linear layer `y = x Wᵀ + b` with `W` stored `[out, inp]` row-major, as in PyTorch.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// Weight `[out, inp]`.
+    pub w: Vec<f32>,
+    /// Optional bias `[out]`.
+    pub b: Option<Vec<f32>>,
+    /// Output features.
+    pub out: usize,
+    /// Input features.
+    pub inp: usize,
+}
+
+impl Linear {
+    /// `x` is `[rows, inp]`; returns `[rows, out]`.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * self.out];
+        matmul_nt(x, &self.w, rows, self.out, self.inp, &mut y, true);
+        if let Some(b) = &self.b {
+            for row in y.chunks_mut(self.out) {
+                for (v, bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            }
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_nt_matches_naive() {
+        let (m, n, k) = (7, 5, 11);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 17) as f32 - 8.0) / 3.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 11) as f32 - 5.0) / 2.0).collect();
+        let mut c = vec![0f32; m * n];
+        matmul_nt(&a, &b, m, n, k, &mut c, true);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|t| a[i * k + t] * b[j * k + t]).sum();
+                assert!((c[i * n + j] - want).abs() < 1e-4 * (1.0 + want.abs()), "{i},{j}");
+            }
+        }
+        let bt: Vec<f32> = (0..k * n).map(|idx| b[(idx % n) * k + idx / n]).collect();
+        let mut c2 = vec![0f32; m * n];
+        matmul_nn(&a, &bt, m, n, k, &mut c2, false);
+        for (x, y) in c.iter().zip(&c2) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + x.abs()));
+        }
+    }
+}
