@@ -1,0 +1,271 @@
+//! ggml block types (llama.cpp's quantized tensor layouts).
+
+use crate::{FormatError, Result};
+use rayon::prelude::*;
+
+pub mod blocks;
+mod iq4;
+mod kquants;
+mod legacy;
+
+use blocks::*;
+
+/// A block that can be decoded to `Block::ELEMS` f32 values, exactly as ggml's
+/// `dequantize_row_*` computes them (same f32 operations in the same order).
+pub(crate) trait Decode: Block {
+    /// Writes the block's values into `y` (length `ELEMS`).
+    fn decode(&self, y: &mut [f32]);
+}
+
+/// Blocks handled by one rayon task: large enough to amortise scheduling, small enough to
+/// balance over cores (4096 elements of the 32-blocks, 16384 of the 256-blocks).
+const BLOCKS_PER_TASK: usize = 64;
+/// Below this many elements, decoding stays on the calling thread.
+const PARALLEL_MIN_ELEMS: usize = 1 << 16;
+
+// Each block struct must match ggml's block size and type size exactly.
+macro_rules! check_layout {
+    ($($b:ty => $t:expr),* $(,)?) => {
+        $(const _: () = assert!(<$b as Block>::BYTES == $t.type_size() && <$b as Block>::ELEMS == $t.block_size());)*
+    };
+}
+check_layout!(
+    BlockQ4_0 => GgmlType::Q4_0, BlockQ4_1 => GgmlType::Q4_1, BlockQ5_0 => GgmlType::Q5_0,
+    BlockQ5_1 => GgmlType::Q5_1, BlockQ8_0 => GgmlType::Q8_0, BlockQ8_1 => GgmlType::Q8_1,
+    BlockQ2K => GgmlType::Q2K, BlockQ3K => GgmlType::Q3K, BlockQ4K => GgmlType::Q4K,
+    BlockQ5K => GgmlType::Q5K, BlockQ6K => GgmlType::Q6K, BlockQ8K => GgmlType::Q8K,
+    BlockIq4Nl => GgmlType::Iq4Nl, BlockIq4Xs => GgmlType::Iq4Xs,
+);
+
+/// Decodes whole blocks of `B`, in parallel over chunks of blocks when the input is large.
+fn decode_blocks<B: Decode>(src: &[u8], dst: &mut [f32]) {
+    let blocks = as_blocks::<B>(src);
+    let run = |(bs, ys): (&[B], &mut [f32])| {
+        for (b, y) in bs.iter().zip(ys.chunks_exact_mut(B::ELEMS)) {
+            b.decode(y);
+        }
+    };
+    if dst.len() < PARALLEL_MIN_ELEMS {
+        run((blocks, dst));
+    } else {
+        blocks
+            .par_chunks(BLOCKS_PER_TASK)
+            .zip(dst.par_chunks_mut(BLOCKS_PER_TASK * B::ELEMS))
+            .for_each(run);
+    }
+}
+
+/// A ggml tensor type, numbered as in ggml.h's `enum ggml_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+    Iq4Nl,
+    Iq4Xs,
+    Bf16,
+}
+
+impl GgmlType {
+    /// The type for a ggml type id, if quantsmith knows it.
+    pub fn from_id(id: u32) -> Option<Self> {
+        use GgmlType::*;
+        Some(match id {
+            0 => F32,
+            1 => F16,
+            2 => Q4_0,
+            3 => Q4_1,
+            6 => Q5_0,
+            7 => Q5_1,
+            8 => Q8_0,
+            9 => Q8_1,
+            10 => Q2K,
+            11 => Q3K,
+            12 => Q4K,
+            13 => Q5K,
+            14 => Q6K,
+            15 => Q8K,
+            20 => Iq4Nl,
+            23 => Iq4Xs,
+            30 => Bf16,
+            _ => return None,
+        })
+    }
+
+    /// ggml's numeric id of this type.
+    pub fn id(self) -> u32 {
+        use GgmlType::*;
+        match self {
+            F32 => 0,
+            F16 => 1,
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q5_0 => 6,
+            Q5_1 => 7,
+            Q8_0 => 8,
+            Q8_1 => 9,
+            Q2K => 10,
+            Q3K => 11,
+            Q4K => 12,
+            Q5K => 13,
+            Q6K => 14,
+            Q8K => 15,
+            Iq4Nl => 20,
+            Iq4Xs => 23,
+            Bf16 => 30,
+        }
+    }
+
+    /// Lower-case name as llama.cpp prints it (`q4_k`, `f32`, ...).
+    pub fn name(self) -> &'static str {
+        use GgmlType::*;
+        match self {
+            F32 => "f32",
+            F16 => "f16",
+            Q4_0 => "q4_0",
+            Q4_1 => "q4_1",
+            Q5_0 => "q5_0",
+            Q5_1 => "q5_1",
+            Q8_0 => "q8_0",
+            Q8_1 => "q8_1",
+            Q2K => "q2_k",
+            Q3K => "q3_k",
+            Q4K => "q4_k",
+            Q5K => "q5_k",
+            Q6K => "q6_k",
+            Q8K => "q8_k",
+            Iq4Nl => "iq4_nl",
+            Iq4Xs => "iq4_xs",
+            Bf16 => "bf16",
+        }
+    }
+
+    /// Elements per block.
+    pub const fn block_size(self) -> usize {
+        use GgmlType::*;
+        match self {
+            F32 | F16 | Bf16 => 1,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Iq4Nl => 32,
+            Q2K | Q3K | Q4K | Q5K | Q6K | Q8K | Iq4Xs => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub const fn type_size(self) -> usize {
+        use GgmlType::*;
+        match self {
+            F32 => 4,
+            F16 | Bf16 => 2,
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            Q8_0 => 34,
+            Q8_1 => 36,
+            Q2K => 84,
+            Q3K => 110,
+            Q4K => 144,
+            Q5K => 176,
+            Q6K => 210,
+            Q8K => 292,
+            Iq4Nl => 18,
+            Iq4Xs => 136,
+        }
+    }
+
+    /// Bytes needed for `n` elements (n must be a multiple of the block size).
+    pub fn row_bytes(self, n: usize) -> Result<usize> {
+        let bs = self.block_size();
+        if n % bs != 0 {
+            return Err(FormatError::Invalid(format!(
+                "{} elements is not a multiple of {}'s block size {}",
+                n,
+                self.name(),
+                bs
+            )));
+        }
+        Ok(n / bs * self.type_size())
+    }
+}
+
+/// Dequantizes `src` (whole blocks of type `ty`) into `dst` (`dst.len()` elements).
+pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    let need = ty.row_bytes(dst.len())?;
+    if src.len() != need {
+        return Err(FormatError::Length {
+            what: format!("{} data", ty.name()),
+            expected: need,
+            got: src.len(),
+        });
+    }
+    use GgmlType::*;
+    match ty {
+        F32 => {
+            for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        F16 => {
+            let run = |(ys, bs): (&mut [f32], &[u8])| {
+                for (o, b) in ys.iter_mut().zip(bs.chunks_exact(2)) {
+                    *o = f16_le([b[0], b[1]]);
+                }
+            };
+            if dst.len() < PARALLEL_MIN_ELEMS {
+                run((dst, src));
+            } else {
+                dst.par_chunks_mut(1 << 14)
+                    .zip(src.par_chunks(2 << 14))
+                    .for_each(run);
+            }
+        }
+        Bf16 => {
+            for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                // bf16 is the top half of an f32: widening is exact.
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        Q4_0 => decode_blocks::<BlockQ4_0>(src, dst),
+        Q4_1 => decode_blocks::<BlockQ4_1>(src, dst),
+        Q5_0 => decode_blocks::<BlockQ5_0>(src, dst),
+        Q5_1 => decode_blocks::<BlockQ5_1>(src, dst),
+        Q8_0 => decode_blocks::<BlockQ8_0>(src, dst),
+        Q8_1 => decode_blocks::<BlockQ8_1>(src, dst),
+        Q2K => decode_blocks::<BlockQ2K>(src, dst),
+        Q3K => decode_blocks::<BlockQ3K>(src, dst),
+        Q4K => decode_blocks::<BlockQ4K>(src, dst),
+        Q5K => decode_blocks::<BlockQ5K>(src, dst),
+        Q6K => decode_blocks::<BlockQ6K>(src, dst),
+        Q8K => decode_blocks::<BlockQ8K>(src, dst),
+        Iq4Nl => decode_blocks::<BlockIq4Nl>(src, dst),
+        Iq4Xs => decode_blocks::<BlockIq4Xs>(src, dst),
+    }
+    Ok(())
+}
+
+/// Quantizes `src` (whole rows of `n_per_row` elements) into blocks of `ty`, byte-identical
+/// to llama.cpp's `quantize_*`: with `importance` (one weight per column, llama.cpp's imatrix
+/// meaning) the importance-weighted search, without it the reference quantizer.
+pub fn quantize(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    importance: Option<&[f32]>,
+) -> Result<Vec<u8>> {
+    let _ = (src, n_per_row, importance);
+    Err(FormatError::Invalid(format!(
+        "quantizing to {} is not implemented yet",
+        ty.name()
+    )))
+}
