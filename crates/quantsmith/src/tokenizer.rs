@@ -47,7 +47,7 @@ impl Tokenizer {
                 format!("tokenizer model `{model}` is not supported (quantsmith reads byte-level BPE, `gpt2`)"),
             ));
         }
-        let pre = g.opt_str("tokenizer.ggml.pre").unwrap_or("default").to_string();
+        let pre = g.opt_str("tokenizer.ggml.pre")?.unwrap_or("default").to_string();
         let splits: Vec<(&str, bool)> = match pre.as_str() {
             // (regex, whether it runs inside ByteLevel) — order matters.
             "default" | "gpt-2" | "gpt2" | "olmo" | "jais" => vec![(GPT2_SPLIT, true)],
@@ -96,8 +96,8 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(Sequence::new(stages)));
         inner.with_decoder(Some(ByteLevel::default()));
-        let bos = g.opt_u32("tokenizer.ggml.bos_token_id");
-        let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
+        let bos = g.opt_u32("tokenizer.ggml.bos_token_id")?;
+        let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
         if add_bos && bos.is_none() {
             return Err(cfg_err("tokenizer.ggml.bos_token_id", "add_bos_token is set but no BOS id is given".into()));
         }

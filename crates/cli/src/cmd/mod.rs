@@ -5,3 +5,4 @@ pub mod eval;
 pub mod fetch;
 pub mod formats;
 pub mod inspect;
+pub mod progress;

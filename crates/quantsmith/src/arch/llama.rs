@@ -176,8 +176,8 @@ impl LlamaConfig {
         let k = |s: &str| format!("{arch}.{s}");
         let n_head = g.get_u32(&k("attention.head_count"))? as usize;
         let d_model = g.get_u32(&k("embedding_length"))? as usize;
-        let n_head_kv = g.opt_u32(&k("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
-        let head_dim = match g.opt_u32(&k("attention.key_length")) {
+        let n_head_kv = g.opt_u32(&k("attention.head_count_kv"))?.map(|v| v as usize).unwrap_or(n_head);
+        let head_dim = match g.opt_u32(&k("attention.key_length"))? {
             Some(v) => v as usize,
             None => d_model / n_head.max(1),
         };
@@ -190,14 +190,14 @@ impl LlamaConfig {
             head_dim,
             d_ff: g.get_u32(&k("feed_forward_length"))? as usize,
             vocab: embed.shape[0],
-            rope_theta: g.opt_f32(&k("rope.freq_base")).unwrap_or(10000.0) as f64,
+            rope_theta: g.opt_f32(&k("rope.freq_base"))?.unwrap_or(10000.0) as f64,
             rms_eps: g.get_f32(&k("attention.layer_norm_rms_epsilon"))?,
             rope,
             qkv_bias: g.info("blk.0.attn_q.bias").is_some(),
             naming: Naming::Gguf,
-            arch,
+            arch: arch.clone(),
         };
-        if let Some(rd) = g.opt_u32(&k("rope.dimension_count")) {
+        if let Some(rd) = g.opt_u32(&k("rope.dimension_count"))? {
             if rd as usize != cfg.head_dim {
                 return Err(Error::Config {
                     path: g.path().to_path_buf(),

@@ -1,0 +1,100 @@
+//! `quantsmith eval`: perplexity and KL-divergence (decoders), embedding fidelity (encoders).
+
+use std::path::PathBuf;
+
+use quantsmith::arch::{self, ModelKind};
+use quantsmith::eval::perplexity::{evaluate_decoder, PerplexityOptions};
+use quantsmith::io::open_model;
+use quantsmith::{Error, Result};
+
+use crate::cmd::progress::Progress;
+
+/// Arguments of `quantsmith eval`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model: a GGUF file, a Hugging Face directory, or a built-in name (smollm2, minilm).
+    pub model: String,
+    /// UTF-8 text to evaluate on.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per chunk (decoders).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Evaluate at most this many chunks (decoders; default: all that fit).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Reference model to compare against (KL-divergence / cosine similarity).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Reads a UTF-8 text file with an error naming it.
+pub fn read_text(path: &PathBuf) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| Error::Text {
+        path: path.clone(),
+        msg: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+    })
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> Result<()> {
+    let text = read_text(&args.text)?;
+    let file = open_model(&args.model)?;
+    match arch::model_kind(&file)? {
+        ModelKind::Decoder => eval_decoder(&args, &file, &text),
+        ModelKind::Encoder => eval_encoder(&args, &file, &text),
+    }
+}
+
+fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Result<()> {
+    let dec = arch::load_decoder(file)?;
+    let base = match &args.base {
+        Some(b) => {
+            let bf = open_model(b)?;
+            if arch::model_kind(&bf)? != ModelKind::Decoder {
+                return Err(Error::Other(format!("--base {b} is not a decoder like {}", args.model)));
+            }
+            Some(arch::load_decoder(&bf)?)
+        }
+        None => None,
+    };
+    let opts = PerplexityOptions { ctx: args.ctx, max_chunks: args.chunks };
+    let bar = Progress::new("chunks");
+    let report = evaluate_decoder(
+        &dec.model,
+        base.as_ref().map(|b| &b.model),
+        &dec.tokenizer,
+        text,
+        &args.text,
+        &opts,
+        &|done, total| bar.update(done, total),
+    )?;
+    bar.finish();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?);
+        return Ok(());
+    }
+    println!("model            {}", dec.model.path.display());
+    println!("text             {}", args.text.display());
+    println!("chunks           {} × {} tokens ({} scored)", report.chunks, report.ctx, report.tokens_scored);
+    println!("perplexity       {:.4} ± {:.5}", report.ppl, report.ppl_stderr);
+    if let (Some(bp), Some(k), Some(ks), Some(t), Some(r)) =
+        (report.base_ppl, report.kld_mean, report.kld_stderr, report.top1_agree, report.ppl_ratio)
+    {
+        println!("base perplexity  {bp:.4}");
+        println!("ppl ratio        {r:.5}");
+        println!("mean KLD         {k:.6} ± {ks:.6}");
+        println!("top-1 agreement  {:.4}", t);
+    }
+    println!("time             {:.1} s ({:.0} tokens/s)", report.seconds, report.tokens_per_second);
+    Ok(())
+}
+
+fn eval_encoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Result<()> {
+    let _ = (args, file, text);
+    Err(Error::Other("encoder evaluation is being wired".into()))
+}

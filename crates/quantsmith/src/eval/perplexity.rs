@@ -1,0 +1,299 @@
+//! Perplexity and KL-divergence of decoders, computed as llama.cpp's `llama-perplexity` does.
+//!
+//! The text's one trailing newline is dropped; it is tokenized with the vocabulary's special
+//! tokens added (special-token text is not parsed); it is cut into `min(N, ⌊tokens/ctx⌋)`
+//! chunks of `ctx` tokens; where the vocabulary adds BOS, BOS replaces each chunk's first
+//! token; each chunk runs from an empty cache, and positions `ctx/2 … ctx−2` predict their
+//! next token and are scored.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::arch::llama::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// Settings of a perplexity run.
+#[derive(Clone, Debug)]
+pub struct PerplexityOptions {
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// At most this many chunks (all that fit when `None`).
+    pub max_chunks: Option<usize>,
+}
+
+impl Default for PerplexityOptions {
+    fn default() -> Self {
+        PerplexityOptions { ctx: 512, max_chunks: None }
+    }
+}
+
+/// What a decoder evaluation measured. Keys that do not apply are left out of the JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecoderReport {
+    /// Perplexity over the scored positions.
+    pub ppl: f64,
+    /// Its standard error.
+    pub ppl_stderr: f64,
+    /// Number of scored positions.
+    pub tokens_scored: usize,
+    /// Number of chunks evaluated.
+    pub chunks: usize,
+    /// Context length per chunk.
+    pub ctx: usize,
+    /// Wall-clock seconds of the evaluation.
+    pub seconds: f64,
+    /// Tokens run through the model (all positions of every chunk, model and base) per second.
+    pub tokens_per_second: f64,
+    /// The base model's perplexity on the same positions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_ppl: Option<f64>,
+    /// Mean KL-divergence of the model from the base, Σ p_base (log p_base − log p_model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kld_mean: Option<f64>,
+    /// Standard error of the mean KL-divergence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kld_stderr: Option<f64>,
+    /// Fraction of positions where model and base agree on the most likely token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agree: Option<f64>,
+    /// Model perplexity over base perplexity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppl_ratio: Option<f64>,
+}
+
+/// The text llama-perplexity evaluates: the file with its one trailing newline dropped.
+pub fn perplexity_text(raw: &str) -> &str {
+    raw.strip_suffix('\n').unwrap_or(raw)
+}
+
+/// Tokens of a text file prepared as llama-perplexity prepares them.
+pub fn perplexity_tokens(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    tok.encode(perplexity_text(text), true)
+}
+
+/// Running sums of a per-position statistic, f64.
+#[derive(Default, Clone, Copy)]
+struct Moments {
+    n: usize,
+    sum: f64,
+    sum2: f64,
+}
+
+impl Moments {
+    fn push(&mut self, v: f64) {
+        self.n += 1;
+        self.sum += v;
+        self.sum2 += v * v;
+    }
+    fn mean(&self) -> f64 {
+        self.sum / self.n as f64
+    }
+    /// Standard error of the mean: sqrt(var / (n − 1)), var the population variance.
+    fn stderr(&self) -> f64 {
+        let m = self.mean();
+        let var = self.sum2 / self.n as f64 - m * m;
+        if var > 0.0 && self.n > 1 {
+            (var / (self.n - 1) as f64).sqrt()
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Log-softmax of one logit row, as llama.cpp computes it: f32 max, f64 sum of f32 exps.
+/// Returns (max, log of the sum) so that log p(i) = logit[i] − max − log_sum.
+fn log_softmax_parts(logits: &[f32]) -> (f32, f64) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
+    (max, sum.ln())
+}
+
+fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Per-position figures of one scored row.
+struct RowStats {
+    nll: f64,
+    base_nll: f64,
+    kld: f64,
+    agree: bool,
+}
+
+fn row_stats(model: &[f32], base: Option<&[f32]>, target: usize) -> RowStats {
+    let (mmax, mlse) = log_softmax_parts(model);
+    let nll = -((model[target] - mmax) as f64 - mlse);
+    let Some(base) = base else {
+        return RowStats { nll, base_nll: 0.0, kld: 0.0, agree: true };
+    };
+    let (bmax, blse) = log_softmax_parts(base);
+    let base_nll = -((base[target] - bmax) as f64 - blse);
+    let mut kld = 0.0f64;
+    for (&b, &m) in base.iter().zip(model) {
+        let lb = (b - bmax) as f64 - blse;
+        let lm = (m - mmax) as f64 - mlse;
+        kld += lb.exp() * (lb - lm);
+    }
+    RowStats { nll, base_nll, kld, agree: argmax(model) == argmax(base) }
+}
+
+/// Evaluates `model` (and, with `base`, its divergence from `base`) on `text`.
+///
+/// `progress(done, total)` is called after each chunk.
+pub fn evaluate_decoder(
+    model: &Llama,
+    base: Option<&Llama>,
+    tok: &Tokenizer,
+    text: &str,
+    text_path: &Path,
+    opts: &PerplexityOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<DecoderReport> {
+    let start = Instant::now();
+    let ctx = opts.ctx;
+    if ctx < 4 {
+        return Err(Error::Other(format!("--ctx {ctx} is too small: at least 4 tokens are needed")));
+    }
+    if let Some(b) = base {
+        if b.cfg.vocab != model.cfg.vocab {
+            return Err(Error::Other(format!(
+                "base {} has a vocabulary of {} tokens but the model {} has {}",
+                b.path.display(),
+                b.cfg.vocab,
+                model.path.display(),
+                model.cfg.vocab
+            )));
+        }
+    }
+    let tokens = perplexity_tokens(tok, text)?;
+    if tokens.len() < 2 * ctx {
+        return Err(Error::Text {
+            path: text_path.to_path_buf(),
+            msg: format!(
+                "{} tokens is too short for perplexity at --ctx {ctx}: at least {} tokens (2 × ctx) are needed",
+                tokens.len(),
+                2 * ctx
+            ),
+        });
+    }
+    let mut n_chunks = tokens.len() / ctx;
+    if let Some(m) = opts.max_chunks {
+        n_chunks = n_chunks.min(m);
+    }
+    if n_chunks == 0 {
+        return Err(Error::Other("--chunks 0 evaluates nothing".into()));
+    }
+    let first = ctx / 2;
+    let scored = ctx - 1 - first;
+    let vocab = model.cfg.vocab;
+    let mut nll = Moments::default();
+    let mut base_nll = Moments::default();
+    let mut kld = Moments::default();
+    let mut agree = 0usize;
+    progress(0, n_chunks);
+    for c in 0..n_chunks {
+        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if tok.add_bos() {
+            if let Some(b) = tok.bos() {
+                chunk[0] = b;
+            }
+        }
+        let logits = model.logits(&chunk, ctx, first..ctx - 1)?;
+        let base_logits = match base {
+            Some(b) => Some(b.logits(&chunk, ctx, first..ctx - 1)?),
+            None => None,
+        };
+        let rows: Vec<RowStats> = (0..scored)
+            .into_par_iter()
+            .map(|j| {
+                let target = chunk[first + j + 1] as usize;
+                let m = &logits[j * vocab..(j + 1) * vocab];
+                let b = base_logits.as_ref().map(|b| &b[j * vocab..(j + 1) * vocab]);
+                row_stats(m, b, target)
+            })
+            .collect();
+        for r in rows {
+            nll.push(r.nll);
+            if base.is_some() {
+                base_nll.push(r.base_nll);
+                kld.push(r.kld);
+                agree += r.agree as usize;
+            }
+        }
+        progress(c + 1, n_chunks);
+    }
+    let ppl = nll.mean().exp();
+    let seconds = start.elapsed().as_secs_f64();
+    let runs = if base.is_some() { 2 } else { 1 };
+    let mut report = DecoderReport {
+        ppl,
+        ppl_stderr: ppl * nll.stderr(),
+        tokens_scored: nll.n,
+        chunks: n_chunks,
+        ctx,
+        seconds,
+        tokens_per_second: (n_chunks * ctx * runs) as f64 / seconds,
+        base_ppl: None,
+        kld_mean: None,
+        kld_stderr: None,
+        top1_agree: None,
+        ppl_ratio: None,
+    };
+    if base.is_some() {
+        let bppl = base_nll.mean().exp();
+        report.base_ppl = Some(bppl);
+        report.kld_mean = Some(kld.mean());
+        report.kld_stderr = Some(kld.stderr());
+        report.top1_agree = Some(agree as f64 / kld.n as f64);
+        report.ppl_ratio = Some(ppl / bppl);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_newline_dropped_once() {
+        assert_eq!(perplexity_text("a\n\n"), "a\n");
+        assert_eq!(perplexity_text("a"), "a");
+    }
+
+    #[test]
+    fn kld_of_identical_rows_is_zero_and_positive_otherwise() {
+        let a = [1.0f32, 2.0, 3.0, -1.0];
+        let s = row_stats(&a, Some(&a), 2);
+        assert!(s.kld.abs() < 1e-12);
+        assert!(s.agree);
+        let b = [1.0f32, 2.5, 2.0, -1.0];
+        let s = row_stats(&b, Some(&a), 2);
+        assert!(s.kld > 0.01);
+        assert!(!s.agree);
+        // nll is −log softmax(target)
+        let z: f64 = a.iter().map(|&v| (v as f64).exp()).sum();
+        assert!((s.base_nll - (z.ln() - 3.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn stderr_matches_definition() {
+        let mut m = Moments::default();
+        for v in [1.0, 2.0, 4.0, 7.0] {
+            m.push(v);
+        }
+        let mean = 3.5;
+        let var = (6.25 + 2.25 + 0.25 + 12.25) / 4.0;
+        assert!((m.stderr() - (var / 3.0f64).sqrt()).abs() < 1e-12);
+        assert!((m.mean() - mean).abs() < 1e-12);
+    }
+}
