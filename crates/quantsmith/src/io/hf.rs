@@ -1,1 +1,252 @@
-//! (in progress)
+//! Hugging Face model directories: `config.json` plus `model.safetensors` or the shards
+//! listed by `model.safetensors.index.json`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::safetensors::{SafetensorsFile, StTensor};
+use crate::tensor::{TensorInfo, TensorSource};
+use crate::{Error, Result};
+
+/// An open Hugging Face model directory.
+#[derive(Debug)]
+pub struct HfModel {
+    dir: PathBuf,
+    config_path: PathBuf,
+    config: Value,
+    shards: Vec<SafetensorsFile>,
+    /// Tensor name → (shard, position in the shard's entries).
+    index: HashMap<String, (usize, usize)>,
+    /// Tensor names in order: shard by shard, data order within each.
+    order: Vec<String>,
+}
+
+/// Reads and parses a JSON file, naming it in every error.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&text).map_err(|e| Error::corrupt(path, format!("not valid JSON: {e}")))
+}
+
+impl HfModel {
+    /// Opens a directory holding `config.json` and safetensors weights.
+    pub fn open(dir: &Path) -> Result<HfModel> {
+        if !dir.is_dir() {
+            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory")));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(Error::corrupt(dir, "not a Hugging Face model directory: config.json is missing"));
+        }
+        let config = read_json(&config_path)?;
+        if !config.is_object() {
+            return Err(Error::corrupt(&config_path, "expected a JSON object"));
+        }
+
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let mut shards = Vec::new();
+        let mut index = HashMap::new();
+        let mut order = Vec::new();
+        if index_path.exists() {
+            let idx = read_json(&index_path)?;
+            let map = idx.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Config {
+                path: index_path.clone(),
+                key: "weight_map".into(),
+                msg: "missing or not an object".into(),
+            })?;
+            // Shards in first-mention order of their sorted names, so the order is stable.
+            let mut shard_names: Vec<&str> = Vec::new();
+            for (tensor, shard) in map {
+                let shard = shard.as_str().ok_or_else(|| Error::Config {
+                    path: index_path.clone(),
+                    key: format!("weight_map.{tensor}"),
+                    msg: "shard name is not a string".into(),
+                })?;
+                if Path::new(shard).components().count() != 1 || shard.contains("..") {
+                    return Err(Error::Config {
+                        path: index_path.clone(),
+                        key: format!("weight_map.{tensor}"),
+                        msg: format!("shard `{shard}` is not a plain file name"),
+                    });
+                }
+                if !shard_names.contains(&shard) {
+                    shard_names.push(shard);
+                }
+            }
+            shard_names.sort_unstable();
+            for name in &shard_names {
+                let p = dir.join(name);
+                if !p.exists() {
+                    return Err(Error::corrupt(
+                        &index_path,
+                        format!("names shard `{name}`, which does not exist in {}", dir.display()),
+                    ));
+                }
+                shards.push(SafetensorsFile::open(&p)?);
+            }
+            for (si, shard) in shards.iter().enumerate() {
+                for (ti, t) in shard.entries().iter().enumerate() {
+                    if index.insert(t.name.clone(), (si, ti)).is_some() {
+                        return Err(Error::Tensor {
+                            path: shard.path().to_path_buf(),
+                            tensor: t.name.clone(),
+                            msg: "appears in more than one shard".into(),
+                        });
+                    }
+                    order.push(t.name.clone());
+                }
+            }
+            for (tensor, shard) in map {
+                match index.get(tensor) {
+                    Some(&(si, _)) if shard.as_str() == shards[si].path().file_name().and_then(|n| n.to_str()) => {}
+                    _ => {
+                        return Err(Error::Tensor {
+                            path: index_path.clone(),
+                            tensor: tensor.clone(),
+                            msg: format!("listed in shard {shard}, but that shard does not hold it"),
+                        })
+                    }
+                }
+            }
+        } else if single.exists() {
+            let f = SafetensorsFile::open(&single)?;
+            for (ti, t) in f.entries().iter().enumerate() {
+                index.insert(t.name.clone(), (0, ti));
+                order.push(t.name.clone());
+            }
+            shards.push(f);
+        } else {
+            return Err(Error::corrupt(dir, "has neither model.safetensors nor model.safetensors.index.json"));
+        }
+        Ok(HfModel { dir: dir.to_path_buf(), config_path, config, shards, index, order })
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of config.json.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The parsed config.json.
+    pub fn config(&self) -> &Value {
+        &self.config
+    }
+
+    /// The open safetensors files (one unless sharded).
+    pub fn shards(&self) -> &[SafetensorsFile] {
+        &self.shards
+    }
+
+    /// Every tensor entry, including dtypes quantsmith does not compute with (integer buffers
+    /// such as BERT's `position_ids`), in file order.
+    pub fn entries(&self) -> Vec<&StTensor> {
+        self.order.iter().filter_map(|n| self.entry(n)).collect()
+    }
+
+    /// One tensor entry, whatever its dtype.
+    pub fn entry(&self, name: &str) -> Option<&StTensor> {
+        self.index.get(name).map(|&(s, t)| &self.shards[s].entries()[t])
+    }
+
+    /// The `model_type` (e.g. `llama`, `bert`) or else the first of `architectures`.
+    pub fn architecture(&self) -> Result<&str> {
+        if let Some(t) = self.config.get("model_type").and_then(Value::as_str) {
+            return Ok(t);
+        }
+        self.config
+            .get("architectures")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.config_err("model_type", "missing (and no `architectures` list either)".into()))
+    }
+
+    fn config_err(&self, key: &str, msg: String) -> Error {
+        Error::Config { path: self.config_path.clone(), key: key.to_string(), msg }
+    }
+
+    fn require(&self, key: &str) -> Result<&Value> {
+        self.config.get(key).filter(|v| !v.is_null()).ok_or_else(|| self.config_err(key, "missing".into()))
+    }
+
+    /// A required non-negative integer key.
+    pub fn config_usize(&self, key: &str) -> Result<usize> {
+        let v = self.require(key)?;
+        v.as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| self.config_err(key, format!("expected a non-negative integer, found {v}")))
+    }
+
+    /// A required number key (integers accepted).
+    pub fn config_f64(&self, key: &str) -> Result<f64> {
+        let v = self.require(key)?;
+        v.as_f64().ok_or_else(|| self.config_err(key, format!("expected a number, found {v}")))
+    }
+
+    /// A required string key.
+    pub fn config_str(&self, key: &str) -> Result<&str> {
+        let v = self.require(key)?;
+        v.as_str().ok_or_else(|| self.config_err(key, format!("expected a string, found {v}")))
+    }
+
+    /// A required bool key.
+    pub fn config_bool(&self, key: &str) -> Result<bool> {
+        let v = self.require(key)?;
+        v.as_bool().ok_or_else(|| self.config_err(key, format!("expected true or false, found {v}")))
+    }
+
+    /// `config_usize` for an optional key: `Ok(None)` when absent or null.
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.config.get(key).filter(|v| !v.is_null()).map(|_| self.config_usize(key)).transpose()
+    }
+
+    /// `config_f64` for an optional key.
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.config.get(key).filter(|v| !v.is_null()).map(|_| self.config_f64(key)).transpose()
+    }
+
+    /// `config_str` for an optional key.
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        self.config.get(key).filter(|v| !v.is_null()).map(|_| self.config_str(key)).transpose()
+    }
+
+    /// `config_bool` for an optional key.
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.config.get(key).filter(|v| !v.is_null()).map(|_| self.config_bool(key)).transpose()
+    }
+
+    /// Reads another JSON file of the directory (`modules.json`, `1_Pooling/config.json`, ...),
+    /// or `Ok(None)` when it does not exist.
+    pub fn read_json_opt(&self, rel: &str) -> Result<Option<Value>> {
+        let p = self.dir.join(rel);
+        if p.exists() {
+            read_json(&p).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl TensorSource for HfModel {
+    /// The tensors quantsmith can compute with (F32/F16/BF16); see `entries` for all.
+    fn tensors(&self) -> Vec<TensorInfo> {
+        self.entries().into_iter().filter_map(StTensor::info).collect()
+    }
+
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.entry(name).and_then(StTensor::info)
+    }
+
+    fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
+        match self.index.get(name) {
+            Some(&(s, _)) => self.shards[s].load_f32(name),
+            None => Err(Error::Tensor { path: self.dir.clone(), tensor: name.to_string(), msg: "not in this model".into() }),
+        }
+    }
+}

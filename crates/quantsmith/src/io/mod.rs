@@ -1,4 +1,77 @@
 //! Checkpoint readers and writers: GGUF, safetensors, Hugging Face directories.
 
 pub mod gguf;
+pub mod gguf_write;
 pub mod hf;
+pub mod safetensors;
+
+use std::io::Read;
+use std::path::Path;
+
+pub use gguf::{GgufArray, GgufFile, GgufTensor, GgufValue};
+pub use gguf_write::GgufWriter;
+pub use hf::HfModel;
+
+use crate::tensor::TensorSource;
+use crate::{Error, Result};
+
+/// A model checkpoint of either kind quantsmith reads.
+#[derive(Debug)]
+pub enum ModelFile {
+    /// A GGUF file (llama.cpp).
+    Gguf(GgufFile),
+    /// A Hugging Face directory (config.json + safetensors).
+    Hf(HfModel),
+}
+
+impl ModelFile {
+    /// Opens a path: a directory as a Hugging Face model, a file starting with `GGUF` as GGUF.
+    pub fn open(path: &Path) -> Result<ModelFile> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return HfModel::open(path).map(ModelFile::Hf);
+        }
+        let mut magic = [0u8; 4];
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+        if n == 4 && magic == gguf::GGUF_MAGIC {
+            return GgufFile::open(path).map(ModelFile::Gguf);
+        }
+        let hint = if path.extension().is_some_and(|e| e == "safetensors") {
+            "; for safetensors weights pass the directory holding config.json and the .safetensors file"
+        } else {
+            ""
+        };
+        Err(Error::corrupt(path, format!("not a model: neither a GGUF file nor a Hugging Face model directory{hint}")))
+    }
+
+    /// The tensors of the checkpoint.
+    pub fn source(&self) -> &dyn TensorSource {
+        match self {
+            ModelFile::Gguf(g) => g,
+            ModelFile::Hf(h) => h,
+        }
+    }
+
+    /// The file or directory the model was opened from.
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelFile::Gguf(g) => g.path(),
+            ModelFile::Hf(h) => h.dir(),
+        }
+    }
+
+    /// The architecture name: GGUF `general.architecture`, or config.json's `model_type`.
+    pub fn architecture(&self) -> Result<&str> {
+        match self {
+            ModelFile::Gguf(g) => g.architecture(),
+            ModelFile::Hf(h) => h.architecture(),
+        }
+    }
+}
+
+/// Opens a model by path, or by built-in name (`smollm2`, `minilm`), fetching it on first use.
+pub fn open_model(name_or_path: &str) -> Result<ModelFile> {
+    let path = crate::fetch::resolve(name_or_path)?;
+    ModelFile::open(&path)
+}

@@ -1,0 +1,209 @@
+//! GGUF writer (version 3).
+//!
+//! Tensor data is spooled to an anonymous temporary file as tensors arrive, so memory stays
+//! near one tensor; `finish` writes header, metadata and tensor infos to a temporary file
+//! beside the destination, appends the spooled data and renames it into place. A writer
+//! dropped before `finish` (an error, a kill) leaves no file behind.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use formats::ggml::GgmlType;
+
+use super::gguf::{GgufArray, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
+use crate::{Error, Result};
+
+/// Builds a GGUF v3 file: metadata in insertion order, then tensors in insertion order.
+pub struct GgufWriter {
+    path: PathBuf,
+    metadata: Vec<(String, GgufValue)>,
+    tensors: Vec<PendingTensor>,
+    data: BufWriter<File>,
+    data_len: u64,
+}
+
+struct PendingTensor {
+    name: String,
+    ne: Vec<u64>,
+    ty: GgmlType,
+    offset: u64,
+}
+
+impl GgufWriter {
+    /// Starts a file that `finish` will create at `path`.
+    pub fn new(path: &Path) -> Result<GgufWriter> {
+        let spool = tempfile::tempfile().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        Ok(GgufWriter { path: path.to_path_buf(), metadata: Vec::new(), tensors: Vec::new(), data: BufWriter::new(spool), data_len: 0 })
+    }
+
+    /// Appends one metadata entry (order is kept). A repeated key is an error.
+    pub fn add_metadata(&mut self, key: &str, value: GgufValue) -> Result<()> {
+        if self.metadata.iter().any(|(k, _)| k == key) {
+            return Err(self.err(key, "added twice".into()));
+        }
+        if key == "general.alignment" && !matches!(value, GgufValue::U32(a) if a > 0 && a.is_power_of_two()) {
+            return Err(self.err(key, "must be a u32 power of two".into()));
+        }
+        if !self.tensors.is_empty() && key == "general.alignment" {
+            return Err(self.err(key, "must be set before the first tensor".into()));
+        }
+        self.metadata.push((key.to_string(), value));
+        Ok(())
+    }
+
+    /// Appends every entry of `metadata` in order (e.g. from `GgufFile::metadata`).
+    pub fn add_metadata_all<'a>(&mut self, metadata: impl IntoIterator<Item = &'a (String, GgufValue)>) -> Result<()> {
+        for (k, v) in metadata {
+            self.add_metadata(k, v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The alignment the file will use.
+    pub fn alignment(&self) -> u64 {
+        self.metadata
+            .iter()
+            .find_map(|(k, v)| match (k.as_str(), v) {
+                ("general.alignment", GgufValue::U32(a)) => Some(u64::from(*a)),
+                _ => None,
+            })
+            .unwrap_or(DEFAULT_ALIGNMENT)
+    }
+
+    /// Appends one tensor: `ne` is GGUF's dimension order (innermost first), `bytes` its data
+    /// in `ty`'s layout.
+    pub fn add_tensor(&mut self, name: &str, ne: &[u64], ty: GgmlType, bytes: &[u8]) -> Result<()> {
+        let terr = |msg: String| Error::Tensor { path: self.path.clone(), tensor: name.to_string(), msg };
+        if self.tensors.iter().any(|t| t.name == name) {
+            return Err(terr("added twice".into()));
+        }
+        if ne.is_empty() || ne.len() > MAX_DIMS {
+            return Err(terr(format!("{} dimensions (GGUF allows 1 to {MAX_DIMS})", ne.len())));
+        }
+        if ne[0] % ty.block_size() as u64 != 0 {
+            return Err(terr(format!("row length {} is not a multiple of {}'s block size {}", ne[0], ty.name(), ty.block_size())));
+        }
+        let numel = ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| terr(format!("dimensions {ne:?} overflow")))?;
+        let need = numel / ty.block_size() as u64 * ty.type_size() as u64;
+        if bytes.len() as u64 != need {
+            return Err(terr(format!("{} bytes given, {} {:?} needs {}", bytes.len(), ty.name(), ne, need)));
+        }
+        let align = self.alignment();
+        let offset = self.data_len.div_ceil(align) * align;
+        let spool_err = |e| Error::io(std::env::temp_dir(), e);
+        self.data.write_all(&vec![0u8; (offset - self.data_len) as usize]).map_err(spool_err)?;
+        self.data.write_all(bytes).map_err(spool_err)?;
+        self.data_len = offset + need;
+        self.tensors.push(PendingTensor { name: name.to_string(), ne: ne.to_vec(), ty, offset });
+        Ok(())
+    }
+
+    /// Writes the file under a temporary name beside `path` and renames it into place.
+    pub fn finish(self) -> Result<()> {
+        let GgufWriter { path, metadata, tensors, data, data_len: _ } = self;
+        let io_err = |e| Error::io(&path, e);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{file_name}."))
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        let mut out = BufWriter::new(tmp);
+
+        let mut header = Vec::new();
+        header.extend_from_slice(&GGUF_MAGIC);
+        header.extend_from_slice(&3u32.to_le_bytes());
+        header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        for (k, v) in &metadata {
+            put_str(&mut header, k);
+            header.extend_from_slice(&v.type_id().to_le_bytes());
+            put_value(&mut header, v);
+        }
+        for t in &tensors {
+            put_str(&mut header, &t.name);
+            header.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
+            for d in &t.ne {
+                header.extend_from_slice(&d.to_le_bytes());
+            }
+            header.extend_from_slice(&t.ty.id().to_le_bytes());
+            header.extend_from_slice(&t.offset.to_le_bytes());
+        }
+        let align = metadata
+            .iter()
+            .find_map(|(k, v)| match (k.as_str(), v) {
+                ("general.alignment", GgufValue::U32(a)) => Some(*a as usize),
+                _ => None,
+            })
+            .unwrap_or(DEFAULT_ALIGNMENT as usize);
+        header.resize(header.len().div_ceil(align) * align, 0);
+        out.write_all(&header).map_err(io_err)?;
+
+        let mut spool = data.into_inner().map_err(|e| Error::io(std::env::temp_dir(), e.into_error()))?;
+        spool.seek(SeekFrom::Start(0)).map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        std::io::copy(&mut spool, &mut out).map_err(io_err)?;
+        let tmp = out.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
+        tmp.as_file().sync_all().map_err(io_err)?;
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        Ok(())
+    }
+
+    fn err(&self, key: &str, msg: String) -> Error {
+        Error::Config { path: self.path.clone(), key: key.to_string(), msg }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
+    match v {
+        GgufValue::U8(x) => out.push(*x),
+        GgufValue::I8(x) => out.push(*x as u8),
+        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::Bool(x) => out.push(u8::from(*x)),
+        GgufValue::String(s) => put_str(out, s),
+        GgufValue::Array(a) => put_array(out, a),
+        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+fn put_array(out: &mut Vec<u8>, a: &GgufArray) {
+    out.extend_from_slice(&a.elem_type_id().to_le_bytes());
+    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    macro_rules! le {
+        ($v:expr) => {
+            for x in $v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        };
+    }
+    match a {
+        GgufArray::U8(v) => out.extend_from_slice(v),
+        GgufArray::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+        GgufArray::U16(v) => le!(v),
+        GgufArray::I16(v) => le!(v),
+        GgufArray::U32(v) => le!(v),
+        GgufArray::I32(v) => le!(v),
+        GgufArray::F32(v) => le!(v),
+        GgufArray::Bool(v) => out.extend(v.iter().map(|&x| u8::from(x))),
+        GgufArray::String(v) => v.iter().for_each(|s| put_str(out, s)),
+        GgufArray::Array(v) => v.iter().for_each(|inner| put_array(out, inner)),
+        GgufArray::U64(v) => le!(v),
+        GgufArray::I64(v) => le!(v),
+        GgufArray::F64(v) => le!(v),
+    }
+}
