@@ -140,3 +140,34 @@ fn decode_size_mismatch_is_an_error() {
     assert!(dequantize(GgmlType::Q4K, &[0u8; 144], &mut k).is_ok());
     assert!(dequantize(GgmlType::Q4K, &[0u8; 143], &mut k).is_err());
 }
+
+#[test]
+fn encode_matches_llama_cpp_bytes() {
+    let m = manifest();
+    let cases = m["quantize"].as_array().unwrap();
+    assert_eq!(cases.len(), 12 * 2 * 6 * 2);
+    let mut failures = Vec::new();
+    for c in cases {
+        let t = ty(c["type"].as_str().unwrap());
+        let n = c["n_per_row"].as_u64().unwrap() as usize;
+        let x = read_f32(c["input"].as_str().unwrap());
+        let imat = c["imatrix"].as_str().map(read_f32);
+        let want = read(c["quantized"].as_str().unwrap());
+        let got = quantize(t, &x, n, imat.as_deref()).unwrap();
+        assert_eq!(got.len(), want.len());
+        if got != want {
+            let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+            failures.push(format!(
+                "{} (first differing byte {first})",
+                c["quantized"].as_str().unwrap()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

@@ -7,6 +7,7 @@ pub mod blocks;
 mod iq4;
 mod kquants;
 mod legacy;
+mod search;
 
 use blocks::*;
 
@@ -256,16 +257,108 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 
 /// Quantizes `src` (whole rows of `n_per_row` elements) into blocks of `ty`, byte-identical
 /// to llama.cpp's `quantize_*`: with `importance` (one weight per column, llama.cpp's imatrix
-/// meaning) the importance-weighted search, without it the reference quantizer.
+/// meaning) the importance-weighted search, without it what llama.cpp does with no imatrix
+/// (the `quantize_row_*_ref` reference for all types except IQ4_NL / IQ4_XS, whose unweighted
+/// search uses x² as weights). Q8_0 ignores `importance`, as llama.cpp does.
 pub fn quantize(
     ty: GgmlType,
     src: &[f32],
     n_per_row: usize,
     importance: Option<&[f32]>,
 ) -> Result<Vec<u8>> {
-    let _ = (src, n_per_row, importance);
-    Err(FormatError::Invalid(format!(
-        "quantizing to {} is not implemented yet",
-        ty.name()
-    )))
+    use GgmlType::*;
+    let row_bytes = ty.row_bytes(n_per_row)?;
+    if n_per_row == 0 {
+        return Err(FormatError::Invalid(format!(
+            "{}: rows of 0 elements",
+            ty.name()
+        )));
+    }
+    if src.len() % n_per_row != 0 {
+        return Err(FormatError::Invalid(format!(
+            "{}: {} values are not whole rows of {}",
+            ty.name(),
+            src.len(),
+            n_per_row
+        )));
+    }
+    if let Some(w) = importance {
+        if w.len() != n_per_row {
+            return Err(FormatError::Length {
+                what: format!("{} importance (one per column)", ty.name()),
+                expected: n_per_row,
+                got: w.len(),
+            });
+        }
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(FormatError::Invalid(format!(
+                "{}: importance value {} at column {} is not finite",
+                ty.name(),
+                w[i],
+                i
+            )));
+        }
+    }
+    if let Some(index) = src.iter().position(|v| !v.is_finite()) {
+        return Err(FormatError::NonFinite {
+            index,
+            value: src[index],
+        });
+    }
+    let nrows = src.len() / n_per_row;
+    let mut out = vec![0u8; nrows * row_bytes];
+    match ty {
+        F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+            return Ok(out);
+        }
+        F16 => {
+            for (o, &v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&to_f16_le(v));
+            }
+            return Ok(out);
+        }
+        Bf16 => {
+            for (o, &v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+            }
+            return Ok(out);
+        }
+        Q8_1 | Q8K => {
+            return Err(FormatError::Invalid(format!(
+                "{} is an activation type; quantizing weights to it is not supported",
+                ty.name()
+            )))
+        }
+        _ => {}
+    }
+    let row_fn: fn(GgmlType, &[f32], Option<&[f32]>, &mut [u8]) = match ty {
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => legacy::quantize_row,
+        Q2K | Q3K | Q4K | Q5K | Q6K => kquants::quantize_row,
+        Iq4Nl | Iq4Xs => iq4::quantize_row,
+        F32 | F16 | Bf16 | Q8_1 | Q8K => unreachable!("handled above"),
+    };
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    // The weighted legacy encoders use a whole-row statistic, so with importance the unit of
+    // work is a row; without it every encoder is block-local and any run of blocks will do.
+    let (x_unit, y_unit) = match importance {
+        Some(_) => (n_per_row, row_bytes),
+        None => {
+            let blocks = (1usize << 14) / bs;
+            (blocks * bs, blocks * ts)
+        }
+    };
+    let work = |(x, y): (&[f32], &mut [u8])| row_fn(ty, x, importance, y);
+    if src.len() < PARALLEL_MIN_ELEMS / 4 {
+        src.chunks(x_unit)
+            .zip(out.chunks_mut(y_unit))
+            .for_each(work);
+    } else {
+        src.par_chunks(x_unit)
+            .zip(out.par_chunks_mut(y_unit))
+            .for_each(work);
+    }
+    Ok(out)
 }
