@@ -1,6 +1,32 @@
 //! Number formats for quantization. Pure: no model knowledge.
+//!
+//! A [`Format`] is an element grid ([`Element`]: integers, minifloats, fixed point, lookup
+//! grids) plus orthogonal settings ([`Granularity`], [`ScaleStorage`], zero point,
+//! [`Rounding`], [`Clip`], a per-group or per-tensor [`Choice`] among grids), or a ggml block
+//! type. Build one from a spec string with [`Format::parse`] (`int4:g128`, `mxfp4`, `q4_k`).
 
+pub mod bitmod;
+pub mod dyadic;
+pub mod element;
+pub mod fixed;
+pub mod format;
 pub mod ggml;
+pub mod ggml_format;
+pub mod int;
+pub mod log2;
+pub mod lut;
+pub mod minifloat;
+pub mod mx;
+pub mod nf4;
+pub mod nvfp4;
+pub mod pack;
+pub mod scale;
+pub mod spec;
+
+pub use element::{Element, ElementCodec};
+pub use format::{Choice, Clip, Format, Granularity, GroupParams, Quantized, Rounding};
+pub use minifloat::{Minifloat, Special};
+pub use scale::ScaleStorage;
 
 /// Errors of the formats crate.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,123 @@
+//! The element grid: how one scaled number is stored. Each format family implements
+//! [`ElementCodec`]; [`Element`] gathers them so a format can hold any of them.
+
+use crate::fixed::Fixed;
+use crate::int::IntGrid;
+use crate::lut::Lut;
+use crate::minifloat::Minifloat;
+
+/// One family of element grids: encode a (pre-scaled) number to a code and back.
+pub trait ElementCodec {
+    /// Bits of one code.
+    fn code_bits(&self) -> u32;
+    /// Largest positive value of the grid (absmax scaling maps a group's absmax here).
+    fn max_value(&self) -> f32;
+    /// Most negative value of the grid.
+    fn min_value(&self) -> f32;
+    /// Nearest code, saturating at the grid's ends. `x` is finite.
+    fn encode(&self, x: f32) -> u16;
+    /// Stochastic rounding between the two neighbouring grid values; `u` uniform in [0, 1).
+    fn encode_sr(&self, x: f32, u: f32) -> u16;
+    /// Value of a code.
+    fn decode(&self, code: u16) -> f32;
+    /// floor(log2(max_value)): the element's `emax` in the OCP MX scale rule.
+    fn emax(&self) -> i32 {
+        let m = self.max_value().max(self.min_value().abs());
+        ((m.to_bits() >> 23) as i32) - 127
+    }
+}
+
+/// Any element grid quantsmith knows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Element {
+    /// Integers (signed, unsigned for asymmetric, binary, ternary).
+    Int(IntGrid),
+    /// Minifloats ExMy (and f16 / bf16).
+    Float(Minifloat),
+    /// Fixed point Qm.n.
+    Fixed(Fixed),
+    /// A sorted table of values (NF4, IQ4_NL's grid, log2, power grids, BitMoD grids).
+    Lut(Lut),
+}
+
+macro_rules! each {
+    ($self:ident, $g:ident => $e:expr) => {
+        match $self {
+            Element::Int($g) => $e,
+            Element::Float($g) => $e,
+            Element::Fixed($g) => $e,
+            Element::Lut($g) => $e,
+        }
+    };
+}
+
+impl Element {
+    /// Encodes `dst[i] = code(src[i] * inv_scale + zero)`; one dispatch per slice so the loop
+    /// inlines the family's encoder.
+    pub fn encode_slice(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+        each!(self, g => encode_nearest(g, src, inv_scale, zero, dst))
+    }
+
+    /// As [`Element::encode_slice`] with stochastic rounding; `uniform` yields numbers in [0, 1).
+    pub fn encode_slice_sr(
+        &self,
+        src: &[f32],
+        inv_scale: f32,
+        zero: f32,
+        dst: &mut [u16],
+        uniform: &mut impl FnMut() -> f32,
+    ) {
+        each!(self, g => {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = g.encode_sr(x * inv_scale + zero, uniform());
+            }
+        })
+    }
+
+    /// Decode table: entry `c` is the value of code `c` (2^code_bits entries).
+    pub fn decode_table(&self) -> Vec<f32> {
+        let n = 1usize << self.code_bits();
+        (0..n).map(|c| self.decode(c as u16)).collect()
+    }
+
+    /// Spec-string name of the element.
+    pub fn spec_name(&self) -> String {
+        match self {
+            Element::Int(g) => g.spec_name(),
+            Element::Float(f) => f.spec_name(),
+            Element::Fixed(f) => f.spec_name(),
+            Element::Lut(l) => l.name().to_string(),
+        }
+    }
+}
+
+#[inline(always)]
+fn encode_nearest<E: ElementCodec>(g: &E, src: &[f32], inv: f32, zero: f32, dst: &mut [u16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = g.encode(x * inv + zero);
+    }
+}
+
+impl ElementCodec for Element {
+    fn code_bits(&self) -> u32 {
+        each!(self, g => g.code_bits())
+    }
+    fn max_value(&self) -> f32 {
+        each!(self, g => g.max_value())
+    }
+    fn min_value(&self) -> f32 {
+        each!(self, g => g.min_value())
+    }
+    fn encode(&self, x: f32) -> u16 {
+        each!(self, g => g.encode(x))
+    }
+    fn encode_sr(&self, x: f32, u: f32) -> u16 {
+        each!(self, g => g.encode_sr(x, u))
+    }
+    fn decode(&self, code: u16) -> f32 {
+        each!(self, g => g.decode(code))
+    }
+    fn emax(&self) -> i32 {
+        each!(self, g => g.emax())
+    }
+}

@@ -1,0 +1,759 @@
+//! A quantization format: an element grid plus orthogonal settings (granularity, scale
+//! storage, zero point, rounding, clipping, per-group or per-tensor choice among grids), or a
+//! ggml block type. Quantizes row-major `[rows, cols]` matrices with groups along the row.
+
+use rayon::prelude::*;
+
+use crate::element::{Element, ElementCodec};
+use crate::ggml::GgmlType;
+use crate::pack;
+use crate::scale::{absmax_scale, e8m0_scale, quantize_uint_scales, ScaleStorage};
+use crate::{FormatError, Result};
+
+/// Which elements share one scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Granularity {
+    /// No scale: the raw element grid (scale 1).
+    None,
+    /// One scale for the whole tensor.
+    Tensor,
+    /// One scale per row (output channel).
+    Channel,
+    /// One scale per group of this many consecutive elements of a row (input dimension).
+    Group(usize),
+}
+
+/// How a scaled value is rounded to the grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rounding {
+    /// Nearest (ties to even on uniform grids).
+    Nearest,
+    /// Stochastic rounding, reproducible from the seed (independent of thread count).
+    Stochastic { seed: u64 },
+}
+
+/// How a group's scale is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Clip {
+    /// Absmax (or min/max for asymmetric): nothing saturates.
+    None,
+    /// Search over clip ratios for the least (importance-weighted) squared error.
+    Mse,
+}
+
+/// Where a choice among several candidate grids is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Choice {
+    /// Each group picks its grid (BitMoD); the index is stored per group.
+    PerGroup,
+    /// The whole tensor picks one grid (LLM-FP4's exponent/mantissa search).
+    PerTensor,
+}
+
+/// The clip ratios `clip=mse` tries: 1.00, 0.99, ..., 0.30.
+pub const CLIP_RATIOS: usize = 71;
+
+/// A complete number format. Build one with [`Format::parse`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Format {
+    /// Candidate element grids; more than one means a per-group or per-tensor choice.
+    pub elements: Vec<Element>,
+    /// Where the choice among `elements` is made (ignored for one element).
+    pub choice: Choice,
+    /// Scale sharing.
+    pub granularity: Granularity,
+    /// Scale storage.
+    pub scale: ScaleStorage,
+    /// Asymmetric: an integer zero point per scale group (unsigned integer grids).
+    pub asym: bool,
+    /// Rounding of elements.
+    pub rounding: Rounding,
+    /// Scale choice.
+    pub clip: Clip,
+    /// A ggml block type: when set, everything above is ignored.
+    pub ggml: Option<GgmlType>,
+    /// The preset name this format started from (`mxfp4`, `nvfp4`, `nf4`, ...), for naming.
+    pub preset: Option<String>,
+    /// Whether the spec named a granularity or scale setting (a bare element otherwise).
+    pub explicit_scaling: bool,
+}
+
+/// The parameters of one scale group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupParams {
+    /// Scale (as stored, decoded to f32); 0 for an all-zero group.
+    pub scale: f32,
+    /// Zero point in grid units (0 for symmetric formats).
+    pub zero: f32,
+    /// Index into [`Format::elements`].
+    pub choice: u8,
+}
+
+/// A quantized matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quantized {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Bits per element code.
+    pub code_bits: u32,
+    /// Element codes, bit-packed LSB-first, each row `row_bytes` long.
+    pub codes: Vec<u8>,
+    /// Bytes per row in `codes`.
+    pub row_bytes: usize,
+    /// Per scale group, in row-major group order: the scale as stored (decoded).
+    pub scales: Vec<f32>,
+    /// Per scale group: zero point (asymmetric formats), else empty.
+    pub zeros: Vec<f32>,
+    /// Per scale group (per-group choice) or one entry (per-tensor choice): the grid index.
+    pub choices: Vec<u8>,
+    /// Second-level scales of integer scale storage, per super block of groups.
+    pub super_scales: Vec<f32>,
+    /// Per-tensor second-level scale (E4M3 scale storage), else 1.
+    pub tensor_scale: f32,
+    /// ggml blocks, for ggml formats (everything above is then empty).
+    pub ggml: Vec<u8>,
+}
+
+impl Format {
+    /// Parses a spec string such as `int4:g128:asym` (grammar: [`crate::spec::GRAMMAR`]).
+    pub fn parse(spec: &str) -> Result<Format> {
+        crate::spec::parse(spec)
+    }
+
+    /// A format from one element with the given settings and defaults elsewhere.
+    pub fn from_element(element: Element, granularity: Granularity, scale: ScaleStorage) -> Format {
+        Format {
+            elements: vec![element],
+            choice: Choice::PerGroup,
+            granularity,
+            scale,
+            asym: false,
+            rounding: Rounding::Nearest,
+            clip: Clip::None,
+            ggml: None,
+            preset: None,
+            explicit_scaling: true,
+        }
+    }
+
+    /// The canonical spec string (parses back to an equal format).
+    pub fn spec(&self) -> String {
+        crate::spec::to_spec(self)
+    }
+
+    /// One-line description for `formats list`.
+    pub fn describe(&self) -> String {
+        crate::spec::describe(self)
+    }
+
+    /// The same format without scaling (the raw element grid, scale 1) when the spec was a
+    /// bare element such as `fp8_e4m3` or `int8`; unchanged otherwise (block formats keep
+    /// their blocks). This is what `formats roundtrip` shows.
+    pub fn raw_if_bare(&self) -> Format {
+        let mut f = self.clone();
+        if !f.explicit_scaling && f.preset.is_none() && f.ggml.is_none() && f.elements.len() == 1 && !f.asym {
+            f.granularity = Granularity::None;
+        }
+        f
+    }
+
+    /// Bits of one element code.
+    pub fn code_bits(&self) -> u32 {
+        self.elements.iter().map(|e| e.code_bits()).max().unwrap_or(0)
+    }
+
+    fn choice_bits(&self) -> u32 {
+        if self.elements.len() <= 1 {
+            0
+        } else {
+            usize::BITS - (self.elements.len() - 1).leading_zeros()
+        }
+    }
+
+    /// Number of elements sharing one scale in a row of `cols` (`cols` itself for per-channel,
+    /// per-tensor and unscaled formats). Fails when a group size does not divide the row.
+    pub fn group_len(&self, cols: usize) -> Result<usize> {
+        if let Some(t) = self.ggml {
+            let bs = t.block_size();
+            if cols % bs != 0 {
+                return Err(FormatError::Invalid(format!(
+                    "{}: rows of {cols} elements are not a multiple of the block size {bs}",
+                    t.name()
+                )));
+            }
+            return Ok(bs);
+        }
+        match self.granularity {
+            Granularity::Group(g) => {
+                if g == 0 || cols % g != 0 {
+                    Err(FormatError::Invalid(format!(
+                        "group size {g} does not divide the row length {cols} (use a group size that divides it, or `ch`)"
+                    )))
+                } else {
+                    Ok(g)
+                }
+            }
+            _ => Ok(cols.max(1)),
+        }
+    }
+
+    /// Bits of per-group metadata (scale, zero point, grid choice).
+    fn group_meta_bits(&self) -> u64 {
+        if self.granularity == Granularity::None {
+            return 0;
+        }
+        let mut b = self.scale.bits() as u64;
+        if self.asym {
+            b += self.code_bits() as u64;
+        }
+        if self.choice == Choice::PerGroup {
+            b += self.choice_bits() as u64;
+        }
+        b
+    }
+
+    /// Bits of per-tensor metadata (E4M3's f32 second-level scale, a per-tensor choice, and
+    /// per-tensor scale and zero point).
+    pub fn tensor_bits(&self) -> u64 {
+        if self.ggml.is_some() {
+            return 0;
+        }
+        let mut b = 0;
+        if self.scale == ScaleStorage::E4m3 && self.granularity != Granularity::None {
+            b += 32;
+        }
+        if self.choice == Choice::PerTensor && self.elements.len() > 1 {
+            b += 8;
+        }
+        if self.granularity == Granularity::Tensor {
+            b += self.group_meta_bits();
+        }
+        b
+    }
+
+    /// Exact bits one row of `cols` elements takes (codes padded to whole bytes, scales, zero
+    /// points, choices, second-level scales), excluding per-tensor metadata.
+    pub fn row_bits(&self, cols: usize) -> Result<u64> {
+        let g = self.group_len(cols)?;
+        if let Some(t) = self.ggml {
+            return Ok(t.row_bytes(cols)? as u64 * 8);
+        }
+        let mut b = pack::row_bytes(cols, self.code_bits()) as u64 * 8;
+        let groups = match self.granularity {
+            Granularity::None | Granularity::Tensor => 0,
+            Granularity::Channel => 1,
+            Granularity::Group(_) => cols / g,
+        } as u64;
+        b += groups * self.group_meta_bits();
+        if let ScaleStorage::UInt { super_groups, .. } = self.scale {
+            b += groups.div_ceil(super_groups as u64) * 32;
+        }
+        Ok(b)
+    }
+
+    /// Exact storage of a `[rows, cols]` matrix in bits, all metadata included.
+    pub fn storage_bits(&self, rows: usize, cols: usize) -> Result<u64> {
+        Ok(rows as u64 * self.row_bits(cols)? + self.tensor_bits())
+    }
+
+    /// Bits per weight for rows of `cols` elements, metadata included (per-tensor metadata,
+    /// at most a few dozen bits per tensor, is left out: see [`Format::storage_bits`]).
+    pub fn bits_per_weight(&self, cols: usize) -> Result<f64> {
+        Ok(self.row_bits(cols)? as f64 / cols as f64)
+    }
+
+    fn check_input(&self, data: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<()> {
+        if data.len() != rows * cols {
+            return Err(FormatError::Length {
+                what: format!("{rows}x{cols} matrix"),
+                expected: rows * cols,
+                got: data.len(),
+            });
+        }
+        if let Some((index, &value)) = data.par_iter().enumerate().find_first(|(_, v)| !v.is_finite()) {
+            return Err(FormatError::NonFinite { index, value });
+        }
+        if let Some(imp) = importance {
+            if imp.len() != cols {
+                return Err(FormatError::Length {
+                    what: "importance (one per column)".into(),
+                    expected: cols,
+                    got: imp.len(),
+                });
+            }
+            if let Some((i, &v)) = imp.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+                return Err(FormatError::Invalid(format!(
+                    "importance[{i}] = {v}: must be finite and non-negative"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-tensor second-level scale for `data` (1 unless scales are stored as E4M3).
+    pub fn tensor_scale(&self, data: &[f32]) -> f32 {
+        if self.scale != ScaleStorage::E4m3 || self.granularity == Granularity::None {
+            return 1.0;
+        }
+        let amax = data
+            .par_iter()
+            .fold(|| 0.0f32, |m, &v| m.max(v.abs()))
+            .reduce(|| 0.0, f32::max);
+        let emax = self.elements.iter().map(|e| e.max_value()).fold(0.0f32, f32::max);
+        self.scale.tensor_scale(amax, emax)
+    }
+
+    /// Parameters of one group (not for ggml formats, which choose their own): scale (rounded to its storage), zero point and grid choice,
+    /// minimising the (importance-weighted) squared error when clipping or a choice is
+    /// involved. `importance` is per element of `w`. Integer scale storage is applied later
+    /// per super block, so here the scale is the ideal one.
+    pub fn group_params(&self, w: &[f32], importance: Option<&[f32]>, tensor_scale: f32) -> GroupParams {
+        let (mut mn, mut mx) = (0.0f32, 0.0f32);
+        for &v in w {
+            mn = mn.min(v);
+            mx = mx.max(v);
+        }
+        if self.elements.is_empty() {
+            return GroupParams {
+                scale: 0.0,
+                zero: 0.0,
+                choice: 0,
+            };
+        }
+        let per_group_choice = self.elements.len() > 1 && self.choice == Choice::PerGroup;
+        let candidates: &[Element] = if per_group_choice {
+            &self.elements
+        } else {
+            &self.elements[..1]
+        };
+        let search = self.clip == Clip::Mse;
+        let mut best = GroupParams {
+            scale: 0.0,
+            zero: 0.0,
+            choice: 0,
+        };
+        let mut best_err = f64::INFINITY;
+        for (ci, e) in candidates.iter().enumerate() {
+            let n_ratios = if search { CLIP_RATIOS } else { 1 };
+            for k in 0..n_ratios {
+                let r = 1.0 - 0.01 * k as f32;
+                let p = self.params_at(e, ci as u8, mn * r, mx * r, tensor_scale);
+                if n_ratios == 1 && candidates.len() == 1 {
+                    return p;
+                }
+                let err = group_error(e, w, importance, &p);
+                if err < best_err {
+                    best_err = err;
+                    best = p;
+                }
+            }
+        }
+        best
+    }
+
+    fn params_at(&self, e: &Element, choice: u8, mn: f32, mx: f32, ts: f32) -> GroupParams {
+        if self.asym {
+            let qmax = e.max_value();
+            let s = self.scale.round((mx - mn) / qmax, ts);
+            let zero = if s > 0.0 {
+                (-mn / s).round_ties_even().clamp(0.0, qmax)
+            } else {
+                0.0
+            };
+            return GroupParams { scale: s, zero, choice };
+        }
+        let s = if self.scale == ScaleStorage::E8m0 {
+            e8m0_scale(mx.max(-mn), e.emax())
+        } else {
+            self.scale.round(absmax_scale(e, mx, -mn), ts)
+        };
+        GroupParams {
+            scale: s,
+            zero: 0.0,
+            choice,
+        }
+    }
+
+    /// Code of `x` in a group with parameters `p` (nearest rounding, saturating).
+    pub fn encode_value(&self, x: f32, p: &GroupParams) -> u16 {
+        let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
+        self.elements
+            .get(p.choice as usize)
+            .map_or(0, |e| e.encode(x * inv + p.zero))
+    }
+
+    /// Value of a code in a group with parameters `p`.
+    pub fn decode_value(&self, code: u16, p: &GroupParams) -> f32 {
+        self.elements
+            .get(p.choice as usize)
+            .map_or(0.0, |e| (e.decode(code) - p.zero) * p.scale)
+    }
+
+    /// Quantize-dequantize of one value given its group's parameters (GPTQ's inner step).
+    pub fn quantize_value(&self, x: f32, p: &GroupParams) -> f32 {
+        self.decode_value(self.encode_value(x, p), p)
+    }
+
+    /// Quantizes a row-major `[rows, cols]` matrix. `importance` (one non-negative weight per
+    /// column, e.g. an imatrix) weights the error that clipping and choices minimise.
+    /// Non-finite input is an error naming its index.
+    pub fn quantize(&self, data: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Quantized> {
+        if rows == 0 || cols == 0 {
+            return Err(FormatError::Invalid(format!(
+                "cannot quantize an empty {rows}x{cols} matrix"
+            )));
+        }
+        self.check_input(data, rows, cols, importance)?;
+        self.group_len(cols)?;
+        if let Some(t) = self.ggml {
+            let bytes = crate::ggml::quantize(t, data, cols, importance)?;
+            return Ok(Quantized {
+                rows,
+                cols,
+                code_bits: 0,
+                codes: Vec::new(),
+                row_bytes: 0,
+                scales: Vec::new(),
+                zeros: Vec::new(),
+                choices: Vec::new(),
+                super_scales: Vec::new(),
+                tensor_scale: 1.0,
+                ggml: bytes,
+            });
+        }
+        if self.elements.len() > 1 && self.choice == Choice::PerTensor {
+            return self.quantize_choosing_tensor(data, rows, cols, importance);
+        }
+        self.quantize_grid(data, rows, cols, importance)
+    }
+
+    fn quantize_choosing_tensor(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Quantized> {
+        let mut best: Option<(f64, Quantized)> = None;
+        for (i, e) in self.elements.iter().enumerate() {
+            let mut single = self.clone();
+            single.elements = vec![e.clone()];
+            let mut q = single.quantize_grid(data, rows, cols, importance)?;
+            let deq = single.dequantize(&q)?;
+            let err = weighted_sq_error(data, &deq, cols, importance);
+            if best.as_ref().map_or(true, |(b, _)| err < *b) {
+                q.choices = vec![i as u8];
+                best = Some((err, q));
+            }
+        }
+        best.map(|(_, q)| q)
+            .ok_or_else(|| FormatError::Invalid("format has no element grid".into()))
+    }
+
+    fn quantize_grid(&self, data: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Quantized> {
+        let g = self.group_len(cols)?;
+        let bits = self.code_bits();
+        let row_bytes = pack::row_bytes(cols, bits);
+        let ts = self.tensor_scale(data);
+        let gran = self.granularity;
+        // Per-tensor scale: one group spanning the matrix (importance repeated per row).
+        let tensor_params = if gran == Granularity::Tensor {
+            let imp = importance.map(|imp| imp.iter().cycle().take(data.len()).copied().collect::<Vec<f32>>());
+            Some(self.group_params(data, imp.as_deref(), ts))
+        } else {
+            None
+        };
+        let groups_per_row = match gran {
+            Granularity::None | Granularity::Tensor => 0,
+            Granularity::Channel => 1,
+            Granularity::Group(_) => cols / g,
+        };
+        let mut codes = vec![0u8; rows * row_bytes];
+        let per_group_choice = self.elements.len() > 1 && self.choice == Choice::PerGroup;
+        let seed = match self.rounding {
+            Rounding::Stochastic { seed } => Some(seed),
+            Rounding::Nearest => None,
+        };
+        // Each row returns its group parameters (and second-level scales); codes are written
+        // in place. Rows are independent, so they run in parallel.
+        let metas: Vec<(Vec<GroupParams>, Vec<f32>)> = data
+            .par_chunks(cols)
+            .zip(codes.par_chunks_mut(row_bytes))
+            .enumerate()
+            .map_init(Vec::new, |buf: &mut Vec<u16>, (r, (row, out))| {
+                buf.resize(cols, 0);
+                let mut params = Vec::with_capacity(groups_per_row.max(1));
+                let mut supers = Vec::new();
+                match gran {
+                    Granularity::None => params.push(GroupParams {
+                        scale: 1.0,
+                        zero: 0.0,
+                        choice: 0,
+                    }),
+                    Granularity::Tensor => params.push(tensor_params.unwrap_or(GroupParams {
+                        scale: 1.0,
+                        zero: 0.0,
+                        choice: 0,
+                    })),
+                    _ => {
+                        for (k, grp) in row.chunks_exact(g).enumerate() {
+                            let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);
+                            params.push(self.group_params(grp, imp, ts));
+                        }
+                        if let ScaleStorage::UInt { bits, super_groups } = self.scale {
+                            let mut s: Vec<f32> = params.iter().map(|p| p.scale).collect();
+                            supers = quantize_uint_scales(&mut s, bits, super_groups);
+                            for (p, s) in params.iter_mut().zip(s) {
+                                p.scale = s;
+                            }
+                        }
+                    }
+                }
+                let glen = if params.len() == 1 { cols } else { g };
+                let mut rng = seed.map(|s| SplitMix::new(s, r as u64));
+                for ((src, dst), p) in row.chunks(glen).zip(buf.chunks_mut(glen)).zip(params.iter()) {
+                    let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
+                    let e = &self.elements[p.choice as usize];
+                    match rng.as_mut() {
+                        None => e.encode_slice(src, inv, p.zero, dst),
+                        Some(rng) => e.encode_slice_sr(src, inv, p.zero, dst, &mut || rng.uniform()),
+                    }
+                }
+                pack::pack(buf, bits, out);
+                if groups_per_row == 0 {
+                    params.clear();
+                }
+                (params, supers)
+            })
+            .collect();
+        let mut scales = Vec::with_capacity(rows * groups_per_row);
+        let mut zeros = Vec::new();
+        let mut choices = Vec::new();
+        let mut supers = Vec::new();
+        for (params, sup) in &metas {
+            scales.extend(params.iter().map(|p| p.scale));
+            if self.asym {
+                zeros.extend(params.iter().map(|p| p.zero));
+            }
+            if per_group_choice {
+                choices.extend(params.iter().map(|p| p.choice));
+            }
+            supers.extend_from_slice(sup);
+        }
+        if let Some(p) = tensor_params {
+            scales = vec![p.scale];
+            if self.asym {
+                zeros = vec![p.zero];
+            }
+        }
+        Ok(Quantized {
+            rows,
+            cols,
+            code_bits: bits,
+            codes,
+            row_bytes,
+            scales,
+            zeros,
+            choices,
+            super_scales: supers,
+            tensor_scale: ts,
+            ggml: Vec::new(),
+        })
+    }
+
+    /// Dequantizes into a new row-major matrix.
+    pub fn dequantize(&self, q: &Quantized) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; q.rows * q.cols];
+        self.dequantize_into(q, &mut out)?;
+        Ok(out)
+    }
+
+    /// Dequantizes into `out` (`rows * cols` values).
+    pub fn dequantize_into(&self, q: &Quantized, out: &mut [f32]) -> Result<()> {
+        let (rows, cols) = (q.rows, q.cols);
+        if out.len() != rows * cols {
+            return Err(FormatError::Length {
+                what: "dequantize output".into(),
+                expected: rows * cols,
+                got: out.len(),
+            });
+        }
+        if let Some(t) = self.ggml {
+            return crate::ggml::dequantize(t, &q.ggml, out);
+        }
+        let g = self.group_len(cols)?;
+        let bits = self.code_bits();
+        if q.code_bits != bits || q.codes.len() != rows * q.row_bytes || q.row_bytes != pack::row_bytes(cols, bits) {
+            return Err(FormatError::Invalid(format!(
+                "quantized data does not match format {}",
+                self.spec()
+            )));
+        }
+        let tables: Vec<Vec<f32>> = self.elements.iter().map(|e| e.decode_table()).collect();
+        let fixed_choice = if self.choice == Choice::PerTensor {
+            q.choices.first().copied().unwrap_or(0)
+        } else {
+            0
+        } as usize;
+        let gran = self.granularity;
+        let groups_per_row = match gran {
+            Granularity::None | Granularity::Tensor => 0,
+            Granularity::Channel => 1,
+            Granularity::Group(_) => cols / g,
+        };
+        let expected_scales = match gran {
+            Granularity::None => 0,
+            Granularity::Tensor => 1,
+            _ => rows * groups_per_row,
+        };
+        if q.scales.len() != expected_scales
+            || (self.asym && q.zeros.len() != expected_scales)
+            || fixed_choice >= tables.len()
+            || q.choices.iter().any(|&c| c as usize >= tables.len())
+        {
+            return Err(FormatError::Invalid(format!(
+                "quantized metadata does not match format {}",
+                self.spec()
+            )));
+        }
+        let per_group_choice = self.elements.len() > 1 && self.choice == Choice::PerGroup;
+        out.par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each_init(Vec::new, |buf: &mut Vec<u16>, (r, orow)| {
+                buf.resize(cols, 0);
+                pack::unpack(&q.codes[r * q.row_bytes..(r + 1) * q.row_bytes], bits, buf);
+                let (glen, first) = match gran {
+                    Granularity::None | Granularity::Tensor => (cols, 0),
+                    _ => (g, r * groups_per_row),
+                };
+                for (k, (dst, src)) in orow.chunks_mut(glen).zip(buf.chunks(glen)).enumerate() {
+                    let gi = first + k;
+                    let (s, z) = match gran {
+                        Granularity::None => (1.0, 0.0),
+                        Granularity::Tensor => (q.scales[0], if self.asym { q.zeros[0] } else { 0.0 }),
+                        _ => (q.scales[gi], if self.asym { q.zeros[gi] } else { 0.0 }),
+                    };
+                    let t = if per_group_choice {
+                        &tables[q.choices[gi] as usize]
+                    } else {
+                        &tables[fixed_choice]
+                    };
+                    if z == 0.0 {
+                        for (d, &c) in dst.iter_mut().zip(src) {
+                            *d = t[c as usize] * s;
+                        }
+                    } else {
+                        for (d, &c) in dst.iter_mut().zip(src) {
+                            *d = (t[c as usize] - z) * s;
+                        }
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    /// Quantizes then dequantizes a `[rows, cols]` matrix.
+    pub fn fake_quantize(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let q = self.quantize(data, rows, cols, importance)?;
+        self.dequantize(&q)
+    }
+
+    /// Quantizes one row (a 1 x n matrix).
+    pub fn quantize_row(&self, row: &[f32], importance: Option<&[f32]>) -> Result<Quantized> {
+        self.quantize(row, 1, row.len(), importance)
+    }
+
+    /// Quantizes then dequantizes one row.
+    pub fn fake_quantize_row(&self, row: &[f32], importance: Option<&[f32]>) -> Result<Vec<f32>> {
+        self.fake_quantize(row, 1, row.len(), importance)
+    }
+
+    /// What `formats roundtrip` prints: one row of any length, grouped from its start (the
+    /// last group may be short: it is padded with zeros, which every grid holds exactly, so
+    /// padding changes no scale and no error). A raw minifloat grid (bare `fp8_e4m3`) casts
+    /// as the format does, overflow to inf/NaN and NaN/inf passed through; everything else
+    /// saturates and rejects non-finite input.
+    pub fn roundtrip(&self, values: &[f32]) -> Result<Vec<f32>> {
+        if self.granularity == Granularity::None && self.ggml.is_none() && self.elements.len() == 1 {
+            if let Element::Float(f) = &self.elements[0] {
+                return Ok(values.iter().map(|&x| f.decode_code(f.cast(x))).collect());
+            }
+        }
+        let n = values.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let unit = if let Some(t) = self.ggml {
+            t.block_size()
+        } else {
+            match self.granularity {
+                Granularity::Group(g) => g,
+                _ => 1,
+            }
+        };
+        let padded = n.div_ceil(unit) * unit;
+        let mut row = values.to_vec();
+        row.resize(padded, 0.0);
+        let mut out = self.fake_quantize_row(&row, None)?;
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+/// Weighted squared error of one group under parameters `p` (nearest rounding).
+fn group_error(e: &Element, w: &[f32], importance: Option<&[f32]>, p: &GroupParams) -> f64 {
+    let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
+    let mut err = 0.0f64;
+    for (i, &x) in w.iter().enumerate() {
+        let d = x - (e.decode(e.encode(x * inv + p.zero)) - p.zero) * p.scale;
+        let wt = importance.map_or(1.0, |imp| imp[i]);
+        err += (wt * d * d) as f64;
+    }
+    err
+}
+
+/// Σ importance[col] · (a - b)² over a matrix.
+pub fn weighted_sq_error(a: &[f32], b: &[f32], cols: usize, importance: Option<&[f32]>) -> f64 {
+    a.par_chunks(cols.max(1))
+        .zip(b.par_chunks(cols.max(1)))
+        .map(|(ra, rb)| {
+            let mut s = 0.0f64;
+            for (j, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+                let d = (x - y) as f64;
+                s += importance.map_or(1.0, |imp| imp[j] as f64) * d * d;
+            }
+            s
+        })
+        .sum()
+}
+
+/// A tiny seeded generator (SplitMix64), one stream per row so results do not depend on
+/// how rayon schedules rows.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn new(seed: u64, row: u64) -> Self {
+        let mut s = SplitMix(seed ^ row.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        s.next();
+        s
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1) with 24 random bits.
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 * (1.0 / 16_777_216.0)
+    }
+}

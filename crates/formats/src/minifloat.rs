@@ -1,0 +1,331 @@
+//! Minifloats ExMy: any exponent width 1–8 and mantissa width 0–10, any bias, subnormals,
+//! and the special-value conventions in use (IEEE-like, "fn", "fnuz", none).
+//!
+//! Two encoders with different overflow policies:
+//! - [`Minifloat::cast`] follows the conventions of ml_dtypes / PyTorch casts: overflow goes to
+//!   infinity (IEEE-like) or NaN (fn, fnuz); formats without special values saturate.
+//! - [`Minifloat::encode`] is the quantizer: it always saturates to the largest finite value, as
+//!   the weight-quantization literature does. Both round to nearest, ties to even.
+
+use crate::element::ElementCodec;
+use crate::{FormatError, Result};
+
+/// Which bit patterns of a minifloat are special values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Special {
+    /// IEEE 754-like: all-ones exponent is infinity (mantissa 0) or NaN.
+    Ieee,
+    /// "fn" (finite + NaN, as FP8 E4M3FN): only all-ones exponent and mantissa is NaN.
+    Fn,
+    /// "fnuz" (finite, unsigned zero): the negative-zero pattern is the only NaN.
+    Fnuz,
+    /// No special values at all (OCP FP6 / FP4): every pattern is a number.
+    Finite,
+}
+
+impl Special {
+    /// Lower-case name used in spec strings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Special::Ieee => "ieee",
+            Special::Fn => "fn",
+            Special::Fnuz => "fnuz",
+            Special::Finite => "finite",
+        }
+    }
+}
+
+/// A minifloat element format: 1 sign bit, `exp_bits` exponent bits, `man_bits` mantissa bits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Minifloat {
+    exp_bits: u32,
+    man_bits: u32,
+    bias: i32,
+    special: Special,
+    max: f32,
+    min_normal: f32,
+    max_code: u16,
+}
+
+impl Minifloat {
+    /// The conventional bias: 2^(E-1)-1, or 2^(E-1) for fnuz (as ml_dtypes' *fnuz types).
+    pub fn default_bias(exp_bits: u32, special: Special) -> i32 {
+        let b = 1i32 << (exp_bits.saturating_sub(1));
+        if special == Special::Fnuz {
+            b
+        } else {
+            b - 1
+        }
+    }
+
+    /// A minifloat; fails when the combination has no finite nonzero value or does not fit.
+    pub fn new(exp_bits: u32, man_bits: u32, bias: i32, special: Special) -> Result<Self> {
+        if !(1..=8).contains(&exp_bits) || man_bits > 10 || exp_bits + man_bits + 1 > 16 {
+            return Err(FormatError::Invalid(format!(
+                "minifloat e{exp_bits}m{man_bits}: exponent must be 1-8 bits and mantissa 0-10 bits"
+            )));
+        }
+        // The f64 rounding trick and f32 decode need every value (and its rounding quantum) to be
+        // an f32: the smallest normal exponent 1-bias must not go below f32's -126.
+        if !(-127..=127).contains(&bias) {
+            return Err(FormatError::Invalid(format!(
+                "minifloat bias {bias} outside -127..=127"
+            )));
+        }
+        if special == Special::Ieee && exp_bits < 2 {
+            return Err(FormatError::Invalid(format!(
+                "minifloat e{exp_bits}m{man_bits}: IEEE-like special values need at least 2 exponent bits"
+            )));
+        }
+        let emask = (1u32 << exp_bits) - 1;
+        let mmask = (1u32 << man_bits) - 1;
+        let max_code = match special {
+            Special::Ieee => ((emask - 1) << man_bits) | mmask,
+            Special::Fn if man_bits == 0 => (emask - 1) << man_bits,
+            Special::Fn => (emask << man_bits) | (mmask - 1),
+            Special::Fnuz | Special::Finite => (emask << man_bits) | mmask,
+        };
+        if max_code == 0 {
+            return Err(FormatError::Invalid(format!(
+                "minifloat e{exp_bits}m{man_bits} ({}) has no nonzero finite value",
+                special.name()
+            )));
+        }
+        let mut f = Minifloat {
+            exp_bits,
+            man_bits,
+            bias,
+            special,
+            max: 0.0,
+            min_normal: pow2(1 - bias),
+            max_code: max_code as u16,
+        };
+        f.max = f.decode_code(f.max_code);
+        if !f.max.is_finite() {
+            return Err(FormatError::Invalid(format!(
+                "minifloat e{exp_bits}m{man_bits} bias {bias}: largest value does not fit an f32"
+            )));
+        }
+        Ok(f)
+    }
+
+    /// With the conventional bias.
+    pub fn with_default_bias(exp_bits: u32, man_bits: u32, special: Special) -> Result<Self> {
+        Self::new(exp_bits, man_bits, Self::default_bias(exp_bits, special), special)
+    }
+
+    /// Exponent bits.
+    pub fn exp_bits(&self) -> u32 {
+        self.exp_bits
+    }
+    /// Mantissa bits.
+    pub fn man_bits(&self) -> u32 {
+        self.man_bits
+    }
+    /// Exponent bias.
+    pub fn bias(&self) -> i32 {
+        self.bias
+    }
+    /// Special-value convention.
+    pub fn special(&self) -> Special {
+        self.special
+    }
+    /// Largest finite value.
+    pub fn max(&self) -> f32 {
+        self.max
+    }
+    /// Smallest positive normal value.
+    pub fn min_normal(&self) -> f32 {
+        self.min_normal
+    }
+    /// Smallest positive subnormal value (the quantum below the normal range).
+    pub fn min_subnormal(&self) -> f32 {
+        pow2(1 - self.bias - self.man_bits as i32)
+    }
+    /// Total bits of a code.
+    pub fn bits(&self) -> u32 {
+        1 + self.exp_bits + self.man_bits
+    }
+    /// Exponent of the largest finite value (floor(log2(max))), the MX spec's `emax_elem`.
+    pub fn emax(&self) -> i32 {
+        ((self.max.to_bits() >> 23) as i32) - 127
+    }
+
+    /// The NaN code this format uses, if it has one (canonical pattern, positive sign).
+    pub fn nan_code(&self) -> Option<u16> {
+        let m = self.man_bits;
+        let emask = (1u16 << self.exp_bits) - 1;
+        match self.special {
+            Special::Ieee if m == 0 => None,
+            Special::Ieee => Some((emask << m) | (1 << (m - 1))),
+            Special::Fn => Some((emask << m) | ((1u16 << m) - 1)),
+            Special::Fnuz => Some(1 << (self.exp_bits + m)),
+            Special::Finite => None,
+        }
+    }
+
+    /// The +infinity code, for IEEE-like formats.
+    pub fn inf_code(&self) -> Option<u16> {
+        (self.special == Special::Ieee).then(|| ((1u16 << self.exp_bits) - 1) << self.man_bits)
+    }
+
+    /// Decodes one code (bits above the format's width are ignored).
+    pub fn decode_code(&self, code: u16) -> f32 {
+        let m = self.man_bits;
+        let e = self.exp_bits;
+        let code = code as u32 & ((1u32 << (1 + e + m)) - 1);
+        let sign = (code >> (e + m)) & 1;
+        let ef = (code >> m) & ((1 << e) - 1);
+        let mant = code & ((1 << m) - 1);
+        let emask = (1 << e) - 1;
+        match self.special {
+            Special::Ieee if ef == emask => {
+                let v = if mant == 0 { f32::INFINITY } else { f32::NAN };
+                return if sign == 1 { -v } else { v };
+            }
+            Special::Fn if ef == emask && mant == (1 << m) - 1 => return f32::NAN,
+            Special::Fnuz if sign == 1 && ef == 0 && mant == 0 => return f32::NAN,
+            _ => {}
+        }
+        let mag = if ef == 0 {
+            mant as f32 * pow2(1 - self.bias - m as i32)
+        } else {
+            // (2^m + mant) < 2^11 is exact in f32, and the power of two scales exactly.
+            ((1u32 << m) + mant) as f32 * pow2(ef as i32 - self.bias - m as i32)
+        };
+        if sign == 1 {
+            -mag
+        } else {
+            mag
+        }
+    }
+
+    /// Rounds |a| (finite, non-negative) to the nearest representable magnitude (ties to even),
+    /// ignoring overflow: the result may exceed `max`.
+    #[inline(always)]
+    fn round_mag(&self, a: f32) -> f32 {
+        // Adding and subtracting C = 2^(e - M + 52) in f64 rounds a at quantum 2^(e-M) with the
+        // FPU's own round-to-nearest-even: exact, branch-free, and valid for subnormals too
+        // because e is clamped to the smallest normal exponent.
+        let e = (((a.to_bits() >> 23) as i32) - 127).max(1 - self.bias);
+        let c = f64::from_bits(((e - self.man_bits as i32 + 52 + 1023) as u64) << 52);
+        ((a as f64 + c) - c) as f32
+    }
+
+    /// Stochastic rounding of |a| between its two neighbours, `u` uniform in [0, 1).
+    #[inline(always)]
+    fn round_mag_sr(&self, a: f32, u: f32) -> f32 {
+        let e = (((a.to_bits() >> 23) as i32) - 127).max(1 - self.bias);
+        let q = f64::from_bits(((e - self.man_bits as i32 + 1023) as u64) << 52);
+        (((a as f64 / q) + u as f64).floor() * q) as f32
+    }
+
+    /// Code of a representable finite magnitude `r` with the given sign.
+    #[inline(always)]
+    fn code_of(&self, r: f32, negative: bool) -> u16 {
+        let m = self.man_bits;
+        let mag = if r < self.min_normal {
+            // r is a multiple of the subnormal quantum: the quotient is an exact integer.
+            (r / self.min_subnormal()) as u32
+        } else {
+            let b = r.to_bits();
+            let ef = ((b >> 23) as i32 - 127 + self.bias) as u32;
+            (ef << m) | ((b >> (23 - m)) & ((1 << m) - 1))
+        };
+        let sign_ok = negative && !(self.special == Special::Fnuz && mag == 0);
+        (mag | ((sign_ok as u32) << (self.exp_bits + m))) as u16
+    }
+
+    /// Quantizer encode: nearest (ties to even), saturating at ±max. `x` must not be NaN.
+    #[inline(always)]
+    pub fn encode(&self, x: f32) -> u16 {
+        let r = self.round_mag(x.abs()).min(self.max);
+        self.code_of(r, x.is_sign_negative())
+    }
+
+    /// Cast with the conventional overflow behaviour (see the module docs). NaN maps to NaN;
+    /// formats without NaN get the negative-zero pattern, as ml_dtypes does.
+    pub fn cast(&self, x: f32) -> u16 {
+        if x.is_nan() {
+            return self.nan_code().unwrap_or(1 << (self.exp_bits + self.man_bits));
+        }
+        let r = self.round_mag(x.abs());
+        if r > self.max {
+            match self.special {
+                Special::Ieee => {
+                    let inf = self.inf_code().unwrap_or(0);
+                    return inf | ((x.is_sign_negative() as u16) << (self.exp_bits + self.man_bits));
+                }
+                Special::Fn | Special::Fnuz => return self.nan_code().unwrap_or(0),
+                Special::Finite => return self.code_of(self.max, x.is_sign_negative()),
+            }
+        }
+        self.code_of(r, x.is_sign_negative())
+    }
+
+    /// Spec name `eXmY`, with the convention and bias when they are not this shape's default.
+    pub fn spec_name(&self) -> String {
+        match (self.exp_bits, self.man_bits, self.bias, self.special) {
+            (8, 7, 127, Special::Ieee) => return "bf16".into(),
+            (5, 10, 15, Special::Ieee) => return "f16".into(),
+            _ => {}
+        }
+        let mut s = format!("e{}m{}", self.exp_bits, self.man_bits);
+        let default_special = default_special(self.exp_bits, self.man_bits);
+        if self.special != default_special {
+            s.push(':');
+            s.push_str(self.special.name());
+        }
+        if self.bias != Self::default_bias(self.exp_bits, self.special) {
+            s.push_str(&format!(":bias={}", self.bias));
+        }
+        s
+    }
+}
+
+/// The convention a bare `eXmY` gets: E4M3 is the FN variant (OCP FP8), E5M2 and wider
+/// exponents are IEEE-like (OCP FP8 E5M2, f16, bf16), everything else has no special values
+/// (OCP FP6/FP4 and the LLM-FP4 formats).
+pub fn default_special(exp_bits: u32, man_bits: u32) -> Special {
+    match (exp_bits, man_bits) {
+        (4, 3) => Special::Fn,
+        (e, _) if e >= 5 => Special::Ieee,
+        _ => Special::Finite,
+    }
+}
+
+/// 2^e as f32 for e in f32's normal and subnormal range.
+pub(crate) fn pow2(e: i32) -> f32 {
+    if e >= -126 {
+        f32::from_bits(((e + 127) as u32) << 23)
+    } else {
+        f32::from_bits(1u32 << (e + 149))
+    }
+}
+
+impl ElementCodec for Minifloat {
+    fn code_bits(&self) -> u32 {
+        self.bits()
+    }
+    fn max_value(&self) -> f32 {
+        self.max
+    }
+    fn min_value(&self) -> f32 {
+        -self.max
+    }
+    #[inline(always)]
+    fn encode(&self, x: f32) -> u16 {
+        Minifloat::encode(self, x)
+    }
+    #[inline(always)]
+    fn encode_sr(&self, x: f32, u: f32) -> u16 {
+        let r = self.round_mag_sr(x.abs(), u).min(self.max);
+        self.code_of(r, x.is_sign_negative())
+    }
+    fn decode(&self, code: u16) -> f32 {
+        self.decode_code(code)
+    }
+    fn emax(&self) -> i32 {
+        Minifloat::emax(self)
+    }
+}

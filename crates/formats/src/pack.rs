@@ -1,0 +1,93 @@
+//! Bit packing of element codes: LSB-first, each row starting on a byte boundary.
+
+/// Bytes one row of `n` codes of `bits` bits occupies.
+pub fn row_bytes(n: usize, bits: u32) -> usize {
+    (n * bits as usize).div_ceil(8)
+}
+
+/// Packs `codes` (each < 2^bits) into `out` (exactly `row_bytes(codes.len(), bits)` bytes).
+pub fn pack(codes: &[u16], bits: u32, out: &mut [u8]) {
+    match bits {
+        8 => {
+            for (o, &c) in out.iter_mut().zip(codes) {
+                *o = c as u8;
+            }
+        }
+        4 => {
+            let mut pairs = codes.chunks_exact(2);
+            for (o, p) in out.iter_mut().zip(&mut pairs) {
+                *o = (p[0] as u8 & 15) | ((p[1] as u8) << 4);
+            }
+            if let [last] = pairs.remainder() {
+                out[codes.len() / 2] = *last as u8 & 15;
+            }
+        }
+        16 => {
+            for (o, &c) in out.chunks_exact_mut(2).zip(codes) {
+                o.copy_from_slice(&c.to_le_bytes());
+            }
+        }
+        _ => {
+            let mask = (1u64 << bits) - 1;
+            let mut acc = 0u64;
+            let mut nacc = 0u32;
+            let mut k = 0;
+            for &c in codes {
+                acc |= (c as u64 & mask) << nacc;
+                nacc += bits;
+                while nacc >= 8 {
+                    out[k] = acc as u8;
+                    k += 1;
+                    acc >>= 8;
+                    nacc -= 8;
+                }
+            }
+            if nacc > 0 {
+                out[k] = acc as u8;
+            }
+        }
+    }
+}
+
+/// Unpacks `out.len()` codes of `bits` bits from `src`.
+pub fn unpack(src: &[u8], bits: u32, out: &mut [u16]) {
+    match bits {
+        8 => {
+            for (o, &b) in out.iter_mut().zip(src) {
+                *o = b as u16;
+            }
+        }
+        4 => {
+            let n = out.len();
+            let mut pairs = out.chunks_exact_mut(2);
+            for (p, &b) in (&mut pairs).zip(src) {
+                p[0] = (b & 15) as u16;
+                p[1] = (b >> 4) as u16;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = (src[n / 2] & 15) as u16;
+            }
+        }
+        16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = u16::from_le_bytes([b[0], b[1]]);
+            }
+        }
+        _ => {
+            let mask = (1u64 << bits) - 1;
+            let mut acc = 0u64;
+            let mut nacc = 0u32;
+            let mut k = 0;
+            for o in out.iter_mut() {
+                while nacc < bits {
+                    acc |= (src[k] as u64) << nacc;
+                    k += 1;
+                    nacc += 8;
+                }
+                *o = (acc & mask) as u16;
+                acc >>= bits;
+                nacc -= bits;
+            }
+        }
+    }
+}
