@@ -4,12 +4,15 @@ use crate::{FormatError, Result};
 use rayon::prelude::*;
 
 pub mod blocks;
+pub mod element;
+pub mod grid;
 mod iq4;
 mod kquants;
 mod legacy;
 mod search;
 
 use blocks::*;
+pub use element::{element_code, element_grid, requantize_element, set_element_code, ElementGrid};
 
 /// A block that can be decoded to `Block::ELEMS` f32 values, exactly as ggml's
 /// `dequantize_row_*` computes them (same f32 operations in the same order).
