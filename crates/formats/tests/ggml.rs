@@ -171,3 +171,197 @@ fn encode_matches_llama_cpp_bytes() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn encode_rejects_non_finite_input() {
+    let mut x = vec![0.5f32; 256];
+    x[77] = f32::NAN;
+    match quantize(GgmlType::Q4K, &x, 256, None) {
+        Err(FormatError::NonFinite { index, value }) => {
+            assert_eq!(index, 77);
+            assert!(value.is_nan());
+        }
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    x[77] = f32::NEG_INFINITY;
+    assert!(matches!(
+        quantize(GgmlType::Q8_0, &x, 256, None),
+        Err(FormatError::NonFinite { index: 77, .. })
+    ));
+    let x = vec![0.5f32; 256];
+    let mut w = vec![1.0f32; 256];
+    w[3] = f32::NAN;
+    assert!(matches!(
+        quantize(GgmlType::Q4_0, &x, 256, Some(&w)),
+        Err(FormatError::Invalid(_))
+    ));
+}
+
+#[test]
+fn encode_rejects_bad_shapes() {
+    let x = vec![0.25f32; 512];
+    // Row length not a multiple of the block size.
+    assert!(matches!(
+        quantize(GgmlType::Q4K, &x, 128, None),
+        Err(FormatError::Invalid(_))
+    ));
+    assert!(matches!(
+        quantize(GgmlType::Q4_0, &x, 48, None),
+        Err(FormatError::Invalid(_))
+    ));
+    // Input not whole rows.
+    assert!(matches!(
+        quantize(GgmlType::Q4_0, &x[..480], 64 * 3, None),
+        Err(FormatError::Invalid(_))
+    ));
+    // Zero-length rows.
+    assert!(quantize(GgmlType::Q8_0, &x, 0, None).is_err());
+    // Importance of the wrong length.
+    let w = vec![1.0f32; 256];
+    assert!(matches!(
+        quantize(GgmlType::Q6K, &x, 512, Some(&w)),
+        Err(FormatError::Length { .. })
+    ));
+    // Activation-only types.
+    assert!(quantize(GgmlType::Q8K, &x, 256, None).is_err());
+    // Empty input is zero rows, not an error.
+    assert_eq!(quantize(GgmlType::Q4_0, &[], 32, None).unwrap().len(), 0);
+}
+
+#[test]
+fn encode_then_decode_is_close_for_every_type() {
+    // A round trip through each format stays within a per-format error budget (relative RMS),
+    // and larger inputs take the parallel path with the same bytes as row-by-row encoding.
+    let budgets = [
+        (GgmlType::Q4_0, 0.095),
+        (GgmlType::Q4_1, 0.09),
+        (GgmlType::Q5_0, 0.048),
+        (GgmlType::Q5_1, 0.044),
+        (GgmlType::Q8_0, 0.006),
+        (GgmlType::Q2K, 0.33),
+        (GgmlType::Q3K, 0.17),
+        (GgmlType::Q4K, 0.08),
+        (GgmlType::Q5K, 0.041),
+        (GgmlType::Q6K, 0.02),
+        (GgmlType::Iq4Nl, 0.085),
+        (GgmlType::Iq4Xs, 0.085),
+        (GgmlType::F16, 0.0003),
+        (GgmlType::Bf16, 0.002),
+        (GgmlType::F32, 0.0),
+    ];
+    let n = 1024;
+    let rows = 80;
+    // Deterministic pseudo-Gaussian input (sum of uniforms from an LCG).
+    let mut s = 0x2545F4914F6CDD1Du64;
+    let mut next = || {
+        let mut acc = 0f32;
+        for _ in 0..4 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        }
+        acc
+    };
+    let x: Vec<f32> = (0..n * rows).map(|_| next()).collect();
+    let w: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32).collect();
+    for (t, budget) in budgets {
+        for imp in [None, Some(w.as_slice())] {
+            let q = quantize(t, &x, n, imp).unwrap();
+            assert_eq!(q.len(), t.row_bytes(n).unwrap() * rows);
+            let mut y = vec![0f32; x.len()];
+            dequantize(t, &q, &mut y).unwrap();
+            let (mut e2, mut x2) = (0f64, 0f64);
+            for (a, b) in x.iter().zip(&y) {
+                e2 += ((a - b) as f64).powi(2);
+                x2 += (*a as f64).powi(2);
+            }
+            let rel = (e2 / x2).sqrt();
+            assert!(
+                rel <= budget,
+                "{} imp={}: relative RMS error {rel} > {budget}",
+                t.name(),
+                imp.is_some()
+            );
+            // Row-by-row encoding gives the same bytes as the whole-matrix (parallel) call.
+            let rb = t.row_bytes(n).unwrap();
+            for r in [0, rows / 2, rows - 1] {
+                let one = quantize(t, &x[r * n..(r + 1) * n], n, imp).unwrap();
+                assert_eq!(one, q[r * rb..(r + 1) * rb], "{} row {r}", t.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn element_access_agrees_with_the_decoder() {
+    use formats::ggml::{
+        element_code, element_grid, requantize_element, set_element_code, ElementGrid,
+    };
+    let m = manifest();
+    for c in m["random_blocks"].as_array().unwrap() {
+        let t = ty(c["type"].as_str().unwrap());
+        let src = read(c["blocks"].as_str().unwrap());
+        let want = read_f32(c["dequantized"].as_str().unwrap());
+        let (bs, ts) = (t.block_size(), t.type_size());
+        for (b, block) in src.chunks_exact(ts).enumerate() {
+            let mut edited = block.to_vec();
+            for i in 0..bs {
+                let grid = element_grid(t, block, i).unwrap();
+                let code = element_code(t, block, i).unwrap();
+                let v = grid.value(code);
+                assert_eq!(
+                    v.to_bits(),
+                    want[b * bs + i].to_bits(),
+                    "{} block {b} element {i}",
+                    t.name()
+                );
+                // Writing the stored code back is a no-op; writing another code changes only
+                // that element.
+                set_element_code(t, &mut edited, i, code).unwrap();
+                assert_eq!(edited, block, "{} element {i}", t.name());
+            }
+            let max = match element_grid(t, block, 0).unwrap() {
+                ElementGrid::Linear { max_code, .. } => max_code,
+                ElementGrid::Iq4 { .. } => 15,
+            };
+            assert!(set_element_code(t, &mut edited, 0, max + 1).is_err() || max == 255);
+            for i in (0..bs).step_by(7) {
+                let target = want[b * bs + (i * 13 + 5) % bs] * 0.7 + 0.001;
+                let v = requantize_element(t, &mut edited, i, target).unwrap();
+                // The chosen value is the nearest the element's grid offers.
+                let grid = element_grid(t, &edited, i).unwrap();
+                let best = (0..=max)
+                    .map(|q| (grid.value(q) - target).abs())
+                    .fold(f32::INFINITY, f32::min);
+                assert!(
+                    (v - target).abs() <= best * (1.0 + 1e-6) + 1e-12,
+                    "{} element {i}",
+                    t.name()
+                );
+                let mut dec = vec![0f32; bs];
+                dequantize(t, &edited, &mut dec).unwrap();
+                assert_eq!(
+                    dec[i].to_bits(),
+                    v.to_bits(),
+                    "{} element {i} decodes differently",
+                    t.name()
+                );
+                for (k, (&d, &w)) in dec.iter().zip(&want[b * bs..(b + 1) * bs]).enumerate() {
+                    if k > i || (k < i && k % 7 != 0) {
+                        assert_eq!(
+                            d.to_bits(),
+                            w.to_bits(),
+                            "{}: element {k} changed by editing {i}",
+                            t.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(element_grid(GgmlType::Q4_0, &[0u8; 17], 0).is_err());
+    assert!(element_grid(GgmlType::Q4_0, &[0u8; 18], 32).is_err());
+    assert!(element_grid(GgmlType::F16, &[0u8; 2], 0).is_err());
+    assert!(requantize_element(GgmlType::Q4K, &mut [0u8; 144], 0, f32::NAN).is_err());
+}
