@@ -4,11 +4,13 @@
 //! (`eval`).
 
 pub mod arch;
+pub mod calib;
 pub mod error;
 pub mod eval;
 pub mod fetch;
 pub mod io;
 pub mod linalg;
+pub mod solve;
 pub mod tensor;
 pub mod tokenizer;
 

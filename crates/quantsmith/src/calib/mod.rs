@@ -1,0 +1,7 @@
+//! Calibration: token windows from text, and the statistics of every linear layer's input.
+
+pub mod hessian;
+pub mod windows;
+
+pub use hessian::Hessian;
+pub use windows::{calibration_windows, CalibOptions};

@@ -1,0 +1,94 @@
+//! Solvers: given a weight matrix, its calibration statistics and a target format, which
+//! codes? One file per solver; targets (what a weight can be rounded to) in `target.rs`.
+
+pub mod gptq;
+pub mod rtn;
+pub mod target;
+
+use crate::calib::Hessian;
+use crate::Result;
+pub use target::{Encoded, Grid, Target};
+
+/// One linear layer to quantize: `w` is `[rows, cols]` = `[out_features, in_features]`.
+pub struct LayerProblem<'a> {
+    /// Tensor name (for errors and reports).
+    pub name: &'a str,
+    /// Weights, row-major.
+    pub w: &'a [f32],
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// Statistics of the layer's input, when calibrated.
+    pub hessian: Option<&'a Hessian>,
+    /// Per-input-column importance for block quantizers (llama.cpp's imatrix meaning).
+    pub importance: Option<&'a [f32]>,
+}
+
+/// Which solver and its settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Method {
+    /// Round to nearest (importance-weighted when an imatrix is given).
+    Rtn,
+    /// GPTQ with its settings.
+    Gptq(gptq::GptqOptions),
+}
+
+impl Method {
+    /// Short name for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Rtn => "rtn",
+            Method::Gptq(_) => "gptq",
+        }
+    }
+
+    /// Whether the solver needs the layer's Hessian.
+    pub fn needs_hessian(&self) -> bool {
+        matches!(self, Method::Gptq(_))
+    }
+
+    /// Solves one layer.
+    pub fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded> {
+        match self {
+            Method::Rtn => rtn::solve(p, target),
+            Method::Gptq(o) => gptq::solve(p, target, o),
+        }
+    }
+}
+
+/// Error figures of one quantized layer.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LayerError {
+    /// Weight signal-to-quantization-noise ratio, dB.
+    pub sqnr_db: f64,
+    /// tr(ΔW H ΔWᵀ) / tr(W H Wᵀ): the relative output error on the calibration inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_err: Option<f64>,
+}
+
+/// Measures how far `q` is from `w` (and, with `h`, the relative output error).
+pub fn layer_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: Option<&Hessian>) -> LayerError {
+    let (mut sw, mut se) = (0f64, 0f64);
+    for (&a, &b) in w.iter().zip(q) {
+        sw += (a as f64) * (a as f64);
+        se += ((a - b) as f64) * ((a - b) as f64);
+    }
+    let sqnr_db = if se > 0.0 { 10.0 * (sw / se).log10() } else { f64::INFINITY };
+    let output_err = h.map(|h| {
+        let hf: Vec<f32> = h.mean().iter().map(|&v| v as f32).collect();
+        let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+        let quad = |m: &[f32]| -> f64 {
+            let mut mh = vec![0f32; rows * cols];
+            crate::linalg::matmul_nn(m, &hf, rows, cols, cols, &mut mh, true);
+            mh.iter().zip(m).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let den = quad(w);
+        if den > 0.0 {
+            quad(&d) / den
+        } else {
+            0.0
+        }
+    });
+    LayerError { sqnr_db, output_err }
+}
