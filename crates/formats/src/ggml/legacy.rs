@@ -103,6 +103,21 @@ fn min_max(x: &[f32]) -> (f32, f32) {
     (min, max)
 }
 
+/// C's `roundf` (ties away from zero) for |x| < 2^23, without a libm call: x - trunc(x) is
+/// exact in f32, so comparing it with 0.5 decides exactly as `roundf` does.
+#[inline(always)]
+fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let frac = x - t as f32;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
 /// Packs 32 codes (< 16) as ggml does: element j in the low nibble, j + 16 in the high one.
 #[inline]
 fn pack_nibbles(codes: &[u8; 32]) -> [u8; 16] {
@@ -185,7 +200,7 @@ pub(crate) fn q8_0_ref(x: &[f32], y: &mut BlockQ8_0) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     for (q, &v) in y.qs.iter_mut().zip(x) {
-        *q = ((v * id).round() as i8) as u8;
+        *q = (round_half_away(v * id) as i8) as u8;
     }
 }
 
