@@ -23,6 +23,8 @@ enum Command {
     Embed(cmd::embed::Args),
     /// Number formats: list them, round-trip numbers, fit them to a model's weights.
     Formats(cmd::formats::Args),
+    /// Quantize a model into a GGUF file that llama.cpp runs.
+    Quantize(cmd::quantize::Args),
 }
 
 fn main() {
@@ -33,6 +35,7 @@ fn main() {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Embed(a) => cmd::embed::run(a),
         Command::Formats(a) => cmd::formats::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -6,3 +6,4 @@ pub mod fetch;
 pub mod formats;
 pub mod inspect;
 pub mod progress;
+pub mod quantize;
