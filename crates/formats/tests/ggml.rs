@@ -9,9 +9,30 @@ fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/ggml")
 }
 
+fn golden() -> &'static (serde_json::Value, Vec<u8>) {
+    static GOLDEN: std::sync::OnceLock<(serde_json::Value, Vec<u8>)> = std::sync::OnceLock::new();
+    GOLDEN.get_or_init(|| {
+        let dir = data_dir();
+        let m = std::fs::read(dir.join("manifest.json")).expect("testdata/ggml/manifest.json");
+        let blob = std::fs::read(dir.join("golden.bin")).expect("testdata/ggml/golden.bin");
+        (
+            serde_json::from_slice(&m).expect("manifest.json parses"),
+            blob,
+        )
+    })
+}
+
+/// One named blob of golden.bin.
 fn read(name: &str) -> Vec<u8> {
-    let p = data_dir().join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    let (m, blob) = golden();
+    let span = m["blobs"][name]
+        .as_array()
+        .unwrap_or_else(|| panic!("no blob {name}"));
+    let (off, len) = (
+        span[0].as_u64().unwrap() as usize,
+        span[1].as_u64().unwrap() as usize,
+    );
+    blob[off..off + len].to_vec()
 }
 
 fn read_f32(name: &str) -> Vec<f32> {
@@ -22,7 +43,7 @@ fn read_f32(name: &str) -> Vec<f32> {
 }
 
 fn manifest() -> serde_json::Value {
-    serde_json::from_slice(&read("manifest.json")).expect("manifest.json parses")
+    golden().0.clone()
 }
 
 fn ty(name: &str) -> GgmlType {
@@ -145,7 +166,7 @@ fn decode_size_mismatch_is_an_error() {
 fn encode_matches_llama_cpp_bytes() {
     let m = manifest();
     let cases = m["quantize"].as_array().unwrap();
-    assert_eq!(cases.len(), 12 * 2 * 6 * 2);
+    assert_eq!(cases.len(), 12 * 2 * 7 * 2);
     let mut failures = Vec::new();
     for c in cases {
         let t = ty(c["type"].as_str().unwrap());

@@ -57,6 +57,15 @@ def make_input(kind, n, rng):
         x[1] = -x[1]               # all negative
         x[2, :] = 0.25             # constant
         x[2, 100:140] = -1.5
+    elif kind == "extreme":
+        # Scales that underflow (1/d infinite: C's float-to-int conversion of inf/NaN) and
+        # magnitudes near f32's limits.
+        x = rng.standard_normal((ROWS, n))
+        x[0] *= 1e-39
+        x[1] = 0.0
+        x[1, rng.integers(0, n, 5)] = 1e-37
+        x[2] *= 1e37
+        x[2, ::5] *= 1e-60
     else:
         raise ValueError(kind)
     return x.astype(np.float32)
@@ -76,7 +85,7 @@ def main():
     cases = []
     blobs = {}  # file name -> bytes
 
-    kinds = ["gauss", "uniform", "heavy", "zeros", "tiny", "positive"]
+    kinds = ["gauss", "uniform", "heavy", "zeros", "tiny", "positive", "extreme"]
     for n in (256, 512, 576):
         imat = np.exp(rng.standard_normal(n)).astype(np.float32)
         blobs[f"imatrix_{n}.f32"] = imat.tobytes()
@@ -145,14 +154,18 @@ def main():
         blobs[f"random_{tname}.deq.f32"] = deq.tobytes()
         randoms.append({"type": tname, "blocks": f"random_{tname}.bin", "dequantized": f"random_{tname}.deq.f32"})
 
-    for name, data in blobs.items():
-        with open(os.path.join(out, name), "wb") as f:
+    # All blobs go into one file; the manifest maps each name to its [offset, length].
+    index, offset = {}, 0
+    with open(os.path.join(out, "golden.bin"), "wb") as f:
+        for name, data in blobs.items():
             f.write(data)
+            index[name] = [offset, len(data)]
+            offset += len(data)
     manifest = {"reference": "llama.cpp 0c1e570 ggml-quants.c; gguf-py " + getattr(gguf, "__version__", "0.19.0"),
-                "quantize": cases, "random_blocks": randoms}
+                "blobs": index, "quantize": cases, "random_blocks": randoms}
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    print(f"{len(blobs)} files, {sum(len(b) for b in blobs.values())} bytes in {out}")
+    print(f"{len(blobs)} blobs, {offset} bytes in {out}/golden.bin")
 
 
 if __name__ == "__main__":

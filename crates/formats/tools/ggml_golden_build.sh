@@ -10,7 +10,7 @@ GGML=$1
 OUT=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
-CFLAGS="-O2 -std=c11 -D_GNU_SOURCE -I$GGML/include -I$GGML/src -I$GGML/src/ggml-cpu"
+CFLAGS="-O2 -DNDEBUG -std=c11 -D_GNU_SOURCE -I$GGML/include -I$GGML/src -I$GGML/src/ggml-cpu"
 cc $CFLAGS -c "$GGML/src/ggml-quants.c" -o "$OUT/ggml-quants.o"
 cc $CFLAGS -c "$HERE/ggml_golden_stubs.c" -o "$OUT/stubs.o"
 cc $CFLAGS -c "$HERE/ggml_golden_harness.c" -o "$OUT/harness.o"

@@ -44,6 +44,12 @@ def rows(rng):
         else:
             x = rng.standard_normal(N) * np.repeat(10.0 ** rng.uniform(-6, 2, N // 32), 32)
         out.append(x * s)
+    # Magnitudes at f32's limits, where ggml's scales underflow or overflow.
+    for s in (1e-44, 3e-42, 1e-39, 2e-38, 1e-37, 1e36, 3e38):
+        out[rng.integers(0, ROWS)] = np.clip(rng.standard_normal(N) * s, -3.4e38, 3.4e38)
+        spikes = np.zeros(N)
+        spikes[rng.integers(0, N, 5)] = s
+        out[rng.integers(0, ROWS)] = spikes
     return np.array(out, dtype=np.float32)
 
 

@@ -103,10 +103,28 @@ fn min_max(x: &[f32]) -> (f32, f32) {
     (min, max)
 }
 
-/// C's `roundf` (ties away from zero) for |x| < 2^23, without a libm call: x - trunc(x) is
-/// exact in f32, so comparing it with 0.5 decides exactly as `roundf` does.
+/// C's float-to-integer conversion as x86-64 compilers emit it (`cvttss2si`): truncation
+/// toward zero, and i32::MIN for NaN and out-of-range values. ggml's reference encoders reach
+/// that case (undefined behaviour in C) when a block's scale underflows so that 1/d is
+/// infinite; mirroring it keeps the bytes identical even for such blocks. Narrowing the result
+/// to 8 bits then keeps the low byte, as `as i8` / `as u8` do.
 #[inline(always)]
-fn round_half_away(x: f32) -> i32 {
+fn c_f32_to_i32(x: f32) -> i32 {
+    if x.is_nan() || x >= 2_147_483_648.0 || x < -2_147_483_648.0 {
+        i32::MIN
+    } else {
+        x as i32
+    }
+}
+
+/// C's `roundf` (ties away from zero) converted as [`c_f32_to_i32`] does, without a libm
+/// call: for |x| < 2^23, x - trunc(x) is exact in f32, so comparing it with 0.5 decides
+/// exactly as `roundf` does; larger values are already integers.
+#[inline(always)]
+fn c_roundf_to_i32(x: f32) -> i32 {
+    if !(x.abs() < 8_388_608.0) {
+        return c_f32_to_i32(x);
+    }
     let t = x as i32;
     let frac = x - t as f32;
     if frac >= 0.5 {
@@ -159,7 +177,8 @@ pub(crate) fn q4_0_ref(x: &[f32], y: &mut BlockQ4_0) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     // The codes use the unrounded f32 scale, as ggml's reference does.
-    let codes: [u8; 32] = std::array::from_fn(|j| ((x[j] * id + 8.5) as i8).min(15) as u8);
+    let codes: [u8; 32] =
+        std::array::from_fn(|j| (c_f32_to_i32(x[j] * id + 8.5) as i8).min(15) as u8);
     y.qs = pack_nibbles(&codes);
 }
 
@@ -169,7 +188,8 @@ pub(crate) fn q4_1_ref(x: &[f32], y: &mut BlockQ4_1) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     y.m = to_f16_le(min);
-    let codes: [u8; 32] = std::array::from_fn(|j| (((x[j] - min) * id + 0.5) as i8).min(15) as u8);
+    let codes: [u8; 32] =
+        std::array::from_fn(|j| (c_f32_to_i32((x[j] - min) * id + 0.5) as i8).min(15) as u8);
     y.qs = pack_nibbles(&codes);
 }
 
@@ -177,7 +197,8 @@ pub(crate) fn q5_0_ref(x: &[f32], y: &mut BlockQ5_0) {
     let d = signed_absmax(x) / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
-    let codes: [u8; 32] = std::array::from_fn(|j| ((x[j] * id + 16.5) as i8).min(31) as u8);
+    let codes: [u8; 32] =
+        std::array::from_fn(|j| (c_f32_to_i32(x[j] * id + 16.5) as i8).min(31) as u8);
     (y.qs, y.qh) = pack_5bit(&codes);
 }
 
@@ -187,7 +208,7 @@ pub(crate) fn q5_1_ref(x: &[f32], y: &mut BlockQ5_1) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     y.m = to_f16_le(min);
-    let codes: [u8; 32] = std::array::from_fn(|j| ((x[j] - min) * id + 0.5) as u8);
+    let codes: [u8; 32] = std::array::from_fn(|j| c_f32_to_i32((x[j] - min) * id + 0.5) as u8);
     (y.qs, y.qh) = pack_5bit(&codes);
 }
 
@@ -200,7 +221,7 @@ pub(crate) fn q8_0_ref(x: &[f32], y: &mut BlockQ8_0) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     for (q, &v) in y.qs.iter_mut().zip(x) {
-        *q = (round_half_away(v * id) as i8) as u8;
+        *q = (c_roundf_to_i32(v * id) as i8) as u8;
     }
 }
 
