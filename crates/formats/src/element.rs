@@ -20,10 +20,10 @@ pub trait ElementCodec {
     fn encode_sr(&self, x: f32, u: f32) -> u16;
     /// Value of a code.
     fn decode(&self, code: u16) -> f32;
-    /// floor(log2(max_value)): the element's `emax` in the OCP MX scale rule.
+    /// floor(log2(max_value)): the element's `emax` in the OCP MX scale rule (MXINT8's
+    /// two's complement -2 does not count: its emax is 0).
     fn emax(&self) -> i32 {
-        let m = self.max_value().max(self.min_value().abs());
-        ((m.to_bits() >> 23) as i32) - 127
+        ((self.max_value().to_bits() >> 23) as i32) - 127
     }
 }
 
@@ -55,7 +55,30 @@ impl Element {
     /// Encodes `dst[i] = code(src[i] * inv_scale + zero)`; one dispatch per slice so the loop
     /// inlines the family's encoder.
     pub fn encode_slice(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
-        each!(self, g => encode_nearest(g, src, inv_scale, zero, dst))
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the function was compiled for.
+                return unsafe { self.encode_slice_avx2(src, inv_scale, zero, dst) };
+            }
+        }
+        self.encode_slice_generic(src, inv_scale, zero, dst)
+    }
+
+    /// The same loop compiled for AVX2 (8 lanes instead of SSE2's 4).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn encode_slice_avx2(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+        self.encode_slice_generic(src, inv_scale, zero, dst)
+    }
+
+    #[inline(always)]
+    fn encode_slice_generic(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+        match self {
+            Element::Int(g) => g.encode_slice(src, inv_scale, zero, dst),
+            Element::Float(f) if zero == 0.0 => f.encode_slice(src, inv_scale, dst),
+            _ => each!(self, g => encode_nearest(g, src, inv_scale, zero, dst)),
+        }
     }
 
     /// As [`Element::encode_slice`] with stochastic rounding; `uniform` yields numbers in [0, 1).

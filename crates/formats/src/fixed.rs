@@ -60,7 +60,7 @@ impl ElementCodec for Fixed {
     }
     #[inline(always)]
     fn encode(&self, x: f32) -> u16 {
-        let k = (x * self.inv_step).round_ties_even().clamp(self.kmin, self.kmax) as i32;
+        let k = crate::int::round_even((x * self.inv_step).clamp(self.kmin, self.kmax)) as i32;
         (k as u32 & ((1u32 << self.bits) - 1)) as u16
     }
     #[inline(always)]

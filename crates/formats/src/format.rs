@@ -272,8 +272,19 @@ impl Format {
                 got: data.len(),
             });
         }
-        if let Some((index, &value)) = data.par_iter().enumerate().find_first(|(_, v)| !v.is_finite()) {
-            return Err(FormatError::NonFinite { index, value });
+        // Chunked so the common all-finite case is a vectorised scan.
+        const CHUNK: usize = 1 << 16;
+        if let Some(c) = data
+            .par_chunks(CHUNK)
+            .position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()))
+        {
+            let start = c * CHUNK;
+            if let Some(i) = data[start..].iter().position(|v| !v.is_finite()) {
+                return Err(FormatError::NonFinite {
+                    index: start + i,
+                    value: data[start + i],
+                });
+            }
         }
         if let Some(imp) = importance {
             if imp.len() != cols {
@@ -310,11 +321,7 @@ impl Format {
     /// involved. `importance` is per element of `w`. Integer scale storage is applied later
     /// per super block, so here the scale is the ideal one.
     pub fn group_params(&self, w: &[f32], importance: Option<&[f32]>, tensor_scale: f32) -> GroupParams {
-        let (mut mn, mut mx) = (0.0f32, 0.0f32);
-        for &v in w {
-            mn = mn.min(v);
-            mx = mx.max(v);
-        }
+        let (mn, mx) = min_max(w);
         if self.elements.is_empty() {
             return GroupParams {
                 scale: 0.0,
@@ -706,6 +713,28 @@ impl Format {
         out.truncate(n);
         Ok(out)
     }
+}
+
+/// (min(w, 0), max(w, 0)) with eight independent lanes so the loop vectorises.
+#[inline]
+pub fn min_max(w: &[f32]) -> (f32, f32) {
+    let mut lo = [0f32; 8];
+    let mut hi = [0f32; 8];
+    let mut chunks = w.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+        }
+    }
+    for &v in chunks.remainder() {
+        lo[0] = if v < lo[0] { v } else { lo[0] };
+        hi[0] = if v > hi[0] { v } else { hi[0] };
+    }
+    (
+        lo.iter().fold(0f32, |a, &b| a.min(b)),
+        hi.iter().fold(0f32, |a, &b| a.max(b)),
+    )
 }
 
 /// Weighted squared error of one group under parameters `p` (nearest rounding).

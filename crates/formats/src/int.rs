@@ -4,6 +4,38 @@
 use crate::element::ElementCodec;
 use crate::{FormatError, Result};
 
+/// Round to nearest, ties to even, for |x| <= 2^22: adding and subtracting 1.5 · 2^23 lets
+/// the FPU round (f32::round_ties_even is a libm call without SSE4.1, and does not vectorise).
+#[inline(always)]
+pub(crate) fn round_even(x: f32) -> f32 {
+    (x + MAGIC) - MAGIC
+}
+
+/// 1.5 · 2^23: f32s in [2^23, 2^24) have a unit quantum.
+pub(crate) const MAGIC: f32 = 12_582_912.0;
+
+impl IntGrid {
+    /// Encodes `dst[i] = encode(src[i] * inv_scale + zero)` in a branch-free, vectorisable loop.
+    #[inline(always)]
+    pub fn encode_slice(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+        if self.kind == IntKind::Binary {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = (x * inv_scale + zero >= 0.0) as u16;
+            }
+            return;
+        }
+        let (lo, hi) = (self.qmin, self.qmax);
+        let mask = (1u32 << self.bits) - 1;
+        for (d, &x) in dst.iter_mut().zip(src) {
+            // After adding 1.5 · 2^23 the integer sits in the low mantissa bits, in two's
+            // complement: masking them gives the code without a float-to-int conversion
+            // (whose saturating semantics stop the loop from vectorising).
+            let v = (x * inv_scale + zero).clamp(lo, hi) + MAGIC;
+            *d = (v.to_bits() & mask) as u16;
+        }
+    }
+}
+
 /// Which integers a grid holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IntKind {
@@ -103,7 +135,7 @@ impl ElementCodec for IntGrid {
         if self.kind == IntKind::Binary {
             return (x >= 0.0) as u16;
         }
-        let q = x.round_ties_even().clamp(self.qmin, self.qmax) as i32;
+        let q = round_even(x.clamp(self.qmin, self.qmax)) as i32;
         (q as u32 & ((1u32 << self.bits) - 1)) as u16
     }
     #[inline(always)]

@@ -243,6 +243,47 @@ impl Minifloat {
         self.code_of(r, x.is_sign_negative())
     }
 
+    /// Encodes `dst[i] = encode(src[i] * inv_scale)`: the quantizer's hot loop, written with
+    /// f32/u32 operations only and no branches so that it vectorises. Same results as
+    /// [`Minifloat::encode`] (the tests compare them).
+    #[inline(always)]
+    pub fn encode_slice(&self, src: &[f32], inv_scale: f32, dst: &mut [u16]) {
+        let m = self.man_bits as i32;
+        let emin = 1 - self.bias;
+        if self.emax() - m + 23 > 127 {
+            // Rounding constant 2^(e-M+23) would overflow f32 (8-bit exponents): general path.
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = self.encode(x * inv_scale);
+            }
+            return;
+        }
+        let max = self.max;
+        let min_normal = self.min_normal;
+        let shift = 23 - self.man_bits;
+        let off = ((127 - self.bias) as u32) << self.man_bits;
+        let sub_off = 1u32 << self.man_bits;
+        let sign_shift = self.exp_bits + self.man_bits;
+        let fnuz = self.special == Special::Fnuz;
+        for (d, &x) in dst.iter_mut().zip(src) {
+            let y = x * inv_scale;
+            let a = y.abs().min(max);
+            // Saturate first, then round a at quantum 2^(e-M) by adding and subtracting
+            // C = 2^(e-M+23): exact, ties to even, subnormals included (e >= emin).
+            let e = (((a.to_bits() >> 23) as i32) - 127).max(emin);
+            let c = f32::from_bits(((e - m + 23 + 127) as u32) << 23);
+            let r = (a + c) - c;
+            // Code from the bits of r; a subnormal r is shifted into the first normal binade
+            // (exact) and the implicit bit removed again.
+            let is_sub = r < min_normal;
+            let t = if is_sub { r + min_normal } else { r };
+            let mag = (t.to_bits() >> shift)
+                .wrapping_sub(off)
+                .wrapping_sub(if is_sub { sub_off } else { 0 });
+            let neg = (y.to_bits() >> 31) & !((fnuz & (mag == 0)) as u32);
+            *d = (mag | (neg << sign_shift)) as u16;
+        }
+    }
+
     /// Cast with the conventional overflow behaviour (see the module docs). NaN maps to NaN;
     /// formats without NaN get the negative-zero pattern, as ml_dtypes does.
     pub fn cast(&self, x: f32) -> u16 {
