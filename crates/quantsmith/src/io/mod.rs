@@ -12,7 +12,7 @@ pub use gguf::{GgufArray, GgufFile, GgufTensor, GgufValue};
 pub use gguf_write::GgufWriter;
 pub use hf::HfModel;
 
-use crate::tensor::TensorSource;
+use crate::tensor::{TensorInfo, TensorSource};
 use crate::{Error, Result};
 
 /// A model checkpoint of either kind quantsmith reads.
@@ -42,7 +42,10 @@ impl ModelFile {
         } else {
             ""
         };
-        Err(Error::corrupt(path, format!("not a model: neither a GGUF file nor a Hugging Face model directory{hint}")))
+        Err(Error::corrupt(
+            path,
+            format!("not a model: neither a GGUF file nor a Hugging Face model directory{hint}"),
+        ))
     }
 
     /// The tensors of the checkpoint.
@@ -67,6 +70,68 @@ impl ModelFile {
             ModelFile::Gguf(g) => g.architecture(),
             ModelFile::Hf(h) => h.architecture(),
         }
+    }
+}
+
+/// What a checkpoint holds, for `inspect`: its weights and their storage cost.
+#[derive(Clone, Debug)]
+pub struct Inventory {
+    /// Short name of the container (`GGUF v3`, `safetensors (2 files)`).
+    pub format: String,
+    /// Architecture name (`llama`, `bert`).
+    pub architecture: String,
+    /// Every tensor quantsmith computes with, in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// Entries that are not weights (integer buffers such as `position_ids`): name, dtype,
+    /// shape, bytes.
+    pub other: Vec<(String, String, Vec<usize>, usize)>,
+    /// Sum of the weights' element counts.
+    pub parameters: usize,
+    /// Sum of the weights' stored bytes.
+    pub bytes: usize,
+}
+
+impl Inventory {
+    /// Average stored bits per weight.
+    pub fn bits_per_weight(&self) -> f64 {
+        if self.parameters == 0 {
+            0.0
+        } else {
+            self.bytes as f64 * 8.0 / self.parameters as f64
+        }
+    }
+}
+
+impl ModelFile {
+    /// Lists the checkpoint's tensors with their counts and sizes.
+    pub fn inventory(&self) -> Result<Inventory> {
+        let tensors = self.source().tensors();
+        let (format, other) = match self {
+            ModelFile::Gguf(g) => (format!("GGUF v{}", g.version()), Vec::new()),
+            ModelFile::Hf(h) => {
+                let n = h.shards().len();
+                let format = if n == 1 {
+                    "safetensors".to_string()
+                } else {
+                    format!("safetensors ({n} files)")
+                };
+                let other = h
+                    .entries()
+                    .into_iter()
+                    .filter(|e| e.dtype().is_none())
+                    .map(|e| (e.name.clone(), e.dtype.clone(), e.shape.clone(), e.n_bytes))
+                    .collect();
+                (format, other)
+            }
+        };
+        Ok(Inventory {
+            format,
+            architecture: self.architecture()?.to_string(),
+            parameters: tensors.iter().map(TensorInfo::numel).sum(),
+            bytes: tensors.iter().map(|t| t.n_bytes).sum(),
+            tensors,
+            other,
+        })
     }
 }
 

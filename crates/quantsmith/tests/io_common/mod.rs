@@ -23,7 +23,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8
 pub fn write_safetensors_raw(path: &Path, header: &str, data: &[u8]) {
     let mut h = header.as_bytes().to_vec();
     // The format pads the header with spaces to 8 bytes.
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
