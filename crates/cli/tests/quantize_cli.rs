@@ -1,0 +1,100 @@
+//! `quantsmith quantize` through the real binary: resuming after a kill, and bad input.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quantsmith"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run quantsmith")
+}
+
+/// A command that must fail: exit 2, one `error:` line naming every needle, and no output.
+fn fails(args: &[&str], out: &Path, needles: &[&str]) {
+    let o = run(args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{args:?}: {stderr:?} should mention {n:?}");
+    }
+    assert!(!out.exists(), "{args:?} left {}", out.display());
+}
+
+#[test]
+fn resume_after_kill_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.gguf");
+    let b = dir.path().join("b.gguf");
+    let common = ["--preset", "Q4_0", "--method", "rtn", "--imatrix", "--calib-samples", "8", "--calib-len", "128"];
+    // Interrupted run: kill it once three blocks are checkpointed.
+    let mut child = bin()
+        .args(["quantize", "smollm2", "--out", a.to_str().unwrap()])
+        .args(common)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = dir.path().join("a.gguf.partial/state.json");
+    let t = Instant::now();
+    loop {
+        let done = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["next_block"].as_u64())
+            .unwrap_or(0);
+        if done >= 3 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        assert!(t.elapsed() < Duration::from_secs(600), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!a.exists(), "a killed run left a (half) output");
+    // The same command continues from the checkpoint ...
+    let o = bin().args(["quantize", "smollm2", "--out", a.to_str().unwrap(), "--json"]).args(common).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["resumed_blocks"].as_u64().unwrap() >= 3);
+    assert!(!dir.path().join("a.gguf.partial").exists(), "the work directory is removed when done");
+    // ... and yields the bytes of an uninterrupted run.
+    let o = bin().args(["quantize", "smollm2", "--out", b.to_str().unwrap()]).args(common).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "resumed output differs");
+    assert!(dir.path().join("b.md").exists() && dir.path().join("b.svg").exists(), "report files beside the output");
+}
+
+#[test]
+fn bad_quantize_input_is_one_clear_error_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.gguf");
+    let o = out.to_str().unwrap();
+    let q = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["quantize", "smollm2", "--out", o, "--method", "rtn"].iter().map(|s| s.to_string()).collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let check = |extra: &[&str], needles: &[&str]| {
+        let args = q(extra);
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        fails(&refs, &out, needles);
+    };
+    check(&["--scheme", "blk.*.ffn_dwn=q6_k"], &["blk.*.ffn_dwn", "matches no tensor"]);
+    check(&["--scheme", "blk.*.ffn_down=q9_x"], &["q9_x"]);
+    check(&["--scheme", "blk.*.ffn_down=int4:g128"], &["cannot be stored in GGUF"]);
+    check(&["--scheme", "blk.*.ffn_down=q4_k"], &["blk.0.ffn_down.weight", "256"]);
+    check(&["--scheme", "blk.*.ffn_down=q4_0@magic"], &["magic"]);
+    check(&["--preset", "Q9_K"], &["Q9_K"]);
+    check(&["--imatrix", "--calib-samples", "100000"], &["calibration samples"]);
+    check(&["--imatrix", "/nonexistent/imatrix.dat"], &["/nonexistent/imatrix.dat"]);
+    fails(&["quantize", "smollm2", "--out", "/nonexistent-dir/x.gguf", "--method", "rtn"], Path::new("/nonexistent-dir/x.gguf"), &["/nonexistent-dir"]);
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(&recipe, "[[rule]]\npattern = 3\n").unwrap();
+    check(&["--recipe", recipe.to_str().unwrap()], &["r.toml"]);
+}
