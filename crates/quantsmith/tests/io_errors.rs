@@ -140,6 +140,8 @@ fn bad_magic_and_versions() {
     gguf_err(&p, &["v1.gguf", "version 1"]);
     let p = RawGguf::header(7, 0, 0).write(dir.path(), "v7.gguf");
     gguf_err(&p, &["v7.gguf", "version 7"]);
+    let p = RawGguf::header(3u32.swap_bytes(), 0, 0).write(dir.path(), "be.gguf");
+    gguf_err(&p, &["be.gguf", "big-endian"]);
     let p = RawGguf::header(2, 0, 0).write(dir.path(), "v2.gguf");
     assert_eq!(
         GgufFile::open(&p).unwrap().version(),

@@ -596,6 +596,10 @@ impl GgufFile {
                     "GGUF version 1 is not supported (32-bit counts; re-convert with a current llama.cpp)".into(),
                 ))
             }
+            // gguf-py can write big-endian files; their version reads byte-swapped here.
+            v if matches!(v.swap_bytes(), 2 | 3) => {
+                return Err(c.err("big-endian GGUF files are not supported (convert it to little-endian)".into()))
+            }
             v => return Err(c.err(format!("unsupported GGUF version {v} (this reader knows 2 and 3)"))),
         }
         // Each tensor info takes at least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset).
