@@ -95,12 +95,30 @@ pub enum Preset {
 }
 
 /// Names `llama-quantize` accepts for the same file type, besides the canonical ones.
-const ALIASES: &[(&str, Preset)] = &[("Q3_K", Preset::Q3_K_M), ("Q4_K", Preset::Q4_K_M), ("Q5_K", Preset::Q5_K_M)];
+const ALIASES: &[(&str, Preset)] = &[
+    ("Q3_K", Preset::Q3_K_M),
+    ("Q4_K", Preset::Q4_K_M),
+    ("Q5_K", Preset::Q5_K_M),
+];
 
 /// llama.cpp presets quantsmith recognizes by name but cannot produce, for a precise error.
 const UNSUPPORTED: &[&str] = &[
-    "Q1_0", "Q2_0", "MXFP4_MOE", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0",
-    "IQ3_XXS", "IQ3_S", "IQ3_M", "IQ3_XS", "COPY",
+    "Q1_0",
+    "Q2_0",
+    "MXFP4_MOE",
+    "IQ2_XXS",
+    "IQ2_XS",
+    "IQ2_S",
+    "IQ2_M",
+    "IQ1_S",
+    "IQ1_M",
+    "TQ1_0",
+    "TQ2_0",
+    "IQ3_XXS",
+    "IQ3_S",
+    "IQ3_M",
+    "IQ3_XS",
+    "COPY",
 ];
 
 impl Preset {
@@ -154,7 +172,10 @@ impl Preset {
                 Preset::names_list()
             )));
         }
-        Err(Error::Other(format!("unknown preset `{s}`; choose one of {}", Preset::names_list())))
+        Err(Error::Other(format!(
+            "unknown preset `{s}`; choose one of {}",
+            Preset::names_list()
+        )))
     }
 
     /// The comma-separated canonical names, for messages and `--help`.
@@ -364,11 +385,7 @@ impl PresetModelInfo {
 
     /// llama.cpp's grouped-query factor `n_head / n_head_kv` (0 when there are no kv heads).
     pub fn n_gqa(&self) -> usize {
-        if self.n_head_kv == 0 {
-            0
-        } else {
-            self.n_head / self.n_head_kv
-        }
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
     }
 
     fn is_falcon(&self) -> bool {
@@ -379,7 +396,11 @@ impl PresetModelInfo {
 /// A head count stored as a scalar or as a per-layer array (first entry).
 fn first_count(g: &GgufFile, key: &str) -> Result<Option<usize>> {
     use crate::io::{GgufArray, GgufValue};
-    let bad = |msg: &str| Error::Config { path: g.path().to_path_buf(), key: key.to_string(), msg: msg.to_string() };
+    let bad = |msg: &str| Error::Config {
+        path: g.path().to_path_buf(),
+        key: key.to_string(),
+        msg: msg.to_string(),
+    };
     match g.get(key) {
         None => Ok(None),
         Some(GgufValue::Array(arr)) => {
@@ -467,7 +488,11 @@ impl Category {
             ("ffn_down", Category::FfnDown),
             ("", Category::Other),
         ];
-        table.iter().find(|(s, _)| name.contains(s)).map(|&(_, c)| c).unwrap_or(Category::Other)
+        table
+            .iter()
+            .find(|(s, _)| name.contains(s))
+            .map(|&(_, c)| c)
+            .unwrap_or(Category::Other)
     }
 
     /// attn_v-like tensors (v projection, fused qkv, MLA's kv_b) share one counter and rule set.
@@ -613,7 +638,7 @@ impl State<'_> {
 
         if cat == Category::Output || (self.tied_embeddings && cat == Category::TokenEmbd) {
             // The head decides the logits directly; it gets Q6_K unless that is not an upgrade.
-            return Ok(if falcon || ncols % base.block_size() != 0 {
+            return Ok(if falcon || !ncols.is_multiple_of(base.block_size()) {
                 T::Q8_0
             } else if base != T::Q8_0 {
                 T::Q6K
@@ -742,7 +767,7 @@ impl State<'_> {
 /// `tensor_type_fallback`). Returns the type to use.
 fn fallback(name: &str, ncols: usize, target: GgmlType) -> Result<GgmlType> {
     use GgmlType as T;
-    if ncols % target.block_size() == 0 {
+    if ncols.is_multiple_of(target.block_size()) {
         return Ok(target);
     }
     let smaller = match target {
@@ -755,16 +780,27 @@ fn fallback(name: &str, ncols: usize, target: GgmlType) -> Result<GgmlType> {
         t => {
             return Err(tensor_err(
                 name,
-                &format!("row length {ncols} is not a multiple of {}'s block and no fallback type is defined", t.name()),
+                &format!(
+                    "row length {ncols} is not a multiple of {}'s block and no fallback type is defined",
+                    t.name()
+                ),
             ))
         }
     };
     // Rows not even a multiple of 32 (rare): no block type fits, store f16.
-    Ok(if ncols % smaller.block_size() == 0 { smaller } else { T::F16 })
+    Ok(if ncols.is_multiple_of(smaller.block_size()) {
+        smaller
+    } else {
+        T::F16
+    })
 }
 
 fn tensor_err(name: &str, msg: &str) -> Error {
-    Error::Tensor { path: Default::default(), tensor: name.to_string(), msg: msg.to_string() }
+    Error::Tensor {
+        path: Default::default(),
+        tensor: name.to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 fn input_type(d: DType) -> GgmlType {
@@ -817,8 +853,12 @@ pub fn choose_types(
     for &i in &order {
         let t = &tensors[i];
         let quantizable = allows_quantization(&t.name, &t.shape);
-        let mut choice =
-            TensorChoice { name: t.name.clone(), ggml_type: input_type(t.dtype), quantizable, fallback_from: None };
+        let mut choice = TensorChoice {
+            name: t.name.clone(),
+            ggml_type: input_type(t.dtype),
+            quantizable,
+            fallback_from: None,
+        };
         if quantizable {
             if base_is_quantized {
                 let ncols = row_len(&t.shape);
@@ -864,11 +904,23 @@ mod tests {
 
     #[test]
     fn loader_order_is_numeric_by_layer() {
-        let mut v = vec!["blk.10.attn_v.weight", "output.weight", "blk.2.ffn_up.weight", "blk.2.attn_k.weight", "token_embd.weight"];
+        let mut v = vec![
+            "blk.10.attn_v.weight",
+            "output.weight",
+            "blk.2.ffn_up.weight",
+            "blk.2.attn_k.weight",
+            "token_embd.weight",
+        ];
         v.sort_by(|a, b| loader_order(a, b));
         assert_eq!(
             v,
-            ["output.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.ffn_up.weight", "blk.10.attn_v.weight"]
+            [
+                "output.weight",
+                "token_embd.weight",
+                "blk.2.attn_k.weight",
+                "blk.2.ffn_up.weight",
+                "blk.10.attn_v.weight"
+            ]
         );
     }
 
