@@ -14,6 +14,7 @@ pub struct Fixed {
     inv_step: f32,
     kmin: f32,
     kmax: f32,
+    restricted: bool,
 }
 
 impl Fixed {
@@ -32,7 +33,16 @@ impl Fixed {
             inv_step: pow2(frac as i32),
             kmin: -half,
             kmax: half - 1.0,
+            restricted: false,
         })
+    }
+
+    /// The same without the most negative code, so the range is symmetric (MXINT8 uses this:
+    /// -2.0 would change a block's E8M0 scale on re-quantization).
+    pub fn restricted(mut self) -> Self {
+        self.kmin = -self.kmax;
+        self.restricted = true;
+        self
     }
     /// Total bits.
     pub fn bits(&self) -> u32 {
@@ -44,7 +54,8 @@ impl Fixed {
     }
     /// Spec name `fixedB.F`.
     pub fn spec_name(&self) -> String {
-        format!("fixed{}.{}", self.bits, self.frac)
+        let r = if self.restricted { ":restricted" } else { "" };
+        format!("fixed{}.{}{r}", self.bits, self.frac)
     }
 }
 

@@ -491,6 +491,15 @@ pub fn parse(spec: &str) -> Result<Format> {
             _ => return Err(err(spec, p, "`sg=` needs integer scale storage (scale=uN)")),
         }
     }
+    if let Some(p) = restricted {
+        if !matches!(d.base, Base::Int { .. } | Base::Fixed { .. }) {
+            return Err(err(
+                spec,
+                p,
+                "`restricted` applies to signed integer and fixed-point formats only",
+            ));
+        }
+    }
     let mut choice = Choice::PerGroup;
     let (elements, ggml) = match d.base {
         Base::Ggml(t) => {
@@ -533,12 +542,13 @@ pub fn parse(spec: &str) -> Result<Format> {
             }
             (v, None)
         }
-        Base::Fixed { bits, frac } => (
-            vec![Element::Fixed(
-                Fixed::new(bits, frac).map_err(|x| err(spec, epos, x.to_string()))?,
-            )],
-            None,
-        ),
+        Base::Fixed { bits, frac } => {
+            let mut x = Fixed::new(bits, frac).map_err(|x| err(spec, epos, x.to_string()))?;
+            if restricted.is_some() || d.preset == Some("mxint8") {
+                x = x.restricted();
+            }
+            (vec![Element::Fixed(x)], None)
+        }
         Base::Log { bits } => (
             vec![Element::Lut(
                 log2::log_grid(bits).map_err(|x| err(spec, epos, x.to_string()))?,
