@@ -575,3 +575,63 @@ fn bad_sentence_configuration_is_a_clear_error() {
         Err(Error::Corrupt { .. })
     ));
 }
+
+#[test]
+fn encoder_evaluation_compares_model_with_base() {
+    use quantsmith::eval::encoder::{cosine, evaluate_encoder, split_sentences};
+    use std::sync::Mutex;
+    let dir = sentence_dir(Some(st_modules(true)), mean_pooling(), None);
+    let base_src = random_weights(31, "");
+    // The "quantized" model: the same weights with a little noise on every tensor.
+    let mut noisy = random_weights(31, "");
+    let mut rng = Rng(99);
+    for (_, data) in noisy.0.values_mut() {
+        data.iter_mut().for_each(|x| *x += 0.05 * rng.next());
+    }
+    let base = Bert::load(dir.path(), &config_json(), &base_src).unwrap();
+    let model = Bert::load(dir.path(), &config_json(), &noisy).unwrap();
+    let text = "It is a truth. The single man must\nbe in want of a wife!\n\nA good fortune? The small set of levels.";
+    let calls = Mutex::new(Vec::new());
+    let report = evaluate_encoder(&model, Some(&base), text, &|d, t| {
+        calls.lock().unwrap().push((d, t))
+    })
+    .unwrap();
+
+    let sentences = split_sentences(text);
+    assert_eq!(report.sentences, 4);
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let (m, b) = (model.embed(&texts).unwrap(), base.embed(&texts).unwrap());
+    let cos: Vec<f64> = m.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
+    let mean = cos.iter().sum::<f64>() / 4.0;
+    let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!((report.cosine_mean.unwrap() - mean).abs() < 1e-6);
+    assert!((report.cosine_min.unwrap() - min).abs() < 1e-6);
+    assert!(
+        min < 0.99999 && min > 0.5,
+        "noise should cost a little similarity: {min}"
+    );
+    assert_eq!(
+        calls.lock().unwrap().last(),
+        Some(&(8, 8)),
+        "progress ends at both models' sentences"
+    );
+
+    // Without a base: statistics only. The pairwise mean from the sum trick equals the
+    // direct mean over all pairs.
+    let alone = evaluate_encoder(&model, None, text, &|_, _| {}).unwrap();
+    assert_eq!((alone.cosine_mean, alone.cosine_min), (None, None));
+    let mut pairs = Vec::new();
+    for i in 0..4 {
+        for j in 0..4 {
+            if i != j {
+                pairs.push(cosine(&m[i], &m[j]));
+            }
+        }
+    }
+    let direct = pairs.iter().sum::<f64>() / pairs.len() as f64;
+    assert!((alone.pairwise_cosine_mean.unwrap() - direct).abs() < 1e-6);
+    assert!(
+        evaluate_encoder(&model, None, " \n\n ", &|_, _| {}).is_err(),
+        "no sentences"
+    );
+}
