@@ -110,27 +110,26 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 /// to 8 bits then keeps the low byte, as `as i8` / `as u8` do.
 #[inline(always)]
 fn c_f32_to_i32(x: f32) -> i32 {
-    if x.is_nan() || x >= 2_147_483_648.0 || x < -2_147_483_648.0 {
-        i32::MIN
+    // Written as a select (false for NaN) so that the hot loops stay branch-free.
+    let in_range = x >= -2_147_483_648.0 && x < 2_147_483_648.0;
+    let t = x as i32;
+    if in_range {
+        t
     } else {
-        x as i32
+        i32::MIN
     }
 }
 
 /// C's `roundf` (ties away from zero) converted as [`c_f32_to_i32`] does, without a libm
-/// call: for |x| < 2^23, x - trunc(x) is exact in f32, so comparing it with 0.5 decides
-/// exactly as `roundf` does; larger values are already integers.
+/// call: for |x| < 2^23, x - trunc(x) is exact in f32, so comparing it with ±0.5 decides
+/// exactly as `roundf` does; larger values (and inf/NaN) are already integral.
 #[inline(always)]
 fn c_roundf_to_i32(x: f32) -> i32 {
-    if !(x.abs() < 8_388_608.0) {
-        return c_f32_to_i32(x);
-    }
-    let t = x as i32;
+    let t = c_f32_to_i32(x);
     let frac = x - t as f32;
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
+    let adjust = (frac >= 0.5) as i32 - (frac <= -0.5) as i32;
+    if x.abs() < 8_388_608.0 {
+        t + adjust
     } else {
         t
     }

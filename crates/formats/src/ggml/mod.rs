@@ -1,4 +1,9 @@
-//! ggml block types (llama.cpp's quantized tensor layouts).
+//! ggml block types (llama.cpp's quantized tensor layouts), decoded and encoded
+//! byte-identically to llama.cpp 0c1e570's ggml-quants.c.
+//!
+//! Layout: `blocks` holds the `#[repr(C)]` block structs; `legacy` (Q4_0..Q8_0), `kquants`
+//! (Q2_K..Q6_K) and `iq4` (IQ4_NL, IQ4_XS) hold each family's decoder and encoders; `search`
+//! the scale searches they share; `element` per-element access under fixed block scales.
 
 use crate::{FormatError, Result};
 use rayon::prelude::*;
@@ -22,8 +27,8 @@ pub(crate) trait Decode: Block {
 }
 
 /// Blocks handled by one rayon task: large enough to amortise scheduling, small enough to
-/// balance over cores (4096 elements of the 32-blocks, 16384 of the 256-blocks).
-const BLOCKS_PER_TASK: usize = 64;
+/// balance over cores (4096 elements of the 32-blocks, 32768 of the 256-blocks).
+const BLOCKS_PER_TASK: usize = 128;
 /// Below this many elements, decoding stays on the calling thread.
 const PARALLEL_MIN_ELEMS: usize = 1 << 16;
 
