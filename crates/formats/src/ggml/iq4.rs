@@ -1,5 +1,8 @@
 //! The non-linear 4-bit blocks IQ4_NL (32 elements) and IQ4_XS (256 elements).
 
+// Index loops mirror ggml-quants.c line by line, which keeps them auditable against it.
+#![allow(clippy::needless_range_loop)]
+
 use super::blocks::*;
 use super::search::*;
 use super::Decode;

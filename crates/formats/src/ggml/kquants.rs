@@ -1,5 +1,8 @@
 //! The k-quants: 256-element super-blocks Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (and Q8_K's decoder).
 
+// Index loops mirror ggml-quants.c line by line, which keeps them auditable against it.
+#![allow(clippy::needless_range_loop)]
+
 use super::blocks::*;
 use super::search::*;
 use super::Decode;

@@ -1,5 +1,8 @@
 //! The legacy 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (and Q8_1's decoder).
 
+// Index loops mirror ggml-quants.c line by line, which keeps them auditable against it.
+#![allow(clippy::needless_range_loop)]
+
 use super::blocks::*;
 use super::search::*;
 use super::Decode;
@@ -111,7 +114,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 #[inline(always)]
 fn c_f32_to_i32(x: f32) -> i32 {
     // Written as a select (false for NaN) so that the hot loops stay branch-free.
-    let in_range = x >= -2_147_483_648.0 && x < 2_147_483_648.0;
+    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&x);
     let t = x as i32;
     if in_range {
         t

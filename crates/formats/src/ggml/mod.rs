@@ -263,6 +263,9 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// Encodes one row (or, without importance, any run of whole blocks) of one type.
+type RowEncoder = fn(GgmlType, &[f32], Option<&[f32]>, &mut [u8]);
+
 /// Quantizes `src` (whole rows of `n_per_row` elements) into blocks of `ty`, byte-identical
 /// to llama.cpp's `quantize_*`: with `importance` (one weight per column, llama.cpp's imatrix
 /// meaning) the importance-weighted search, without it what llama.cpp does with no imatrix
@@ -342,7 +345,7 @@ pub fn quantize(
         }
         _ => {}
     }
-    let row_fn: fn(GgmlType, &[f32], Option<&[f32]>, &mut [u8]) = match ty {
+    let row_fn: RowEncoder = match ty {
         Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => legacy::quantize_row,
         Q2K | Q3K | Q4K | Q5K | Q6K => kquants::quantize_row,
         Iq4Nl | Iq4Xs => iq4::quantize_row,

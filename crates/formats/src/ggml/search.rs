@@ -2,6 +2,9 @@
 //! transcribed operation by operation in f32 so that the chosen codes and scales, and hence
 //! the encoded bytes, are identical to llama.cpp's.
 
+// Index loops mirror ggml-quants.c line by line, which keeps them auditable against it.
+#![allow(clippy::needless_range_loop)]
+
 /// Below this group maximum a group counts as all zero (ggml's GROUP_MAX_EPS).
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
