@@ -72,11 +72,13 @@ impl Element {
         self.encode_slice_generic(src, inv_scale, zero, dst)
     }
 
+    /// [`Element::encode_slice`] without the feature dispatch, for callers that dispatch once.
     #[inline(always)]
-    fn encode_slice_generic(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+    pub(crate) fn encode_slice_generic(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
         match self {
             Element::Int(g) => g.encode_slice(src, inv_scale, zero, dst),
             Element::Float(f) if zero == 0.0 => f.encode_slice(src, inv_scale, dst),
+            Element::Lut(l) => l.encode_slice(src, inv_scale, zero, dst),
             _ => each!(self, g => encode_nearest(g, src, inv_scale, zero, dst)),
         }
     }

@@ -309,8 +309,11 @@ impl Format {
             return 1.0;
         }
         let amax = data
-            .par_iter()
-            .fold(|| 0.0f32, |m, &v| m.max(v.abs()))
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let (lo, hi) = min_max(c);
+                hi.max(-lo)
+            })
             .reduce(|| 0.0, f32::max);
         let emax = self.elements.iter().map(|e| e.max_value()).fold(0.0f32, f32::max);
         self.scale.tensor_scale(amax, emax)
@@ -320,6 +323,7 @@ impl Format {
     /// minimising the (importance-weighted) squared error when clipping or a choice is
     /// involved. `importance` is per element of `w`. Integer scale storage is applied later
     /// per super block, so here the scale is the ideal one.
+    #[inline(always)]
     pub fn group_params(&self, w: &[f32], importance: Option<&[f32]>, tensor_scale: f32) -> GroupParams {
         let (mn, mx) = min_max(w);
         if self.elements.is_empty() {
@@ -490,49 +494,18 @@ impl Format {
             .zip(codes.par_chunks_mut(row_bytes))
             .enumerate()
             .map_init(Vec::new, |buf: &mut Vec<u16>, (r, (row, out))| {
-                buf.resize(cols, 0);
-                let mut params = Vec::with_capacity(groups_per_row.max(1));
-                let mut supers = Vec::new();
-                match gran {
-                    Granularity::None => params.push(GroupParams {
-                        scale: 1.0,
-                        zero: 0.0,
-                        choice: 0,
-                    }),
-                    Granularity::Tensor => params.push(tensor_params.unwrap_or(GroupParams {
-                        scale: 1.0,
-                        zero: 0.0,
-                        choice: 0,
-                    })),
-                    _ => {
-                        for (k, grp) in row.chunks_exact(g).enumerate() {
-                            let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);
-                            params.push(self.group_params(grp, imp, ts));
-                        }
-                        if let ScaleStorage::UInt { bits, super_groups } = self.scale {
-                            let mut s: Vec<f32> = params.iter().map(|p| p.scale).collect();
-                            supers = quantize_uint_scales(&mut s, bits, super_groups);
-                            for (p, s) in params.iter_mut().zip(s) {
-                                p.scale = s;
-                            }
-                        }
-                    }
-                }
-                let glen = if params.len() == 1 { cols } else { g };
-                let mut rng = seed.map(|s| SplitMix::new(s, r as u64));
-                for ((src, dst), p) in row.chunks(glen).zip(buf.chunks_mut(glen)).zip(params.iter()) {
-                    let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
-                    let e = &self.elements[p.choice as usize];
-                    match rng.as_mut() {
-                        None => e.encode_slice(src, inv, p.zero, dst),
-                        Some(rng) => e.encode_slice_sr(src, inv, p.zero, dst, &mut || rng.uniform()),
-                    }
-                }
-                pack::pack(buf, bits, out);
-                if groups_per_row == 0 {
-                    params.clear();
-                }
-                (params, supers)
+                let ctx = RowCtx {
+                    cols,
+                    g,
+                    gran,
+                    tensor_params,
+                    ts,
+                    importance,
+                    seed,
+                    bits,
+                    groups_per_row,
+                };
+                self.encode_row_dispatch(&ctx, r, row, out, buf)
             })
             .collect();
         let mut scales = Vec::with_capacity(rows * groups_per_row);
@@ -568,6 +541,104 @@ impl Format {
             tensor_scale: ts,
             ggml: Vec::new(),
         })
+    }
+
+    /// One row: group parameters, element codes (packed into `out`), second-level scales.
+    /// Feature detection happens once per row; the body is compiled for AVX2 and baseline.
+    fn encode_row_dispatch(
+        &self,
+        ctx: &RowCtx,
+        r: usize,
+        row: &[f32],
+        out: &mut [u8],
+        buf: &mut Vec<u16>,
+    ) -> (Vec<GroupParams>, Vec<f32>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the function was compiled for.
+                return unsafe { self.encode_row_avx2(ctx, r, row, out, buf) };
+            }
+        }
+        self.encode_row(ctx, r, row, out, buf)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn encode_row_avx2(
+        &self,
+        ctx: &RowCtx,
+        r: usize,
+        row: &[f32],
+        out: &mut [u8],
+        buf: &mut Vec<u16>,
+    ) -> (Vec<GroupParams>, Vec<f32>) {
+        self.encode_row(ctx, r, row, out, buf)
+    }
+
+    #[inline(always)]
+    fn encode_row(
+        &self,
+        ctx: &RowCtx,
+        r: usize,
+        row: &[f32],
+        out: &mut [u8],
+        buf: &mut Vec<u16>,
+    ) -> (Vec<GroupParams>, Vec<f32>) {
+        let RowCtx {
+            cols,
+            g,
+            gran,
+            tensor_params,
+            ts,
+            importance,
+            seed,
+            bits,
+            groups_per_row,
+        } = *ctx;
+        buf.resize(cols, 0);
+        let mut params = Vec::with_capacity(groups_per_row.max(1));
+        let mut supers = Vec::new();
+        match gran {
+            Granularity::None => params.push(GroupParams {
+                scale: 1.0,
+                zero: 0.0,
+                choice: 0,
+            }),
+            Granularity::Tensor => params.push(tensor_params.unwrap_or(GroupParams {
+                scale: 1.0,
+                zero: 0.0,
+                choice: 0,
+            })),
+            _ => {
+                for (k, grp) in row.chunks_exact(g).enumerate() {
+                    let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);
+                    params.push(self.group_params(grp, imp, ts));
+                }
+                if let ScaleStorage::UInt { bits, super_groups } = self.scale {
+                    let mut s: Vec<f32> = params.iter().map(|p| p.scale).collect();
+                    supers = quantize_uint_scales(&mut s, bits, super_groups);
+                    for (p, s) in params.iter_mut().zip(s) {
+                        p.scale = s;
+                    }
+                }
+            }
+        }
+        let glen = if params.len() == 1 { cols } else { g };
+        let mut rng = seed.map(|s| SplitMix::new(s, r as u64));
+        for ((src, dst), p) in row.chunks(glen).zip(buf.chunks_mut(glen)).zip(params.iter()) {
+            let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
+            let e = &self.elements[p.choice as usize];
+            match rng.as_mut() {
+                None => e.encode_slice_generic(src, inv, p.zero, dst),
+                Some(rng) => e.encode_slice_sr(src, inv, p.zero, dst, &mut || rng.uniform()),
+            }
+        }
+        pack::pack(buf, bits, out);
+        if groups_per_row == 0 {
+            params.clear();
+        }
+        (params, supers)
     }
 
     /// Dequantizes into a new row-major matrix.
@@ -715,8 +786,22 @@ impl Format {
     }
 }
 
+/// Per-row constants of [`Format::quantize`].
+#[derive(Clone, Copy)]
+struct RowCtx<'a> {
+    cols: usize,
+    g: usize,
+    gran: Granularity,
+    tensor_params: Option<GroupParams>,
+    ts: f32,
+    importance: Option<&'a [f32]>,
+    seed: Option<u64>,
+    bits: u32,
+    groups_per_row: usize,
+}
+
 /// (min(w, 0), max(w, 0)) with eight independent lanes so the loop vectorises.
-#[inline]
+#[inline(always)]
 pub fn min_max(w: &[f32]) -> (f32, f32) {
     let mut lo = [0f32; 8];
     let mut hi = [0f32; 8];

@@ -76,6 +76,28 @@ pub fn power_grid(bits: u32, alpha: f32) -> Result<Lut> {
     Lut::new(name, v)
 }
 
+impl Lut {
+    /// Encodes `dst[i] = encode(src[i] * inv_scale + zero)`. The loop over midpoints is the
+    /// outer one so that the comparisons vectorise across elements.
+    #[inline(always)]
+    pub fn encode_slice(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+        const CHUNK: usize = 64;
+        let mut ys = [0f32; CHUNK];
+        for (s, d) in src.chunks(CHUNK).zip(dst.chunks_mut(CHUNK)) {
+            let ys = &mut ys[..s.len()];
+            for (y, &x) in ys.iter_mut().zip(s) {
+                *y = x * inv_scale + zero;
+            }
+            d.fill(0);
+            for &m in &self.mids {
+                for (c, &y) in d.iter_mut().zip(ys.iter()) {
+                    *c += ((m < y) | ((y < 0.0) & (m == y))) as u16;
+                }
+            }
+        }
+    }
+}
+
 impl ElementCodec for Lut {
     fn code_bits(&self) -> u32 {
         self.bits

@@ -243,6 +243,16 @@ impl Minifloat {
         self.code_of(r, x.is_sign_negative())
     }
 
+    /// decode(encode(x)) without building the code: nearest value, saturating.
+    #[inline(always)]
+    pub fn round_value(&self, x: f32) -> f32 {
+        let r = self.round_mag(x.abs()).min(self.max);
+        if self.special == Special::Fnuz && r == 0.0 {
+            return 0.0; // fnuz has no negative zero
+        }
+        r.copysign(x)
+    }
+
     /// Encodes `dst[i] = encode(src[i] * inv_scale)`: the quantizer's hot loop, written with
     /// f32/u32 operations only and no branches so that it vectorises. Same results as
     /// [`Minifloat::encode`] (the tests compare them).

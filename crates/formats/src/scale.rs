@@ -67,7 +67,7 @@ impl ScaleStorage {
             }
             ScaleStorage::E4m3 => {
                 let f = e4m3();
-                let v = f.decode_code(f.encode(s / tensor_scale)).max(f.min_subnormal());
+                let v = f.round_value(s / tensor_scale).max(f.min_subnormal());
                 v * tensor_scale
             }
         }
@@ -83,9 +83,10 @@ impl ScaleStorage {
     }
 }
 
-/// FP8 E4M3FN, the NVFP4 block-scale format.
-pub fn e4m3() -> Minifloat {
-    Minifloat::with_default_bias(4, 3, Special::Fn).expect("E4M3FN is a valid minifloat")
+/// FP8 E4M3FN, the NVFP4 block-scale format (built once: scales are rounded per group).
+pub fn e4m3() -> &'static Minifloat {
+    static E4M3: std::sync::OnceLock<Minifloat> = std::sync::OnceLock::new();
+    E4M3.get_or_init(|| Minifloat::with_default_bias(4, 3, Special::Fn).expect("E4M3FN is a valid minifloat"))
 }
 
 /// OCP MX v1.0 shared scale: 2^(floor(log2(amax)) - emax_elem), clamped to E8M0's range

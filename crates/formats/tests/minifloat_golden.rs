@@ -129,6 +129,7 @@ fn saturating_quantizer_matches_ml_dtypes_inside_range() {
             }
             let want = f32_of(&row[2]);
             let got = f.decode_code(f.encode(x));
+            assert_eq!(f.round_value(x).to_bits(), got.to_bits(), "{name}: round_value({x:e})");
             match want {
                 Some(w) if w.is_finite() => {
                     assert_eq!(
