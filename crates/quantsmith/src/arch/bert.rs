@@ -165,8 +165,8 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `out[rows, out_features] = x[rows, in_features]·Wᵀ + b`, one GEMM on all cores.
-    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+    /// `out[rows, out_features] = x[rows, in_features]·Wᵀ + b`, one GEMM with parallelism `par`.
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], par: Par) {
         debug_assert_eq!(x.len(), rows * self.in_features);
         debug_assert_eq!(out.len(), rows * self.out_features);
         for row in out.chunks_exact_mut(self.out_features) {
@@ -179,7 +179,7 @@ impl Linear {
         let rhs = MatRef::from_row_major_slice(&self.weight, self.out_features, self.in_features)
             .transpose();
         let dst = MatMut::from_row_major_slice_mut(out, rows, self.out_features);
-        matmul(dst, Accum::Add, lhs, rhs, 1.0f32, Par::rayon(0));
+        matmul(dst, Accum::Add, lhs, rhs, 1.0f32, par);
     }
 }
 
@@ -362,10 +362,16 @@ impl BertEncoder {
     /// Runs a batch of sequences and returns the final hidden states, packed: the rows of
     /// sequence 0, then those of sequence 1, …, each row `hidden_size` wide.
     pub fn forward(&self, seqs: &[Tokens]) -> Result<Vec<f32>> {
+        self.forward_with(seqs, Par::rayon(0))
+    }
+
+    /// As [`BertEncoder::forward`], with the GEMMs' parallelism given: `Par::Seq` when the
+    /// caller already runs several batches side by side.
+    pub fn forward_with(&self, seqs: &[Tokens], par: Par) -> Result<Vec<f32>> {
         let mut x = self.embed_tokens(seqs)?;
         let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
         for layer in &self.layers {
-            self.layer_forward(layer, &mut x, &lens);
+            self.layer_forward(layer, &mut x, &lens, par);
         }
         Ok(x)
     }
@@ -419,28 +425,28 @@ impl BertEncoder {
     }
 
     /// One block over packed hidden states `x` whose sequences have lengths `lens`.
-    pub fn layer_forward(&self, layer: &BertLayer, x: &mut [f32], lens: &[usize]) {
+    pub fn layer_forward(&self, layer: &BertLayer, x: &mut [f32], lens: &[usize], par: Par) {
         let h = self.config.hidden_size;
         let rows = x.len() / h;
         let mut q = vec![0.0f32; rows * h];
         let mut k = vec![0.0f32; rows * h];
         let mut v = vec![0.0f32; rows * h];
-        layer.query.forward(x, rows, &mut q);
-        layer.key.forward(x, rows, &mut k);
-        layer.value.forward(x, rows, &mut v);
+        layer.query.forward(x, rows, &mut q, par);
+        layer.key.forward(x, rows, &mut k, par);
+        layer.value.forward(x, rows, &mut v, par);
         let ctx = self.attention(&q, &k, &v, lens);
         drop((q, k, v));
 
         let mut a = vec![0.0f32; rows * h];
-        layer.attention_output.forward(&ctx, rows, &mut a);
+        layer.attention_output.forward(&ctx, rows, &mut a, par);
         add_in_place(&mut a, x);
         layer.attention_norm.forward_in_place(&mut a);
 
         let mut inter = vec![0.0f32; rows * self.config.intermediate_size];
-        layer.intermediate.forward(&a, rows, &mut inter);
+        layer.intermediate.forward(&a, rows, &mut inter, par);
         let act = self.config.hidden_act;
         inter.par_chunks_mut(4096).for_each(|c| activate(act, c));
-        layer.output.forward(&inter, rows, x);
+        layer.output.forward(&inter, rows, x, par);
         add_in_place(x, &a);
         layer.output_norm.forward_in_place(x);
     }
@@ -976,8 +982,7 @@ impl Bert {
         // lengths keep the threads evenly loaded.
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].ids.len()));
-        let mut out = vec![Vec::new(); tokens.len()];
-        let mut done = 0;
+        let mut batches: Vec<&[usize]> = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let mut end = start;
@@ -988,20 +993,45 @@ impl Bert {
                 n_tok += tokens[order[end]].ids.len();
                 end += 1;
             }
-            let batch: Vec<Tokens> = order[start..end]
-                .iter()
-                .map(|&i| tokens[i].clone())
-                .collect();
-            let hidden = self.encoder.forward(&batch)?;
-            let mut off = 0;
-            for (&i, t) in order[start..end].iter().zip(&batch) {
-                let len = t.ids.len();
-                out[i] = pool(&hidden[off * h..(off + len) * h], h, &self.pooling);
-                off += len;
-            }
-            done += end - start;
-            progress(done, tokens.len());
+            batches.push(&order[start..end]);
             start = end;
+        }
+        // Several batches run side by side, each with single-threaded GEMMs: no barrier per
+        // GEMM, and idle cores are filled by the next batch rather than spun on. A lone batch
+        // parallelises inside its GEMMs instead.
+        let threads = rayon::current_num_threads().max(1);
+        let par = if batches.len() > 1 {
+            Par::Seq
+        } else {
+            Par::rayon(0)
+        };
+        let mut out = vec![Vec::new(); tokens.len()];
+        let mut done = 0;
+        for group in batches.chunks(threads) {
+            let pooled: Vec<Vec<Vec<f32>>> = group
+                .par_iter()
+                .map(|idx| {
+                    let batch: Vec<Tokens> = idx.iter().map(|&i| tokens[i].clone()).collect();
+                    let hidden = self.encoder.forward_with(&batch, par)?;
+                    let mut off = 0;
+                    Ok(batch
+                        .iter()
+                        .map(|t| {
+                            let len = t.ids.len();
+                            let v = pool(&hidden[off * h..(off + len) * h], h, &self.pooling);
+                            off += len;
+                            v
+                        })
+                        .collect())
+                })
+                .collect::<Result<_>>()?;
+            for (idx, vecs) in group.iter().zip(pooled) {
+                for (&i, v) in idx.iter().zip(vecs) {
+                    out[i] = v;
+                }
+                done += idx.len();
+            }
+            progress(done, tokens.len());
         }
         Ok(out)
     }
