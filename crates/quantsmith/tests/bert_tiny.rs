@@ -635,3 +635,40 @@ fn encoder_evaluation_compares_model_with_base() {
         "no sentences"
     );
 }
+
+#[test]
+fn many_batches_give_the_same_embeddings_as_one_at_a_time() {
+    let src = random_weights(41, "");
+    let dir = sentence_dir(Some(st_modules(true)), mean_pooling(), None);
+    let bert = Bert::load(dir.path(), &config_json(), &src).unwrap();
+    // About 700 texts of 3 to 12 tokens: more than one 4096-token batch, so batches run
+    // side by side with single-threaded GEMMs and results are put back in input order.
+    let mut rng = Rng(5);
+    let texts: Vec<String> = (0..700)
+        .map(|_| {
+            let n = 1 + ((rng.next() + 1.0) * 5.0) as usize;
+            (0..n)
+                .map(|_| WORDS[((rng.next() + 1.0) * 9.5) as usize])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let tokens: usize = bert
+        .tokenize(&refs)
+        .unwrap()
+        .iter()
+        .map(|t| t.ids.len())
+        .sum();
+    assert!(tokens > 4096, "only {tokens} tokens: a single batch");
+    let calls = std::sync::Mutex::new(0);
+    let all = bert
+        .embed_with_progress(&refs, &|_, _| *calls.lock().unwrap() += 1)
+        .unwrap();
+    assert!(*calls.lock().unwrap() >= 1);
+    for i in [0, 1, 350, 699] {
+        let alone = bert.embed(&refs[i..=i]).unwrap().remove(0);
+        let want: Vec<f64> = alone.iter().map(|&x| x as f64).collect();
+        assert_close(&all[i], &want, 1e-6, &format!("text {i} ({})", texts[i]));
+    }
+}
