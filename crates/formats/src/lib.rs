@@ -15,6 +15,7 @@ pub mod ggml_format;
 pub mod int;
 pub mod log2;
 pub mod lut;
+pub mod metrics;
 pub mod minifloat;
 pub mod mx;
 pub mod nf4;

@@ -464,3 +464,17 @@ fn dyadic_approximation() {
     assert!(Dyadic::approximate(1e30, 8, 0).is_err());
     assert!(Dyadic::approximate(f64::NAN, 8, 4).is_err());
 }
+
+#[test]
+fn fit_measures_sqnr() {
+    let (rows, cols) = (4, 256);
+    let w = weights(rows, cols, 9);
+    let f8 = formats::metrics::fit(&Format::parse("int8:g64").unwrap(), &w, rows, cols, None).unwrap();
+    let f4 = formats::metrics::fit(&Format::parse("int4:g64").unwrap(), &w, rows, cols, None).unwrap();
+    // Each extra bit buys about 6 dB.
+    assert!(f8.sqnr_db - f4.sqnr_db > 20.0 && f8.sqnr_db - f4.sqnr_db < 28.0, "{f8:?} {f4:?}");
+    assert!((f4.rel_mse - 10f64.powf(-f4.sqnr_db / 10.0)).abs() < 1e-12);
+    assert_eq!(f4.bits_per_weight, 4.5);
+    let exact = formats::metrics::fit(&Format::parse("bf16").unwrap(), &[0.5, 1.0], 1, 2, None).unwrap();
+    assert!(exact.sqnr_db.is_infinite() && exact.rel_mse == 0.0);
+}
