@@ -25,6 +25,8 @@ enum Command {
     Formats(cmd::formats::Args),
     /// Quantize a model into a GGUF file that llama.cpp runs.
     Quantize(cmd::quantize::Args),
+    /// Throughput benchmarks (ratios against the machine's GEMM rate).
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Command::Embed(a) => cmd::embed::run(a),
         Command::Formats(a) => cmd::formats::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

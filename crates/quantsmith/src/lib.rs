@@ -4,6 +4,7 @@
 //! (`eval`).
 
 pub mod arch;
+pub mod bench;
 pub mod calib;
 pub mod error;
 pub mod eval;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use quantsmith::arch::{self, ModelKind};
-use quantsmith::eval::perplexity::{evaluate_decoder, PerplexityOptions};
+use quantsmith::eval::perplexity::{evaluate_decoders, PerplexityOptions};
 use quantsmith::io::open_model;
 use quantsmith::{Error, Result};
 
@@ -13,7 +13,9 @@ use crate::cmd::progress::Progress;
 #[derive(clap::Args)]
 pub struct Args {
     /// Model: a GGUF file, a Hugging Face directory, or a built-in name (smollm2, minilm).
-    pub model: String,
+    /// Several decoders may be given: they are evaluated on the same chunks, the base run once.
+    #[arg(required = true, num_args = 1..)]
+    pub models: Vec<String>,
     /// UTF-8 text to evaluate on.
     #[arg(long)]
     pub text: PathBuf,
@@ -43,7 +45,7 @@ pub fn read_text(path: &PathBuf) -> Result<String> {
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
     let text = read_text(&args.text)?;
-    let file = open_model(&args.model)?;
+    let file = open_model(&args.models[0])?;
     match arch::model_kind(&file)? {
         ModelKind::Decoder => eval_decoder(&args, &file, &text),
         ModelKind::Encoder => eval_encoder(&args, &file, &text),
@@ -51,12 +53,19 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Result<()> {
-    let dec = arch::load_decoder(file)?;
+    let mut decs = vec![arch::load_decoder(file)?];
+    for m in &args.models[1..] {
+        let f = open_model(m)?;
+        if arch::model_kind(&f)? != ModelKind::Decoder {
+            return Err(Error::Other(format!("{m} is not a decoder like {}", args.models[0])));
+        }
+        decs.push(arch::load_decoder(&f)?);
+    }
     let base = match &args.base {
         Some(b) => {
             let bf = open_model(b)?;
             if arch::model_kind(&bf)? != ModelKind::Decoder {
-                return Err(Error::Other(format!("--base {b} is not a decoder like {}", args.model)));
+                return Err(Error::Other(format!("--base {b} is not a decoder like {}", args.models[0])));
             }
             Some(arch::load_decoder(&bf)?)
         }
@@ -64,10 +73,11 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
     };
     let opts = PerplexityOptions { ctx: args.ctx, max_chunks: args.chunks };
     let bar = Progress::new("chunks");
-    let report = evaluate_decoder(
-        &dec.model,
+    let models: Vec<&quantsmith::arch::llama::Llama> = decs.iter().map(|d| &d.model).collect();
+    let reports = evaluate_decoders(
+        &models,
         base.as_ref().map(|b| &b.model),
-        &dec.tokenizer,
+        &decs[0].tokenizer,
         text,
         &args.text,
         &opts,
@@ -75,22 +85,40 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
     )?;
     bar.finish();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?);
+        let v = if reports.len() == 1 {
+            serde_json::to_value(&reports[0])
+        } else {
+            let list: Vec<serde_json::Value> = reports
+                .iter()
+                .zip(&args.models)
+                .map(|(r, m)| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    v["model"] = serde_json::Value::String(m.clone());
+                    v
+                })
+                .collect();
+            Ok(serde_json::Value::Array(list))
+        };
+        let v = v.map_err(|e| Error::Other(e.to_string()))?;
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Other(e.to_string()))?);
         return Ok(());
     }
-    println!("model            {}", dec.model.path.display());
-    println!("text             {}", args.text.display());
-    println!("chunks           {} × {} tokens ({} scored)", report.chunks, report.ctx, report.tokens_scored);
-    println!("perplexity       {:.4} ± {:.5}", report.ppl, report.ppl_stderr);
-    if let (Some(bp), Some(k), Some(ks), Some(t), Some(r)) =
-        (report.base_ppl, report.kld_mean, report.kld_stderr, report.top1_agree, report.ppl_ratio)
-    {
-        println!("base perplexity  {bp:.4}");
-        println!("ppl ratio        {r:.5}");
-        println!("mean KLD         {k:.6} ± {ks:.6}");
-        println!("top-1 agreement  {:.4}", t);
+    for (report, dec) in reports.iter().zip(&decs) {
+        println!("model            {}", dec.model.path.display());
+        println!("text             {}", args.text.display());
+        println!("chunks           {} × {} tokens ({} scored)", report.chunks, report.ctx, report.tokens_scored);
+        println!("perplexity       {:.4} ± {:.5}", report.ppl, report.ppl_stderr);
+        if let (Some(bp), Some(k), Some(ks), Some(t), Some(r)) =
+            (report.base_ppl, report.kld_mean, report.kld_stderr, report.top1_agree, report.ppl_ratio)
+        {
+            println!("base perplexity  {bp:.4}");
+            println!("ppl ratio        {r:.5}");
+            println!("mean KLD         {k:.6} ± {ks:.6}");
+            println!("top-1 agreement  {:.4}", t);
+        }
+        println!("time             {:.1} s ({:.0} tokens/s)", report.seconds, report.tokens_per_second);
+        println!();
     }
-    println!("time             {:.1} s ({:.0} tokens/s)", report.seconds, report.tokens_per_second);
     Ok(())
 }
 

@@ -383,43 +383,77 @@ impl Block {
         seq_len: usize,
         mut observer: Option<&mut dyn LinearObserver>,
     ) {
-        let d = cfg.d_model;
-        let rows = x.len() / d;
-        let mut h = vec![0f32; rows * d];
-        rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut h);
+        let h = self.attn_input(cfg, x);
+        let rows = h.len() / cfg.d_model;
         if let Some(o) = observer.as_deref_mut() {
             o.observe(LinearRole::Q, &h, rows);
             o.observe(LinearRole::K, &h, rows);
             o.observe(LinearRole::V, &h, rows);
         }
-        let mut q = self.q.forward(&h, rows);
-        let mut k = self.k.forward(&h, rows);
-        let v = self.v.forward(&h, rows);
-        rope.apply(&mut q, cfg.n_head, seq_len);
-        rope.apply(&mut k, cfg.n_head_kv, seq_len);
-        let attn = attention(cfg, &q, &k, &v, rows, seq_len);
+        let attn = self.attention(cfg, rope, &h, seq_len);
         if let Some(o) = observer.as_deref_mut() {
             o.observe(LinearRole::O, &attn, rows);
         }
-        let out = self.o.forward(&attn, rows);
-        add_assign(x, &out);
-
-        rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut h);
+        self.add_attn_output(x, &attn);
+        let h = self.ffn_input(cfg, x);
         if let Some(o) = observer.as_deref_mut() {
             o.observe(LinearRole::Gate, &h, rows);
             o.observe(LinearRole::Up, &h, rows);
         }
-        let mut g = self.gate.forward(&h, rows);
-        let u = self.up.forward(&h, rows);
+        let act = self.mlp_activation(&h);
+        if let Some(o) = observer.as_deref_mut() {
+            o.observe(LinearRole::Down, &act, rows);
+        }
+        self.add_mlp_output(x, &act);
+    }
+
+    /// Stage 1: the input of q/k/v, RMSNorm(x).
+    pub fn attn_input(&self, cfg: &LlamaConfig, x: &[f32]) -> Vec<f32> {
+        let mut h = vec![0f32; x.len()];
+        rms_norm(x, &self.attn_norm, cfg.rms_eps, &mut h);
+        h
+    }
+
+    /// Stage 2: q/k/v projections, RoPE and causal attention: the input of `o`.
+    pub fn attention(&self, cfg: &LlamaConfig, rope: &RopeTable, h: &[f32], seq_len: usize) -> Vec<f32> {
+        let rows = h.len() / cfg.d_model;
+        let mut q = self.q.forward(h, rows);
+        let mut k = self.k.forward(h, rows);
+        let v = self.v.forward(h, rows);
+        rope.apply(&mut q, cfg.n_head, seq_len);
+        rope.apply(&mut k, cfg.n_head_kv, seq_len);
+        attention(cfg, &q, &k, &v, rows, seq_len)
+    }
+
+    /// Stage 3: the residual update x += o(attn).
+    pub fn add_attn_output(&self, x: &mut [f32], attn: &[f32]) {
+        let out = self.o.forward(attn, attn.len() / self.o.inp);
+        add_assign(x, &out);
+    }
+
+    /// Stage 4: the input of gate/up, RMSNorm(x).
+    pub fn ffn_input(&self, cfg: &LlamaConfig, x: &[f32]) -> Vec<f32> {
+        let mut h = vec![0f32; x.len()];
+        rms_norm(x, &self.ffn_norm, cfg.rms_eps, &mut h);
+        h
+    }
+
+    /// Stage 5: SiLU(gate(h)) · up(h): the input of `down`.
+    pub fn mlp_activation(&self, h: &[f32]) -> Vec<f32> {
+        let rows = h.len() / self.gate.inp;
+        let mut g = self.gate.forward(h, rows);
+        let u = self.up.forward(h, rows);
         g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
             for (g, &u) in g.iter_mut().zip(u) {
                 *g = silu(*g) * u;
             }
         });
-        if let Some(o) = observer.as_deref_mut() {
-            o.observe(LinearRole::Down, &g, rows);
-        }
-        let out = self.down.forward(&g, rows);
+        g
+    }
+
+    /// Stage 6: the residual update x += down(act).
+    pub fn add_mlp_output(&self, x: &mut [f32], act: &[f32]) {
+        let out = self.down.forward(act, act.len() / self.down.inp);
         add_assign(x, &out);
     }
 }

@@ -159,19 +159,46 @@ pub fn evaluate_decoder(
     opts: &PerplexityOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<DecoderReport> {
+    let mut r = evaluate_decoders(&[model], base, tok, text, text_path, opts, progress)?;
+    Ok(r.remove(0))
+}
+
+/// Running sums of one model's evaluation.
+#[derive(Default)]
+struct Accum {
+    nll: Moments,
+    base_nll: Moments,
+    kld: Moments,
+    agree: usize,
+}
+
+/// Evaluates several models on the same chunks, running the base only once per chunk.
+pub fn evaluate_decoders(
+    models: &[&Llama],
+    base: Option<&Llama>,
+    tok: &Tokenizer,
+    text: &str,
+    text_path: &Path,
+    opts: &PerplexityOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<DecoderReport>> {
     let start = Instant::now();
     let ctx = opts.ctx;
     if ctx < 4 {
         return Err(Error::Other(format!("--ctx {ctx} is too small: at least 4 tokens are needed")));
     }
-    if let Some(b) = base {
-        if b.cfg.vocab != model.cfg.vocab {
+    let Some(first_model) = models.first() else {
+        return Err(Error::Other("no model to evaluate".into()));
+    };
+    let vocab = first_model.cfg.vocab;
+    for m in models.iter().copied().chain(base) {
+        if m.cfg.vocab != vocab {
             return Err(Error::Other(format!(
-                "base {} has a vocabulary of {} tokens but the model {} has {}",
-                b.path.display(),
-                b.cfg.vocab,
-                model.path.display(),
-                model.cfg.vocab
+                "{} has a vocabulary of {} tokens but {} has {}",
+                m.path.display(),
+                m.cfg.vocab,
+                first_model.path.display(),
+                vocab
             )));
         }
     }
@@ -195,11 +222,7 @@ pub fn evaluate_decoder(
     }
     let first = ctx / 2;
     let scored = ctx - 1 - first;
-    let vocab = model.cfg.vocab;
-    let mut nll = Moments::default();
-    let mut base_nll = Moments::default();
-    let mut kld = Moments::default();
-    let mut agree = 0usize;
+    let mut acc: Vec<Accum> = models.iter().map(|_| Accum::default()).collect();
     progress(0, n_chunks);
     for c in 0..n_chunks {
         let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
@@ -208,56 +231,63 @@ pub fn evaluate_decoder(
                 chunk[0] = b;
             }
         }
-        let logits = model.logits(&chunk, ctx, first..ctx - 1)?;
         let base_logits = match base {
             Some(b) => Some(b.logits(&chunk, ctx, first..ctx - 1)?),
             None => None,
         };
-        let rows: Vec<RowStats> = (0..scored)
-            .into_par_iter()
-            .map(|j| {
-                let target = chunk[first + j + 1] as usize;
-                let m = &logits[j * vocab..(j + 1) * vocab];
-                let b = base_logits.as_ref().map(|b| &b[j * vocab..(j + 1) * vocab]);
-                row_stats(m, b, target)
-            })
-            .collect();
-        for r in rows {
-            nll.push(r.nll);
-            if base.is_some() {
-                base_nll.push(r.base_nll);
-                kld.push(r.kld);
-                agree += r.agree as usize;
+        for (model, a) in models.iter().zip(acc.iter_mut()) {
+            let logits = model.logits(&chunk, ctx, first..ctx - 1)?;
+            let rows: Vec<RowStats> = (0..scored)
+                .into_par_iter()
+                .map(|j| {
+                    let target = chunk[first + j + 1] as usize;
+                    let m = &logits[j * vocab..(j + 1) * vocab];
+                    let b = base_logits.as_ref().map(|b| &b[j * vocab..(j + 1) * vocab]);
+                    row_stats(m, b, target)
+                })
+                .collect();
+            for r in rows {
+                a.nll.push(r.nll);
+                if base.is_some() {
+                    a.base_nll.push(r.base_nll);
+                    a.kld.push(r.kld);
+                    a.agree += r.agree as usize;
+                }
             }
         }
         progress(c + 1, n_chunks);
     }
-    let ppl = nll.mean().exp();
     let seconds = start.elapsed().as_secs_f64();
-    let runs = if base.is_some() { 2 } else { 1 };
-    let mut report = DecoderReport {
-        ppl,
-        ppl_stderr: ppl * nll.stderr(),
-        tokens_scored: nll.n,
-        chunks: n_chunks,
-        ctx,
-        seconds,
-        tokens_per_second: (n_chunks * ctx * runs) as f64 / seconds,
-        base_ppl: None,
-        kld_mean: None,
-        kld_stderr: None,
-        top1_agree: None,
-        ppl_ratio: None,
-    };
-    if base.is_some() {
-        let bppl = base_nll.mean().exp();
-        report.base_ppl = Some(bppl);
-        report.kld_mean = Some(kld.mean());
-        report.kld_stderr = Some(kld.stderr());
-        report.top1_agree = Some(agree as f64 / kld.n as f64);
-        report.ppl_ratio = Some(ppl / bppl);
-    }
-    Ok(report)
+    let runs = models.len() + base.is_some() as usize;
+    Ok(acc
+        .iter()
+        .map(|a| {
+            let ppl = a.nll.mean().exp();
+            let mut report = DecoderReport {
+                ppl,
+                ppl_stderr: ppl * a.nll.stderr(),
+                tokens_scored: a.nll.n,
+                chunks: n_chunks,
+                ctx,
+                seconds,
+                tokens_per_second: (n_chunks * ctx * runs) as f64 / seconds,
+                base_ppl: None,
+                kld_mean: None,
+                kld_stderr: None,
+                top1_agree: None,
+                ppl_ratio: None,
+            };
+            if base.is_some() {
+                let bppl = a.base_nll.mean().exp();
+                report.base_ppl = Some(bppl);
+                report.kld_mean = Some(a.kld.mean());
+                report.kld_stderr = Some(a.kld.stderr());
+                report.top1_agree = Some(a.agree as f64 / a.kld.n as f64);
+                report.ppl_ratio = Some(ppl / bppl);
+            }
+            report
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -330,65 +330,113 @@ pub fn run(
         let mut block = Block::load(src, path, &cfg, i)?;
         phases.load += t.elapsed().as_secs_f64();
 
-        let mut stats = None;
-        let mut x_in = None;
-        if calibrate {
-            let t = Instant::now();
-            let mut s = BlockStats::new(&cfg);
-            if propagate_quantized {
-                // Keep the input: the quantized block will be run over it again.
-                x_in = Some(x.clone());
-            }
-            run_block(&cfg, &rope, &block, &mut x, seq_len, opts.batch_seqs, Some(&mut s));
-            phases.calibrate += t.elapsed().as_secs_f64();
-            phases.hessian += s.seconds;
-            stats = Some(s);
-        }
-
         let mut spill: Vec<(String, Vec<u8>)> = Vec::new();
-        // Solve the linear layers in the plan's order for this block.
-        let t = Instant::now();
-        for role in LinearRole::ALL {
-            let name = format!("{}.weight", naming.linear(i, role));
-            let entry = plan.entry(&name).ok_or_else(|| Error::Other(format!("no plan for tensor `{name}`")))?;
-            let h = stats.as_ref().map(|s| s.for_role(role));
-            let imp_owned: Option<Vec<f32>> = match (&opts.imatrix, &file_imatrix) {
-                (ImatrixSource::Calibrate, _) => h.map(|h| h.imatrix()),
-                (ImatrixSource::File(_), Some(m)) => m.get(&name).cloned(),
-                _ => None,
-            };
-            let lin = block.linear_mut(role);
-            let (rows, cols) = (lin.out, lin.inp);
-            let (rep, bytes, dequant) = solve_entry(entry, &name, &lin.w, rows, cols, h, imp_owned.as_deref(), Some(i))?;
-            if propagate_quantized {
-                if let Some(dq) = dequant {
-                    lin.w = dq;
-                }
+        let imx = file_imatrix.as_ref();
+        if propagate_quantized {
+            // True-sequential within the block: each group of layers is solved on inputs that
+            // the already-quantized layers before it produce, and the block's output on the
+            // calibration data comes out of the same pass.
+            let d = cfg.d_model;
+            let batch_rows = opts.batch_seqs.max(1) * seq_len;
+            let t = Instant::now();
+            let mut hs = 0f64;
+            let mut ha = Hessian::new(d);
+            for xb in x.chunks(batch_rows * d) {
+                let h = block.attn_input(&cfg, xb);
+                let th = Instant::now();
+                ha.add(&h, h.len() / d);
+                hs += th.elapsed().as_secs_f64();
             }
-            spill.push((name, bytes));
-            state.tensors.push(rep);
+            phases.calibrate += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            solve_roles(&mut block, &[LinearRole::Q, LinearRole::K, LinearRole::V], Some(&ha), i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            phases.solve += t.elapsed().as_secs_f64();
+
+            let t = Instant::now();
+            let qd = cfg.n_head * cfg.head_dim;
+            let mut attn_all = vec![0f32; x.len() / d * qd];
+            let mut ho = Hessian::new(qd);
+            for (xb, ab) in x.chunks(batch_rows * d).zip(attn_all.chunks_mut(batch_rows * qd)) {
+                let h = block.attn_input(&cfg, xb);
+                let a = block.attention(&cfg, &rope, &h, seq_len);
+                let th = Instant::now();
+                ho.add(&a, a.len() / qd);
+                hs += th.elapsed().as_secs_f64();
+                ab.copy_from_slice(&a);
+            }
+            phases.calibrate += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            solve_roles(&mut block, &[LinearRole::O], Some(&ho), i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            phases.solve += t.elapsed().as_secs_f64();
+
+            let t = Instant::now();
+            let mut hf = Hessian::new(d);
+            for (xb, ab) in x.chunks_mut(batch_rows * d).zip(attn_all.chunks(batch_rows * qd)) {
+                block.add_attn_output(xb, ab);
+                let h = block.ffn_input(&cfg, xb);
+                let th = Instant::now();
+                hf.add(&h, h.len() / d);
+                hs += th.elapsed().as_secs_f64();
+            }
+            drop(attn_all);
+            phases.calibrate += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            solve_roles(&mut block, &[LinearRole::Gate, LinearRole::Up], Some(&hf), i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            phases.solve += t.elapsed().as_secs_f64();
+
+            let t = Instant::now();
+            let ff = cfg.d_ff;
+            let mut act_all = vec![0f32; x.len() / d * ff];
+            let mut hd = Hessian::new(ff);
+            for (xb, ab) in x.chunks(batch_rows * d).zip(act_all.chunks_mut(batch_rows * ff)) {
+                let h = block.ffn_input(&cfg, xb);
+                let a = block.mlp_activation(&h);
+                let th = Instant::now();
+                hd.add(&a, a.len() / ff);
+                hs += th.elapsed().as_secs_f64();
+                ab.copy_from_slice(&a);
+            }
+            phases.calibrate += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            solve_roles(&mut block, &[LinearRole::Down], Some(&hd), i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            phases.solve += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for (xb, ab) in x.chunks_mut(batch_rows * d).zip(act_all.chunks(batch_rows * ff)) {
+                block.add_mlp_output(xb, ab);
+            }
+            phases.propagate += t.elapsed().as_secs_f64();
+            phases.hessian += hs;
+        } else {
+            // Statistics of the original model (llama.cpp's imatrix meaning), propagated
+            // through the original block; or no calibration at all.
+            let mut stats = None;
+            if calibrate {
+                let t = Instant::now();
+                let mut s = BlockStats::new(&cfg);
+                run_block(&cfg, &rope, &block, &mut x, seq_len, opts.batch_seqs, Some(&mut s));
+                phases.calibrate += t.elapsed().as_secs_f64();
+                phases.hessian += s.seconds;
+                stats = Some(s);
+            }
+            let t = Instant::now();
+            for role in LinearRole::ALL {
+                let h = stats.as_ref().map(|s| s.for_role(role));
+                solve_roles(&mut block, &[role], h, i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            }
+            phases.solve += t.elapsed().as_secs_f64();
         }
-        // Norms (and any other tensor of the block) as the plan says.
-        for name in [naming.attn_norm(i), naming.ffn_norm(i)] {
-            let (rep, bytes) = copy_entry(src, path, plan, &name, Some(i))?;
-            spill.push((name, bytes));
-            state.tensors.push(rep);
-        }
+        // Norms and biases as the plan says.
+        let mut others = vec![naming.attn_norm(i), naming.ffn_norm(i)];
         for role in [LinearRole::Q, LinearRole::K, LinearRole::V] {
             let name = format!("{}.bias", naming.linear(i, role));
             if src.info(&name).is_some() {
-                let (rep, bytes) = copy_entry(src, path, plan, &name, Some(i))?;
-                spill.push((name, bytes));
-                state.tensors.push(rep);
+                others.push(name);
             }
         }
-        phases.solve += t.elapsed().as_secs_f64();
-
-        if let Some(mut xi) = x_in {
-            let t = Instant::now();
-            run_block(&cfg, &rope, &block, &mut xi, seq_len, opts.batch_seqs, None);
-            x = xi;
-            phases.propagate += t.elapsed().as_secs_f64();
+        for name in others {
+            let (rep, bytes) = copy_entry(src, path, plan, &name, Some(i))?;
+            spill.push((name, bytes));
+            state.tensors.push(rep);
         }
 
         let t = Instant::now();
@@ -487,6 +535,44 @@ pub fn run(
     let file_bytes = std::fs::metadata(&opts.out).map_err(|e| Error::io(&opts.out, e))?.len();
     std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     Ok(PipelineReport { tensors: ordered, file_bytes, calib_tokens, phases, resumed_blocks })
+}
+
+/// Solves the linear layers `roles` of block `i` with the statistics `h` of their (shared)
+/// input, puts the dequantized weights back into the block (they feed later stages), and
+/// records the encoded tensors and their reports.
+#[allow(clippy::too_many_arguments)]
+fn solve_roles(
+    block: &mut Block,
+    roles: &[LinearRole],
+    h: Option<&Hessian>,
+    i: usize,
+    plan: &Plan,
+    opts: &PipelineOptions,
+    file_imatrix: Option<&super::imatrix::Imatrix>,
+    spill: &mut Vec<(String, Vec<u8>)>,
+    reports: &mut Vec<TensorReport>,
+) -> Result<()> {
+    let imatrix = match (&opts.imatrix, h) {
+        (ImatrixSource::Calibrate, Some(h)) => Some(h.imatrix()),
+        _ => None,
+    };
+    for &role in roles {
+        let name = format!("{}.weight", Naming::Gguf.linear(i, role));
+        let entry = plan.entry(&name).ok_or_else(|| Error::Other(format!("no plan for tensor `{name}`")))?;
+        let importance = match &opts.imatrix {
+            ImatrixSource::File(_) => file_imatrix.and_then(|m| m.get(&name)).map(|v| v.as_slice()),
+            _ => imatrix.as_deref(),
+        };
+        let lin = block.linear_mut(role);
+        let (rows, cols) = (lin.out, lin.inp);
+        let (rep, bytes, dequant) = solve_entry(entry, &name, &lin.w, rows, cols, h, importance, Some(i))?;
+        if let Some(dq) = dequant {
+            lin.w = dq;
+        }
+        spill.push((name, bytes));
+        reports.push(rep);
+    }
+    Ok(())
 }
 
 /// Quantizes one matrix as its plan entry says. Returns the report, the encoded bytes and

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reproduces the quantize acceptance table: SmolLM2's dithered f32 base (DESIGN.md) quantized
+# with each preset by RTN, RTN + imatrix (calibrated on Emma, 50 × 512 tokens, as llama.cpp's
+# reference imatrix) and GPTQ (+ imatrix-dependent preset types; 128 × 512 tokens of Emma),
+# then evaluated against the base on Pride and Prejudice, --ctx 512 --chunks 40, in one pass.
+# Usage: scripts/acceptance_smollm2.sh [WORKDIR]   (needs: pip install numpy gguf)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${1:-/tmp/qs-acceptance}
+mkdir -p "$W"
+Q=${QUANTSMITH:-./target/release/quantsmith}
+[ -x "$Q" ] || cargo build --release -p quantsmith-cli
+BASE="$W/smollm2-dither-f32.gguf"
+if [ ! -f "$BASE" ]; then
+  python3 ../shared/tools/dither_gguf.py "$($Q fetch smollm2)" "$BASE" --seed 0
+fi
+CALIB=data/text/austen_emma.txt
+EVAL=data/text/austen_prideprejudice.txt
+PRESETS=${PRESETS:-"Q8_0 Q6_K Q4_K_M Q4_0 Q3_K_M Q2_K"}
+models=()
+for p in $PRESETS; do
+  $Q quantize "$BASE" --out "$W/$p-rtn.gguf" --preset "$p" --method rtn --json > "$W/$p-rtn.json"
+  $Q quantize "$BASE" --out "$W/$p-rtnim.gguf" --preset "$p" --method rtn --imatrix \
+    --calib "$CALIB" --calib-samples 50 --calib-len 512 --json > "$W/$p-rtnim.json"
+  $Q quantize "$BASE" --out "$W/$p-gptq.gguf" --preset "$p" --method gptq --imatrix \
+    --calib "$CALIB" --calib-samples 128 --calib-len 512 --json > "$W/$p-gptq.json"
+  models+=("$W/$p-rtn.gguf" "$W/$p-rtnim.gguf" "$W/$p-gptq.gguf")
+  echo "quantized $p" >&2
+done
+$Q eval "${models[@]}" --base "$BASE" --text "$EVAL" --ctx 512 --chunks 40 --json > "$W/eval.json"
+python3 - "$W" <<'PY'
+import json, os, sys
+w = sys.argv[1]
+ev = json.load(open(os.path.join(w, "eval.json")))
+if isinstance(ev, dict):
+    ev = [ev]
+print("| preset | method | file bytes | PPL | mean KLD | top-1 | quantize s |")
+print("|---|---|---|---|---|---|---|")
+for e in ev:
+    stem = os.path.basename(e["model"])[:-5]
+    q = json.load(open(os.path.join(w, stem + ".json")))
+    preset, method = stem.rsplit("-", 1)
+    method = {"rtn": "RTN", "rtnim": "RTN + imatrix", "gptq": "GPTQ + imatrix"}[method]
+    print(f"| {preset} | {method} | {q['file_bytes']} | {e['ppl']:.3f} | {e['kld_mean']:.6f} ± {e['kld_stderr']:.6f} | {e['top1_agree']:.4f} | {q['seconds']:.0f} |")
+print(f"\nbase PPL {ev[0]['base_ppl']:.3f}; {ev[0]['chunks']} chunks × {ev[0]['ctx']}")
+PY
