@@ -1,8 +1,8 @@
 //! BitMoD's per-group mixture of datatypes (Chen et al., HPCA 2025), as we read the paper:
 //! a sign-magnitude FP grid wastes one code on negative zero; BitMoD gives that code a
 //! special value, and each group (with its own scale) picks the variant with least error:
-//! - 4 bits: E2M1 {0, ±0.5, ±1, ±1.5, ±2, ±3, ±4, ±6} plus one of +5, -5 (extra resolution)
-//!   or +8, -8 (extra asymmetry);
+//! - 4 bits: E2M1 {0, ±0.5, ±1, ±1.5, ±2, ±3, ±4, ±6} plus one of +5, -5 (extra
+//!   resolution) or +8, -8 (extra asymmetry);
 //! - 3 bits: E2M0 {0, ±1, ±2, ±4} plus one of +3, -3, +6, -6.
 //! The choice costs 2 bits per group. Use `bitmodB:gN` (the format sets `choose=group`).
 

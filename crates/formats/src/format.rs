@@ -697,33 +697,66 @@ impl Format {
             )));
         }
         let per_group_choice = self.elements.len() > 1 && self.choice == Choice::PerGroup;
+        // Decode tables padded to 256 entries for codes of at most 8 bits.
+        let small: Vec<[f32; 256]> = if bits <= 8 {
+            tables
+                .iter()
+                .map(|t| {
+                    let mut a = [0f32; 256];
+                    a[..t.len()].copy_from_slice(t);
+                    a
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         out.par_chunks_mut(cols.max(1))
             .enumerate()
             .for_each_init(Vec::new, |buf: &mut Vec<u16>, (r, orow)| {
-                buf.resize(cols, 0);
-                pack::unpack(&q.codes[r * q.row_bytes..(r + 1) * q.row_bytes], bits, buf);
+                let codes = &q.codes[r * q.row_bytes..(r + 1) * q.row_bytes];
+                // 4- and 8-bit codes are read straight from the packed bytes through 256-entry
+                // tables (a u8 index needs no bounds check); other widths are unpacked first.
+                let direct = (bits == 4 && glen_of(gran, cols, g) % 2 == 0) || bits == 8;
+                if !direct {
+                    buf.resize(cols, 0);
+                    pack::unpack(codes, bits, buf);
+                }
                 let (glen, first) = match gran {
                     Granularity::None | Granularity::Tensor => (cols, 0),
                     _ => (g, r * groups_per_row),
                 };
-                for (k, (dst, src)) in orow.chunks_mut(glen).zip(buf.chunks(glen)).enumerate() {
+                for (k, dst) in orow.chunks_mut(glen).enumerate() {
                     let gi = first + k;
                     let (s, z) = match gran {
                         Granularity::None => (1.0, 0.0),
                         Granularity::Tensor => (q.scales[0], if self.asym { q.zeros[0] } else { 0.0 }),
                         _ => (q.scales[gi], if self.asym { q.zeros[gi] } else { 0.0 }),
                     };
-                    let t = if per_group_choice {
-                        &tables[q.choices[gi] as usize]
+                    let ti = if per_group_choice {
+                        q.choices[gi] as usize
                     } else {
-                        &tables[fixed_choice]
+                        fixed_choice
                     };
-                    if z == 0.0 {
-                        for (d, &c) in dst.iter_mut().zip(src) {
-                            *d = t[c as usize] * s;
+                    if let Some(t) = small.get(ti) {
+                        if bits == 4 && direct {
+                            let bytes = &codes[k * glen / 2..(k + 1) * glen / 2];
+                            for (d, &b) in dst.chunks_exact_mut(2).zip(bytes) {
+                                d[0] = (t[(b & 15) as usize] - z) * s;
+                                d[1] = (t[(b >> 4) as usize] - z) * s;
+                            }
+                        } else if bits == 8 {
+                            let bytes = &codes[k * glen..(k + 1) * glen];
+                            for (d, &b) in dst.iter_mut().zip(bytes) {
+                                *d = (t[b as usize] - z) * s;
+                            }
+                        } else {
+                            for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
+                                *d = (t[(c & 0xff) as usize] - z) * s;
+                            }
                         }
                     } else {
-                        for (d, &c) in dst.iter_mut().zip(src) {
+                        let t = &tables[ti];
+                        for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
                             *d = (t[c as usize] - z) * s;
                         }
                     }
@@ -783,6 +816,14 @@ impl Format {
         let mut out = self.fake_quantize_row(&row, None)?;
         out.truncate(n);
         Ok(out)
+    }
+}
+
+/// Elements per scale group in a row.
+fn glen_of(gran: Granularity, cols: usize, g: usize) -> usize {
+    match gran {
+        Granularity::None | Granularity::Tensor => cols,
+        _ => g,
     }
 }
 

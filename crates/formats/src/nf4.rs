@@ -4,7 +4,9 @@
 
 use crate::lut::Lut;
 
-/// The NF4 table from the QLoRA paper / bitsandbytes (`NF4` quantile values, ascending).
+/// The NF4 table from the QLoRA paper / bitsandbytes (`NF4` quantile values, ascending),
+/// digits as published.
+#[allow(clippy::excessive_precision)]
 pub const NF4_VALUES: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
