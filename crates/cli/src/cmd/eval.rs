@@ -123,6 +123,37 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
 }
 
 fn eval_encoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Result<()> {
-    let _ = (args, file, text);
-    Err(Error::Other("encoder evaluation is being wired".into()))
+    if args.models.len() > 1 {
+        return Err(Error::Other("encoders are evaluated one model at a time".into()));
+    }
+    let model = quantsmith::arch::bert::Bert::from_model(file)?;
+    let base = match &args.base {
+        Some(b) => {
+            let bf = open_model(b)?;
+            if arch::model_kind(&bf)? != ModelKind::Encoder {
+                return Err(Error::Other(format!("--base {b} is not an encoder like {}", args.models[0])));
+            }
+            Some(quantsmith::arch::bert::Bert::from_model(&bf)?)
+        }
+        None => None,
+    };
+    let bar = Progress::new("sentences");
+    let report = quantsmith::eval::encoder::evaluate_encoder(&model, base.as_ref(), text, &|d, t| bar.update(d, t))
+        .map_err(|e| match e {
+            Error::Other(msg) => Error::Text { path: args.text.clone(), msg },
+            other => other,
+        })?;
+    bar.finish();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?);
+        return Ok(());
+    }
+    println!("model            {}", file.path().display());
+    println!("text             {}", args.text.display());
+    println!("sentences        {} ({} tokens)", report.sentences, report.tokens);
+    if let (Some(m), Some(mn)) = (report.cosine_mean, report.cosine_min) {
+        println!("cosine to base   mean {m:.6}, min {mn:.6}");
+    }
+    println!("time             {:.1} s ({:.0} sentences/s)", report.seconds, report.sentences_per_second);
+    Ok(())
 }
