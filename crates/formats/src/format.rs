@@ -264,6 +264,8 @@ impl Format {
         Ok(self.row_bits(cols)? as f64 / cols as f64)
     }
 
+    /// Shape and importance checks; non-finite values are found by [`check_finite`] (the grid
+    /// path fuses that scan into its row loop, saving a pass over memory).
     fn check_input(&self, data: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<()> {
         if data.len() != rows * cols {
             return Err(FormatError::Length {
@@ -271,20 +273,6 @@ impl Format {
                 expected: rows * cols,
                 got: data.len(),
             });
-        }
-        // Chunked so the common all-finite case is a vectorised scan.
-        const CHUNK: usize = 1 << 16;
-        if let Some(c) = data
-            .par_chunks(CHUNK)
-            .position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()))
-        {
-            let start = c * CHUNK;
-            if let Some(i) = data[start..].iter().position(|v| !v.is_finite()) {
-                return Err(FormatError::NonFinite {
-                    index: start + i,
-                    value: data[start + i],
-                });
-            }
         }
         if let Some(imp) = importance {
             if imp.len() != cols {
@@ -419,6 +407,7 @@ impl Format {
         self.check_input(data, rows, cols, importance)?;
         self.group_len(cols)?;
         if let Some(t) = self.ggml {
+            check_finite(data)?;
             let bytes = crate::ggml::quantize(t, data, cols, importance)?;
             return Ok(Quantized {
                 rows,
@@ -489,7 +478,7 @@ impl Format {
         };
         // Each row returns its group parameters (and second-level scales); codes are written
         // in place. Rows are independent, so they run in parallel.
-        let metas: Vec<(Vec<GroupParams>, Vec<f32>)> = data
+        let metas: Vec<(Vec<GroupParams>, Vec<f32>, bool)> = data
             .par_chunks(cols)
             .zip(codes.par_chunks_mut(row_bytes))
             .enumerate()
@@ -512,7 +501,10 @@ impl Format {
         let mut zeros = Vec::new();
         let mut choices = Vec::new();
         let mut supers = Vec::new();
-        for (params, sup) in &metas {
+        if metas.iter().any(|m| !m.2) {
+            check_finite(data)?;
+        }
+        for (params, sup, _) in &metas {
             scales.extend(params.iter().map(|p| p.scale));
             if self.asym {
                 zeros.extend(params.iter().map(|p| p.zero));
@@ -552,7 +544,7 @@ impl Format {
         row: &[f32],
         out: &mut [u8],
         buf: &mut Vec<u16>,
-    ) -> (Vec<GroupParams>, Vec<f32>) {
+    ) -> (Vec<GroupParams>, Vec<f32>, bool) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -572,7 +564,7 @@ impl Format {
         row: &[f32],
         out: &mut [u8],
         buf: &mut Vec<u16>,
-    ) -> (Vec<GroupParams>, Vec<f32>) {
+    ) -> (Vec<GroupParams>, Vec<f32>, bool) {
         self.encode_row(ctx, r, row, out, buf)
     }
 
@@ -584,7 +576,7 @@ impl Format {
         row: &[f32],
         out: &mut [u8],
         buf: &mut Vec<u16>,
-    ) -> (Vec<GroupParams>, Vec<f32>) {
+    ) -> (Vec<GroupParams>, Vec<f32>, bool) {
         let RowCtx {
             cols,
             g,
@@ -596,6 +588,11 @@ impl Format {
             bits,
             groups_per_row,
         } = *ctx;
+        // The row is about to be read anyway; checking it here keeps it in cache.
+        let finite = row.iter().fold(true, |ok, v| ok & v.is_finite());
+        if !finite {
+            return (Vec::new(), Vec::new(), false);
+        }
         buf.resize(cols, 0);
         let mut params = Vec::with_capacity(groups_per_row.max(1));
         let mut supers = Vec::new();
@@ -638,7 +635,7 @@ impl Format {
         if groups_per_row == 0 {
             params.clear();
         }
-        (params, supers)
+        (params, supers, true)
     }
 
     /// Dequantizes into a new row-major matrix.
@@ -817,6 +814,25 @@ impl Format {
         out.truncate(n);
         Ok(out)
     }
+}
+
+/// The first non-finite value of `data`, as an error.
+fn check_finite(data: &[f32]) -> Result<()> {
+    // Chunked so the common all-finite case is a vectorised scan.
+    const CHUNK: usize = 1 << 16;
+    if let Some(c) = data
+        .par_chunks(CHUNK)
+        .position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()))
+    {
+        let start = c * CHUNK;
+        if let Some(i) = data[start..].iter().position(|v| !v.is_finite()) {
+            return Err(FormatError::NonFinite {
+                index: start + i,
+                value: data[start + i],
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Elements per scale group in a row.
