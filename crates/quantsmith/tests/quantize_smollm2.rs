@@ -12,7 +12,7 @@ use quantsmith::io::gguf::GgufFile;
 use quantsmith::quantize::pipeline::{ImatrixSource, PipelineOptions};
 use quantsmith::quantize::preset::Preset;
 use quantsmith::quantize::{quantize, QuantizeOptions};
-use quantsmith::solve::Method;
+use quantsmith::solve::{solver, Method};
 use sha2::{Digest, Sha256};
 
 fn options(out: PathBuf, preset: Preset, method: Method, imatrix: ImatrixSource, samples: usize, len: usize) -> QuantizeOptions {
@@ -45,7 +45,7 @@ fn plain_presets_are_byte_identical_to_llama_quantize() {
     for (name, p) in presets {
         let preset = Preset::parse(name).unwrap();
         let out = dir.path().join(format!("{name}.gguf"));
-        let opts = options(out.clone(), preset, Method::Rtn, ImatrixSource::None, 1, 16);
+        let opts = options(out.clone(), preset, solver("rtn").unwrap(), ImatrixSource::None, 1, 16);
         let r = quantize(base.to_str().unwrap(), &opts, &|_, _, _| {}).unwrap();
         let plain = &p["plain"];
         assert_eq!(r.file_bytes, plain["file_bytes"].as_u64().unwrap(), "{name}: file size");
@@ -82,9 +82,9 @@ fn gptq_beats_rtn_into_ggml_blocks() {
     let (ppath, ptext) = common::repo_text("austen_prideprejudice.txt");
     let mut kld = Vec::new();
     for (label, method, imatrix) in [
-        ("rtn", Method::Rtn, ImatrixSource::None),
-        ("rtn+imatrix", Method::Rtn, ImatrixSource::Calibrate),
-        ("gptq", Method::Gptq(Default::default()), ImatrixSource::Calibrate),
+        ("rtn", solver("rtn").unwrap(), ImatrixSource::None),
+        ("rtn+imatrix", solver("rtn").unwrap(), ImatrixSource::Calibrate),
+        ("gptq", solver("gptq").unwrap(), ImatrixSource::Calibrate),
     ] {
         let out = dir.path().join(format!("{label}.gguf"));
         let mut opts = options(out, Preset::Q4_0, method, imatrix, 16, 256);
@@ -111,7 +111,7 @@ fn imatrix_presets_choose_llama_cpp_types() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["Q2_K", "Q3_K_M"] {
         let out = dir.path().join(format!("{name}.gguf"));
-        let opts = options(out.clone(), Preset::parse(name).unwrap(), Method::Rtn, ImatrixSource::Calibrate, 4, 128);
+        let opts = options(out.clone(), Preset::parse(name).unwrap(), solver("rtn").unwrap(), ImatrixSource::Calibrate, 4, 128);
         quantize(base.to_str().unwrap(), &opts, &|_, _, _| {}).unwrap();
         let g = GgufFile::open(&out).unwrap();
         for t in g.gguf_tensors() {

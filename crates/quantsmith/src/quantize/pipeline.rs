@@ -613,7 +613,8 @@ fn solve_entry(
     let fmt = formats::format::Format::parse(entry.ty.name()).map_err(|e| Error::Other(format!("tensor `{name}`: {e}")))?;
     let p = LayerProblem { name, w, rows, cols, hessian: h, importance };
     // GPTQ without statistics cannot run; the plan only asks for it where they exist.
-    let method = if entry.method.needs_hessian() && h.is_none() { &crate::solve::Method::Rtn } else { &entry.method };
+    let rtn: crate::solve::Method = std::sync::Arc::new(crate::solve::rtn::Rtn);
+    let method = if entry.method.needs_hessian() && h.is_none() { &rtn } else { &entry.method };
     let enc = method.solve(&p, &fmt)?;
     let bytes = enc.bytes.ok_or_else(|| Error::Other(format!("tensor `{name}`: {} produced no ggml bytes", entry.ty.name())))?;
     let err = layer_error(w, &enc.dequant, rows, cols, h);

@@ -15,7 +15,7 @@ use crate::tensor::TensorInfo;
 use crate::{Error, Result};
 
 /// What one tensor becomes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct PlanEntry {
     /// Tensor name.
     pub name: String,

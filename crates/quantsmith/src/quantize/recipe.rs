@@ -77,11 +77,7 @@ impl Rule {
 
 /// A solver by name, with default settings.
 pub fn parse_solver(s: &str) -> Result<Method> {
-    match s {
-        "rtn" => Ok(Method::Rtn),
-        "gptq" => Ok(Method::Gptq(Default::default())),
-        other => Err(Error::Other(format!("unknown solver `{other}` (known: rtn, gptq)"))),
-    }
+    crate::solve::solver(s)
 }
 
 /// Reads a TOML recipe file.

@@ -15,7 +15,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
 
 use super::target::{grid, Encoded, Target};
-use super::LayerProblem;
+use super::{LayerProblem, Solver};
 use crate::{Error, Result};
 
 /// GPTQ settings.
@@ -64,6 +64,25 @@ pub fn inverse_hessian_factor(h: &[f64], n: usize, damp: f64) -> Result<Mat<f64>
         damp *= 10.0;
     }
     Err(Error::Other("the Hessian stays singular even with strong damping".into()))
+}
+
+/// The GPTQ solver.
+#[derive(Clone, Debug, Default)]
+pub struct Gptq {
+    /// Its settings.
+    pub opts: GptqOptions,
+}
+
+impl Solver for Gptq {
+    fn name(&self) -> &'static str {
+        "gptq"
+    }
+    fn needs_hessian(&self) -> bool {
+        true
+    }
+    fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded> {
+        solve(p, target, &self.opts)
+    }
 }
 
 /// Quantizes `p.w` into `target` with GPTQ. Needs `p.hessian`.
@@ -198,7 +217,7 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s) * 0.05).collect();
         let t = formats::format::Format::parse(spec).unwrap();
         let p = LayerProblem { name: "w", w: &w, rows, cols, hessian: Some(&h), importance: None };
-        let r = rtn::solve(&p, &t).unwrap();
+        let r = rtn::Rtn.solve(&p, &t).unwrap();
         let g = solve(&p, &t, &GptqOptions::default()).unwrap();
         let er = layer_error(&w, &r.dequant, rows, cols, Some(&h)).output_err.unwrap();
         let eg = layer_error(&w, &g.dequant, rows, cols, Some(&h)).output_err.unwrap();

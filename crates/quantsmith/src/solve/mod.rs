@@ -25,36 +25,29 @@ pub struct LayerProblem<'a> {
     pub importance: Option<&'a [f32]>,
 }
 
-/// Which solver and its settings.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Method {
-    /// Round to nearest (importance-weighted when an imatrix is given).
-    Rtn,
-    /// GPTQ with its settings.
-    Gptq(gptq::GptqOptions),
+/// A solver: given a layer's weights, its calibration statistics and a target format, the
+/// codes. Each solver is one file implementing this trait plus one line in [`solver`].
+pub trait Solver: std::fmt::Debug + Send + Sync {
+    /// Short name (`rtn`, `gptq`), as recipes and reports spell it.
+    fn name(&self) -> &'static str;
+    /// Whether the solver needs the layer's Hessian (and so calibration data).
+    fn needs_hessian(&self) -> bool {
+        false
+    }
+    /// Quantizes one layer.
+    fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded>;
 }
 
-impl Method {
-    /// Short name for reports.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Method::Rtn => "rtn",
-            Method::Gptq(_) => "gptq",
-        }
-    }
+/// A shared solver, as plans hold them.
+pub type Method = std::sync::Arc<dyn Solver>;
 
-    /// Whether the solver needs the layer's Hessian.
-    pub fn needs_hessian(&self) -> bool {
-        matches!(self, Method::Gptq(_))
-    }
-
-    /// Solves one layer.
-    pub fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded> {
-        match self {
-            Method::Rtn => rtn::solve(p, target),
-            Method::Gptq(o) => gptq::solve(p, target, o),
-        }
-    }
+/// The solvers by name, with default settings: the registry.
+pub fn solver(name: &str) -> Result<Method> {
+    Ok(match name {
+        "rtn" => std::sync::Arc::new(rtn::Rtn),
+        "gptq" => std::sync::Arc::new(gptq::Gptq::default()),
+        other => return Err(crate::Error::Other(format!("unknown solver `{other}` (known: rtn, gptq)"))),
+    })
 }
 
 /// Error figures of one quantized layer.
