@@ -16,24 +16,25 @@ if [ ! -f "$BASE" ]; then
 fi
 CALIB=data/text/austen_emma.txt
 EVAL=data/text/austen_prideprejudice.txt
-PRESETS=${PRESETS:-"Q8_0 Q6_K Q4_K_M Q4_0 Q3_K_M Q2_K"}
-models=()
+PRESETS=${PRESETS:-"Q4_K_M Q3_K_M Q2_K Q4_0 Q6_K Q8_0"}
+GPTQ_SAMPLES=${GPTQ_SAMPLES:-64}
 for p in $PRESETS; do
   $Q quantize "$BASE" --out "$W/$p-rtn.gguf" --preset "$p" --method rtn --json > "$W/$p-rtn.json"
   $Q quantize "$BASE" --out "$W/$p-rtnim.gguf" --preset "$p" --method rtn --imatrix \
     --calib "$CALIB" --calib-samples 50 --calib-len 512 --json > "$W/$p-rtnim.json"
   $Q quantize "$BASE" --out "$W/$p-gptq.gguf" --preset "$p" --method gptq --imatrix \
-    --calib "$CALIB" --calib-samples 128 --calib-len 512 --json > "$W/$p-gptq.json"
-  models+=("$W/$p-rtn.gguf" "$W/$p-rtnim.gguf" "$W/$p-gptq.gguf")
-  echo "quantized $p" >&2
+    --calib "$CALIB" --calib-samples "$GPTQ_SAMPLES" --calib-len 512 --json > "$W/$p-gptq.json"
+  $Q eval "$W/$p-rtn.gguf" "$W/$p-rtnim.gguf" "$W/$p-gptq.gguf" --base "$BASE" --text "$EVAL" \
+    --ctx 512 --chunks 40 --json > "$W/$p-eval.json"
+  echo "done $p" >&2
 done
-$Q eval "${models[@]}" --base "$BASE" --text "$EVAL" --ctx 512 --chunks 40 --json > "$W/eval.json"
 python3 - "$W" <<'PY'
 import json, os, sys
 w = sys.argv[1]
-ev = json.load(open(os.path.join(w, "eval.json")))
-if isinstance(ev, dict):
-    ev = [ev]
+ev = []
+for f in sorted(os.listdir(w)):
+    if f.endswith("-eval.json"):
+        ev += json.load(open(os.path.join(w, f)))
 print("| preset | method | file bytes | PPL | mean KLD | top-1 | quantize s |")
 print("|---|---|---|---|---|---|---|")
 for e in ev:

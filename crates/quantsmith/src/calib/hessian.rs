@@ -1,6 +1,6 @@
 //! The input statistics of one linear layer: H = Σ x xᵀ (f64) and per-channel moments.
 
-use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 /// Rows per f32 GEMM before the product is folded into the f64 sum: small enough that f32
@@ -36,11 +36,25 @@ impl Hessian {
         for chunk in x.chunks(BATCH_ROWS * n) {
             let r = chunk.len() / n;
             let xm = MatRef::from_row_major_slice(chunk, r, n);
-            matmul(g.as_mut(), Accum::Replace, xm.transpose(), xm, 1.0f32, Par::rayon(0));
+            // XᵀX is symmetric: compute its lower triangle only (half the work of a GEMM).
+            matmul(
+                g.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Replace,
+                xm.transpose(),
+                BlockStructure::Rectangular,
+                xm,
+                BlockStructure::Rectangular,
+                1.0f32,
+                Par::rayon(0),
+            );
             for i in 0..n {
-                let row = &mut self.sum_xxt[i * n..(i + 1) * n];
-                for (j, s) in row.iter_mut().enumerate() {
-                    *s += g[(i, j)] as f64;
+                for j in 0..=i {
+                    let v = g[(i, j)] as f64;
+                    self.sum_xxt[i * n + j] += v;
+                    if i != j {
+                        self.sum_xxt[j * n + i] += v;
+                    }
                 }
             }
         }
