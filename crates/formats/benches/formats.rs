@@ -22,6 +22,15 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("formats_4096x4096");
     g.sample_size(10);
     g.throughput(Throughput::Bytes((ROWS * COLS * 4) as u64));
+    // Baseline under the same conditions: a parallel read of the matrix (sum), i.e. the
+    // memory bandwidth the encoders are compared with.
+    g.bench_with_input(BenchmarkId::new("read", "sum"), &data, |b, d| {
+        b.iter(|| {
+            use rayon::prelude::*;
+            // min/max in eight lanes vectorises (a plain f32 sum is one serial add chain).
+            d.par_chunks(1 << 16).map(|c| formats::format::min_max(c).1).reduce(|| 0.0, f32::max)
+        })
+    });
     for spec in ["int4:g128", "mxfp4", "nvfp4", "fp8_e4m3", "nf4"] {
         let f = Format::parse(spec).expect("bench spec parses");
         g.bench_with_input(BenchmarkId::new("encode", spec), &data, |b, d| {
