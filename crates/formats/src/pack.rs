@@ -6,6 +6,8 @@ pub fn row_bytes(n: usize, bits: u32) -> usize {
 }
 
 /// Packs `codes` (each < 2^bits) into `out` (exactly `row_bytes(codes.len(), bits)` bytes).
+/// Inlined so it is compiled for the caller's target features (the AVX2 row encoder).
+#[inline(always)]
 pub fn pack(codes: &[u16], bits: u32, out: &mut [u8]) {
     match bits {
         8 => {
@@ -16,7 +18,7 @@ pub fn pack(codes: &[u16], bits: u32, out: &mut [u8]) {
         4 => {
             let mut pairs = codes.chunks_exact(2);
             for (o, p) in out.iter_mut().zip(&mut pairs) {
-                *o = (p[0] as u8 & 15) | ((p[1] as u8) << 4);
+                *o = ((p[0] & 15) | (p[1] << 4)) as u8;
             }
             if let [last] = pairs.remainder() {
                 out[codes.len() / 2] = *last as u8 & 15;
