@@ -55,24 +55,27 @@ fn gemm_rate(m: usize, n: usize, k: usize, reps: usize) -> f64 {
     reps as f64 * 2.0 * (m * n * k) as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
-/// Times `chunks` perplexity-shaped forward passes of `m` and the GEMM rates beside them.
-pub fn bench_eval(m: &Llama, ctx: usize, chunks: usize) -> crate::Result<EvalBench> {
-    let tokens: Vec<u32> = (0..ctx as u32).map(|i| (i * 7919 + 13) % m.cfg.vocab as u32).collect();
+/// Times `chunks` perplexity-shaped forward passes of `m` (run `batch` chunks at a time, as
+/// evaluation does) and the GEMM rates beside them.
+pub fn bench_eval(m: &Llama, ctx: usize, chunks: usize, batch: usize) -> crate::Result<EvalBench> {
+    let batch = batch.max(1);
+    let tokens: Vec<u32> = (0..(ctx * batch) as u32).map(|i| (i * 7919 + 13) % m.cfg.vocab as u32).collect();
     let first = ctx / 2;
     m.logits(&tokens, ctx, first..ctx - 1)?; // warm-up
     let gemm_before = gemm_rate(1024, 1024, 1024, 4);
+    let rounds = chunks.max(1).div_ceil(batch);
     let t = Instant::now();
-    for _ in 0..chunks.max(1) {
+    for _ in 0..rounds {
         m.logits(&tokens, ctx, first..ctx - 1)?;
     }
-    let secs = t.elapsed().as_secs_f64() / chunks.max(1) as f64;
+    let secs = t.elapsed().as_secs_f64() / (rounds * batch) as f64;
     let gemm_after = gemm_rate(1024, 1024, 1024, 4);
     let layer = gemm_rate(ctx, m.cfg.d_ff, m.cfg.d_model, 8);
     let gemm = 0.5 * (gemm_before + gemm_after);
     let gflop = chunk_flops(m, ctx) / 1e9;
     Ok(EvalBench {
         ctx,
-        chunks: chunks.max(1),
+        chunks: rounds * batch,
         seconds_per_chunk: secs,
         tokens_per_second: ctx as f64 / secs,
         gflop_per_chunk: gflop,

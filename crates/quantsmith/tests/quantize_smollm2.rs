@@ -29,7 +29,7 @@ fn options(out: PathBuf, preset: Preset, method: Method, imatrix: ImatrixSource,
             resume: true,
         },
         eval_text: None,
-        eval: PerplexityOptions { ctx: 512, max_chunks: Some(2) },
+        eval: PerplexityOptions { ctx: 512, max_chunks: Some(2), ..Default::default() },
     }
 }
 

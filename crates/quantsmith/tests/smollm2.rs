@@ -43,15 +43,19 @@ fn smollm2_tokens_and_perplexity_match_llama_cpp() {
     // llama-perplexity on the f32 dequantization: PPL = 27.7281 at --ctx 512 --chunks 4.
     let (path, text) = repo_text("austen_emma.txt");
     assert_eq!(perplexity_tokens(tok, &text).unwrap().len(), 221849, "trailing newline dropped");
-    let opts = PerplexityOptions { ctx: 512, max_chunks: Some(4) };
+    let opts = PerplexityOptions { ctx: 512, max_chunks: Some(4), batch: 3 };
     let r = evaluate_decoder(&dec.model, None, tok, &text, &path, &opts, &|_, _| {}).unwrap();
     assert_eq!(r.chunks, 4);
+    // Chunks run together or one by one give the same figures.
+    let one = PerplexityOptions { batch: 1, ..opts.clone() };
+    let r1 = evaluate_decoder(&dec.model, None, tok, &text, &path, &one, &|_, _| {}).unwrap();
+    assert!((r1.ppl / r.ppl - 1.0).abs() < 1e-5, "batched {} vs one by one {}", r.ppl, r1.ppl);
     assert_eq!(r.tokens_scored, 4 * 255);
     let rel = (r.ppl / 27.7281 - 1.0).abs();
     assert!(rel < 0.002, "PPL {} differs from llama.cpp's 27.7281 by {:.3} %", r.ppl, rel * 100.0);
 
     // Against itself: zero divergence, full agreement, ratio 1.
-    let opts = PerplexityOptions { ctx: 128, max_chunks: Some(1) };
+    let opts = PerplexityOptions { ctx: 128, max_chunks: Some(1), ..Default::default() };
     let r = evaluate_decoder(&dec.model, Some(&dec.model), tok, &text, &path, &opts, &|_, _| {}).unwrap();
     assert!(r.kld_mean.unwrap().abs() < 1e-9);
     assert_eq!(r.top1_agree, Some(1.0));

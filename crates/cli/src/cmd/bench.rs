@@ -22,8 +22,11 @@ pub enum What {
         #[arg(long, default_value_t = 512)]
         ctx: usize,
         /// Chunks to time.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 4)]
         chunks: usize,
+        /// Chunks per forward pass.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -33,10 +36,10 @@ pub enum What {
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
     match args.what {
-        What::Eval { model, ctx, chunks, json } => {
+        What::Eval { model, ctx, chunks, batch, json } => {
             let file = quantsmith::io::open_model(&model)?;
             let dec = arch::load_decoder(&file)?;
-            let b = quantsmith::bench::bench_eval(&dec.model, ctx, chunks)?;
+            let b = quantsmith::bench::bench_eval(&dec.model, ctx, chunks, batch)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&b).map_err(|e| Error::Other(e.to_string()))?);
             } else {

@@ -71,7 +71,7 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
         }
         None => None,
     };
-    let opts = PerplexityOptions { ctx: args.ctx, max_chunks: args.chunks };
+    let opts = PerplexityOptions { ctx: args.ctx, max_chunks: args.chunks, ..Default::default() };
     let bar = Progress::new("chunks");
     let models: Vec<&quantsmith::arch::llama::Llama> = decs.iter().map(|d| &d.model).collect();
     let reports = evaluate_decoders(

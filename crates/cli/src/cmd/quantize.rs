@@ -107,7 +107,7 @@ pub fn run(args: Args) -> Result<()> {
             resume: !args.no_resume,
         },
         eval_text,
-        eval: PerplexityOptions { ctx: args.eval_ctx, max_chunks: Some(args.eval_chunks) },
+        eval: PerplexityOptions { ctx: args.eval_ctx, max_chunks: Some(args.eval_chunks), ..Default::default() },
     };
     let blocks = Progress::new("blocks");
     let chunks = Progress::new("eval chunks");
