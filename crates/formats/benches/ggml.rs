@@ -29,11 +29,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| quantize(ty, d, COLS, None).expect("quantize"))
         });
         if ty != GgmlType::Q8_0 {
-            g.bench_with_input(
-                BenchmarkId::new("encode_imatrix", ty.name()),
-                &data,
-                |b, d| b.iter(|| quantize(ty, d, COLS, Some(&importance)).expect("quantize")),
-            );
+            g.bench_with_input(BenchmarkId::new("encode_imatrix", ty.name()), &data, |b, d| {
+                b.iter(|| quantize(ty, d, COLS, Some(&importance)).expect("quantize"))
+            });
         }
         let q = quantize(ty, &data, COLS, None).expect("quantize");
         let mut out = vec![0f32; ROWS * COLS];

@@ -10,15 +10,9 @@ use std::process::ExitCode;
 fn read_f32(path: &str) -> Result<Vec<f32>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     if bytes.len() % 4 != 0 {
-        return Err(format!(
-            "{path}: {} bytes is not a whole number of f32",
-            bytes.len()
-        ));
+        return Err(format!("{path}: {} bytes is not a whole number of f32", bytes.len()));
     }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
 fn run(args: &[String]) -> Result<(), String> {
@@ -31,11 +25,7 @@ fn run(args: &[String]) -> Result<(), String> {
         .ok_or_else(|| format!("unknown ggml type `{ty}`"))?;
     let n: usize = n.parse().map_err(|e| format!("N_PER_ROW `{n}`: {e}"))?;
     let x = read_f32(input)?;
-    let w = if imatrix == "-" {
-        None
-    } else {
-        Some(read_f32(imatrix)?)
-    };
+    let w = if imatrix == "-" { None } else { Some(read_f32(imatrix)?) };
     let q = quantize(ty, &x, n, w.as_deref()).map_err(|e| format!("{input}: {e}"))?;
     std::fs::write(out, q).map_err(|e| format!("{out}: {e}"))
 }

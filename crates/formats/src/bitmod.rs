@@ -13,19 +13,12 @@ pub fn grids(bits: u32) -> Vec<Lut> {
     let (base, extras, tag): (&[f32], [f32; 4], &str) = if bits == 3 {
         (&[0.0, 1.0, 2.0, 4.0], [3.0, -3.0, 6.0, -6.0], "bitmod3")
     } else {
-        (
-            &[0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
-            [5.0, -5.0, 8.0, -8.0],
-            "bitmod4",
-        )
+        (&[0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], [5.0, -5.0, 8.0, -8.0], "bitmod4")
     };
     extras
         .iter()
         .map(|&x| {
-            let mut v: Vec<f32> = base
-                .iter()
-                .flat_map(|&b| if b == 0.0 { vec![0.0] } else { vec![b, -b] })
-                .collect();
+            let mut v: Vec<f32> = base.iter().flat_map(|&b| if b == 0.0 { vec![0.0] } else { vec![b, -b] }).collect();
             v.push(x);
             let name = format!("{tag}_{}{}", if x < 0.0 { "m" } else { "p" }, x.abs());
             Lut::new(name, v).expect("BitMoD grids have distinct finite values")

@@ -28,9 +28,7 @@ impl Dyadic {
                 return Ok(Dyadic { b: b as i64, c });
             }
         }
-        Err(FormatError::Invalid(format!(
-            "{m} does not fit a {bits}-bit dyadic numerator even without a shift"
-        )))
+        Err(FormatError::Invalid(format!("{m} does not fit a {bits}-bit dyadic numerator even without a shift")))
     }
 
     /// The value b / 2^c.
@@ -45,11 +43,7 @@ impl Dyadic {
             return p as i64;
         }
         let half = 1i128 << (self.c - 1);
-        let r = if p >= 0 {
-            (p + half) >> self.c
-        } else {
-            -((-p + half) >> self.c)
-        };
+        let r = if p >= 0 { (p + half) >> self.c } else { -((-p + half) >> self.c) };
         r as i64
     }
 }

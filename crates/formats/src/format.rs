@@ -283,9 +283,7 @@ impl Format {
                 });
             }
             if let Some((i, &v)) = imp.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
-                return Err(FormatError::Invalid(format!(
-                    "importance[{i}] = {v}: must be finite and non-negative"
-                )));
+                return Err(FormatError::Invalid(format!("importance[{i}] = {v}: must be finite and non-negative")));
             }
         }
         Ok(())
@@ -315,24 +313,12 @@ impl Format {
     pub fn group_params(&self, w: &[f32], importance: Option<&[f32]>, tensor_scale: f32) -> GroupParams {
         let (mn, mx) = min_max(w);
         if self.elements.is_empty() {
-            return GroupParams {
-                scale: 0.0,
-                zero: 0.0,
-                choice: 0,
-            };
+            return GroupParams { scale: 0.0, zero: 0.0, choice: 0 };
         }
         let per_group_choice = self.elements.len() > 1 && self.choice == Choice::PerGroup;
-        let candidates: &[Element] = if per_group_choice {
-            &self.elements
-        } else {
-            &self.elements[..1]
-        };
+        let candidates: &[Element] = if per_group_choice { &self.elements } else { &self.elements[..1] };
         let search = self.clip == Clip::Mse;
-        let mut best = GroupParams {
-            scale: 0.0,
-            zero: 0.0,
-            choice: 0,
-        };
+        let mut best = GroupParams { scale: 0.0, zero: 0.0, choice: 0 };
         let mut best_err = f64::INFINITY;
         for (ci, e) in candidates.iter().enumerate() {
             let n_ratios = if search { CLIP_RATIOS } else { 1 };
@@ -356,11 +342,7 @@ impl Format {
         if self.asym {
             let qmax = e.max_value();
             let s = self.scale.round((mx - mn) / qmax, ts);
-            let zero = if s > 0.0 {
-                (-mn / s).round_ties_even().clamp(0.0, qmax)
-            } else {
-                0.0
-            };
+            let zero = if s > 0.0 { (-mn / s).round_ties_even().clamp(0.0, qmax) } else { 0.0 };
             return GroupParams { scale: s, zero, choice };
         }
         let s = if self.scale == ScaleStorage::E8m0 {
@@ -368,26 +350,18 @@ impl Format {
         } else {
             self.scale.round(absmax_scale(e, mx, -mn), ts)
         };
-        GroupParams {
-            scale: s,
-            zero: 0.0,
-            choice,
-        }
+        GroupParams { scale: s, zero: 0.0, choice }
     }
 
     /// Code of `x` in a group with parameters `p` (nearest rounding, saturating).
     pub fn encode_value(&self, x: f32, p: &GroupParams) -> u16 {
         let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
-        self.elements
-            .get(p.choice as usize)
-            .map_or(0, |e| e.encode(x * inv + p.zero))
+        self.elements.get(p.choice as usize).map_or(0, |e| e.encode(x * inv + p.zero))
     }
 
     /// Value of a code in a group with parameters `p`.
     pub fn decode_value(&self, code: u16, p: &GroupParams) -> f32 {
-        self.elements
-            .get(p.choice as usize)
-            .map_or(0.0, |e| (e.decode(code) - p.zero) * p.scale)
+        self.elements.get(p.choice as usize).map_or(0.0, |e| (e.decode(code) - p.zero) * p.scale)
     }
 
     /// Quantize-dequantize of one value given its group's parameters (GPTQ's inner step).
@@ -400,9 +374,7 @@ impl Format {
     /// Non-finite input is an error naming its index.
     pub fn quantize(&self, data: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Quantized> {
         if rows == 0 || cols == 0 {
-            return Err(FormatError::Invalid(format!(
-                "cannot quantize an empty {rows}x{cols} matrix"
-            )));
+            return Err(FormatError::Invalid(format!("cannot quantize an empty {rows}x{cols} matrix")));
         }
         self.check_input(data, rows, cols, importance)?;
         self.group_len(cols)?;
@@ -448,8 +420,7 @@ impl Format {
                 best = Some((err, q));
             }
         }
-        best.map(|(_, q)| q)
-            .ok_or_else(|| FormatError::Invalid("format has no element grid".into()))
+        best.map(|(_, q)| q).ok_or_else(|| FormatError::Invalid("format has no element grid".into()))
     }
 
     fn quantize_grid(&self, data: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Quantized> {
@@ -483,17 +454,7 @@ impl Format {
             .zip(codes.par_chunks_mut(row_bytes))
             .enumerate()
             .map_init(Vec::new, |buf: &mut Vec<u16>, (r, (row, out))| {
-                let ctx = RowCtx {
-                    cols,
-                    g,
-                    gran,
-                    tensor_params,
-                    ts,
-                    importance,
-                    seed,
-                    bits,
-                    groups_per_row,
-                };
+                let ctx = RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row };
                 self.encode_row_dispatch(&ctx, r, row, out, buf)
             })
             .collect();
@@ -577,17 +538,7 @@ impl Format {
         out: &mut [u8],
         buf: &mut Vec<u16>,
     ) -> (Vec<GroupParams>, Vec<f32>, bool) {
-        let RowCtx {
-            cols,
-            g,
-            gran,
-            tensor_params,
-            ts,
-            importance,
-            seed,
-            bits,
-            groups_per_row,
-        } = *ctx;
+        let RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row } = *ctx;
         // The row is about to be read anyway; checking it here keeps it in cache.
         let finite = row.iter().fold(true, |ok, v| ok & v.is_finite());
         if !finite {
@@ -597,16 +548,10 @@ impl Format {
         let mut params = Vec::with_capacity(groups_per_row.max(1));
         let mut supers = Vec::new();
         match gran {
-            Granularity::None => params.push(GroupParams {
-                scale: 1.0,
-                zero: 0.0,
-                choice: 0,
-            }),
-            Granularity::Tensor => params.push(tensor_params.unwrap_or(GroupParams {
-                scale: 1.0,
-                zero: 0.0,
-                choice: 0,
-            })),
+            Granularity::None => params.push(GroupParams { scale: 1.0, zero: 0.0, choice: 0 }),
+            Granularity::Tensor => {
+                params.push(tensor_params.unwrap_or(GroupParams { scale: 1.0, zero: 0.0, choice: 0 }))
+            }
             _ => {
                 for (k, grp) in row.chunks_exact(g).enumerate() {
                     let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);
@@ -661,17 +606,11 @@ impl Format {
         let g = self.group_len(cols)?;
         let bits = self.code_bits();
         if q.code_bits != bits || q.codes.len() != rows * q.row_bytes || q.row_bytes != pack::row_bytes(cols, bits) {
-            return Err(FormatError::Invalid(format!(
-                "quantized data does not match format {}",
-                self.spec()
-            )));
+            return Err(FormatError::Invalid(format!("quantized data does not match format {}", self.spec())));
         }
         let tables: Vec<Vec<f32>> = self.elements.iter().map(|e| e.decode_table()).collect();
-        let fixed_choice = if self.choice == Choice::PerTensor {
-            q.choices.first().copied().unwrap_or(0)
-        } else {
-            0
-        } as usize;
+        let fixed_choice =
+            if self.choice == Choice::PerTensor { q.choices.first().copied().unwrap_or(0) } else { 0 } as usize;
         let gran = self.granularity;
         let groups_per_row = match gran {
             Granularity::None | Granularity::Tensor => 0,
@@ -688,10 +627,7 @@ impl Format {
             || fixed_choice >= tables.len()
             || q.choices.iter().any(|&c| c as usize >= tables.len())
         {
-            return Err(FormatError::Invalid(format!(
-                "quantized metadata does not match format {}",
-                self.spec()
-            )));
+            return Err(FormatError::Invalid(format!("quantized metadata does not match format {}", self.spec())));
         }
         let per_group_choice = self.elements.len() > 1 && self.choice == Choice::PerGroup;
         // Decode tables padded to 256 entries for codes of at most 8 bits.
@@ -707,58 +643,52 @@ impl Format {
         } else {
             Vec::new()
         };
-        out.par_chunks_mut(cols.max(1))
-            .enumerate()
-            .for_each_init(Vec::new, |buf: &mut Vec<u16>, (r, orow)| {
-                let codes = &q.codes[r * q.row_bytes..(r + 1) * q.row_bytes];
-                // 4- and 8-bit codes are read straight from the packed bytes through 256-entry
-                // tables (a u8 index needs no bounds check); other widths are unpacked first.
-                let direct = (bits == 4 && glen_of(gran, cols, g) % 2 == 0) || bits == 8;
-                if !direct {
-                    buf.resize(cols, 0);
-                    pack::unpack(codes, bits, buf);
-                }
-                let (glen, first) = match gran {
-                    Granularity::None | Granularity::Tensor => (cols, 0),
-                    _ => (g, r * groups_per_row),
+        out.par_chunks_mut(cols.max(1)).enumerate().for_each_init(Vec::new, |buf: &mut Vec<u16>, (r, orow)| {
+            let codes = &q.codes[r * q.row_bytes..(r + 1) * q.row_bytes];
+            // 4- and 8-bit codes are read straight from the packed bytes through 256-entry
+            // tables (a u8 index needs no bounds check); other widths are unpacked first.
+            let direct = (bits == 4 && glen_of(gran, cols, g) % 2 == 0) || bits == 8;
+            if !direct {
+                buf.resize(cols, 0);
+                pack::unpack(codes, bits, buf);
+            }
+            let (glen, first) = match gran {
+                Granularity::None | Granularity::Tensor => (cols, 0),
+                _ => (g, r * groups_per_row),
+            };
+            for (k, dst) in orow.chunks_mut(glen).enumerate() {
+                let gi = first + k;
+                let (s, z) = match gran {
+                    Granularity::None => (1.0, 0.0),
+                    Granularity::Tensor => (q.scales[0], if self.asym { q.zeros[0] } else { 0.0 }),
+                    _ => (q.scales[gi], if self.asym { q.zeros[gi] } else { 0.0 }),
                 };
-                for (k, dst) in orow.chunks_mut(glen).enumerate() {
-                    let gi = first + k;
-                    let (s, z) = match gran {
-                        Granularity::None => (1.0, 0.0),
-                        Granularity::Tensor => (q.scales[0], if self.asym { q.zeros[0] } else { 0.0 }),
-                        _ => (q.scales[gi], if self.asym { q.zeros[gi] } else { 0.0 }),
-                    };
-                    let ti = if per_group_choice {
-                        q.choices[gi] as usize
-                    } else {
-                        fixed_choice
-                    };
-                    if let Some(t) = small.get(ti) {
-                        if bits == 4 && direct {
-                            let bytes = &codes[k * glen / 2..(k + 1) * glen / 2];
-                            for (d, &b) in dst.chunks_exact_mut(2).zip(bytes) {
-                                d[0] = (t[(b & 15) as usize] - z) * s;
-                                d[1] = (t[(b >> 4) as usize] - z) * s;
-                            }
-                        } else if bits == 8 {
-                            let bytes = &codes[k * glen..(k + 1) * glen];
-                            for (d, &b) in dst.iter_mut().zip(bytes) {
-                                *d = (t[b as usize] - z) * s;
-                            }
-                        } else {
-                            for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
-                                *d = (t[(c & 0xff) as usize] - z) * s;
-                            }
+                let ti = if per_group_choice { q.choices[gi] as usize } else { fixed_choice };
+                if let Some(t) = small.get(ti) {
+                    if bits == 4 && direct {
+                        let bytes = &codes[k * glen / 2..(k + 1) * glen / 2];
+                        for (d, &b) in dst.chunks_exact_mut(2).zip(bytes) {
+                            d[0] = (t[(b & 15) as usize] - z) * s;
+                            d[1] = (t[(b >> 4) as usize] - z) * s;
+                        }
+                    } else if bits == 8 {
+                        let bytes = &codes[k * glen..(k + 1) * glen];
+                        for (d, &b) in dst.iter_mut().zip(bytes) {
+                            *d = (t[b as usize] - z) * s;
                         }
                     } else {
-                        let t = &tables[ti];
                         for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
-                            *d = (t[c as usize] - z) * s;
+                            *d = (t[(c & 0xff) as usize] - z) * s;
                         }
                     }
+                } else {
+                    let t = &tables[ti];
+                    for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
+                        *d = (t[c as usize] - z) * s;
+                    }
                 }
-            });
+            }
+        });
         Ok(())
     }
 
@@ -820,16 +750,10 @@ impl Format {
 fn check_finite(data: &[f32]) -> Result<()> {
     // Chunked so the common all-finite case is a vectorised scan.
     const CHUNK: usize = 1 << 16;
-    if let Some(c) = data
-        .par_chunks(CHUNK)
-        .position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()))
-    {
+    if let Some(c) = data.par_chunks(CHUNK).position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite())) {
         let start = c * CHUNK;
         if let Some(i) = data[start..].iter().position(|v| !v.is_finite()) {
-            return Err(FormatError::NonFinite {
-                index: start + i,
-                value: data[start + i],
-            });
+            return Err(FormatError::NonFinite { index: start + i, value: data[start + i] });
         }
     }
     Ok(())
@@ -873,10 +797,7 @@ pub fn min_max(w: &[f32]) -> (f32, f32) {
         lo[0] = if v < lo[0] { v } else { lo[0] };
         hi[0] = if v > hi[0] { v } else { hi[0] };
     }
-    (
-        lo.iter().fold(0f32, |a, &b| a.min(b)),
-        hi.iter().fold(0f32, |a, &b| a.max(b)),
-    )
+    (lo.iter().fold(0f32, |a, &b| a.min(b)), hi.iter().fold(0f32, |a, &b| a.max(b)))
 }
 
 /// Weighted squared error of one group under parameters `p` (nearest rounding).

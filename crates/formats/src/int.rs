@@ -64,11 +64,7 @@ impl IntGrid {
         if !(1..=8).contains(&bits) {
             return Err(FormatError::Invalid(format!("integer width {bits} outside 1-8 bits")));
         }
-        let kind = if bits == 1 && kind != IntKind::Unsigned {
-            IntKind::Binary
-        } else {
-            kind
-        };
+        let kind = if bits == 1 && kind != IntKind::Unsigned { IntKind::Binary } else { kind };
         if kind == IntKind::Binary && bits != 1 {
             return Err(FormatError::Invalid("a binary grid has 1 bit".into()));
         }
@@ -84,12 +80,7 @@ impl IntGrid {
 
     /// Ternary {-1, 0, 1} in 2 bits.
     pub fn ternary() -> Self {
-        IntGrid {
-            bits: 2,
-            kind: IntKind::Restricted,
-            qmin: -1.0,
-            qmax: 1.0,
-        }
+        IntGrid { bits: 2, kind: IntKind::Restricted, qmin: -1.0, qmax: 1.0 }
     }
 
     /// Bits per code.

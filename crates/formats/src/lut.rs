@@ -5,9 +5,8 @@ use crate::element::ElementCodec;
 use crate::{FormatError, Result};
 
 /// IQ4_NL's 16 values (llama.cpp `kvalues_iq4nl`), used as a grid with scale amax / 113.
-pub const IQ4_NL_VALUES: [f32; 16] = [
-    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0,
-];
+pub const IQ4_NL_VALUES: [f32; 16] =
+    [-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0];
 
 /// A grid of sorted values; code `i` is the i-th value.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,12 +30,7 @@ impl Lut {
         }
         let mids = values.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
         let bits = (usize::BITS - (values.len() - 1).leading_zeros()).max(1);
-        Ok(Lut {
-            name,
-            values,
-            mids,
-            bits,
-        })
+        Ok(Lut { name, values, mids, bits })
     }
 
     /// The sorted values.
@@ -68,11 +62,7 @@ pub fn power_grid(bits: u32, alpha: f32) -> Result<Lut> {
         let m = (i.abs() as f32 / q as f32).powf(alpha);
         v.push(if i < 0 { -m } else { m });
     }
-    let name = if alpha == 1.5 {
-        format!("pow{bits}")
-    } else {
-        format!("pow{bits}:alpha={alpha}")
-    };
+    let name = if alpha == 1.5 { format!("pow{bits}") } else { format!("pow{bits}:alpha={alpha}") };
     Lut::new(name, v)
 }
 

@@ -32,15 +32,7 @@ pub fn fit(format: &Format, data: &[f32], rows: usize, cols: usize, importance: 
         })
         .reduce(|| (0.0, 0.0), |p, q| (p.0 + q.0, p.1 + q.1));
     let rel_mse = if signal > 0.0 { noise / signal } else { 0.0 };
-    let sqnr_db = if noise > 0.0 {
-        10.0 * (signal / noise).log10()
-    } else {
-        f64::INFINITY
-    };
+    let sqnr_db = if noise > 0.0 { 10.0 * (signal / noise).log10() } else { f64::INFINITY };
     let bits_per_weight = format.storage_bits(rows, cols)? as f64 / (rows * cols) as f64;
-    Ok(Fit {
-        sqnr_db,
-        rel_mse,
-        bits_per_weight,
-    })
+    Ok(Fit { sqnr_db, rel_mse, bits_per_weight })
 }

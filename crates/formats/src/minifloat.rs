@@ -68,9 +68,7 @@ impl Minifloat {
         // The f64 rounding trick and f32 decode need every value (and its rounding quantum) to be
         // an f32: the smallest normal exponent 1-bias must not go below f32's -126.
         if !(-127..=127).contains(&bias) {
-            return Err(FormatError::Invalid(format!(
-                "minifloat bias {bias} outside -127..=127"
-            )));
+            return Err(FormatError::Invalid(format!("minifloat bias {bias} outside -127..=127")));
         }
         if special == Special::Ieee && exp_bits < 2 {
             return Err(FormatError::Invalid(format!(
@@ -286,9 +284,7 @@ impl Minifloat {
             // (exact) and the implicit bit removed again.
             let is_sub = r < min_normal;
             let t = if is_sub { r + min_normal } else { r };
-            let mag = (t.to_bits() >> shift)
-                .wrapping_sub(off)
-                .wrapping_sub(if is_sub { sub_off } else { 0 });
+            let mag = (t.to_bits() >> shift).wrapping_sub(off).wrapping_sub(if is_sub { sub_off } else { 0 });
             let neg = (y.to_bits() >> 31) & !((fnuz & (mag == 0)) as u32);
             *d = (mag | (neg << sign_shift)) as u16;
         }

@@ -10,14 +10,7 @@ use crate::Result;
 pub const BLOCK: usize = 32;
 
 /// The MX presets by name.
-pub const NAMES: [&str; 6] = [
-    "mxfp8_e4m3",
-    "mxfp8_e5m2",
-    "mxfp6_e3m2",
-    "mxfp6_e2m3",
-    "mxfp4",
-    "mxint8",
-];
+pub const NAMES: [&str; 6] = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"];
 
 /// An MX format by preset name.
 pub fn mx(name: &str) -> Result<Format> {

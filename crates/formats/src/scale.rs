@@ -134,9 +134,7 @@ pub fn quantize_uint_scales(scales: &mut [f32], bits: u32, super_groups: usize) 
         supers.push(ss);
         if ss > 0.0 {
             for s in blk.iter_mut() {
-                let q = (*s / ss)
-                    .round_ties_even()
-                    .clamp(if *s > 0.0 { 1.0 } else { 0.0 }, qmax);
+                let q = (*s / ss).round_ties_even().clamp(if *s > 0.0 { 1.0 } else { 0.0 }, qmax);
                 *s = q * ss;
             }
         }

@@ -90,11 +90,7 @@ pub const LISTED: &[&str] = &[
 ];
 
 fn err(spec: &str, pos: usize, msg: impl Into<String>) -> FormatError {
-    FormatError::Spec {
-        spec: spec.to_string(),
-        pos: pos + 1,
-        msg: msg.into(),
-    }
+    FormatError::Spec { spec: spec.to_string(), pos: pos + 1, msg: msg.into() }
 }
 
 /// Parses an unsigned number that makes up the whole of `s`.
@@ -107,33 +103,14 @@ fn num(s: &str) -> Option<u32> {
 
 /// Element kinds before settings are applied.
 enum Base {
-    Int {
-        bits: u32,
-        kind: IntKind,
-    },
-    Float {
-        e: u32,
-        m: u32,
-        special: Option<Special>,
-        bias: Option<i32>,
-    },
-    FloatSearch {
-        bits: u32,
-    },
-    Fixed {
-        bits: u32,
-        frac: u32,
-    },
-    Log {
-        bits: u32,
-    },
-    Pow {
-        bits: u32,
-    },
+    Int { bits: u32, kind: IntKind },
+    Float { e: u32, m: u32, special: Option<Special>, bias: Option<i32> },
+    FloatSearch { bits: u32 },
+    Fixed { bits: u32, frac: u32 },
+    Log { bits: u32 },
+    Pow { bits: u32 },
     Grid(Element),
-    Bitmod {
-        bits: u32,
-    },
+    Bitmod { bits: u32 },
     Ggml(GgmlType),
 }
 
@@ -150,10 +127,7 @@ struct Draft {
 
 fn parse_element(spec: &str, tok: &str, pos: usize) -> Result<Draft> {
     let mut d = Draft {
-        base: Base::Int {
-            bits: 8,
-            kind: IntKind::Signed,
-        },
+        base: Base::Int { bits: 8, kind: IntKind::Signed },
         preset: None,
         granularity: Granularity::Channel,
         scale: ScaleStorage::F32,
@@ -162,12 +136,7 @@ fn parse_element(spec: &str, tok: &str, pos: usize) -> Result<Draft> {
         explicit: false,
         unscaled_default: false,
     };
-    let float = |e, m, special: Option<Special>| Base::Float {
-        e,
-        m,
-        special,
-        bias: None,
-    };
+    let float = |e, m, special: Option<Special>| Base::Float { e, m, special, bias: None };
     let ggml = |t| Base::Ggml(t);
     let block = |d: &mut Draft, base: Base, name: &'static str, g: usize, scale: ScaleStorage| {
         d.base = base;
@@ -176,12 +145,7 @@ fn parse_element(spec: &str, tok: &str, pos: usize) -> Result<Draft> {
         d.scale = scale;
     };
     match tok {
-        "ternary" => {
-            d.base = Base::Int {
-                bits: 2,
-                kind: IntKind::Restricted,
-            }
-        }
+        "ternary" => d.base = Base::Int { bits: 2, kind: IntKind::Restricted },
         "bf16" => {
             d.base = float(8, 7, Some(Special::Ieee));
             d.unscaled_default = true;
@@ -197,65 +161,17 @@ fn parse_element(spec: &str, tok: &str, pos: usize) -> Result<Draft> {
         "fp6_e3m2" => d.base = float(3, 2, Some(Special::Finite)),
         "fp6_e2m3" => d.base = float(2, 3, Some(Special::Finite)),
         "fp4_e2m1" => d.base = float(2, 1, Some(Special::Finite)),
-        "nf4" => block(
-            &mut d,
-            Base::Grid(Element::Lut(nf4::nf4_grid())),
-            "nf4",
-            64,
-            ScaleStorage::F32,
-        ),
+        "nf4" => block(&mut d, Base::Grid(Element::Lut(nf4::nf4_grid())), "nf4", 64, ScaleStorage::F32),
         "iq4nl_grid" => d.base = Base::Grid(Element::Lut(iq4_nl_grid())),
         "bitmod3" => d.base = Base::Bitmod { bits: 3 },
         "bitmod4" => d.base = Base::Bitmod { bits: 4 },
-        "mxfp4" => block(
-            &mut d,
-            float(2, 1, Some(Special::Finite)),
-            "mxfp4",
-            32,
-            ScaleStorage::E8m0,
-        ),
-        "mxfp6_e3m2" => block(
-            &mut d,
-            float(3, 2, Some(Special::Finite)),
-            "mxfp6_e3m2",
-            32,
-            ScaleStorage::E8m0,
-        ),
-        "mxfp6_e2m3" => block(
-            &mut d,
-            float(2, 3, Some(Special::Finite)),
-            "mxfp6_e2m3",
-            32,
-            ScaleStorage::E8m0,
-        ),
-        "mxfp8_e4m3" => block(
-            &mut d,
-            float(4, 3, Some(Special::Fn)),
-            "mxfp8_e4m3",
-            32,
-            ScaleStorage::E8m0,
-        ),
-        "mxfp8_e5m2" => block(
-            &mut d,
-            float(5, 2, Some(Special::Ieee)),
-            "mxfp8_e5m2",
-            32,
-            ScaleStorage::E8m0,
-        ),
-        "mxint8" => block(
-            &mut d,
-            Base::Fixed { bits: 8, frac: 6 },
-            "mxint8",
-            32,
-            ScaleStorage::E8m0,
-        ),
-        "nvfp4" => block(
-            &mut d,
-            float(2, 1, Some(Special::Finite)),
-            "nvfp4",
-            16,
-            ScaleStorage::E4m3,
-        ),
+        "mxfp4" => block(&mut d, float(2, 1, Some(Special::Finite)), "mxfp4", 32, ScaleStorage::E8m0),
+        "mxfp6_e3m2" => block(&mut d, float(3, 2, Some(Special::Finite)), "mxfp6_e3m2", 32, ScaleStorage::E8m0),
+        "mxfp6_e2m3" => block(&mut d, float(2, 3, Some(Special::Finite)), "mxfp6_e2m3", 32, ScaleStorage::E8m0),
+        "mxfp8_e4m3" => block(&mut d, float(4, 3, Some(Special::Fn)), "mxfp8_e4m3", 32, ScaleStorage::E8m0),
+        "mxfp8_e5m2" => block(&mut d, float(5, 2, Some(Special::Ieee)), "mxfp8_e5m2", 32, ScaleStorage::E8m0),
+        "mxint8" => block(&mut d, Base::Fixed { bits: 8, frac: 6 }, "mxint8", 32, ScaleStorage::E8m0),
+        "nvfp4" => block(&mut d, float(2, 1, Some(Special::Finite)), "nvfp4", 16, ScaleStorage::E4m3),
         "q4_0" => d.base = ggml(GgmlType::Q4_0),
         "q4_1" => d.base = ggml(GgmlType::Q4_1),
         "q5_0" => d.base = ggml(GgmlType::Q5_0),
@@ -274,25 +190,17 @@ fn parse_element(spec: &str, tok: &str, pos: usize) -> Result<Draft> {
                     None => Ok(None),
                     Some(rest) => match num(rest) {
                         Some(b) if (lo..=hi).contains(&b) => Ok(Some(b)),
-                        _ => Err(err(
-                            spec,
-                            pos + prefix.len(),
-                            format!("expected {what} ({lo}-{hi}) after `{prefix}`"),
-                        )),
+                        _ => {
+                            Err(err(spec, pos + prefix.len(), format!("expected {what} ({lo}-{hi}) after `{prefix}`")))
+                        }
                     },
                 }
             };
             if let Some(b) = bits_after("uint", 1, 8, "a bit width")? {
-                d.base = Base::Int {
-                    bits: b,
-                    kind: IntKind::Unsigned,
-                };
+                d.base = Base::Int { bits: b, kind: IntKind::Unsigned };
                 d.asym = true;
             } else if let Some(b) = bits_after("int", 1, 8, "a bit width")? {
-                d.base = Base::Int {
-                    bits: b,
-                    kind: IntKind::Signed,
-                };
+                d.base = Base::Int { bits: b, kind: IntKind::Signed };
             } else if let Some(b) = bits_after("log", 2, 8, "a bit width")? {
                 d.base = Base::Log { bits: b };
             } else if let Some(b) = bits_after("pow", 2, 8, "a bit width")? {
@@ -320,11 +228,7 @@ fn parse_element(spec: &str, tok: &str, pos: usize) -> Result<Draft> {
                     (Some(e), Some(m)) => d.base = float(e, m, None),
                     (None, _) => return Err(err(spec, pos + 1, "expected the exponent width after `e`, as in e4m3")),
                     (Some(_), None) => {
-                        return Err(err(
-                            spec,
-                            pos + 1 + e.len(),
-                            "expected `m` and the mantissa width, as in e4m3",
-                        ))
+                        return Err(err(spec, pos + 1 + e.len(), "expected `m` and the mantissa width, as in e4m3"))
                     }
                 }
             } else {
@@ -342,11 +246,7 @@ fn parse_element(spec: &str, tok: &str, pos: usize) -> Result<Draft> {
 /// Parses a spec string.
 pub fn parse(spec: &str) -> Result<Format> {
     if spec.trim().is_empty() {
-        return Err(err(
-            spec,
-            0,
-            "empty format spec (expected an element format such as int4 or fp8_e4m3)",
-        ));
+        return Err(err(spec, 0, "empty format spec (expected an element format such as int4 or fp8_e4m3)"));
     }
     if let Some(p) = spec.find(|c: char| c.is_ascii_uppercase() || c.is_whitespace()) {
         return Err(err(spec, p, "spec strings are lower case without spaces"));
@@ -493,22 +393,14 @@ pub fn parse(spec: &str) -> Result<Format> {
     }
     if let Some(p) = restricted {
         if !matches!(d.base, Base::Int { .. } | Base::Fixed { .. }) {
-            return Err(err(
-                spec,
-                p,
-                "`restricted` applies to signed integer and fixed-point formats only",
-            ));
+            return Err(err(spec, p, "`restricted` applies to signed integer and fixed-point formats only"));
         }
     }
     let mut choice = Choice::PerGroup;
     let (elements, ggml) = match d.base {
         Base::Ggml(t) => {
             if d.clip != Clip::None || rounding != Rounding::Nearest || restricted.is_some() {
-                return Err(err(
-                    spec,
-                    toks.get(1).map_or(epos, |t| t.1),
-                    "ggml block types take no settings",
-                ));
+                return Err(err(spec, toks.get(1).map_or(epos, |t| t.1), "ggml block types take no settings"));
             }
             return Ok(crate::ggml_format::ggml_format(t));
         }
@@ -518,12 +410,7 @@ pub fn parse(spec: &str) -> Result<Format> {
                 (Some(p), _) => return Err(err(spec, p, "`restricted` applies to signed integer formats only")),
                 (None, k) => k,
             };
-            (
-                vec![Element::Int(
-                    IntGrid::new(bits, kind).map_err(|e| err(spec, epos, e.to_string()))?,
-                )],
-                None,
-            )
+            (vec![Element::Int(IntGrid::new(bits, kind).map_err(|e| err(spec, epos, e.to_string()))?)], None)
         }
         Base::Float { e, m, special, bias } => {
             let special = special.unwrap_or_else(|| default_special(e, m));
@@ -549,20 +436,12 @@ pub fn parse(spec: &str) -> Result<Format> {
             }
             (vec![Element::Fixed(x)], None)
         }
-        Base::Log { bits } => (
-            vec![Element::Lut(
-                log2::log_grid(bits).map_err(|x| err(spec, epos, x.to_string()))?,
-            )],
-            None,
-        ),
+        Base::Log { bits } => {
+            (vec![Element::Lut(log2::log_grid(bits).map_err(|x| err(spec, epos, x.to_string()))?)], None)
+        }
         Base::Pow { bits } => {
             let a = alpha.map_or(1.5, |(a, _)| a);
-            (
-                vec![Element::Lut(
-                    power_grid(bits, a).map_err(|x| err(spec, epos, x.to_string()))?,
-                )],
-                None,
-            )
+            (vec![Element::Lut(power_grid(bits, a).map_err(|x| err(spec, epos, x.to_string()))?)], None)
         }
         Base::Grid(e) => (vec![e], None),
         Base::Bitmod { bits } => (bitmod::grids(bits).into_iter().map(Element::Lut).collect(), None),
@@ -574,11 +453,7 @@ pub fn parse(spec: &str) -> Result<Format> {
     }
     if let Some((c, p)) = choose {
         if elements.len() < 2 {
-            return Err(err(
-                spec,
-                p,
-                "`choose=` needs a format with several grids (bitmodB, fpB)",
-            ));
+            return Err(err(spec, p, "`choose=` needs a format with several grids (bitmodB, fpB)"));
         }
         choice = c;
     }
@@ -586,11 +461,7 @@ pub fn parse(spec: &str) -> Result<Format> {
         d.granularity = Granularity::None;
     }
     if d.scale == ScaleStorage::E8m0 && d.asym {
-        return Err(err(
-            spec,
-            epos,
-            "asymmetric formats cannot use E8M0 scales (their scale is not a power of two)",
-        ));
+        return Err(err(spec, epos, "asymmetric formats cannot use E8M0 scales (their scale is not a power of two)"));
     }
     Ok(Format {
         elements,
@@ -648,10 +519,7 @@ pub fn to_spec(f: &Format) -> String {
     }
     if f.scale != b.scale {
         match f.scale {
-            ScaleStorage::UInt {
-                bits: 8,
-                super_groups: 256,
-            } => s.push_str(":dq"),
+            ScaleStorage::UInt { bits: 8, super_groups: 256 } => s.push_str(":dq"),
             sc => {
                 s.push_str(":scale=");
                 s.push_str(&sc.spec_name());
@@ -722,20 +590,14 @@ pub fn describe(f: &Format) -> String {
     let what = match f.preset.as_deref() {
         Some("nvfp4") => "NVFP4: E2M1 in 16-blocks, E4M3 block scale, f32 tensor scale".to_string(),
         Some("nf4") => "NF4 (QLoRA normal-float table), absmax blocks".to_string(),
-        Some(p) if p.starts_with("mx") => format!(
-            "OCP MX {}: {}, E8M0 shared scale",
-            p.to_uppercase(),
-            element_words(&f.elements[0])
-        ),
+        Some(p) if p.starts_with("mx") => {
+            format!("OCP MX {}: {}, E8M0 shared scale", p.to_uppercase(), element_words(&f.elements[0]))
+        }
         _ if f.elements.len() > 1 => format!(
             "{} grids ({}), chosen per {}",
             f.elements.len(),
             f.elements.iter().map(|e| e.spec_name()).collect::<Vec<_>>().join(", "),
-            if f.choice == Choice::PerGroup {
-                "group (BitMoD)"
-            } else {
-                "tensor (LLM-FP4 search)"
-            }
+            if f.choice == Choice::PerGroup { "group (BitMoD)" } else { "tensor (LLM-FP4 search)" }
         ),
         _ => element_words(&f.elements[0]),
     };

@@ -65,12 +65,7 @@ fn every_exmy_code_decodes_as_defined() {
                 assert!(got.is_nan(), "{}: code {code:#x}", f.spec_name());
             } else {
                 assert_eq!(got as f64, want, "{}: code {code:#x}", f.spec_name());
-                assert_eq!(
-                    got.is_sign_negative(),
-                    want.is_sign_negative(),
-                    "{}: sign of {code:#x}",
-                    f.spec_name()
-                );
+                assert_eq!(got.is_sign_negative(), want.is_sign_negative(), "{}: sign of {code:#x}", f.spec_name());
             }
         }
     }
@@ -129,11 +124,7 @@ fn every_exmy_value_and_midpoint_encodes_as_defined() {
         let sign = 1u16 << (f.bits() - 1);
         for (&x, &c) in inputs.iter().zip(&want) {
             assert_eq!(f.encode(x), c, "{name}: encode({x:e})");
-            let neg = if c == 0 && f.special() == Special::Fnuz {
-                0
-            } else {
-                c | sign
-            };
+            let neg = if c == 0 && f.special() == Special::Fnuz { 0 } else { c | sign };
             assert_eq!(f.encode(-x), neg, "{name}: encode(-{x:e})");
         }
         // The vectorised quantizer loop gives the same codes.
@@ -180,21 +171,11 @@ fn integer_grids_follow_their_definition() {
     let r = IntGrid::new(4, IntKind::Restricted).unwrap();
     assert_eq!(r.decode(r.encode(-100.0)), -7.0);
     let t = IntGrid::ternary();
-    assert_eq!(
-        [
-            t.decode(t.encode(-0.7)),
-            t.decode(t.encode(0.2)),
-            t.decode(t.encode(9.0))
-        ],
-        [-1.0, 0.0, 1.0]
-    );
+    assert_eq!([t.decode(t.encode(-0.7)), t.decode(t.encode(0.2)), t.decode(t.encode(9.0))], [-1.0, 0.0, 1.0]);
     let b = IntGrid::new(1, IntKind::Signed).unwrap();
     assert_eq!([b.decode(b.encode(-0.1)), b.decode(b.encode(0.3))], [-1.0, 1.0]);
     let u = IntGrid::new(3, IntKind::Unsigned).unwrap();
-    assert_eq!(
-        (0..8).map(|c| u.decode(c)).collect::<Vec<_>>(),
-        (0..8).map(|v| v as f32).collect::<Vec<_>>()
-    );
+    assert_eq!((0..8).map(|c| u.decode(c)).collect::<Vec<_>>(), (0..8).map(|v| v as f32).collect::<Vec<_>>());
 }
 
 #[test]
@@ -224,12 +205,7 @@ fn nf4_table_codes_and_midpoints() {
         assert_eq!(q.scales[k], amax);
     }
     let back = f.dequantize(&q).unwrap();
-    let imax = row[..64]
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-        .unwrap()
-        .0;
+    let imax = row[..64].iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap().0;
     assert_eq!(back[imax], row[imax]);
 }
 
@@ -243,27 +219,15 @@ fn mx_shared_scale_follows_the_ocp_rule() {
     assert_eq!(e8m0_scale(8.0, 2), 2.0);
     assert_eq!(e8m0_scale(0.75, 2), 0.125);
     assert_eq!(e8m0_code(1.0), 127);
-    assert_eq!(
-        e8m0_code(e8m0_scale(0.0, 2)),
-        0,
-        "all-zero block gets the smallest scale"
-    );
+    assert_eq!(e8m0_code(e8m0_scale(0.0, 2)), 0, "all-zero block gets the smallest scale");
     assert_eq!(e8m0_scale(f32::MAX, 0), 2f32.powi(127));
     let cases: [(&str, Vec<f32>, Vec<f32>); 4] = [
         // amax 7: X = 2^(2-2) = 1, 7 saturates to 6, 5 is a tie between 4 and 6 -> 4 (even).
         ("mxfp4", vec![7.0, 5.0, -0.25, 0.3], vec![6.0, 4.0, -0.0, 0.5]),
         // amax 1000: X = 2^(9-8) = 2; 1000/2 = 500 saturates to 448 -> 896.
-        (
-            "mxfp8_e4m3",
-            vec![1000.0, 3.0, -1.0, 0.01],
-            vec![896.0, 3.0, -1.0, 0.01171875],
-        ),
+        ("mxfp8_e4m3", vec![1000.0, 3.0, -1.0, 0.01], vec![896.0, 3.0, -1.0, 0.01171875]),
         // mxint8 elements are Q1.6: amax 1.5 -> X = 1, 1.5 = 96/64.
-        (
-            "mxint8",
-            vec![1.5, -1.0, 0.01, 0.0078125],
-            vec![1.5, -1.0, 0.015625, 0.0],
-        ),
+        ("mxint8", vec![1.5, -1.0, 0.01, 0.0078125], vec![1.5, -1.0, 0.015625, 0.0]),
         // amax 20: X = 2^(4-4) = 1 for E3M2 (max 28).
         ("mxfp6_e3m2", vec![20.0, 9.0, -0.1, 0.0], vec![20.0, 8.0, -0.125, 0.0]),
     ];
@@ -283,9 +247,7 @@ fn mx_shared_scale_follows_the_ocp_rule() {
 #[test]
 fn nvfp4_two_level_scales() {
     let f = Format::parse("nvfp4").unwrap();
-    let row: Vec<f32> = (0..64)
-        .map(|i| ((i * 29 % 61) as f32 - 30.0) * if i < 16 { 10.0 } else { 0.37 })
-        .collect();
+    let row: Vec<f32> = (0..64).map(|i| ((i * 29 % 61) as f32 - 30.0) * if i < 16 { 10.0 } else { 0.37 }).collect();
     let q = f.quantize_row(&row, None).unwrap();
     let amax = row.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert_eq!(q.tensor_scale, amax / (6.0 * 448.0));
@@ -307,17 +269,13 @@ fn nvfp4_two_level_scales() {
 #[test]
 fn log_and_power_grids() {
     let f = Format::parse("log4:g8").unwrap();
-    let Element::Lut(l) = &f.elements[0] else {
-        panic!("log4 is a grid")
-    };
+    let Element::Lut(l) = &f.elements[0] else { panic!("log4 is a grid") };
     let mut want: Vec<f32> = (0..=6).flat_map(|k| [2f32.powi(-k), -(2f32.powi(-k))]).collect();
     want.push(0.0);
     want.sort_by(f32::total_cmp);
     assert_eq!(l.values(), &want[..]);
     let f = Format::parse("pow3:alpha=2:g8").unwrap();
-    let Element::Lut(l) = &f.elements[0] else {
-        panic!("pow3 is a grid")
-    };
+    let Element::Lut(l) = &f.elements[0] else { panic!("pow3 is a grid") };
     let want = [-1.0, -4.0 / 9.0, -1.0 / 9.0, 0.0, 1.0 / 9.0, 4.0 / 9.0, 1.0];
     for (a, b) in l.values().iter().zip(want) {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");

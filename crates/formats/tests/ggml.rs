@@ -15,31 +15,20 @@ fn golden() -> &'static (serde_json::Value, Vec<u8>) {
         let dir = data_dir();
         let m = std::fs::read(dir.join("manifest.json")).expect("testdata/ggml/manifest.json");
         let blob = std::fs::read(dir.join("golden.bin")).expect("testdata/ggml/golden.bin");
-        (
-            serde_json::from_slice(&m).expect("manifest.json parses"),
-            blob,
-        )
+        (serde_json::from_slice(&m).expect("manifest.json parses"), blob)
     })
 }
 
 /// One named blob of golden.bin.
 fn read(name: &str) -> Vec<u8> {
     let (m, blob) = golden();
-    let span = m["blobs"][name]
-        .as_array()
-        .unwrap_or_else(|| panic!("no blob {name}"));
-    let (off, len) = (
-        span[0].as_u64().unwrap() as usize,
-        span[1].as_u64().unwrap() as usize,
-    );
+    let span = m["blobs"][name].as_array().unwrap_or_else(|| panic!("no blob {name}"));
+    let (off, len) = (span[0].as_u64().unwrap() as usize, span[1].as_u64().unwrap() as usize);
     blob[off..off + len].to_vec()
 }
 
 fn read_f32(name: &str) -> Vec<f32> {
-    read(name)
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    read(name).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 fn manifest() -> serde_json::Value {
@@ -48,23 +37,17 @@ fn manifest() -> serde_json::Value {
 
 fn ty(name: &str) -> GgmlType {
     use GgmlType::*;
-    [
-        Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, Iq4Nl, Iq4Xs,
-    ]
-    .into_iter()
-    .find(|t| t.name() == name)
-    .unwrap_or_else(|| panic!("unknown type {name}"))
+    [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, Iq4Nl, Iq4Xs]
+        .into_iter()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("unknown type {name}"))
 }
 
 /// Bit-exact comparison (so -0.0 vs 0.0 would count as a difference).
 fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            g.to_bits(),
-            w.to_bits(),
-            "{what}: element {i}: got {g}, want {w}"
-        );
+        assert_eq!(g.to_bits(), w.to_bits(), "{what}: element {i}: got {g}, want {w}");
     }
 }
 
@@ -123,19 +106,13 @@ fn decode_large_input_in_parallel_equals_serial() {
 #[test]
 fn float_types_decode() {
     let vals = [0.0f32, -1.5, 65504.0, 1e-3, -2.0f32.powi(-24)];
-    let f16: Vec<u8> = vals
-        .iter()
-        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-        .collect();
+    let f16: Vec<u8> = vals.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
     let mut out = vec![0f32; vals.len()];
     dequantize(GgmlType::F16, &f16, &mut out).unwrap();
     for (o, v) in out.iter().zip(vals) {
         assert_eq!(*o, half::f16::from_f32(v).to_f32());
     }
-    let bf: Vec<u8> = vals
-        .iter()
-        .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-        .collect();
+    let bf: Vec<u8> = vals.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
     dequantize(GgmlType::Bf16, &bf, &mut out).unwrap();
     for (o, v) in out.iter().zip(vals) {
         assert_eq!(*o, half::bf16::from_f32(v).to_f32());
@@ -148,15 +125,9 @@ fn float_types_decode() {
 #[test]
 fn decode_size_mismatch_is_an_error() {
     let mut out = vec![0f32; 64];
-    assert!(matches!(
-        dequantize(GgmlType::Q4_0, &[0u8; 35], &mut out),
-        Err(FormatError::Length { .. })
-    ));
+    assert!(matches!(dequantize(GgmlType::Q4_0, &[0u8; 35], &mut out), Err(FormatError::Length { .. })));
     let mut odd = vec![0f32; 40];
-    assert!(matches!(
-        dequantize(GgmlType::Q4_0, &[0u8; 18], &mut odd),
-        Err(FormatError::Invalid(_))
-    ));
+    assert!(matches!(dequantize(GgmlType::Q4_0, &[0u8; 18], &mut odd), Err(FormatError::Invalid(_))));
     let mut k = vec![0f32; 256];
     assert!(dequantize(GgmlType::Q4K, &[0u8; 144], &mut k).is_ok());
     assert!(dequantize(GgmlType::Q4K, &[0u8; 143], &mut k).is_err());
@@ -178,19 +149,10 @@ fn encode_matches_llama_cpp_bytes() {
         assert_eq!(got.len(), want.len());
         if got != want {
             let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
-            failures.push(format!(
-                "{} (first differing byte {first})",
-                c["quantized"].as_str().unwrap()
-            ));
+            failures.push(format!("{} (first differing byte {first})", c["quantized"].as_str().unwrap()));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} differ:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[test]
@@ -205,44 +167,26 @@ fn encode_rejects_non_finite_input() {
         other => panic!("expected NonFinite, got {other:?}"),
     }
     x[77] = f32::NEG_INFINITY;
-    assert!(matches!(
-        quantize(GgmlType::Q8_0, &x, 256, None),
-        Err(FormatError::NonFinite { index: 77, .. })
-    ));
+    assert!(matches!(quantize(GgmlType::Q8_0, &x, 256, None), Err(FormatError::NonFinite { index: 77, .. })));
     let x = vec![0.5f32; 256];
     let mut w = vec![1.0f32; 256];
     w[3] = f32::NAN;
-    assert!(matches!(
-        quantize(GgmlType::Q4_0, &x, 256, Some(&w)),
-        Err(FormatError::Invalid(_))
-    ));
+    assert!(matches!(quantize(GgmlType::Q4_0, &x, 256, Some(&w)), Err(FormatError::Invalid(_))));
 }
 
 #[test]
 fn encode_rejects_bad_shapes() {
     let x = vec![0.25f32; 512];
     // Row length not a multiple of the block size.
-    assert!(matches!(
-        quantize(GgmlType::Q4K, &x, 128, None),
-        Err(FormatError::Invalid(_))
-    ));
-    assert!(matches!(
-        quantize(GgmlType::Q4_0, &x, 48, None),
-        Err(FormatError::Invalid(_))
-    ));
+    assert!(matches!(quantize(GgmlType::Q4K, &x, 128, None), Err(FormatError::Invalid(_))));
+    assert!(matches!(quantize(GgmlType::Q4_0, &x, 48, None), Err(FormatError::Invalid(_))));
     // Input not whole rows.
-    assert!(matches!(
-        quantize(GgmlType::Q4_0, &x[..480], 64 * 3, None),
-        Err(FormatError::Invalid(_))
-    ));
+    assert!(matches!(quantize(GgmlType::Q4_0, &x[..480], 64 * 3, None), Err(FormatError::Invalid(_))));
     // Zero-length rows.
     assert!(quantize(GgmlType::Q8_0, &x, 0, None).is_err());
     // Importance of the wrong length.
     let w = vec![1.0f32; 256];
-    assert!(matches!(
-        quantize(GgmlType::Q6K, &x, 512, Some(&w)),
-        Err(FormatError::Length { .. })
-    ));
+    assert!(matches!(quantize(GgmlType::Q6K, &x, 512, Some(&w)), Err(FormatError::Length { .. })));
     // Activation-only types.
     assert!(quantize(GgmlType::Q8K, &x, 256, None).is_err());
     // Empty input is zero rows, not an error.
@@ -277,9 +221,7 @@ fn encode_then_decode_is_close_for_every_type() {
     let mut next = || {
         let mut acc = 0f32;
         for _ in 0..4 {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
         }
         acc
@@ -298,12 +240,7 @@ fn encode_then_decode_is_close_for_every_type() {
                 x2 += (*a as f64).powi(2);
             }
             let rel = (e2 / x2).sqrt();
-            assert!(
-                rel <= budget,
-                "{} imp={}: relative RMS error {rel} > {budget}",
-                t.name(),
-                imp.is_some()
-            );
+            assert!(rel <= budget, "{} imp={}: relative RMS error {rel} > {budget}", t.name(), imp.is_some());
             // Row-by-row encoding gives the same bytes as the whole-matrix (parallel) call.
             let rb = t.row_bytes(n).unwrap();
             for r in [0, rows / 2, rows - 1] {
@@ -316,9 +253,7 @@ fn encode_then_decode_is_close_for_every_type() {
 
 #[test]
 fn element_access_agrees_with_the_decoder() {
-    use formats::ggml::{
-        element_code, element_grid, requantize_element, set_element_code, ElementGrid,
-    };
+    use formats::ggml::{element_code, element_grid, requantize_element, set_element_code, ElementGrid};
     let m = manifest();
     for c in m["random_blocks"].as_array().unwrap() {
         let t = ty(c["type"].as_str().unwrap());
@@ -331,12 +266,7 @@ fn element_access_agrees_with_the_decoder() {
                 let grid = element_grid(t, block, i).unwrap();
                 let code = element_code(t, block, i).unwrap();
                 let v = grid.value(code);
-                assert_eq!(
-                    v.to_bits(),
-                    want[b * bs + i].to_bits(),
-                    "{} block {b} element {i}",
-                    t.name()
-                );
+                assert_eq!(v.to_bits(), want[b * bs + i].to_bits(), "{} block {b} element {i}", t.name());
                 // Writing the stored code back is a no-op; writing another code changes only
                 // that element.
                 set_element_code(t, &mut edited, i, code).unwrap();
@@ -352,30 +282,14 @@ fn element_access_agrees_with_the_decoder() {
                 let v = requantize_element(t, &mut edited, i, target).unwrap();
                 // The chosen value is the nearest the element's grid offers.
                 let grid = element_grid(t, &edited, i).unwrap();
-                let best = (0..=max)
-                    .map(|q| (grid.value(q) - target).abs())
-                    .fold(f32::INFINITY, f32::min);
-                assert!(
-                    (v - target).abs() <= best * (1.0 + 1e-6) + 1e-12,
-                    "{} element {i}",
-                    t.name()
-                );
+                let best = (0..=max).map(|q| (grid.value(q) - target).abs()).fold(f32::INFINITY, f32::min);
+                assert!((v - target).abs() <= best * (1.0 + 1e-6) + 1e-12, "{} element {i}", t.name());
                 let mut dec = vec![0f32; bs];
                 dequantize(t, &edited, &mut dec).unwrap();
-                assert_eq!(
-                    dec[i].to_bits(),
-                    v.to_bits(),
-                    "{} element {i} decodes differently",
-                    t.name()
-                );
+                assert_eq!(dec[i].to_bits(), v.to_bits(), "{} element {i} decodes differently", t.name());
                 for (k, (&d, &w)) in dec.iter().zip(&want[b * bs..(b + 1) * bs]).enumerate() {
                     if k > i || (k < i && k % 7 != 0) {
-                        assert_eq!(
-                            d.to_bits(),
-                            w.to_bits(),
-                            "{}: element {k} changed by editing {i}",
-                            t.name()
-                        );
+                        assert_eq!(d.to_bits(), w.to_bits(), "{}: element {k} changed by editing {i}", t.name());
                     }
                 }
             }

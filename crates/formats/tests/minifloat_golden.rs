@@ -51,22 +51,13 @@ fn same(a: f32, b: Option<f32>) -> bool {
 fn every_minifloat_type_is_covered() {
     let g = golden();
     let types = g["types"].as_object().expect("types");
-    for name in [
-        "float8_e4m3fn",
-        "float8_e5m2",
-        "float6_e3m2fn",
-        "float6_e2m3fn",
-        "float4_e2m1fn",
-        "bfloat16",
-        "float16",
-    ] {
+    for name in
+        ["float8_e4m3fn", "float8_e5m2", "float6_e3m2fn", "float6_e2m3fn", "float4_e2m1fn", "bfloat16", "float16"]
+    {
         assert!(types.contains_key(name), "golden file lacks {name}");
     }
     for name in types.keys() {
-        assert!(
-            format_of(name).is_some() || name == "float8_e8m0fnu",
-            "no quantsmith format for {name}"
-        );
+        assert!(format_of(name).is_some() || name == "float8_e8m0fnu", "no quantsmith format for {name}");
     }
 }
 
@@ -80,10 +71,7 @@ fn decode_matches_ml_dtypes() {
             let code = row[0].as_u64().expect("code") as u16;
             let want = f32_of(&row[1]);
             let got = f.decode_code(code);
-            assert!(
-                same(got, want),
-                "{name}: code {code:#x} decodes to {got}, ml_dtypes says {want:?}"
-            );
+            assert!(same(got, want), "{name}: code {code:#x} decodes to {got}, ml_dtypes says {want:?}");
             n += 1;
         }
         assert!(n >= 16, "{name}: only {n} codes");
@@ -101,10 +89,7 @@ fn cast_matches_ml_dtypes_bit_for_bit() {
             let want = f32_of(&row[2]);
             let code = f.cast(x);
             if want.is_none() {
-                assert!(
-                    f.decode_code(code).is_nan(),
-                    "{name}: cast({x:e}) = {code:#x}, ml_dtypes gives NaN"
-                );
+                assert!(f.decode_code(code).is_nan(), "{name}: cast({x:e}) = {code:#x}, ml_dtypes gives NaN");
             } else {
                 assert_eq!(
                     code,
@@ -132,17 +117,9 @@ fn saturating_quantizer_matches_ml_dtypes_inside_range() {
             assert_eq!(f.round_value(x).to_bits(), got.to_bits(), "{name}: round_value({x:e})");
             match want {
                 Some(w) if w.is_finite() => {
-                    assert_eq!(
-                        got.to_bits(),
-                        w.to_bits(),
-                        "{name}: encode({x:e}) = {got}, ml_dtypes {w}"
-                    )
+                    assert_eq!(got.to_bits(), w.to_bits(), "{name}: encode({x:e}) = {got}, ml_dtypes {w}")
                 }
-                _ => assert_eq!(
-                    got,
-                    f.max().copysign(x),
-                    "{name}: encode({x:e}) must saturate, got {got}"
-                ),
+                _ => assert_eq!(got, f.max().copysign(x), "{name}: encode({x:e}) must saturate, got {got}"),
             }
         }
     }

@@ -26,12 +26,7 @@ const SPECS: [&str; 14] = [
 fn row_strategy() -> impl Strategy<Value = Vec<f32>> {
     // Magnitudes from 1e-6 to 1e4, both signs, zeros included; 64 elements (2 MX blocks).
     prop::collection::vec(
-        prop_oneof![
-            Just(0.0f32),
-            (-1.0f32..1.0),
-            (-1.0e4f32..1.0e4),
-            (-6.0f32..-1.0).prop_map(|e| 10f32.powf(e)),
-        ],
+        prop_oneof![Just(0.0f32), (-1.0f32..1.0), (-1.0e4f32..1.0e4), (-6.0f32..-1.0).prop_map(|e| 10f32.powf(e)),],
         64,
     )
 }

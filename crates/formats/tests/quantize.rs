@@ -35,11 +35,7 @@ fn measured_bits(f: &Format, q: &formats::Quantized) -> u64 {
     b += q.scales.len() as u64 * f.scale.bits() as u64;
     b += q.zeros.len() as u64 * f.code_bits() as u64;
     if f.elements.len() > 1 {
-        b += if f.choice == formats::Choice::PerGroup {
-            q.choices.len() as u64 * 2
-        } else {
-            8
-        };
+        b += if f.choice == formats::Choice::PerGroup { q.choices.len() as u64 * 2 } else { 8 };
     }
     b += q.super_scales.len() as u64 * 32;
     if f.scale == formats::ScaleStorage::E4m3 {
@@ -74,10 +70,7 @@ fn storage_bits_match_the_quantized_data() {
         assert_eq!(measured_bits(&f, &q), f.storage_bits(rows, cols).unwrap(), "{s}");
     }
     assert_eq!(Format::parse("int4:g128").unwrap().bits_per_weight(4096).unwrap(), 4.25);
-    assert_eq!(
-        Format::parse("uint4:g128").unwrap().bits_per_weight(4096).unwrap(),
-        4.0 + 36.0 / 128.0
-    );
+    assert_eq!(Format::parse("uint4:g128").unwrap().bits_per_weight(4096).unwrap(), 4.0 + 36.0 / 128.0);
     assert_eq!(Format::parse("mxfp4").unwrap().bits_per_weight(4096).unwrap(), 4.25);
     assert_eq!(Format::parse("nvfp4").unwrap().bits_per_weight(4096).unwrap(), 4.5);
     assert_eq!(Format::parse("nf4").unwrap().bits_per_weight(4096).unwrap(), 4.5);
@@ -94,10 +87,7 @@ fn symmetric_int_error_is_at_most_half_a_step() {
     let back = f.dequantize(&q).unwrap();
     for (i, (x, y)) in w.iter().zip(&back).enumerate() {
         let s = q.scales[i / 128];
-        assert!(
-            (x - y).abs() <= s * 0.5 * (1.0 + 1e-5),
-            "element {i}: {x} -> {y}, scale {s}"
-        );
+        assert!((x - y).abs() <= s * 0.5 * (1.0 + 1e-5), "element {i}: {x} -> {y}, scale {s}");
     }
     // Absmax scale: the group's extreme maps onto the grid's end exactly.
     for (k, grp) in w.chunks(128).enumerate() {
@@ -135,66 +125,36 @@ fn granularities() {
     assert_eq!(t.scales.len(), 1);
     let amax = w.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(t.scales[0] >= amax / 128.0 && t.scales[0] <= amax / 127.0);
-    let ch = Format::parse("int8:ch")
-        .unwrap()
-        .quantize(&w, rows, cols, None)
-        .unwrap();
+    let ch = Format::parse("int8:ch").unwrap().quantize(&w, rows, cols, None).unwrap();
     assert_eq!(ch.scales.len(), rows);
-    let g = Format::parse("int8:g16")
-        .unwrap()
-        .quantize(&w, rows, cols, None)
-        .unwrap();
+    let g = Format::parse("int8:g16").unwrap().quantize(&w, rows, cols, None).unwrap();
     assert_eq!(g.scales.len(), rows * cols / 16);
     let raw = Format::parse("int8").unwrap().raw_if_bare();
     assert_eq!(raw.granularity, Granularity::None);
-    assert_eq!(
-        raw.fake_quantize_row(&[1.4, -2.5, 300.0, -300.0], None).unwrap(),
-        vec![1.0, -2.0, 127.0, -128.0]
-    );
+    assert_eq!(raw.fake_quantize_row(&[1.4, -2.5, 300.0, -300.0], None).unwrap(), vec![1.0, -2.0, 127.0, -128.0]);
     let fixed = Format::parse("fixed8.4").unwrap();
-    assert_eq!(
-        fixed.fake_quantize_row(&[0.03, 0.04, 100.0, -100.0], None).unwrap(),
-        vec![0.0, 0.0625, 7.9375, -8.0]
-    );
+    assert_eq!(fixed.fake_quantize_row(&[0.03, 0.04, 100.0, -100.0], None).unwrap(), vec![0.0, 0.0625, 7.9375, -8.0]);
 }
 
 #[test]
 fn scale_storages_round_the_scale() {
     let (rows, cols) = (2, 256);
     let w = weights(rows, cols, 4);
-    let q = Format::parse("int4:g32:scale=f16")
-        .unwrap()
-        .quantize(&w, rows, cols, None)
-        .unwrap();
+    let q = Format::parse("int4:g32:scale=f16").unwrap().quantize(&w, rows, cols, None).unwrap();
     assert!(q.scales.iter().all(|&s| half::f16::from_f32(s).to_f32() == s));
-    let q = Format::parse("int4:g32:scale=bf16")
-        .unwrap()
-        .quantize(&w, rows, cols, None)
-        .unwrap();
+    let q = Format::parse("int4:g32:scale=bf16").unwrap().quantize(&w, rows, cols, None).unwrap();
     assert!(q.scales.iter().all(|&s| half::bf16::from_f32(s).to_f32() == s));
-    let q = Format::parse("int4:g32:scale=e8m0")
-        .unwrap()
-        .quantize(&w, rows, cols, None)
-        .unwrap();
-    assert!(
-        q.scales.iter().all(|&s| s.to_bits() & 0x007f_ffff == 0),
-        "powers of two"
-    );
+    let q = Format::parse("int4:g32:scale=e8m0").unwrap().quantize(&w, rows, cols, None).unwrap();
+    assert!(q.scales.iter().all(|&s| s.to_bits() & 0x007f_ffff == 0), "powers of two");
     let f = Format::parse("int4:g32:scale=u6").unwrap();
     let q = f.quantize(&w, rows, cols, None).unwrap();
     assert_eq!(q.super_scales.len(), rows); // 8 groups per row, 8 groups per super block
     for (k, &s) in q.scales.iter().enumerate() {
         let ss = q.super_scales[k / 8];
         let m = s / ss;
-        assert!(
-            (m - m.round()).abs() < 1e-4 && (1.0..=63.0).contains(&m.round()),
-            "scale {k}: {m}"
-        );
+        assert!((m - m.round()).abs() < 1e-4 && (1.0..=63.0).contains(&m.round()), "scale {k}: {m}");
     }
-    let base = Format::parse("int4:g32")
-        .unwrap()
-        .fake_quantize(&w, rows, cols, None)
-        .unwrap();
+    let base = Format::parse("int4:g32").unwrap().fake_quantize(&w, rows, cols, None).unwrap();
     let back = f.dequantize(&q).unwrap();
     assert!(mse(&w, &back) < 1.5 * mse(&w, &base), "6-bit scales cost little");
 }
@@ -203,36 +163,17 @@ fn scale_storages_round_the_scale() {
 fn clip_search_lowers_the_error_and_importance_steers_it() {
     let (rows, cols) = (16, 256);
     let w = weights(rows, cols, 5);
-    let plain = Format::parse("int3:g64")
-        .unwrap()
-        .fake_quantize(&w, rows, cols, None)
-        .unwrap();
-    let clipped = Format::parse("int3:g64:clip=mse")
-        .unwrap()
-        .fake_quantize(&w, rows, cols, None)
-        .unwrap();
-    assert!(
-        mse(&w, &clipped) < 0.9 * mse(&w, &plain),
-        "{} vs {}",
-        mse(&w, &clipped),
-        mse(&w, &plain)
-    );
+    let plain = Format::parse("int3:g64").unwrap().fake_quantize(&w, rows, cols, None).unwrap();
+    let clipped = Format::parse("int3:g64:clip=mse").unwrap().fake_quantize(&w, rows, cols, None).unwrap();
+    assert!(mse(&w, &clipped) < 0.9 * mse(&w, &plain), "{} vs {}", mse(&w, &clipped), mse(&w, &plain));
     // Importance concentrated on the first 32 columns: their error drops.
     let imp: Vec<f32> = (0..cols).map(|j| if j < 32 { 100.0 } else { 0.01 }).collect();
     let f = Format::parse("int3:g64:clip=mse").unwrap();
     let weighted = f.fake_quantize(&w, rows, cols, Some(&imp)).unwrap();
     let err_first = |v: &[f32]| -> f64 {
-        (0..rows)
-            .flat_map(|r| (0..32).map(move |j| r * cols + j))
-            .map(|i| ((w[i] - v[i]) as f64).powi(2))
-            .sum()
+        (0..rows).flat_map(|r| (0..32).map(move |j| r * cols + j)).map(|i| ((w[i] - v[i]) as f64).powi(2)).sum()
     };
-    assert!(
-        err_first(&weighted) < err_first(&clipped),
-        "{} vs {}",
-        err_first(&weighted),
-        err_first(&clipped)
-    );
+    assert!(err_first(&weighted) < err_first(&clipped), "{} vs {}", err_first(&weighted), err_first(&clipped));
     let bad = f.quantize(&w, rows, cols, Some(&imp[..10])).unwrap_err();
     assert!(matches!(bad, FormatError::Length { .. }));
 }
@@ -241,17 +182,11 @@ fn clip_search_lowers_the_error_and_importance_steers_it() {
 fn stochastic_rounding_is_seeded_and_unbiased() {
     let row = vec![0.3f32; 4096];
     let f = Format::parse("int4:t:round=sr:seed=1").unwrap().raw_if_bare();
-    let raw = Format {
-        granularity: Granularity::None,
-        ..f.clone()
-    };
+    let raw = Format { granularity: Granularity::None, ..f.clone() };
     let a = raw.fake_quantize_row(&row, None).unwrap();
     let b = raw.fake_quantize_row(&row, None).unwrap();
     assert_eq!(a, b, "same seed, same result");
-    let other = Format {
-        rounding: formats::Rounding::Stochastic { seed: 2 },
-        ..raw.clone()
-    };
+    let other = Format { rounding: formats::Rounding::Stochastic { seed: 2 }, ..raw.clone() };
     assert_ne!(a, other.fake_quantize_row(&row, None).unwrap());
     assert!(a.iter().all(|&v| v == 0.0 || v == 1.0));
     let mean = a.iter().sum::<f32>() / a.len() as f32;
@@ -259,10 +194,7 @@ fn stochastic_rounding_is_seeded_and_unbiased() {
     // Also for minifloats and grids.
     for s in ["e2m1:round=sr", "nf4:round=sr:seed=3"] {
         let f = Format::parse(s).unwrap();
-        let f = Format {
-            granularity: Granularity::None,
-            ..f
-        };
+        let f = Format { granularity: Granularity::None, ..f };
         let x = 0.8f32;
         let v = f.fake_quantize_row(&vec![x; 8192], None).unwrap();
         let m = v.iter().sum::<f32>() / v.len() as f32;
@@ -279,10 +211,7 @@ fn per_group_choice_beats_every_single_grid() {
     assert_eq!(q.choices.len(), rows * cols / 128);
     let back = f.dequantize(&q).unwrap();
     for (i, e) in f.elements.iter().enumerate() {
-        let single = Format {
-            elements: vec![e.clone()],
-            ..f.clone()
-        };
+        let single = Format { elements: vec![e.clone()], ..f.clone() };
         let one = single.fake_quantize(&w, rows, cols, None).unwrap();
         assert!(mse(&w, &back) <= mse(&w, &one) + 1e-12, "grid {i}");
     }
@@ -292,10 +221,7 @@ fn per_group_choice_beats_every_single_grid() {
     assert_eq!(q.choices.len(), 1);
     let best = mse(&w, &f.dequantize(&q).unwrap());
     for e in &f.elements {
-        let single = Format {
-            elements: vec![e.clone()],
-            ..f.clone()
-        };
+        let single = Format { elements: vec![e.clone()], ..f.clone() };
         assert!(best <= mse(&w, &single.fake_quantize(&w, rows, cols, None).unwrap()) + 1e-12);
     }
 }
@@ -304,14 +230,7 @@ fn per_group_choice_beats_every_single_grid() {
 fn solver_steps_reproduce_quantize() {
     let (rows, cols) = (3, 256);
     let w = weights(rows, cols, 7);
-    for s in [
-        "int4:g128",
-        "uint3:g64",
-        "mxfp4",
-        "nf4",
-        "int4:g64:clip=mse",
-        "bitmod3:g128",
-    ] {
+    for s in ["int4:g128", "uint3:g64", "mxfp4", "nf4", "int4:g64:clip=mse", "bitmod3:g128"] {
         let f = Format::parse(s).unwrap();
         let whole = f.fake_quantize(&w, rows, cols, None).unwrap();
         let g = f.group_len(cols).unwrap();
@@ -335,18 +254,12 @@ fn non_finite_input_is_an_error_naming_the_index() {
     }
     w[123] = 0.0;
     w[299] = f32::INFINITY;
-    assert!(matches!(
-        Format::parse("nvfp4").unwrap().quantize(&w[..288], 1, 288, None),
-        Ok(_)
-    ));
+    assert!(matches!(Format::parse("nvfp4").unwrap().quantize(&w[..288], 1, 288, None), Ok(_)));
     assert!(matches!(
         Format::parse("int4:ch").unwrap().quantize(&w, 3, 100, None),
         Err(FormatError::NonFinite { index: 299, .. })
     ));
-    assert!(
-        Format::parse("int4").unwrap().quantize(&w, 3, 99, None).is_err(),
-        "shape mismatch"
-    );
+    assert!(Format::parse("int4").unwrap().quantize(&w, 3, 99, None).is_err(), "shape mismatch");
 }
 
 #[test]
@@ -354,16 +267,7 @@ fn zero_groups_and_tiny_scales_stay_finite() {
     let mut w = vec![0.0f32; 256];
     w[200] = 1e-40;
     w[201] = -3e-39;
-    for s in [
-        "int4:g64",
-        "uint4:g64",
-        "mxfp4",
-        "nvfp4",
-        "nf4",
-        "e2m1:g32:scale=f16",
-        "bitmod4:g64",
-        "fp8_e4m3",
-    ] {
+    for s in ["int4:g64", "uint4:g64", "mxfp4", "nvfp4", "nf4", "e2m1:g32:scale=f16", "bitmod4:g64", "fp8_e4m3"] {
         let out = Format::parse(s).unwrap().fake_quantize_row(&w, None).unwrap();
         assert!(out.iter().all(|v| v.is_finite()), "{s}");
         if s != "fp8_e4m3" {
@@ -380,10 +284,7 @@ fn roundtrip_pads_the_last_group_and_casts_raw_minifloats() {
     let out = f.roundtrip(&v).unwrap();
     assert_eq!(out.len(), 6);
     assert_eq!(&out[..4], &f.fake_quantize_row(&v[..4], None).unwrap()[..]);
-    let tail = Format::parse("int4:g2")
-        .unwrap()
-        .fake_quantize_row(&v[4..], None)
-        .unwrap();
+    let tail = Format::parse("int4:g2").unwrap().fake_quantize_row(&v[4..], None).unwrap();
     assert_eq!(&out[4..], &tail[..]);
     let raw = Format::parse("fp8_e4m3").unwrap().raw_if_bare();
     let out = raw.roundtrip(&[500.0, 464.0, f32::NAN, -0.0, 1e-9]).unwrap();
@@ -391,32 +292,18 @@ fn roundtrip_pads_the_last_group_and_casts_raw_minifloats() {
     assert_eq!(out[1], 448.0);
     assert!(out[3] == 0.0 && out[3].is_sign_negative());
     assert_eq!(out[4], 0.0);
-    let e5 = Format::parse("fp8_e5m2")
-        .unwrap()
-        .raw_if_bare()
-        .roundtrip(&[1e6, f32::NEG_INFINITY])
-        .unwrap();
+    let e5 = Format::parse("fp8_e5m2").unwrap().raw_if_bare().roundtrip(&[1e6, f32::NEG_INFINITY]).unwrap();
     assert_eq!(e5, vec![f32::INFINITY, f32::NEG_INFINITY]);
-    let e2 = Format::parse("fp4_e2m1")
-        .unwrap()
-        .raw_if_bare()
-        .roundtrip(&[2.5, 0.25, 0.26, 100.0])
-        .unwrap();
+    let e2 = Format::parse("fp4_e2m1").unwrap().raw_if_bare().roundtrip(&[2.5, 0.25, 0.26, 100.0]).unwrap();
     assert_eq!(e2, vec![2.0, 0.0, 0.5, 6.0]);
-    assert!(Format::parse("int8")
-        .unwrap()
-        .raw_if_bare()
-        .roundtrip(&[f32::NAN])
-        .is_err());
+    assert!(Format::parse("int8").unwrap().raw_if_bare().roundtrip(&[f32::NAN]).is_err());
 }
 
 #[test]
 fn pack_unpack_round_trip_every_width() {
     for bits in 1..=16u32 {
         for n in [1usize, 2, 7, 8, 33, 64] {
-            let codes: Vec<u16> = (0..n)
-                .map(|i| ((i * 2_654_435_761usize) as u64 % (1u64 << bits)) as u16)
-                .collect();
+            let codes: Vec<u16> = (0..n).map(|i| ((i * 2_654_435_761usize) as u64 % (1u64 << bits)) as u16).collect();
             let mut packed = vec![0u8; pack::row_bytes(n, bits)];
             pack::pack(&codes, bits, &mut packed);
             let mut back = vec![0u16; n];
@@ -452,10 +339,7 @@ fn dyadic_approximation() {
     for &m in &[0.0123, 0.5, 1.0 / 3.0, 2.75, -0.7071] {
         let d = Dyadic::approximate(m, 16, 31).unwrap();
         assert!(d.b.abs() < 1 << 15);
-        assert!(
-            (d.value() - m).abs() <= 0.5 / (1u64 << d.c) as f64 + 1e-15,
-            "{m}: {d:?}"
-        );
+        assert!((d.value() - m).abs() <= 0.5 / (1u64 << d.c) as f64 + 1e-15, "{m}: {d:?}");
         for x in [-1000i64, -7, 0, 5, 12345] {
             let exact = x as f64 * d.value();
             assert!((d.apply(x) as f64 - exact).abs() <= 0.5, "{m} * {x}");

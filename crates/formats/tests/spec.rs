@@ -62,14 +62,8 @@ fn parsed_settings() {
     let f = Format::parse("int4:round=sr:seed=9").unwrap();
     assert_eq!(f.rounding, Rounding::Stochastic { seed: 9 });
     assert_eq!(Format::parse("int4").unwrap().granularity, Granularity::Channel);
-    assert_eq!(
-        Format::parse("int4").unwrap().raw_if_bare().granularity,
-        Granularity::None
-    );
-    assert_eq!(
-        Format::parse("mxfp4").unwrap().raw_if_bare().granularity,
-        Granularity::Group(32)
-    );
+    assert_eq!(Format::parse("int4").unwrap().raw_if_bare().granularity, Granularity::None);
+    assert_eq!(Format::parse("mxfp4").unwrap().raw_if_bare().granularity, Granularity::Group(32));
     assert_eq!(Format::parse("bf16").unwrap().granularity, Granularity::None);
     assert_eq!(Format::parse("fp8_e4m3").unwrap(), Format::parse("e4m3").unwrap());
     assert_eq!(Format::parse("fp4_e2m1").unwrap(), Format::parse("e2m1").unwrap());

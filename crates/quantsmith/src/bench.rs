@@ -35,9 +35,10 @@ pub struct EvalBench {
 /// (as computed: full score matrices), and the head over the scored half.
 pub fn chunk_flops(m: &Llama, ctx: usize) -> f64 {
     let c = &m.cfg;
-    let linear: usize = m.blocks.first().map_or(0, |b| {
-        [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down].iter().map(|l| l.out * l.inp).sum::<usize>()
-    });
+    let linear: usize = m
+        .blocks
+        .first()
+        .map_or(0, |b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down].iter().map(|l| l.out * l.inp).sum::<usize>());
     let per_layer = 2.0 * ctx as f64 * linear as f64 + 2.0 * 2.0 * (ctx * ctx) as f64 * (c.n_head * c.head_dim) as f64;
     let scored = ctx - 1 - ctx / 2;
     per_layer * c.n_layer as f64 + 2.0 * scored as f64 * (c.vocab * c.d_model) as f64

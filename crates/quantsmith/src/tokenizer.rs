@@ -18,8 +18,7 @@ use crate::io::gguf::GgufFile;
 use crate::{Error, Result};
 
 /// GPT-2's byte-level split (also the second stage of the `smollm` family's split).
-const GPT2_SPLIT: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// Llama 3's split: case-insensitive contractions, numbers in groups of up to three.
 const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split: as Llama 3's but digits one by one.
@@ -103,7 +102,10 @@ impl Tokenizer {
         }
         if let Some(b) = bos {
             if b as usize >= vocab_size {
-                return Err(cfg_err("tokenizer.ggml.bos_token_id", format!("{b} is outside the vocabulary ({vocab_size})")));
+                return Err(cfg_err(
+                    "tokenizer.ggml.bos_token_id",
+                    format!("{b} is outside the vocabulary ({vocab_size})"),
+                ));
             }
         }
         Ok(Tokenizer { inner, bos, add_bos, vocab_size, post_adds_specials: false })
@@ -112,13 +114,11 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`; `tokenizer_config.json` beside it says whether
     /// a BOS token is added.
     pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let vocab_size = inner.get_vocab_size(true);
         // Whether the post-processor adds a BOS: encode nothing with specials and look.
-        let probe = inner
-            .encode("", true)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let probe = inner.encode("", true).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let bos = probe.get_ids().first().copied();
         Ok(Tokenizer { inner, bos, add_bos: bos.is_some(), vocab_size, post_adds_specials: true })
     }

@@ -21,26 +21,15 @@ fn embeddings_match_sentence_transformers() {
     let tokens = model.tokenize(&[AUSTEN, QUANT]).unwrap();
     assert_eq!(tokens[0].ids.len(), 28);
     assert_eq!(tokens[1].ids.len(), 15);
-    assert_eq!(
-        (tokens[0].ids[0], *tokens[0].ids.last().unwrap()),
-        (101, 102),
-        "[CLS] … [SEP]"
-    );
+    assert_eq!((tokens[0].ids[0], *tokens[0].ids.last().unwrap()), (101, 102), "[CLS] … [SEP]");
 
     let want: [[f32; 8]; 2] = [
-        [
-            -0.016255, 0.012637, 0.037529, 0.03891, -0.079069, -0.011067, 0.069067, -0.058873,
-        ],
-        [
-            -0.014628, -0.006618, -0.001349, -0.023893, -0.022285, 0.057249, 0.0087, -0.05843,
-        ],
+        [-0.016255, 0.012637, 0.037529, 0.03891, -0.079069, -0.011067, 0.069067, -0.058873],
+        [-0.014628, -0.006618, -0.001349, -0.023893, -0.022285, 0.057249, 0.0087, -0.05843],
     ];
     // Embedded together (one packed batch) and one at a time.
     let together = model.embed(&[AUSTEN, QUANT]).unwrap();
-    let alone = [
-        model.embed(&[AUSTEN]).unwrap().remove(0),
-        model.embed(&[QUANT]).unwrap().remove(0),
-    ];
+    let alone = [model.embed(&[AUSTEN]).unwrap().remove(0), model.embed(&[QUANT]).unwrap().remove(0)];
     for (got, w) in together.iter().chain(alone.iter()).zip(want.iter().cycle()) {
         assert_eq!(got.len(), 384);
         let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -57,19 +46,14 @@ fn long_text_is_truncated_at_256_tokens() {
     let long = "word ".repeat(400);
     let tokens = model.tokenize(&[&long]).unwrap();
     assert_eq!(tokens[0].ids.len(), 256);
-    assert_eq!(
-        *tokens[0].ids.last().unwrap(),
-        102,
-        "[SEP] kept after truncation"
-    );
+    assert_eq!(*tokens[0].ids.last().unwrap(), 102, "[SEP] kept after truncation");
     assert_eq!(model.embed(&[&long]).unwrap()[0].len(), 384);
 }
 
 #[test]
 fn evaluating_against_itself_gives_cosine_one() {
     let model = minilm();
-    let text =
-        format!("{AUSTEN}\n{QUANT} Short one!\n\nAnother paragraph, wrapped\nover two lines? Yes.");
+    let text = format!("{AUSTEN}\n{QUANT} Short one!\n\nAnother paragraph, wrapped\nover two lines? Yes.");
     let report = evaluate_encoder(&model, Some(&model), &text, &|_, _| {}).unwrap();
     assert_eq!(report.sentences, 5);
     assert!((report.cosine_mean.unwrap() - 1.0).abs() < 1e-6);

@@ -34,10 +34,7 @@ impl TensorSource for MemSource {
         })
     }
     fn load_f32(&self, name: &str) -> quantsmith::Result<Vec<f32>> {
-        self.0
-            .get(name)
-            .map(|(_, d)| d.clone())
-            .ok_or_else(|| Error::Other(format!("no tensor {name}")))
+        self.0.get(name).map(|(_, d)| d.clone()).ok_or_else(|| Error::Other(format!("no tensor {name}")))
     }
 }
 
@@ -72,41 +69,11 @@ fn random_weights(seed: u64, prefix: &str) -> MemSource {
         let data = rng.vec(n, scale).into_iter().map(|x| x + offset).collect();
         m.insert(format!("{prefix}{name}"), (shape, data));
     };
-    put(
-        "embeddings.word_embeddings.weight".into(),
-        vec![VOCAB, HIDDEN],
-        1.0,
-        0.0,
-        &mut rng,
-    );
-    put(
-        "embeddings.position_embeddings.weight".into(),
-        vec![POSITIONS, HIDDEN],
-        0.5,
-        0.0,
-        &mut rng,
-    );
-    put(
-        "embeddings.token_type_embeddings.weight".into(),
-        vec![2, HIDDEN],
-        0.5,
-        0.0,
-        &mut rng,
-    );
-    put(
-        "embeddings.LayerNorm.weight".into(),
-        vec![HIDDEN],
-        0.2,
-        1.0,
-        &mut rng,
-    );
-    put(
-        "embeddings.LayerNorm.bias".into(),
-        vec![HIDDEN],
-        0.2,
-        0.0,
-        &mut rng,
-    );
+    put("embeddings.word_embeddings.weight".into(), vec![VOCAB, HIDDEN], 1.0, 0.0, &mut rng);
+    put("embeddings.position_embeddings.weight".into(), vec![POSITIONS, HIDDEN], 0.5, 0.0, &mut rng);
+    put("embeddings.token_type_embeddings.weight".into(), vec![2, HIDDEN], 0.5, 0.0, &mut rng);
+    put("embeddings.LayerNorm.weight".into(), vec![HIDDEN], 0.2, 1.0, &mut rng);
+    put("embeddings.LayerNorm.bias".into(), vec![HIDDEN], 0.2, 0.0, &mut rng);
     for l in 0..LAYERS {
         let p = format!("encoder.layer.{l}");
         for (name, out, inp) in [
@@ -118,23 +85,11 @@ fn random_weights(seed: u64, prefix: &str) -> MemSource {
             ("output.dense", HIDDEN, INTER),
         ] {
             // Large enough weights that attention is far from uniform and GELU sees both tails.
-            put(
-                format!("{p}.{name}.weight"),
-                vec![out, inp],
-                1.5 / (inp as f32).sqrt() * 1.7,
-                0.0,
-                &mut rng,
-            );
+            put(format!("{p}.{name}.weight"), vec![out, inp], 1.5 / (inp as f32).sqrt() * 1.7, 0.0, &mut rng);
             put(format!("{p}.{name}.bias"), vec![out], 0.3, 0.0, &mut rng);
         }
         for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
-            put(
-                format!("{p}.{name}.weight"),
-                vec![HIDDEN],
-                0.2,
-                1.0,
-                &mut rng,
-            );
+            put(format!("{p}.{name}.weight"), vec![HIDDEN], 0.2, 1.0, &mut rng);
             put(format!("{p}.{name}.bias"), vec![HIDDEN], 0.2, 0.0, &mut rng);
         }
     }
@@ -187,10 +142,7 @@ impl Ref<'_> {
             .collect()
     }
     fn norm(&self, name: &str, x: &mut [Vec<f64>]) {
-        let (w, b) = (
-            self.t(&format!("{name}.weight")),
-            self.t(&format!("{name}.bias")),
-        );
+        let (w, b) = (self.t(&format!("{name}.weight")), self.t(&format!("{name}.bias")));
         for row in x {
             let n = row.len() as f64;
             let mean = row.iter().sum::<f64>() / n;
@@ -210,11 +162,7 @@ impl Ref<'_> {
         let mut x: Vec<Vec<f64>> = ids
             .iter()
             .enumerate()
-            .map(|(p, &id)| {
-                (0..HIDDEN)
-                    .map(|j| we[id as usize * HIDDEN + j] + pe[p * HIDDEN + j] + te[j])
-                    .collect()
-            })
+            .map(|(p, &id)| (0..HIDDEN).map(|j| we[id as usize * HIDDEN + j] + pe[p * HIDDEN + j] + te[j]).collect())
             .collect();
         self.norm("embeddings.LayerNorm", &mut x);
         let dh = HIDDEN / HEADS;
@@ -228,10 +176,7 @@ impl Ref<'_> {
                 let cols = h * dh..(h + 1) * dh;
                 for i in 0..x.len() {
                     let s: Vec<f64> = (0..x.len())
-                        .map(|j| {
-                            cols.clone().map(|c| q[i][c] * k[j][c]).sum::<f64>()
-                                / (dh as f64).sqrt()
-                        })
+                        .map(|j| cols.clone().map(|c| q[i][c] * k[j][c]).sum::<f64>() / (dh as f64).sqrt())
                         .collect();
                     let m = s.iter().cloned().fold(f64::MIN, f64::max);
                     let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
@@ -242,18 +187,12 @@ impl Ref<'_> {
                 }
             }
             let mut a = self.linear(&format!("{p}.attention.output.dense"), &ctx);
-            a.iter_mut()
-                .zip(&x)
-                .for_each(|(r, xr)| r.iter_mut().zip(xr).for_each(|(u, w)| *u += w));
+            a.iter_mut().zip(&x).for_each(|(r, xr)| r.iter_mut().zip(xr).for_each(|(u, w)| *u += w));
             self.norm(&format!("{p}.attention.output.LayerNorm"), &mut a);
             let mut i = self.linear(&format!("{p}.intermediate.dense"), &a);
-            i.iter_mut()
-                .flatten()
-                .for_each(|u| *u = 0.5 * *u * (1.0 + erf64(*u / std::f64::consts::SQRT_2)));
+            i.iter_mut().flatten().for_each(|u| *u = 0.5 * *u * (1.0 + erf64(*u / std::f64::consts::SQRT_2)));
             let mut o = self.linear(&format!("{p}.output.dense"), &i);
-            o.iter_mut()
-                .zip(&a)
-                .for_each(|(r, ar)| r.iter_mut().zip(ar).for_each(|(u, w)| *u += w));
+            o.iter_mut().zip(&a).for_each(|(r, ar)| r.iter_mut().zip(ar).for_each(|(u, w)| *u += w));
             self.norm(&format!("{p}.output.LayerNorm"), &mut o);
             x = o;
         }
@@ -262,19 +201,13 @@ impl Ref<'_> {
 }
 
 fn toks(ids: &[u32]) -> Tokens {
-    Tokens {
-        ids: ids.to_vec(),
-        type_ids: vec![0; ids.len()],
-    }
+    Tokens { ids: ids.to_vec(), type_ids: vec![0; ids.len()] }
 }
 
 fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (*g as f64 - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: got {g}, want {w}"
-        );
+        assert!((*g as f64 - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: got {g}, want {w}");
     }
 }
 
@@ -282,23 +215,14 @@ fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
 fn batched_forward_matches_reference() {
     let src = random_weights(7, "");
     let enc = encoder(&src);
-    let seqs = [
-        vec![2u32, 5, 9, 17, 3],
-        vec![2, 3],
-        vec![2, 23, 4, 4, 4, 11, 12, 13, 6, 7, 8, 0, 1, 3],
-        vec![2, 19, 20, 3],
-    ];
+    let seqs =
+        [vec![2u32, 5, 9, 17, 3], vec![2, 3], vec![2, 23, 4, 4, 4, 11, 12, 13, 6, 7, 8, 0, 1, 3], vec![2, 19, 20, 3]];
     let batch: Vec<Tokens> = seqs.iter().map(|s| toks(s)).collect();
     let packed = enc.forward(&batch).unwrap();
     let mut off = 0;
     for (n, s) in seqs.iter().enumerate() {
         let want: Vec<f64> = Ref(&src).forward(s).into_iter().flatten().collect();
-        assert_close(
-            &packed[off * HIDDEN..(off + s.len()) * HIDDEN],
-            &want,
-            2e-5,
-            &format!("sequence {n}"),
-        );
+        assert_close(&packed[off * HIDDEN..(off + s.len()) * HIDDEN], &want, 2e-5, &format!("sequence {n}"));
         off += s.len();
     }
 }
@@ -309,22 +233,11 @@ fn batch_companions_do_not_change_results() {
     let enc = encoder(&src);
     let a = toks(&[2, 8, 9, 10, 3]);
     let alone = enc.forward(&[a.clone()]).unwrap();
-    let long = toks(
-        &(0..POSITIONS as u32)
-            .map(|i| i % VOCAB as u32)
-            .collect::<Vec<_>>(),
-    );
-    let with = enc
-        .forward(&[long.clone(), a.clone(), toks(&[2, 3])])
-        .unwrap();
+    let long = toks(&(0..POSITIONS as u32).map(|i| i % VOCAB as u32).collect::<Vec<_>>());
+    let with = enc.forward(&[long.clone(), a.clone(), toks(&[2, 3])]).unwrap();
     let start = long.ids.len() * HIDDEN;
     let want: Vec<f64> = alone.iter().map(|&x| x as f64).collect();
-    assert_close(
-        &with[start..start + alone.len()],
-        &want,
-        1e-6,
-        "a within a batch",
-    );
+    assert_close(&with[start..start + alone.len()], &want, 1e-6, "a within a batch");
 }
 
 #[test]
@@ -341,31 +254,20 @@ fn bad_weights_and_config_are_clear_errors() {
     let mut src = random_weights(5, "");
     src.0.remove("encoder.layer.1.intermediate.dense.bias");
     match BertEncoder::load(cfg.clone(), &src, Path::new("m")) {
-        Err(Error::Tensor { tensor, msg, .. }) => assert_eq!(
-            (tensor.as_str(), msg.as_str()),
-            ("encoder.layer.1.intermediate.dense.bias", "missing")
-        ),
-        other => panic!(
-            "expected a missing-tensor error, got {:?}",
-            other.map(|_| ())
-        ),
+        Err(Error::Tensor { tensor, msg, .. }) => {
+            assert_eq!((tensor.as_str(), msg.as_str()), ("encoder.layer.1.intermediate.dense.bias", "missing"))
+        }
+        other => panic!("expected a missing-tensor error, got {:?}", other.map(|_| ())),
     }
     let mut src = random_weights(5, "");
-    src.0
-        .get_mut("encoder.layer.0.attention.self.key.weight")
-        .unwrap()
-        .0 = vec![HIDDEN, HIDDEN + 1];
+    src.0.get_mut("encoder.layer.0.attention.self.key.weight").unwrap().0 = vec![HIDDEN, HIDDEN + 1];
     match BertEncoder::load(cfg, &src, Path::new("m")) {
         Err(Error::Tensor { tensor, .. }) => {
             assert_eq!(tensor, "encoder.layer.0.attention.self.key.weight")
         }
         other => panic!("expected a shape error, got {:?}", other.map(|_| ())),
     }
-    for (key, value) in [
-        ("hidden_act", json!("relu")),
-        ("hidden_size", json!(-3)),
-        ("num_attention_heads", json!(3)),
-    ] {
+    for (key, value) in [("hidden_act", json!("relu")), ("hidden_size", json!(-3)), ("num_attention_heads", json!(3))] {
         let mut c = config_json();
         c[key] = value;
         match BertConfig::from_json(&c, Path::new("config.json")) {
@@ -380,39 +282,22 @@ fn bad_weights_and_config_are_clear_errors() {
     );
 
     let enc = encoder(&random_weights(5, ""));
-    assert!(
-        enc.forward(&[toks(&[2, VOCAB as u32])]).is_err(),
-        "token id past the vocabulary"
-    );
-    assert!(
-        enc.forward(&[toks(&vec![2; POSITIONS + 1])]).is_err(),
-        "longer than the position table"
-    );
+    assert!(enc.forward(&[toks(&[2, VOCAB as u32])]).is_err(), "token id past the vocabulary");
+    assert!(enc.forward(&[toks(&vec![2; POSITIONS + 1])]).is_err(), "longer than the position table");
     assert!(enc.forward(&[toks(&[])]).is_err(), "empty sequence");
-    assert!(
-        enc.forward(&[Tokens {
-            ids: vec![2, 3],
-            type_ids: vec![0, 2]
-        }])
-        .is_err(),
-        "token type past the table"
-    );
+    assert!(enc.forward(&[Tokens { ids: vec![2, 3], type_ids: vec![0, 2] }]).is_err(), "token type past the table");
 }
 
 // ---- the sentence pipeline ----------------------------------------------------------
 
 const WORDS: [&str; 20] = [
-    "the", "a", "man", "wife", "truth", "fortune", "good", "single", "in", "of", "must", "be",
-    "want", "it", "is", "levels", "small", "set", "##s", ".",
+    "the", "a", "man", "wife", "truth", "fortune", "good", "single", "in", "of", "must", "be", "want", "it", "is",
+    "levels", "small", "set", "##s", ".",
 ];
 
 fn tokenizer_json(extra_vocab: usize) -> serde_json::Value {
     let mut vocab = serde_json::Map::new();
-    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-        .iter()
-        .chain(WORDS.iter())
-        .enumerate()
-    {
+    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].iter().chain(WORDS.iter()).enumerate() {
         vocab.insert(t.to_string(), json!(i));
     }
     for i in 0..extra_vocab {
@@ -453,11 +338,7 @@ fn sentence_dir(
         write(dir.path(), "1_Pooling/config.json", &pooling);
     }
     if let Some(n) = max_seq_length {
-        write(
-            dir.path(),
-            "sentence_bert_config.json",
-            &json!({"max_seq_length": n, "do_lower_case": false}),
-        );
+        write(dir.path(), "sentence_bert_config.json", &json!({"max_seq_length": n, "do_lower_case": false}));
     }
     dir
 }
@@ -495,9 +376,8 @@ fn sentence_embeddings_mean_pool_and_normalise() {
     let got = bert.embed(&texts).unwrap();
     for (t, g) in tokens.iter().zip(&got) {
         let states = Ref(&src).forward(&t.ids);
-        let mut mean: Vec<f64> = (0..HIDDEN)
-            .map(|j| states.iter().map(|r| r[j]).sum::<f64>() / states.len() as f64)
-            .collect();
+        let mut mean: Vec<f64> =
+            (0..HIDDEN).map(|j| states.iter().map(|r| r[j]).sum::<f64>() / states.len() as f64).collect();
         let n = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
         mean.iter_mut().for_each(|x| *x /= n);
         assert_close(g, &mean, 2e-5, "embedding");
@@ -507,20 +387,13 @@ fn sentence_embeddings_mean_pool_and_normalise() {
 #[test]
 fn sentence_settings_truncate_and_choose_pooling() {
     let src = random_weights(22, "");
-    let cls = json!({"word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false});
+    let cls =
+        json!({"word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false});
     let dir = sentence_dir(Some(st_modules(false)), cls, Some(5));
     let bert = Bert::load(dir.path(), &config_json(), &src).unwrap();
-    let tokens = bert
-        .tokenize(&["the good single man must be in want of a wife"])
-        .unwrap();
-    assert_eq!(
-        tokens[0].ids,
-        vec![2, 4, 10, 11, 3],
-        "truncated to 5 with [SEP] kept"
-    );
-    let got = bert
-        .embed(&["the good single man must be in want of a wife"])
-        .unwrap();
+    let tokens = bert.tokenize(&["the good single man must be in want of a wife"]).unwrap();
+    assert_eq!(tokens[0].ids, vec![2, 4, 10, 11, 3], "truncated to 5 with [SEP] kept");
+    let got = bert.embed(&["the good single man must be in want of a wife"]).unwrap();
     let want = Ref(&src).forward(&tokens[0].ids)[0].clone();
     assert_close(&got[0], &want, 2e-5, "[CLS] state, not normalised");
 
@@ -528,11 +401,7 @@ fn sentence_settings_truncate_and_choose_pooling() {
     let dir = sentence_dir(None, json!({}), None);
     let bert = Bert::load(dir.path(), &config_json(), &src).unwrap();
     assert_eq!((bert.normalize, bert.max_seq_length), (true, POSITIONS));
-    let norm: f32 = bert.embed(&["a man"]).unwrap()[0]
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt();
+    let norm: f32 = bert.embed(&["a man"]).unwrap()[0].iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-5);
 }
 
@@ -542,10 +411,7 @@ fn bad_sentence_configuration_is_a_clear_error() {
     // A tokenizer with more tokens than the embedding table.
     let dir = sentence_dir(None, json!({}), None);
     write(dir.path(), "tokenizer.json", &tokenizer_json(3));
-    assert!(matches!(
-        Bert::load(dir.path(), &config_json(), &src),
-        Err(Error::Tokenizer(_))
-    ));
+    assert!(matches!(Bert::load(dir.path(), &config_json(), &src), Err(Error::Tokenizer(_))));
     // No tokenizer at all.
     let dir = tempfile::tempdir().unwrap();
     assert!(
@@ -553,7 +419,9 @@ fn bad_sentence_configuration_is_a_clear_error() {
     );
     // An unsupported module.
     let mut m = st_modules(true);
-    m.as_array_mut().unwrap().push(json!({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}));
+    m.as_array_mut()
+        .unwrap()
+        .push(json!({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}));
     let dir = sentence_dir(Some(m), mean_pooling(), None);
     assert!(
         matches!(Bert::load(dir.path(), &config_json(), &src), Err(Error::Config { msg, .. }) if msg.contains("Dense"))
@@ -570,10 +438,7 @@ fn bad_sentence_configuration_is_a_clear_error() {
     // Corrupt JSON.
     let dir = sentence_dir(None, json!({}), None);
     std::fs::write(dir.path().join("sentence_bert_config.json"), b"{ not json").unwrap();
-    assert!(matches!(
-        Bert::load(dir.path(), &config_json(), &src),
-        Err(Error::Corrupt { .. })
-    ));
+    assert!(matches!(Bert::load(dir.path(), &config_json(), &src), Err(Error::Corrupt { .. })));
 }
 
 #[test]
@@ -592,10 +457,7 @@ fn encoder_evaluation_compares_model_with_base() {
     let model = Bert::load(dir.path(), &config_json(), &noisy).unwrap();
     let text = "It is a truth. The single man must\nbe in want of a wife!\n\nA good fortune? The small set of levels.";
     let calls = Mutex::new(Vec::new());
-    let report = evaluate_encoder(&model, Some(&base), text, &|d, t| {
-        calls.lock().unwrap().push((d, t))
-    })
-    .unwrap();
+    let report = evaluate_encoder(&model, Some(&base), text, &|d, t| calls.lock().unwrap().push((d, t))).unwrap();
 
     let sentences = split_sentences(text);
     assert_eq!(report.sentences, 4);
@@ -606,15 +468,8 @@ fn encoder_evaluation_compares_model_with_base() {
     let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
     assert!((report.cosine_mean.unwrap() - mean).abs() < 1e-6);
     assert!((report.cosine_min.unwrap() - min).abs() < 1e-6);
-    assert!(
-        min < 0.99999 && min > 0.5,
-        "noise should cost a little similarity: {min}"
-    );
-    assert_eq!(
-        calls.lock().unwrap().last(),
-        Some(&(8, 8)),
-        "progress ends at both models' sentences"
-    );
+    assert!(min < 0.99999 && min > 0.5, "noise should cost a little similarity: {min}");
+    assert_eq!(calls.lock().unwrap().last(), Some(&(8, 8)), "progress ends at both models' sentences");
 
     // Without a base: statistics only. The pairwise mean from the sum trick equals the
     // direct mean over all pairs.
@@ -630,10 +485,7 @@ fn encoder_evaluation_compares_model_with_base() {
     }
     let direct = pairs.iter().sum::<f64>() / pairs.len() as f64;
     assert!((alone.pairwise_cosine_mean.unwrap() - direct).abs() < 1e-6);
-    assert!(
-        evaluate_encoder(&model, None, " \n\n ", &|_, _| {}).is_err(),
-        "no sentences"
-    );
+    assert!(evaluate_encoder(&model, None, " \n\n ", &|_, _| {}).is_err(), "no sentences");
 }
 
 #[test]
@@ -647,24 +499,14 @@ fn many_batches_give_the_same_embeddings_as_one_at_a_time() {
     let texts: Vec<String> = (0..700)
         .map(|_| {
             let n = 1 + ((rng.next() + 1.0) * 5.0) as usize;
-            (0..n)
-                .map(|_| WORDS[((rng.next() + 1.0) * 9.5) as usize])
-                .collect::<Vec<_>>()
-                .join(" ")
+            (0..n).map(|_| WORDS[((rng.next() + 1.0) * 9.5) as usize]).collect::<Vec<_>>().join(" ")
         })
         .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let tokens: usize = bert
-        .tokenize(&refs)
-        .unwrap()
-        .iter()
-        .map(|t| t.ids.len())
-        .sum();
+    let tokens: usize = bert.tokenize(&refs).unwrap().iter().map(|t| t.ids.len()).sum();
     assert!(tokens > 4096, "only {tokens} tokens: a single batch");
     let calls = std::sync::Mutex::new(0);
-    let all = bert
-        .embed_with_progress(&refs, &|_, _| *calls.lock().unwrap() += 1)
-        .unwrap();
+    let all = bert.embed_with_progress(&refs, &|_, _| *calls.lock().unwrap() += 1).unwrap();
     assert!(*calls.lock().unwrap() >= 1);
     for i in [0, 1, 350, 699] {
         let alone = bert.embed(&refs[i..=i]).unwrap().remove(0);

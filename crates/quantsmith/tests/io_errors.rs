@@ -58,9 +58,7 @@ impl RawGguf {
 
 /// Asserts that opening fails with a message holding every one of `needles`.
 fn gguf_err(path: &Path, needles: &[&str]) -> String {
-    let e = GgufFile::open(path)
-        .expect_err("corrupt GGUF must not open")
-        .to_string();
+    let e = GgufFile::open(path).expect_err("corrupt GGUF must not open").to_string();
     for n in needles {
         assert!(e.contains(n), "error {e:?} should mention {n:?}");
     }
@@ -70,20 +68,14 @@ fn gguf_err(path: &Path, needles: &[&str]) -> String {
 fn valid_gguf(dir: &Path) -> PathBuf {
     let p = dir.join("valid.gguf");
     let mut w = GgufWriter::new(&p).unwrap();
-    w.add_metadata("general.architecture", GgufValue::String("llama".into()))
-        .unwrap();
+    w.add_metadata("general.architecture", GgufValue::String("llama".into())).unwrap();
     w.add_metadata(
         "tokenizer.ggml.tokens",
-        GgufValue::Array(quantsmith::io::GgufArray::String(vec![
-            "a".into(),
-            "bc".into(),
-        ])),
+        GgufValue::Array(quantsmith::io::GgufArray::String(vec!["a".into(), "bc".into()])),
     )
     .unwrap();
-    w.add_metadata("llama.block_count", GgufValue::U32(1))
-        .unwrap();
-    w.add_tensor("w", &[32, 2], GgmlType::F32, &f32_bytes(&[0.5; 64]))
-        .unwrap();
+    w.add_metadata("llama.block_count", GgufValue::U32(1)).unwrap();
+    w.add_tensor("w", &[32, 2], GgmlType::F32, &f32_bytes(&[0.5; 64])).unwrap();
     w.add_tensor("v", &[8], GgmlType::F16, &[0u8; 16]).unwrap();
     w.finish().unwrap();
     p
@@ -97,9 +89,7 @@ fn every_truncation_of_a_gguf_is_an_error() {
     let p = dir.path().join("cut.gguf");
     for len in 0..full.len() {
         std::fs::write(&p, &full[..len]).unwrap();
-        let e = GgufFile::open(&p)
-            .expect_err("a truncated file must not open")
-            .to_string();
+        let e = GgufFile::open(&p).expect_err("a truncated file must not open").to_string();
         assert!(e.contains("cut.gguf"), "len {len}: {e}");
     }
 }
@@ -131,10 +121,7 @@ fn bad_magic_and_versions() {
     let mut b = std::fs::read(valid_gguf(dir.path())).unwrap();
     b[..4].copy_from_slice(b"GGML");
     std::fs::write(dir.path().join("magic.gguf"), &b).unwrap();
-    gguf_err(
-        &dir.path().join("magic.gguf"),
-        &["magic.gguf", "not a GGUF file", "GGML"],
-    );
+    gguf_err(&dir.path().join("magic.gguf"), &["magic.gguf", "not a GGUF file", "GGML"]);
 
     let p = RawGguf::header(1, 0, 0).write(dir.path(), "v1.gguf");
     gguf_err(&p, &["v1.gguf", "version 1"]);
@@ -143,11 +130,7 @@ fn bad_magic_and_versions() {
     let p = RawGguf::header(3u32.swap_bytes(), 0, 0).write(dir.path(), "be.gguf");
     gguf_err(&p, &["be.gguf", "big-endian"]);
     let p = RawGguf::header(2, 0, 0).write(dir.path(), "v2.gguf");
-    assert_eq!(
-        GgufFile::open(&p).unwrap().version(),
-        2,
-        "an empty v2 file is valid"
-    );
+    assert_eq!(GgufFile::open(&p).unwrap().version(), 2, "an empty v2 file is valid");
 }
 
 #[test]
@@ -158,32 +141,17 @@ fn lying_counts_and_lengths() {
     let p = RawGguf::header(3, 0, u64::MAX).write(dir.path(), "kv.gguf");
     gguf_err(&p, &["kv.gguf", "metadata"]);
     // A key whose string length runs past the end.
-    let p = RawGguf::header(3, 0, 1)
-        .u64(1 << 40)
-        .u64(0)
-        .write(dir.path(), "strlen.gguf");
+    let p = RawGguf::header(3, 0, 1).u64(1 << 40).u64(0).write(dir.path(), "strlen.gguf");
     gguf_err(&p, &["strlen.gguf", "past the end"]);
     // A string value whose length runs past the end.
-    let p = RawGguf::header(3, 0, 1)
-        .str("general.name")
-        .u32(8)
-        .u64(999)
-        .write(dir.path(), "strval.gguf");
+    let p = RawGguf::header(3, 0, 1).str("general.name").u32(8).u64(999).write(dir.path(), "strval.gguf");
     gguf_err(&p, &["strval.gguf", "general.name", "past the end"]);
     // An array that claims 2^60 strings.
-    let p = RawGguf::header(3, 0, 1)
-        .str("tokenizer.ggml.tokens")
-        .u32(9)
-        .u32(8)
-        .u64(1 << 60)
-        .write(dir.path(), "arr.gguf");
+    let p =
+        RawGguf::header(3, 0, 1).str("tokenizer.ggml.tokens").u32(9).u32(8).u64(1 << 60).write(dir.path(), "arr.gguf");
     gguf_err(&p, &["arr.gguf", "tokenizer.ggml.tokens", "entries"]);
     // Unknown metadata value type.
-    let p = RawGguf::header(3, 0, 1)
-        .str("k")
-        .u32(42)
-        .u64(0)
-        .write(dir.path(), "vtype.gguf");
+    let p = RawGguf::header(3, 0, 1).str("k").u32(42).u64(0).write(dir.path(), "vtype.gguf");
     gguf_err(&p, &["vtype.gguf", "`k`", "unknown value type id 42"]);
     // A bool that is neither 0 nor 1.
     let mut r = RawGguf::header(3, 0, 1).str("b").u32(7);
@@ -191,11 +159,7 @@ fn lying_counts_and_lengths() {
     let p = r.write(dir.path(), "bool.gguf");
     gguf_err(&p, &["bool.gguf", "`b`"]);
     // Alignment that is not a power of two.
-    let p = RawGguf::header(3, 0, 1)
-        .str("general.alignment")
-        .u32(4)
-        .u32(48)
-        .write(dir.path(), "align.gguf");
+    let p = RawGguf::header(3, 0, 1).str("general.alignment").u32(4).u32(48).write(dir.path(), "align.gguf");
     gguf_err(&p, &["align.gguf", "general.alignment"]);
 }
 
@@ -203,55 +167,32 @@ fn lying_counts_and_lengths() {
 fn bad_tensor_infos() {
     let dir = tempfile::tempdir().unwrap();
     let data = f32_bytes(&[1.0; 32]);
-    let ok = RawGguf::header(3, 1, 0)
-        .tensor("w", &[32], 0, 0)
-        .pad_and_data(&data)
-        .write(dir.path(), "ok.gguf");
-    assert_eq!(
-        GgufFile::open(&ok).unwrap().load_f32("w").unwrap(),
-        vec![1.0; 32]
-    );
+    let ok = RawGguf::header(3, 1, 0).tensor("w", &[32], 0, 0).pad_and_data(&data).write(dir.path(), "ok.gguf");
+    assert_eq!(GgufFile::open(&ok).unwrap().load_f32("w").unwrap(), vec![1.0; 32]);
 
-    let p = RawGguf::header(3, 1, 0)
-        .tensor("w", &[32], 99, 0)
-        .pad_and_data(&data)
-        .write(dir.path(), "type.gguf");
+    let p = RawGguf::header(3, 1, 0).tensor("w", &[32], 99, 0).pad_and_data(&data).write(dir.path(), "type.gguf");
     gguf_err(&p, &["type.gguf", "`w`", "unknown ggml type id 99"]);
-    let p = RawGguf::header(3, 1, 0)
-        .tensor("w", &[32], 0, 1 << 20)
-        .pad_and_data(&data)
-        .write(dir.path(), "off.gguf");
+    let p = RawGguf::header(3, 1, 0).tensor("w", &[32], 0, 1 << 20).pad_and_data(&data).write(dir.path(), "off.gguf");
     gguf_err(&p, &["off.gguf", "`w`", "past the end"]);
     let p = RawGguf::header(3, 1, 0)
         .tensor("w", &[32], 0, u64::MAX - 31)
         .pad_and_data(&data)
         .write(dir.path(), "wrap.gguf");
     gguf_err(&p, &["wrap.gguf", "`w`"]);
-    let p = RawGguf::header(3, 1, 0)
-        .tensor("w", &[64], 0, 0)
-        .pad_and_data(&data)
-        .write(dir.path(), "short.gguf");
+    let p = RawGguf::header(3, 1, 0).tensor("w", &[64], 0, 0).pad_and_data(&data).write(dir.path(), "short.gguf");
     gguf_err(&p, &["short.gguf", "`w`", "past the end"]);
-    let p = RawGguf::header(3, 1, 0)
-        .tensor("w", &[32], 0, 4)
-        .pad_and_data(&data)
-        .write(dir.path(), "unaligned.gguf");
+    let p = RawGguf::header(3, 1, 0).tensor("w", &[32], 0, 4).pad_and_data(&data).write(dir.path(), "unaligned.gguf");
     gguf_err(&p, &["unaligned.gguf", "`w`", "alignment"]);
     let p = RawGguf::header(3, 1, 0)
         .tensor("w", &[1 << 32, 1 << 32, 1 << 32], 0, 0)
         .pad_and_data(&data)
         .write(dir.path(), "huge.gguf");
     gguf_err(&p, &["huge.gguf", "`w`"]);
-    let p = RawGguf::header(3, 1, 0)
-        .tensor("w", &[1, 1, 1, 1, 1], 0, 0)
-        .pad_and_data(&data)
-        .write(dir.path(), "dims.gguf");
+    let p =
+        RawGguf::header(3, 1, 0).tensor("w", &[1, 1, 1, 1, 1], 0, 0).pad_and_data(&data).write(dir.path(), "dims.gguf");
     gguf_err(&p, &["dims.gguf", "`w`", "dimensions"]);
     // Q8_0 rows must be whole blocks.
-    let p = RawGguf::header(3, 1, 0)
-        .tensor("q", &[16], 8, 0)
-        .pad_and_data(&[0u8; 34])
-        .write(dir.path(), "block.gguf");
+    let p = RawGguf::header(3, 1, 0).tensor("q", &[16], 8, 0).pad_and_data(&[0u8; 34]).write(dir.path(), "block.gguf");
     gguf_err(&p, &["block.gguf", "`q`", "block size"]);
     let p = RawGguf::header(3, 2, 0)
         .tensor("w", &[8], 0, 0)
@@ -266,15 +207,9 @@ fn missing_metadata_and_tensors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let g = GgufFile::open(&valid_gguf(dir.path())).unwrap();
     let e = g.get_f32("llama.rope.freq_base").unwrap_err().to_string();
-    assert!(
-        e.contains("valid.gguf") && e.contains("llama.rope.freq_base"),
-        "{e}"
-    );
+    assert!(e.contains("valid.gguf") && e.contains("llama.rope.freq_base"), "{e}");
     let e = g.load_f32("output.weight").unwrap_err().to_string();
-    assert!(
-        e.contains("valid.gguf") && e.contains("output.weight"),
-        "{e}"
-    );
+    assert!(e.contains("valid.gguf") && e.contains("output.weight"), "{e}");
     let e = g.tensor_bytes("output.weight").unwrap_err().to_string();
     assert!(e.contains("output.weight"), "{e}");
 }
@@ -287,16 +222,12 @@ fn hf_dir(dir: &Path) -> PathBuf {
 }
 
 fn hf_err(dir: &Path, needles: &[&str]) -> String {
-    let e = HfModel::open(dir)
-        .expect_err("corrupt model must not open")
-        .to_string();
+    let e = HfModel::open(dir).expect_err("corrupt model must not open").to_string();
     for n in needles {
         assert!(e.contains(n), "error {e:?} should mention {n:?}");
     }
     // The same error through the front door.
-    let e2 = ModelFile::open(dir)
-        .expect_err("corrupt model must not open")
-        .to_string();
+    let e2 = ModelFile::open(dir).expect_err("corrupt model must not open").to_string();
     assert_eq!(e, e2);
     e
 }
@@ -316,27 +247,12 @@ fn corrupt_safetensors() {
     write_safetensors_raw(&st, "[1, 2]", &[]);
     hf_err(&d, &["model.safetensors", "not a JSON object"]);
     write_safetensors(&st, &[("w", "Q7", vec![2], vec![0; 2])]);
-    hf_err(
-        &d,
-        &["model.safetensors", "`w`", "unknown safetensors dtype `Q7`"],
-    );
-    write_safetensors_raw(
-        &st,
-        r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}"#,
-        &[0u8; 8],
-    );
+    hf_err(&d, &["model.safetensors", "`w`", "unknown safetensors dtype `Q7`"]);
+    write_safetensors_raw(&st, r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}"#, &[0u8; 8]);
     hf_err(&d, &["model.safetensors", "`w`", "past the end"]);
-    write_safetensors_raw(
-        &st,
-        r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}}"#,
-        &[0u8; 16],
-    );
+    write_safetensors_raw(&st, r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}}"#, &[0u8; 16]);
     hf_err(&d, &["model.safetensors", "`w`", "needs 16"]);
-    write_safetensors_raw(
-        &st,
-        r#"{"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}"#,
-        &[0u8; 16],
-    );
+    write_safetensors_raw(&st, r#"{"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}"#, &[0u8; 16]);
     hf_err(&d, &["model.safetensors", "`w`", "shape"]);
     write_safetensors_raw(
         &st,
@@ -346,11 +262,7 @@ fn corrupt_safetensors() {
     hf_err(&d, &["model.safetensors", "`w`"]);
     write_safetensors_raw(&st, r#"{"w": {"dtype": "F32", "shape": [4]}}"#, &[0u8; 16]);
     hf_err(&d, &["model.safetensors", "`w`", "data_offsets"]);
-    write_safetensors_raw(
-        &st,
-        r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}}"#,
-        &[0u8; 16],
-    );
+    write_safetensors_raw(&st, r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}}"#, &[0u8; 16]);
     hf_err(&d, &["model.safetensors", "`w`"]);
 }
 
@@ -359,20 +271,12 @@ fn every_truncation_of_a_safetensors_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = hf_dir(dir.path());
     let st = d.join("model.safetensors");
-    write_safetensors(
-        &st,
-        &[
-            ("a", "F32", vec![2, 3], f32_bytes(&[1.0; 6])),
-            ("b", "F16", vec![4], vec![0; 8]),
-        ],
-    );
+    write_safetensors(&st, &[("a", "F32", vec![2, 3], f32_bytes(&[1.0; 6])), ("b", "F16", vec![4], vec![0; 8])]);
     let full = std::fs::read(&st).unwrap();
     assert!(HfModel::open(&d).is_ok());
     for len in 0..full.len() {
         std::fs::write(&st, &full[..len]).unwrap();
-        let e = HfModel::open(&d)
-            .expect_err("a truncated file must not open")
-            .to_string();
+        let e = HfModel::open(&d).expect_err("a truncated file must not open").to_string();
         assert!(e.contains("model.safetensors"), "len {len}: {e}");
     }
 }
@@ -381,53 +285,23 @@ fn every_truncation_of_a_safetensors_file_is_an_error() {
 fn broken_hf_directories() {
     let dir = tempfile::tempdir().unwrap();
     let d = hf_dir(dir.path());
-    hf_err(
-        &d,
-        &[
-            "model",
-            "neither model.safetensors nor model.safetensors.index.json",
-        ],
-    );
+    hf_err(&d, &["model", "neither model.safetensors nor model.safetensors.index.json"]);
 
-    write_safetensors(
-        &d.join("model-1.safetensors"),
-        &[("a", "F32", vec![1], f32_bytes(&[1.0]))],
-    );
+    write_safetensors(&d.join("model-1.safetensors"), &[("a", "F32", vec![1], f32_bytes(&[1.0]))]);
     let idx = d.join("model.safetensors.index.json");
-    std::fs::write(
-        &idx,
-        r#"{"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}"#,
-    )
-    .unwrap();
-    hf_err(
-        &d,
-        &[
-            "model.safetensors.index.json",
-            "model-2.safetensors",
-            "does not exist",
-        ],
-    );
-    std::fs::write(
-        &idx,
-        r#"{"weight_map": {"a": "model-1.safetensors", "b": "model-1.safetensors"}}"#,
-    )
-    .unwrap();
+    std::fs::write(&idx, r#"{"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}"#).unwrap();
+    hf_err(&d, &["model.safetensors.index.json", "model-2.safetensors", "does not exist"]);
+    std::fs::write(&idx, r#"{"weight_map": {"a": "model-1.safetensors", "b": "model-1.safetensors"}}"#).unwrap();
     hf_err(&d, &["model.safetensors.index.json", "`b`"]);
     std::fs::write(&idx, r#"{"weight_map": {"a": "../../etc/passwd"}}"#).unwrap();
-    hf_err(
-        &d,
-        &["model.safetensors.index.json", "not a plain file name"],
-    );
+    hf_err(&d, &["model.safetensors.index.json", "not a plain file name"]);
     std::fs::write(&idx, r#"{"metadata": {}}"#).unwrap();
     hf_err(&d, &["model.safetensors.index.json", "weight_map"]);
     std::fs::write(&idx, "{").unwrap();
     hf_err(&d, &["model.safetensors.index.json", "not valid JSON"]);
     std::fs::remove_file(&idx).unwrap();
 
-    write_safetensors(
-        &d.join("model.safetensors"),
-        &[("a", "F32", vec![1], f32_bytes(&[1.0]))],
-    );
+    write_safetensors(&d.join("model.safetensors"), &[("a", "F32", vec![1], f32_bytes(&[1.0]))]);
     std::fs::write(d.join("config.json"), "{\"model_type\": ").unwrap();
     hf_err(&d, &["config.json", "not valid JSON"]);
     std::fs::write(d.join("config.json"), "[]").unwrap();
@@ -446,9 +320,7 @@ fn nonexistent_and_unrecognised_paths() {
     let missing = dir.path().join("nowhere.gguf");
     let e = ModelFile::open(&missing).unwrap_err().to_string();
     assert!(e.contains("nowhere.gguf"), "{e}");
-    let e = open_model(missing.to_str().unwrap())
-        .unwrap_err()
-        .to_string();
+    let e = open_model(missing.to_str().unwrap()).unwrap_err().to_string();
     assert!(e.contains("nowhere.gguf") && e.contains("built-in"), "{e}");
     let e = GgufFile::open(&missing).unwrap_err().to_string();
     assert!(e.contains("nowhere.gguf"), "{e}");
@@ -456,15 +328,9 @@ fn nonexistent_and_unrecognised_paths() {
     let txt = dir.path().join("notes.txt");
     std::fs::write(&txt, "hello").unwrap();
     let e = ModelFile::open(&txt).unwrap_err().to_string();
-    assert!(
-        e.contains("notes.txt") && e.contains("neither a GGUF file nor a Hugging Face"),
-        "{e}"
-    );
+    assert!(e.contains("notes.txt") && e.contains("neither a GGUF file nor a Hugging Face"), "{e}");
     let st = dir.path().join("w.safetensors");
     write_safetensors(&st, &[("a", "F32", vec![1], f32_bytes(&[1.0]))]);
     let e = ModelFile::open(&st).unwrap_err().to_string();
-    assert!(
-        e.contains("w.safetensors") && e.contains("config.json"),
-        "{e}"
-    );
+    assert!(e.contains("w.safetensors") && e.contains("config.json"), "{e}");
 }

@@ -24,38 +24,18 @@ fn all_kinds_metadata() -> Vec<(String, GgufValue)> {
         v("t.i64", GgufValue::I64(i64::MIN)),
         v("t.f64", GgufValue::F64(std::f64::consts::PI)),
         v("t.empty", GgufValue::String(String::new())),
-        v(
-            "tokenizer.ggml.tokens",
-            GgufValue::Array(GgufArray::String(
-                (0..5000).map(|i| format!("tok{i}")).collect(),
-            )),
-        ),
-        v(
-            "tokenizer.ggml.scores",
-            GgufValue::Array(GgufArray::F32((0..100).map(|i| i as f32 * 0.5).collect())),
-        ),
-        v(
-            "tokenizer.ggml.token_type",
-            GgufValue::Array(GgufArray::I32(vec![1, 2, 3, -4])),
-        ),
+        v("tokenizer.ggml.tokens", GgufValue::Array(GgufArray::String((0..5000).map(|i| format!("tok{i}")).collect()))),
+        v("tokenizer.ggml.scores", GgufValue::Array(GgufArray::F32((0..100).map(|i| i as f32 * 0.5).collect()))),
+        v("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(vec![1, 2, 3, -4]))),
         v("t.arr_u8", GgufValue::Array(GgufArray::U8(vec![1, 2, 255]))),
         v("t.arr_i8", GgufValue::Array(GgufArray::I8(vec![-1, 2]))),
         v("t.arr_u16", GgufValue::Array(GgufArray::U16(vec![7]))),
         v("t.arr_i16", GgufValue::Array(GgufArray::I16(vec![-7]))),
         v("t.arr_u32", GgufValue::Array(GgufArray::U32(vec![9, 10]))),
-        v(
-            "t.arr_bool",
-            GgufValue::Array(GgufArray::Bool(vec![true, false, true])),
-        ),
+        v("t.arr_bool", GgufValue::Array(GgufArray::Bool(vec![true, false, true]))),
         v("t.arr_u64", GgufValue::Array(GgufArray::U64(vec![1 << 40]))),
-        v(
-            "t.arr_i64",
-            GgufValue::Array(GgufArray::I64(vec![-(1 << 40)])),
-        ),
-        v(
-            "t.arr_f64",
-            GgufValue::Array(GgufArray::F64(vec![0.25, -0.5])),
-        ),
+        v("t.arr_i64", GgufValue::Array(GgufArray::I64(vec![-(1 << 40)]))),
+        v("t.arr_f64", GgufValue::Array(GgufArray::F64(vec![0.25, -0.5]))),
         v("t.arr_empty", GgufValue::Array(GgufArray::F32(vec![]))),
         v(
             "t.nested",
@@ -74,27 +54,17 @@ fn round_trip_keeps_metadata_order_and_tensor_bytes() {
     let path = dir.path().join("m.gguf");
     let meta = all_kinds_metadata();
     let w_f32 = pseudo_random(8 * 64, 1);
-    let w_f16: Vec<u8> = pseudo_random(3 * 32, 2)
-        .iter()
-        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-        .collect();
-    let w_bf16: Vec<u8> = pseudo_random(32, 3)
-        .iter()
-        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-        .collect();
+    let w_f16: Vec<u8> = pseudo_random(3 * 32, 2).iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+    let w_bf16: Vec<u8> = pseudo_random(32, 3).iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
     // Q8_0 blocks: bytes only (decoding is the formats crate's test); 2 rows of 64.
     let q8: Vec<u8> = (0..4 * 34).map(|i| (i * 7 % 251) as u8).collect();
 
     let mut w = GgufWriter::new(&path).unwrap();
     w.add_metadata_all(&meta).unwrap();
-    w.add_tensor("a.weight", &[64, 8], GgmlType::F32, &f32_bytes(&w_f32))
-        .unwrap();
-    w.add_tensor("b.weight", &[32, 3], GgmlType::F16, &w_f16)
-        .unwrap();
-    w.add_tensor("c.bias", &[32], GgmlType::Bf16, &w_bf16)
-        .unwrap();
-    w.add_tensor("d.weight", &[64, 2], GgmlType::Q8_0, &q8)
-        .unwrap();
+    w.add_tensor("a.weight", &[64, 8], GgmlType::F32, &f32_bytes(&w_f32)).unwrap();
+    w.add_tensor("b.weight", &[32, 3], GgmlType::F16, &w_f16).unwrap();
+    w.add_tensor("c.bias", &[32], GgmlType::Bf16, &w_bf16).unwrap();
+    w.add_tensor("d.weight", &[64, 2], GgmlType::Q8_0, &q8).unwrap();
     w.finish().unwrap();
 
     let g = GgufFile::open(&path).unwrap();
@@ -118,16 +88,10 @@ fn round_trip_keeps_metadata_order_and_tensor_bytes() {
     assert_eq!(g.info("d.weight").unwrap().n_bytes, 4 * 34);
     assert_eq!(g.load_f32("a.weight").unwrap(), w_f32);
     let b = g.load_f32("b.weight").unwrap();
-    let b_ref: Vec<f32> = w_f16
-        .chunks(2)
-        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect();
+    let b_ref: Vec<f32> = w_f16.chunks(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
     assert_eq!(b, b_ref);
     let c = g.load_f32("c.bias").unwrap();
-    let c_ref: Vec<f32> = w_bf16
-        .chunks(2)
-        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect();
+    let c_ref: Vec<f32> = w_bf16.chunks(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
     assert_eq!(c, c_ref);
 
     // Re-writing everything read gives the identical file.
@@ -135,19 +99,12 @@ fn round_trip_keeps_metadata_order_and_tensor_bytes() {
     let mut w2 = GgufWriter::new(&path2).unwrap();
     w2.add_metadata_all(g.metadata()).unwrap();
     for t in g.gguf_tensors() {
-        w2.add_tensor(&t.name, &t.ne, t.ty, g.tensor_bytes(&t.name).unwrap())
-            .unwrap();
+        w2.add_tensor(&t.name, &t.ne, t.ty, g.tensor_bytes(&t.name).unwrap()).unwrap();
     }
     w2.finish().unwrap();
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        std::fs::read(&path2).unwrap()
-    );
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&path2).unwrap());
 
-    assert!(matches!(
-        ModelFile::open(&path).unwrap(),
-        ModelFile::Gguf(_)
-    ));
+    assert!(matches!(ModelFile::open(&path).unwrap(), ModelFile::Gguf(_)));
 }
 
 #[test]
@@ -167,44 +124,25 @@ fn typed_getters_convert_and_name_the_key() {
     assert!(g.get_bool("t.bool").unwrap());
     assert_eq!(g.get_str("t.string").unwrap(), "héllo ✓");
     assert_eq!(g.architecture().unwrap(), "llama");
-    assert_eq!(
-        g.get_str_array("tokenizer.ggml.tokens").unwrap().len(),
-        5000
-    );
-    assert_eq!(
-        g.get_str_array("tokenizer.ggml.tokens").unwrap()[4999],
-        "tok4999"
-    );
+    assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 5000);
+    assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap()[4999], "tok4999");
     assert_eq!(g.get_f32_array("tokenizer.ggml.scores").unwrap()[3], 1.5);
     assert_eq!(g.get_f32_array("t.arr_f64").unwrap(), vec![0.25, -0.5]);
-    assert_eq!(
-        g.get_i32_array("tokenizer.ggml.token_type").unwrap(),
-        vec![1, 2, 3, -4]
-    );
+    assert_eq!(g.get_i32_array("tokenizer.ggml.token_type").unwrap(), vec![1, 2, 3, -4]);
     assert_eq!(g.get_i32_array("t.arr_u8").unwrap(), vec![1, 2, 255]);
     assert_eq!(g.opt_u32("absent").unwrap(), None);
     assert_eq!(g.opt_f32("t.f32").unwrap(), Some(1e-5));
     assert_eq!(g.opt_str("absent").unwrap(), None);
 
     let e = g.get_u32("t.i32").unwrap_err().to_string();
-    assert!(
-        e.contains("m.gguf") && e.contains("t.i32") && e.contains("u32"),
-        "{e}"
-    );
+    assert!(e.contains("m.gguf") && e.contains("t.i32") && e.contains("u32"), "{e}");
     let e = g.get_u32("t.missing").unwrap_err().to_string();
-    assert!(
-        e.contains("m.gguf") && e.contains("t.missing") && e.contains("missing"),
-        "{e}"
-    );
+    assert!(e.contains("m.gguf") && e.contains("t.missing") && e.contains("missing"), "{e}");
     let e = g.get_str("t.u8").unwrap_err().to_string();
     assert!(e.contains("t.u8") && e.contains("string"), "{e}");
     let e = g.opt_bool("t.string").unwrap_err().to_string();
     assert!(e.contains("t.string") && e.contains("bool"), "{e}");
-    let e = g
-        .get_i32_array("t.arr_u32")
-        .map(|_| ())
-        .and(g.get_i32_array("t.arr_u64").map(|_| ()))
-        .unwrap_err();
+    let e = g.get_i32_array("t.arr_u32").map(|_| ()).and(g.get_i32_array("t.arr_u64").map(|_| ())).unwrap_err();
     assert!(e.to_string().contains("t.arr_u64"), "{e}");
     assert!(g.get_str_array("tokenizer.ggml.scores").is_err());
 }
@@ -214,12 +152,9 @@ fn custom_alignment_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.gguf");
     let mut w = GgufWriter::new(&path).unwrap();
-    w.add_metadata("general.alignment", GgufValue::U32(256))
-        .unwrap();
-    w.add_tensor("x", &[3], GgmlType::F32, &f32_bytes(&[1.0, 2.0, 3.0]))
-        .unwrap();
-    w.add_tensor("y", &[5], GgmlType::F32, &f32_bytes(&[4.0; 5]))
-        .unwrap();
+    w.add_metadata("general.alignment", GgufValue::U32(256)).unwrap();
+    w.add_tensor("x", &[3], GgmlType::F32, &f32_bytes(&[1.0, 2.0, 3.0])).unwrap();
+    w.add_tensor("y", &[5], GgmlType::F32, &f32_bytes(&[4.0; 5])).unwrap();
     w.finish().unwrap();
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.alignment(), 256);
@@ -234,31 +169,19 @@ fn unfinished_writer_leaves_no_file() {
     let path = dir.path().join("never.gguf");
     {
         let mut w = GgufWriter::new(&path).unwrap();
-        w.add_metadata("general.architecture", GgufValue::String("llama".into()))
-            .unwrap();
-        w.add_tensor("x", &[4], GgmlType::F32, &f32_bytes(&[0.0; 4]))
-            .unwrap();
+        w.add_metadata("general.architecture", GgufValue::String("llama".into())).unwrap();
+        w.add_tensor("x", &[4], GgmlType::F32, &f32_bytes(&[0.0; 4])).unwrap();
     }
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "dropped writer left a file"
-    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "dropped writer left a file");
 }
 
 #[test]
 fn writer_rejects_inconsistent_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = GgufWriter::new(&dir.path().join("w.gguf")).unwrap();
-    let e = w
-        .add_tensor("x", &[4], GgmlType::F32, &[0u8; 15])
-        .unwrap_err()
-        .to_string();
+    let e = w.add_tensor("x", &[4], GgmlType::F32, &[0u8; 15]).unwrap_err().to_string();
     assert!(e.contains("`x`") && e.contains("15"), "{e}");
-    let e = w
-        .add_tensor("q", &[48, 2], GgmlType::Q8_0, &[0u8; 34 * 3])
-        .unwrap_err()
-        .to_string();
+    let e = w.add_tensor("q", &[48, 2], GgmlType::Q8_0, &[0u8; 34 * 3]).unwrap_err().to_string();
     assert!(e.contains("block size"), "{e}");
     w.add_tensor("x", &[4], GgmlType::F32, &[0u8; 16]).unwrap();
     assert!(w.add_tensor("x", &[4], GgmlType::F32, &[0u8; 16]).is_err());

@@ -32,43 +32,28 @@ fn smollm2_types_match_llama_cpp_for_every_preset() {
     assert!(presets.len() >= 14, "golden file lists {} presets", presets.len());
 
     let file = open_model("smollm2").expect("fetch smollm2");
-    let quantsmith::io::ModelFile::Gguf(g) = &file else {
-        panic!("smollm2 is a GGUF file")
-    };
+    let quantsmith::io::ModelFile::Gguf(g) = &file else { panic!("smollm2 is a GGUF file") };
     // llama.cpp quantized the dithered base, which stores every tensor as f32 with the same
     // names and shapes as the shipped Q4_1 file; tensors it does not quantize keep f32.
     let tensors: Vec<TensorInfo> = file
         .source()
         .tensors()
         .into_iter()
-        .map(|t| TensorInfo {
-            n_bytes: t.numel() * 4,
-            dtype: DType::Ggml(GgmlType::F32),
-            ..t
-        })
+        .map(|t| TensorInfo { n_bytes: t.numel() * 4, dtype: DType::Ggml(GgmlType::F32), ..t })
         .collect();
     assert_eq!(tensors.len(), 272);
     let info = PresetModelInfo::from_gguf(g).expect("model facts");
-    assert_eq!(
-        (info.n_layer, info.n_head, info.n_head_kv, info.n_expert, info.n_gqa()),
-        (30, 9, 3, 0, 3)
-    );
+    assert_eq!((info.n_layer, info.n_head, info.n_head_kv, info.n_expert, info.n_gqa()), (30, 9, 3, 0, 3));
     assert!(!info.is_70b);
 
     let mut checked = 0;
     for (name, entry) in presets {
         let preset = Preset::parse(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(preset.name(), name);
-        assert_eq!(
-            Some(preset.file_type() as u64),
-            entry["file_type"].as_u64(),
-            "{name}: file type"
-        );
+        assert_eq!(Some(preset.file_type() as u64), entry["file_type"].as_u64(), "{name}: file type");
         assert_ne!(file_type_name(preset.file_type()), "unknown, may not work");
         for (mode, imatrix) in [("plain", false), ("imatrix", true)] {
-            let want = entry[mode]
-                .as_object()
-                .unwrap_or_else(|| panic!("{name}.{mode}: types object"));
+            let want = entry[mode].as_object().unwrap_or_else(|| panic!("{name}.{mode}: types object"));
             let got = as_map(
                 &choose_types(preset, &tensors, &info, imatrix).unwrap_or_else(|e| panic!("{name} {mode}: {e}")),
             );
@@ -82,12 +67,7 @@ fn smollm2_types_match_llama_cpp_for_every_preset() {
                     None => diffs.push(format!("{tensor}: missing from our choice")),
                 }
             }
-            assert!(
-                diffs.is_empty(),
-                "{name} {mode}: {} mismatches:\n{}",
-                diffs.len(),
-                diffs.join("\n")
-            );
+            assert!(diffs.is_empty(), "{name} {mode}: {} mismatches:\n{}", diffs.len(), diffs.join("\n"));
         }
     }
     assert_eq!(checked, presets.len() * 2 * 272);
@@ -107,10 +87,7 @@ impl Synth {
             shape,
             dtype: DType::F32,
         };
-        let mut v = vec![
-            t("token_embd.weight".into(), vec![1000, 512]),
-            t("output_norm.weight".into(), vec![512]),
-        ];
+        let mut v = vec![t("token_embd.weight".into(), vec![1000, 512]), t("output_norm.weight".into(), vec![512])];
         if !self.tied {
             v.push(t("output.weight".into(), vec![1000, 512]));
         }
@@ -152,10 +129,7 @@ fn check(preset: Preset, synth: &Synth, info: &PresetModelInfo, imatrix: bool, e
     assert_eq!(names, input);
     for c in &choices {
         let n = c.name.as_str();
-        let layer = n
-            .strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|s| s.parse::<usize>().ok());
+        let layer = n.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|s| s.parse::<usize>().ok());
         let want = if n.ends_with("_norm.weight") {
             GgmlType::F32
         } else if n == "output.weight" {
@@ -202,10 +176,7 @@ fn gqa4() -> PresetModelInfo {
 #[test]
 fn k_quants_where_rows_fit() {
     use GgmlType as T;
-    let synth = Synth {
-        n_layer: 16,
-        tied: false,
-    };
+    let synth = Synth { n_layer: 16, tied: false };
     let info = gqa4();
     assert_eq!(info.n_gqa(), 4);
     for imatrix in [false, true] {
@@ -322,13 +293,8 @@ fn k_quants_where_rows_fit() {
 #[test]
 fn q2_k_s_needs_an_imatrix() {
     use GgmlType as T;
-    let synth = Synth {
-        n_layer: 16,
-        tied: false,
-    };
-    let err = choose_types(Preset::Q2_K_S, &synth.tensors(), &gqa4(), false)
-        .unwrap_err()
-        .to_string();
+    let synth = Synth { n_layer: 16, tied: false };
+    let err = choose_types(Preset::Q2_K_S, &synth.tensors(), &gqa4(), false).unwrap_err().to_string();
     assert!(err.contains("imatrix"), "{err}");
     check(
         Preset::Q2_K_S,
@@ -346,21 +312,9 @@ fn q2_k_s_needs_an_imatrix() {
 #[test]
 fn tied_embedding_takes_the_head_rule() {
     use GgmlType as T;
-    let synth = Synth {
-        n_layer: 16,
-        tied: true,
-    };
+    let synth = Synth { n_layer: 16, tied: true };
     let info = gqa4();
-    check(
-        Preset::Q4_0,
-        &synth,
-        &info,
-        false,
-        &Expect {
-            token_embd: T::Q6K,
-            ..simple(T::Q4_0, T::Q6K)
-        },
-    );
+    check(Preset::Q4_0, &synth, &info, false, &Expect { token_embd: T::Q6K, ..simple(T::Q4_0, T::Q6K) });
     check(Preset::Q8_0, &synth, &info, false, &simple(T::Q8_0, T::Q8_0));
     // Without GQA >= 4, Q2_K's attn_v is Q3_K.
     let mha = PresetModelInfo::dense("llama", 16, 8, 8);
@@ -382,10 +336,7 @@ fn tied_embedding_takes_the_head_rule() {
 #[test]
 fn falcon_70b_and_moe_rules() {
     use GgmlType as T;
-    let synth = Synth {
-        n_layer: 16,
-        tied: false,
-    };
+    let synth = Synth { n_layer: 16, tied: false };
     // Falcon: the head is always Q8_0; Q4_K_M's ffn_down is Q6_K / Q5_K / Q4_K by position.
     let falcon = PresetModelInfo::dense("falcon", 16, 8, 2);
     check(
@@ -446,9 +397,7 @@ fn falcon_70b_and_moe_rules() {
         dtype: DType::F32,
         n_bytes: 512 * 1536 * 4,
     });
-    let err = choose_types(Preset::Q4_K_M, &tensors, &moe, false)
-        .unwrap_err()
-        .to_string();
+    let err = choose_types(Preset::Q4_K_M, &tensors, &moe, false).unwrap_err().to_string();
     assert!(err.contains("extra.ffn_down.weight"), "{err}");
 }
 
@@ -473,42 +422,18 @@ fn odd_rows_fall_back_and_small_tensors_stay() {
     let got = choose_types(Preset::Q4_K_M, &tensors, &info, false).unwrap();
     let by: BTreeMap<&str, &TensorChoice> = got.iter().map(|c| (c.name.as_str(), c)).collect();
     // Tied head, 576 % 256 != 0: Q8_0 directly (the head rule, not the fallback).
-    assert_eq!(
-        (by["token_embd.weight"].ggml_type, by["token_embd.weight"].fallback_from),
-        (T::Q8_0, None)
-    );
-    assert_eq!(
-        (
-            by["blk.0.attn_q.weight"].ggml_type,
-            by["blk.0.attn_q.weight"].fallback_from
-        ),
-        (T::Q5_0, Some(T::Q4K))
-    );
+    assert_eq!((by["token_embd.weight"].ggml_type, by["token_embd.weight"].fallback_from), (T::Q8_0, None));
+    assert_eq!((by["blk.0.attn_q.weight"].ggml_type, by["blk.0.attn_q.weight"].fallback_from), (T::Q5_0, Some(T::Q4K)));
     // 100-wide rows fit no block: F16.
-    assert_eq!(
-        (
-            by["blk.0.attn_k.weight"].ggml_type,
-            by["blk.0.attn_k.weight"].fallback_from
-        ),
-        (T::F16, Some(T::Q4K))
-    );
+    assert_eq!((by["blk.0.attn_k.weight"].ggml_type, by["blk.0.attn_k.weight"].fallback_from), (T::F16, Some(T::Q4K)));
     // [1, 576] is 1-D to ggml; the MoE router and biases are never quantized.
     for n in ["blk.0.ffn_up.weight", "blk.0.ffn_gate_inp.weight", "blk.0.attn_q.bias"] {
         assert_eq!((by[n].ggml_type, by[n].quantizable), (T::F32, false), "{n}");
     }
     // Untouched tensors keep their input type, whatever it is.
-    let f16 = vec![TensorInfo {
-        dtype: DType::F16,
-        ..t("output_norm.weight", vec![576])
-    }];
-    assert_eq!(
-        choose_types(Preset::Q4_0, &f16, &info, false).unwrap()[0].ggml_type,
-        T::F16
-    );
+    let f16 = vec![TensorInfo { dtype: DType::F16, ..t("output_norm.weight", vec![576]) }];
+    assert_eq!(choose_types(Preset::Q4_0, &f16, &info, false).unwrap()[0].ggml_type, T::F16);
     // Duplicate names are refused.
-    let dup = vec![
-        t("blk.0.attn_q.weight", vec![576, 576]),
-        t("blk.0.attn_q.weight", vec![576, 576]),
-    ];
+    let dup = vec![t("blk.0.attn_q.weight", vec![576, 576]), t("blk.0.attn_q.weight", vec![576, 576])];
     assert!(choose_types(Preset::Q4_0, &dup, &info, false).is_err());
 }

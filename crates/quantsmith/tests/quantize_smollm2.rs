@@ -15,7 +15,14 @@ use quantsmith::quantize::{quantize, QuantizeOptions};
 use quantsmith::solve::{solver, Method};
 use sha2::{Digest, Sha256};
 
-fn options(out: PathBuf, preset: Preset, method: Method, imatrix: ImatrixSource, samples: usize, len: usize) -> QuantizeOptions {
+fn options(
+    out: PathBuf,
+    preset: Preset,
+    method: Method,
+    imatrix: ImatrixSource,
+    samples: usize,
+    len: usize,
+) -> QuantizeOptions {
     QuantizeOptions {
         preset,
         method,
@@ -111,7 +118,14 @@ fn imatrix_presets_choose_llama_cpp_types() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["Q2_K", "Q3_K_M"] {
         let out = dir.path().join(format!("{name}.gguf"));
-        let opts = options(out.clone(), Preset::parse(name).unwrap(), solver("rtn").unwrap(), ImatrixSource::Calibrate, 4, 128);
+        let opts = options(
+            out.clone(),
+            Preset::parse(name).unwrap(),
+            solver("rtn").unwrap(),
+            ImatrixSource::Calibrate,
+            4,
+            128,
+        );
         quantize(base.to_str().unwrap(), &opts, &|_, _, _| {}).unwrap();
         let g = GgufFile::open(&out).unwrap();
         for t in g.gguf_tensors() {

@@ -43,7 +43,10 @@ pub fn run(args: Args) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&b).map_err(|e| Error::Other(e.to_string()))?);
             } else {
-                println!("eval {model}: {:.3} s per {ctx}-token chunk, {:.0} tokens/s", b.seconds_per_chunk, b.tokens_per_second);
+                println!(
+                    "eval {model}: {:.3} s per {ctx}-token chunk, {:.0} tokens/s",
+                    b.seconds_per_chunk, b.tokens_per_second
+                );
                 println!(
                     "forward {:.1} GFLOP per chunk at {:.1} GFLOP/s = {:.0} % of faer's f32 GEMM ({:.1} GFLOP/s on 1024³, {:.1} on the {ctx}×{}×{} layer shape)",
                     b.gflop_per_chunk,

@@ -29,10 +29,7 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
     let text = std::fs::read_to_string(&args.text).map_err(|e| Error::io(&args.text, e))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
-        return Err(Error::Text {
-            path: args.text.clone(),
-            msg: "no non-empty lines to embed".into(),
-        });
+        return Err(Error::Text { path: args.text.clone(), msg: "no non-empty lines to embed".into() });
     }
     let model = quantsmith::io::open_model(&args.model)?;
     let bert = Bert::from_model(&model)?;
@@ -57,11 +54,7 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
             .map_err(|e| Error::Other(format!("writing to stdout: {e}")))?;
         writeln!(out).map_err(write_err)?;
     } else {
-        let normalised = if bert.normalize {
-            ", L2-normalised"
-        } else {
-            ""
-        };
+        let normalised = if bert.normalize { ", L2-normalised" } else { "" };
         writeln!(
             out,
             "{} embeddings of dimension {}{normalised} ({})",
@@ -71,11 +64,7 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
         )
         .map_err(write_err)?;
         for (n, (line, e)) in lines.iter().zip(&embeddings).enumerate().take(SHOWN_LINES) {
-            let head: Vec<String> = e
-                .iter()
-                .take(SHOWN_VALUES)
-                .map(|v| format!("{v:.6}"))
-                .collect();
+            let head: Vec<String> = e.iter().take(SHOWN_VALUES).map(|v| format!("{v:.6}")).collect();
             let mut shown: String = line.trim().chars().take(48).collect();
             if shown.len() < line.trim().len() {
                 shown.push('…');
@@ -83,12 +72,8 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
             writeln!(out, "{:>5}  [{}, …]  {shown}", n + 1, head.join(", ")).map_err(write_err)?;
         }
         if embeddings.len() > SHOWN_LINES {
-            writeln!(
-                out,
-                "  … {} more (use --json for all values)",
-                embeddings.len() - SHOWN_LINES
-            )
-            .map_err(write_err)?;
+            writeln!(out, "  … {} more (use --json for all values)", embeddings.len() - SHOWN_LINES)
+                .map_err(write_err)?;
         }
     }
     out.flush().map_err(write_err)

@@ -12,9 +12,8 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> quantsmith::Result<()> {
-    let m = fetch::builtin(&args.model).ok_or_else(|| {
-        quantsmith::Error::Other(format!("unknown built-in model `{}`", args.model))
-    })?;
+    let m = fetch::builtin(&args.model)
+        .ok_or_else(|| quantsmith::Error::Other(format!("unknown built-in model `{}`", args.model)))?;
     let path = fetch::fetch(m)?;
     println!("{}", path.display());
     Ok(())

@@ -60,11 +60,8 @@ fn list() -> quantsmith::Result<()> {
         let bpw = f.bits_per_weight(4096)?;
         writeln!(out, "{:<22} {:>7.4}  {}", s, bpw, f.describe()).map_err(write_err)?;
     }
-    writeln!(
-        out,
-        "\nbits/w: exact storage of a row of 4096 weights, scales and other metadata included"
-    )
-    .map_err(write_err)?;
+    writeln!(out, "\nbits/w: exact storage of a row of 4096 weights, scales and other metadata included")
+        .map_err(write_err)?;
     writeln!(out, "\nGrammar:\n{}", spec::GRAMMAR).map_err(write_err)?;
     out.flush().map_err(write_err)
 }
@@ -92,9 +89,7 @@ fn show(v: f32) -> String {
 fn roundtrip(spec: &str) -> quantsmith::Result<()> {
     let f = Format::parse(spec)?.raw_if_bare();
     let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .map_err(|e| quantsmith::Error::Other(format!("reading stdin: {e}")))?;
+    std::io::stdin().read_to_string(&mut text).map_err(|e| quantsmith::Error::Other(format!("reading stdin: {e}")))?;
     let values = text
         .split_whitespace()
         .enumerate()
@@ -117,19 +112,13 @@ enum Outcome {
 }
 
 fn fit(model: &Path, specs: &[String], json: bool) -> quantsmith::Result<()> {
-    let formats = specs
-        .iter()
-        .map(|s| Format::parse(s.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let formats = specs.iter().map(|s| Format::parse(s.trim())).collect::<Result<Vec<_>, _>>()?;
     let file = ModelFile::open(model)?;
     let src = file.source();
     // Weight matrices: 2-D tensors (norm and bias vectors are 1-D).
     let tensors: Vec<_> = src.tensors().into_iter().filter(|t| t.shape.len() == 2).collect();
     if tensors.is_empty() {
-        return Err(quantsmith::Error::Other(format!(
-            "{}: no 2-D weight tensors",
-            model.display()
-        )));
+        return Err(quantsmith::Error::Other(format!("{}: no 2-D weight tensors", model.display())));
     }
     let mut rows_out = Vec::new();
     for t in &tensors {
@@ -213,10 +202,7 @@ fn fit(model: &Path, specs: &[String], json: bool) -> quantsmith::Result<()> {
         let b = best(results).map_or("-".to_string(), |i| specs[i].trim().to_string());
         writeln!(out, "  {b}").map_err(write_err)?;
     }
-    writeln!(
-        out,
-        "\nSQNR = 10 log10(sum w^2 / sum (w - q(w))^2); n/a: the format does not fit the row length."
-    )
-    .map_err(write_err)?;
+    writeln!(out, "\nSQNR = 10 log10(sum w^2 / sum (w - q(w))^2); n/a: the format does not fit the row length.")
+        .map_err(write_err)?;
     out.flush().map_err(write_err)
 }

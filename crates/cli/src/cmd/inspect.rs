@@ -17,11 +17,7 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
     let file = open_model(&args.model)?;
     let inv = file.inventory()?;
     let metadata: Vec<(String, String)> = match &file {
-        ModelFile::Gguf(g) => g
-            .metadata()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.display_short()))
-            .collect(),
+        ModelFile::Gguf(g) => g.metadata().iter().map(|(k, v)| (k.clone(), v.display_short())).collect(),
         ModelFile::Hf(h) => h
             .config()
             .as_object()
@@ -39,10 +35,8 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
             .iter()
             .map(|(name, dtype, shape, bytes)| serde_json::json!({"name": name, "shape": shape, "dtype": dtype, "bytes": bytes}))
             .collect();
-        let meta: serde_json::Map<String, serde_json::Value> = metadata
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
-            .collect();
+        let meta: serde_json::Map<String, serde_json::Value> =
+            metadata.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
         let out = serde_json::json!({
             "path": file.path().display().to_string(),
             "format": inv.format,
@@ -61,16 +55,8 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
     println!("model:           {}", file.path().display());
     println!("format:          {}", inv.format);
     println!("architecture:    {}", inv.architecture);
-    println!(
-        "parameters:      {} ({:.1} M)",
-        inv.parameters,
-        inv.parameters as f64 / 1e6
-    );
-    println!(
-        "weight bytes:    {} ({:.1} MiB)",
-        inv.bytes,
-        inv.bytes as f64 / (1024.0 * 1024.0)
-    );
+    println!("parameters:      {} ({:.1} M)", inv.parameters, inv.parameters as f64 / 1e6);
+    println!("weight bytes:    {} ({:.1} MiB)", inv.bytes, inv.bytes as f64 / (1024.0 * 1024.0));
     println!("bits per weight: {:.3}", inv.bits_per_weight());
     println!("metadata:");
     for (k, v) in &metadata {
@@ -91,38 +77,17 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
     for (name, n, params, bytes) in &by_type {
         println!("  {name:<8} {n:>5} tensors {params:>12} weights {bytes:>12} bytes");
     }
-    let w = inv
-        .tensors
-        .iter()
-        .map(|t| t.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let w = inv.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
     println!("tensors ({}):", inv.tensors.len());
-    println!(
-        "  {:<w$}  {:<20}  {:<7}  {:>12}",
-        "name", "shape", "type", "bytes"
-    );
+    println!("  {:<w$}  {:<20}  {:<7}  {:>12}", "name", "shape", "type", "bytes");
     for t in &inv.tensors {
         let shape = format!("{:?}", t.shape);
-        println!(
-            "  {:<w$}  {:<20}  {:<7}  {:>12}",
-            t.name,
-            shape,
-            t.dtype.name(),
-            t.n_bytes
-        );
+        println!("  {:<w$}  {:<20}  {:<7}  {:>12}", t.name, shape, t.dtype.name(), t.n_bytes);
     }
     if !inv.other.is_empty() {
         println!("not weights (not counted above):");
         for (name, dtype, shape, bytes) in &inv.other {
-            println!(
-                "  {:<w$}  {:<20}  {:<7}  {:>12}",
-                name,
-                format!("{shape:?}"),
-                dtype.to_lowercase(),
-                bytes
-            );
+            println!("  {:<w$}  {:<20}  {:<7}  {:>12}", name, format!("{shape:?}"), dtype.to_lowercase(), bytes);
         }
     }
     Ok(())

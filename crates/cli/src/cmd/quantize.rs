@@ -142,7 +142,12 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     println!();
-    println!("wrote {} ({} bytes, {:.3} bits/weight)", report.output.display(), report.file_bytes, report.bits_per_weight);
+    println!(
+        "wrote {} ({} bytes, {:.3} bits/weight)",
+        report.output.display(),
+        report.file_bytes,
+        report.bits_per_weight
+    );
     println!("report {}{}", md.display(), svg.map(|s| format!(", chart {}", s.display())).unwrap_or_default());
     let p = &report.phases;
     println!(

@@ -34,9 +34,7 @@ impl ElementGrid {
     #[inline]
     pub fn value(&self, code: u8) -> f32 {
         match *self {
-            ElementGrid::Linear {
-                scale, offset, add, ..
-            } => {
+            ElementGrid::Linear { scale, offset, add, .. } => {
                 let v = scale * (code as i32 - offset) as f32;
                 match add {
                     Some(a) => v + a,
@@ -51,12 +49,7 @@ impl ElementGrid {
     #[inline]
     pub fn nearest_code(&self, x: f32) -> u8 {
         match *self {
-            ElementGrid::Linear {
-                scale,
-                offset,
-                max_code,
-                add,
-            } => {
+            ElementGrid::Linear { scale, offset, max_code, add } => {
                 if scale == 0.0 {
                     return offset.clamp(0, max_code as i32) as u8;
                 }
@@ -89,9 +82,9 @@ fn check(ty: GgmlType, block: &[u8], index: usize) -> Result<()> {
         )));
     }
     match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_1 | GgmlType::Q8K => Err(
-            FormatError::Invalid(format!("{} has no fixed-scale element codes", ty.name())),
-        ),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_1 | GgmlType::Q8K => {
+            Err(FormatError::Invalid(format!("{} has no fixed-scale element codes", ty.name())))
+        }
         _ => Ok(()),
     }
 }
@@ -114,12 +107,8 @@ fn set_nibble(byte: &mut u8, hi: usize, v: u8) {
 /// The grid of element `index` of `block` (one block of `ty`), from its fixed scales.
 pub fn element_grid(ty: GgmlType, block: &[u8], index: usize) -> Result<ElementGrid> {
     check(ty, block, index)?;
-    let lin = |scale: f32, offset: i32, max_code: u8, add: Option<f32>| ElementGrid::Linear {
-        scale,
-        offset,
-        max_code,
-        add,
-    };
+    let lin =
+        |scale: f32, offset: i32, max_code: u8, add: Option<f32>| ElementGrid::Linear { scale, offset, max_code, add };
     Ok(match ty {
         GgmlType::Q4_0 => lin(f16_le(block_ref::<BlockQ4_0>(block).d), 8, 15, None),
         GgmlType::Q4_1 => {
@@ -157,12 +146,7 @@ pub fn element_grid(ty: GgmlType, block: &[u8], index: usize) -> Result<ElementG
             };
             let (sc, m) = scale_min_k4(index / 32, &scales);
             let max = if ty == GgmlType::Q4K { 15 } else { 31 };
-            lin(
-                f16_le(d) * sc as f32,
-                0,
-                max,
-                Some(-(f16_le(dmin) * m as f32)),
-            )
+            lin(f16_le(d) * sc as f32, 0, max, Some(-(f16_le(dmin) * m as f32)))
         }
         GgmlType::Q6K => {
             let b = block_ref::<BlockQ6K>(block);
@@ -170,18 +154,14 @@ pub fn element_grid(ty: GgmlType, block: &[u8], index: usize) -> Result<ElementG
             let sc = b.scales[8 * n + (r % 32) / 16 + 2 * (r / 32)] as i8;
             lin(f16_le(b.d) * sc as f32, 32, 63, None)
         }
-        GgmlType::Iq4Nl => ElementGrid::Iq4 {
-            scale: f16_le(block_ref::<BlockIq4Nl>(block).d),
-        },
+        GgmlType::Iq4Nl => ElementGrid::Iq4 { scale: f16_le(block_ref::<BlockIq4Nl>(block).d) },
         GgmlType::Iq4Xs => {
             let b = block_ref::<BlockIq4Xs>(block);
             let ib = index / 32;
             let scales_h = u16::from_le_bytes(b.scales_h);
-            let ls = ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) as i32
-                | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
-            ElementGrid::Iq4 {
-                scale: f16_le(b.d) * (ls - 32) as f32,
-            }
+            let ls =
+                ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) as i32 | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
+            ElementGrid::Iq4 { scale: f16_le(b.d) * (ls - 32) as f32 }
         }
         GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_1 | GgmlType::Q8K => {
             unreachable!("rejected by check")
@@ -194,9 +174,7 @@ pub fn element_code(ty: GgmlType, block: &[u8], index: usize) -> Result<u8> {
     check(ty, block, index)?;
     let i = index;
     Ok(match ty {
-        GgmlType::Q4_0 | GgmlType::Iq4Nl => {
-            (block_ref::<BlockQ4_0>(block).qs[i % 16] >> (4 * (i / 16))) & 0x0F
-        }
+        GgmlType::Q4_0 | GgmlType::Iq4Nl => (block_ref::<BlockQ4_0>(block).qs[i % 16] >> (4 * (i / 16))) & 0x0F,
         GgmlType::Q4_1 => (block_ref::<BlockQ4_1>(block).qs[i % 16] >> (4 * (i / 16))) & 0x0F,
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
             let (qs, qh) = if ty == GgmlType::Q5_0 {
@@ -258,16 +236,11 @@ pub fn set_element_code(ty: GgmlType, block: &mut [u8], index: usize, code: u8) 
         ElementGrid::Iq4 { .. } => 15,
     };
     if code > max {
-        return Err(FormatError::Invalid(format!(
-            "code {code} is outside {}'s 0..={max}",
-            ty.name()
-        )));
+        return Err(FormatError::Invalid(format!("code {code} is outside {}'s 0..={max}", ty.name())));
     }
     let i = index;
     match ty {
-        GgmlType::Q4_0 | GgmlType::Iq4Nl => {
-            set_nibble(&mut block_mut::<BlockQ4_0>(block).qs[i % 16], i / 16, code)
-        }
+        GgmlType::Q4_0 | GgmlType::Iq4Nl => set_nibble(&mut block_mut::<BlockQ4_0>(block).qs[i % 16], i / 16, code),
         GgmlType::Q4_1 => set_nibble(&mut block_mut::<BlockQ4_1>(block).qs[i % 16], i / 16, code),
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
             let (qs, qh) = if ty == GgmlType::Q5_0 {
@@ -306,21 +279,13 @@ pub fn set_element_code(ty: GgmlType, block: &mut [u8], index: usize, code: u8) 
             let (j, hi, l) = (i / 64, (i % 64) / 32, i % 32);
             set_nibble(&mut b.qs[32 * j + l], hi, code);
             let bit = 1u8 << (2 * j + hi);
-            b.qh[l] = if code & 0x10 != 0 {
-                b.qh[l] | bit
-            } else {
-                b.qh[l] & !bit
-            };
+            b.qh[l] = if code & 0x10 != 0 { b.qh[l] | bit } else { b.qh[l] & !bit };
         }
         GgmlType::Q6K => {
             let b = block_mut::<BlockQ6K>(block);
             let (n, r) = (i / 128, i % 128);
             let (quarter, l) = (r / 32, r % 32);
-            set_nibble(
-                &mut b.ql[64 * n + l + 32 * (quarter % 2)],
-                quarter / 2,
-                code,
-            );
+            set_nibble(&mut b.ql[64 * n + l + 32 * (quarter % 2)], quarter / 2, code);
             let shift = 2 * quarter;
             let qh = &mut b.qh[32 * n + l];
             *qh = (*qh & !(3 << shift)) | (((code >> 4) & 3) << shift);

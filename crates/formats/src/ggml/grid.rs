@@ -81,9 +81,7 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|i| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 if i % 97 == 0 {
                     u * 8.0
@@ -102,15 +100,7 @@ mod tests {
         for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Iq4Nl, Q2K, Q3K, Q4K, Q5K, Q6K] {
             let (rows, cols) = (3, 512);
             let w = data(rows * cols, ty.id() as u64 + 1);
-            for imp in [
-                None,
-                Some(
-                    data(cols, 99)
-                        .iter()
-                        .map(|v| v.abs() + 0.1)
-                        .collect::<Vec<f32>>(),
-                ),
-            ] {
+            for imp in [None, Some(data(cols, 99).iter().map(|v| v.abs() + 0.1).collect::<Vec<f32>>())] {
                 let g = BlockGrid::new(ty, &w, rows, cols, imp.as_deref()).unwrap();
                 let mut rtn = vec![0f32; rows * cols];
                 dequantize(ty, &g.bytes, &mut rtn).unwrap();
@@ -119,11 +109,7 @@ mod tests {
                     for c in 0..cols {
                         let v = rtn[r * cols + c];
                         let on = g.round(r, c, v);
-                        assert!(
-                            (on - v).abs() <= 1e-6 * v.abs().max(1e-3),
-                            "{}: ({r},{c}) {v} → {on}",
-                            ty.name()
-                        );
+                        assert!((on - v).abs() <= 1e-6 * v.abs().max(1e-3), "{}: ({r},{c}) {v} → {on}", ty.name());
                     }
                 }
                 // ... and re-encoding them gives back the same values.
@@ -131,17 +117,11 @@ mod tests {
                 let mut back = vec![0f32; rows * cols];
                 dequantize(ty, &bytes, &mut back).unwrap();
                 for (i, (a, b)) in rtn.iter().zip(&back).enumerate() {
-                    assert!(
-                        (a - b).abs() <= 1e-6 * a.abs().max(1e-3),
-                        "{}: element {i}: {a} vs {b}",
-                        ty.name()
-                    );
+                    assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-3), "{}: element {i}: {a} vs {b}", ty.name());
                 }
                 // Rounding arbitrary values gives decodable grid values.
                 let other = data(rows * cols, 1234);
-                let q: Vec<f32> = (0..rows * cols)
-                    .map(|i| g.round(i / cols, i % cols, other[i]))
-                    .collect();
+                let q: Vec<f32> = (0..rows * cols).map(|i| g.round(i / cols, i % cols, other[i])).collect();
                 let bytes = g.encode(&q).unwrap();
                 dequantize(ty, &bytes, &mut back).unwrap();
                 for (i, (a, b)) in q.iter().zip(&back).enumerate() {

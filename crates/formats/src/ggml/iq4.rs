@@ -170,35 +170,16 @@ fn iq4_xs_block(x: &[f32], qw: Option<&[f32]>, y: &mut BlockIq4Xs) {
 }
 
 /// Encodes one row of IQ4_NL or IQ4_XS blocks as ggml's `quantize_iq4_*` does.
-pub(crate) fn quantize_row(
-    ty: super::GgmlType,
-    x: &[f32],
-    importance: Option<&[f32]>,
-    out: &mut [u8],
-) {
+pub(crate) fn quantize_row(ty: super::GgmlType, x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) {
     match ty {
         super::GgmlType::Iq4Nl => {
             let mut l = [0u8; 32];
-            for (ib, (xb, y)) in x
-                .chunks_exact(32)
-                .zip(as_blocks_mut::<BlockIq4Nl>(out))
-                .enumerate()
-            {
-                iq4_nl_block(
-                    xb,
-                    importance.map(|q| &q[32 * ib..32 * ib + 32]),
-                    7,
-                    &mut l,
-                    y,
-                );
+            for (ib, (xb, y)) in x.chunks_exact(32).zip(as_blocks_mut::<BlockIq4Nl>(out)).enumerate() {
+                iq4_nl_block(xb, importance.map(|q| &q[32 * ib..32 * ib + 32]), 7, &mut l, y);
             }
         }
         super::GgmlType::Iq4Xs => {
-            for (ib, (xb, y)) in x
-                .chunks_exact(QK_K)
-                .zip(as_blocks_mut::<BlockIq4Xs>(out))
-                .enumerate()
-            {
+            for (ib, (xb, y)) in x.chunks_exact(QK_K).zip(as_blocks_mut::<BlockIq4Xs>(out)).enumerate() {
                 iq4_xs_block(xb, importance.map(|q| &q[QK_K * ib..QK_K * ib + QK_K]), y);
             }
         }

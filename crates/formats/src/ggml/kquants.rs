@@ -13,10 +13,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -24,11 +21,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 pub(crate) fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
     let mut out = [0i8; 16];
     for (j, o) in out.iter_mut().enumerate() {
-        let low = if j < 8 {
-            packed[j] & 0x0F
-        } else {
-            packed[j - 8] >> 4
-        };
+        let low = if j < 8 { packed[j] & 0x0F } else { packed[j - 8] >> 4 };
         let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
         *o = ((low | (high << 4)) as i32 - 32) as i8;
     }
@@ -169,8 +162,7 @@ fn pack_2bit(l: &[u8; QK_K]) -> [u8; 64] {
     let mut qs = [0u8; 64];
     for j in (0..QK_K).step_by(128) {
         for i in 0..32 {
-            qs[j / 4 + i] =
-                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+            qs[j / 4 + i] = l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
         }
     }
     qs
@@ -202,17 +194,7 @@ pub(crate) fn q2k_ref(x: &[f32], y: &mut BlockQ2K) {
     for j in 0..16 {
         let xs = &x[16 * j..16 * j + 16];
         let weights: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
-        let (s, m) = make_qkx_quants(
-            xs,
-            3,
-            &weights,
-            &mut l[16 * j..16 * j + 16],
-            -0.5,
-            0.1,
-            15,
-            true,
-            false,
-        );
+        let (s, m) = make_qkx_quants(xs, 3, &weights, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true, false);
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -257,22 +239,11 @@ pub(crate) fn q2k_weighted(x: &[f32], qw: &[f32], y: &mut BlockQ2K) {
     let sigma2 = sumx2 / QK_K as f32;
     for j in 0..16 {
         let xs = &x[16 * j..16 * j + 16];
-        let weight: [f32; 16] =
-            std::array::from_fn(|i| qw[16 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt());
+        let weight: [f32; 16] = std::array::from_fn(|i| qw[16 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt());
         for w in weight {
             sw[j] += w;
         }
-        let (s, m) = make_qkx_quants(
-            xs,
-            3,
-            &weight,
-            &mut l[16 * j..16 * j + 16],
-            -0.9,
-            0.05,
-            36,
-            false,
-            true,
-        );
+        let (s, m) = make_qkx_quants(xs, 3, &weight, &mut l[16 * j..16 * j + 16], -0.9, 0.05, 36, false, true);
         scales[j] = s;
         mins[j] = m;
     }
@@ -337,12 +308,7 @@ pub(crate) fn q3k_ref(x: &[f32], y: &mut BlockQ3K) {
     let mut max_scale = 0f32;
     let mut amax = 0f32;
     for j in 0..16 {
-        scales[j] = make_q3_quants(
-            &x[16 * j..16 * j + 16],
-            4,
-            &mut l[16 * j..16 * j + 16],
-            true,
-        );
+        scales[j] = make_q3_quants(&x[16 * j..16 * j + 16], 4, &mut l[16 * j..16 * j + 16], true);
         let s = scales[j].abs();
         if s > amax {
             amax = s;
@@ -352,9 +318,8 @@ pub(crate) fn q3k_ref(x: &[f32], y: &mut BlockQ3K) {
     if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
         // ggml narrows to int8 before clamping.
-        let codes: [i32; 16] = std::array::from_fn(|j| {
-            (nearest_int(iscale * scales[j]) as i8 as i32).clamp(-32, 31) + 32
-        });
+        let codes: [i32; 16] =
+            std::array::from_fn(|j| (nearest_int(iscale * scales[j]) as i8 as i32).clamp(-32, 31) + 32);
         y.scales = q3k_pack_scales(&codes);
         y.d = to_f16_le(1.0 / iscale);
     } else {
@@ -375,8 +340,7 @@ pub(crate) fn q3k_weighted(x: &[f32], qw: &[f32], y: &mut BlockQ3K) {
     let sigma2 = 2.0 * sumx2 / QK_K as f32;
     for j in 0..16 {
         let xs = &x[16 * j..16 * j + 16];
-        let weight: [f32; 16] =
-            std::array::from_fn(|i| qw[16 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt());
+        let weight: [f32; 16] = std::array::from_fn(|i| qw[16 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt());
         let mut sumw = 0f32;
         for w in weight {
             sumw += w;
@@ -408,14 +372,7 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 }
 
 /// Requantizes Q4_K / Q5_K codes (0..=nmax) against the stored scales and mins.
-fn k4_requantize(
-    x: &[f32],
-    d_all: f32,
-    dmin_all: f32,
-    scales: &[u8; 12],
-    nmax: i32,
-    l: &mut [u8; QK_K],
-) {
+fn k4_requantize(x: &[f32], d_all: f32, dmin_all: f32, scales: &[u8; 12], nmax: i32, l: &mut [u8; QK_K]) {
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, scales);
         let d = d_all * sc as f32;
@@ -431,13 +388,7 @@ fn k4_requantize(
 
 /// Sub-block scales and mins of the reference Q4_K / Q5_K search, reduced to 6-bit codes
 /// and super-block (d, dmin).
-fn k4_ref_scales(
-    x: &[f32],
-    nmax: i32,
-    rmin: f32,
-    nstep: i32,
-    l: &mut [u8; QK_K],
-) -> ([u8; 12], f32, f32) {
+fn k4_ref_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K]) -> ([u8; 12], f32, f32) {
     let mut mins = [0f32; 8];
     let mut scales = [0f32; 8];
     let mut max_scale = 0f32;
@@ -450,17 +401,7 @@ fn k4_ref_scales(
         }
         let av_x = (sum_x2 / 32.0).sqrt();
         let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        let (s, m) = make_qkx_quants(
-            xs,
-            nmax,
-            &weights,
-            &mut l[32 * j..32 * j + 32],
-            rmin,
-            0.1,
-            nstep,
-            false,
-            false,
-        );
+        let (s, m) = make_qkx_quants(xs, nmax, &weights, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep, false, false);
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -470,30 +411,16 @@ fn k4_ref_scales(
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     // ggml narrows to uint8 (wrapping) before clamping to 63.
     let ls: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
     let lm: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
-    (
-        pack_scale_min_k4(&ls, &lm),
-        max_scale / 63.0,
-        max_min / 63.0,
-    )
+    (pack_scale_min_k4(&ls, &lm), max_scale / 63.0, max_min / 63.0)
 }
 
 /// Sub-block scales and mins of the importance-weighted Q4_K / Q5_K search.
-fn k4_weighted_scales(
-    x: &[f32],
-    qw: &[f32],
-    nmax: i32,
-    clamp63: bool,
-    l: &mut [u8; QK_K],
-) -> ([u8; 12], f32, f32) {
+fn k4_weighted_scales(x: &[f32], qw: &[f32], nmax: i32, clamp63: bool, l: &mut [u8; QK_K]) -> ([u8; 12], f32, f32) {
     let mut mins = [0f32; 8];
     let mut scales = [0f32; 8];
     let mut sw = [0f32; 8];
@@ -504,24 +431,13 @@ fn k4_weighted_scales(
     let sigma2 = 2.0 * sum_x2 / QK_K as f32;
     for j in 0..8 {
         let xs = &x[32 * j..32 * j + 32];
-        let weights: [f32; 32] =
-            std::array::from_fn(|i| qw[32 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt());
+        let weights: [f32; 32] = std::array::from_fn(|i| qw[32 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt());
         let mut sumw = 0f32;
         for w in weights {
             sumw += w;
         }
         sw[j] = sumw;
-        let (s, m) = make_qkx_quants(
-            xs,
-            nmax,
-            &weights,
-            &mut l[32 * j..32 * j + 32],
-            -0.9,
-            0.05,
-            36,
-            false,
-            true,
-        );
+        let (s, m) = make_qkx_quants(xs, nmax, &weights, &mut l[32 * j..32 * j + 32], -0.9, 0.05, 36, false, true);
         scales[j] = s;
         mins[j] = m;
     }
@@ -606,13 +522,7 @@ fn q6k_impl(x: &[f32], qw: Option<&[f32]>, y: &mut BlockQ6K) {
     let mut max_abs_scale = 0f32;
     for ib in 0..16 {
         let w = qw.map(|q| &q[16 * ib..16 * ib + 16]);
-        let scale = make_qx_quants(
-            &x[16 * ib..16 * ib + 16],
-            32,
-            &mut l[16 * ib..16 * ib + 16],
-            1,
-            w,
-        );
+        let scale = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16], 1, w);
         scales[ib] = scale;
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
@@ -665,12 +575,7 @@ pub(crate) fn q6k_weighted(x: &[f32], qw: &[f32], y: &mut BlockQ6K) {
 }
 
 /// Encodes one row of super-blocks (`importance`: one weight per column of the row).
-pub(crate) fn quantize_row(
-    ty: super::GgmlType,
-    x: &[f32],
-    importance: Option<&[f32]>,
-    out: &mut [u8],
-) {
+pub(crate) fn quantize_row(ty: super::GgmlType, x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) {
     use super::GgmlType::*;
     macro_rules! run {
         ($blk:ty, $ref_fn:ident, $w_fn:ident) => {{

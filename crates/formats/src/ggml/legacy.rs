@@ -179,8 +179,7 @@ pub(crate) fn q4_0_ref(x: &[f32], y: &mut BlockQ4_0) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     // The codes use the unrounded f32 scale, as ggml's reference does.
-    let codes: [u8; 32] =
-        std::array::from_fn(|j| (c_f32_to_i32(x[j] * id + 8.5) as i8).min(15) as u8);
+    let codes: [u8; 32] = std::array::from_fn(|j| (c_f32_to_i32(x[j] * id + 8.5) as i8).min(15) as u8);
     y.qs = pack_nibbles(&codes);
 }
 
@@ -190,8 +189,7 @@ pub(crate) fn q4_1_ref(x: &[f32], y: &mut BlockQ4_1) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     y.m = to_f16_le(min);
-    let codes: [u8; 32] =
-        std::array::from_fn(|j| (c_f32_to_i32((x[j] - min) * id + 0.5) as i8).min(15) as u8);
+    let codes: [u8; 32] = std::array::from_fn(|j| (c_f32_to_i32((x[j] - min) * id + 0.5) as i8).min(15) as u8);
     y.qs = pack_nibbles(&codes);
 }
 
@@ -199,8 +197,7 @@ pub(crate) fn q5_0_ref(x: &[f32], y: &mut BlockQ5_0) {
     let d = signed_absmax(x) / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
-    let codes: [u8; 32] =
-        std::array::from_fn(|j| (c_f32_to_i32(x[j] * id + 16.5) as i8).min(31) as u8);
+    let codes: [u8; 32] = std::array::from_fn(|j| (c_f32_to_i32(x[j] * id + 16.5) as i8).min(31) as u8);
     (y.qs, y.qh) = pack_5bit(&codes);
 }
 
@@ -263,12 +260,7 @@ pub(crate) fn q5_1_weighted(x: &[f32], qw: &[f32], sigma2: f32, y: &mut BlockQ5_
 
 /// Encodes one row of 32-element blocks; `importance` switches to the weighted search where
 /// ggml has one (Q8_0 ignores it, as ggml's `quantize_q8_0` does).
-pub(crate) fn quantize_row(
-    ty: super::GgmlType,
-    x: &[f32],
-    importance: Option<&[f32]>,
-    out: &mut [u8],
-) {
+pub(crate) fn quantize_row(ty: super::GgmlType, x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) {
     use super::GgmlType::*;
     let sigma2 = importance.map(|_| row_sigma2(x));
     macro_rules! run {
@@ -294,10 +286,7 @@ pub(crate) fn quantize_row(
         Q5_0 => run!(BlockQ5_0, q5_0_ref, q5_0_weighted),
         Q5_1 => run!(BlockQ5_1, q5_1_ref, q5_1_weighted),
         Q8_0 => {
-            for (xb, y) in x
-                .chunks_exact(32)
-                .zip(as_blocks_mut::<BlockQ8_0>(out).iter_mut())
-            {
+            for (xb, y) in x.chunks_exact(32).zip(as_blocks_mut::<BlockQ8_0>(out).iter_mut()) {
                 q8_0_ref(xb, y);
             }
         }

@@ -57,10 +57,7 @@ fn decode_blocks<B: Decode>(src: &[u8], dst: &mut [f32]) {
     if dst.len() < PARALLEL_MIN_ELEMS {
         run((blocks, dst));
     } else {
-        blocks
-            .par_chunks(BLOCKS_PER_TASK)
-            .zip(dst.par_chunks_mut(BLOCKS_PER_TASK * B::ELEMS))
-            .for_each(run);
+        blocks.par_chunks(BLOCKS_PER_TASK).zip(dst.par_chunks_mut(BLOCKS_PER_TASK * B::ELEMS)).for_each(run);
     }
 }
 
@@ -212,11 +209,7 @@ impl GgmlType {
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     let need = ty.row_bytes(dst.len())?;
     if src.len() != need {
-        return Err(FormatError::Length {
-            what: format!("{} data", ty.name()),
-            expected: need,
-            got: src.len(),
-        });
+        return Err(FormatError::Length { what: format!("{} data", ty.name()), expected: need, got: src.len() });
     }
     use GgmlType::*;
     match ty {
@@ -234,9 +227,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
             if dst.len() < PARALLEL_MIN_ELEMS {
                 run((dst, src));
             } else {
-                dst.par_chunks_mut(1 << 14)
-                    .zip(src.par_chunks(2 << 14))
-                    .for_each(run);
+                dst.par_chunks_mut(1 << 14).zip(src.par_chunks(2 << 14)).for_each(run);
             }
         }
         Bf16 => {
@@ -271,19 +262,11 @@ type RowEncoder = fn(GgmlType, &[f32], Option<&[f32]>, &mut [u8]);
 /// meaning) the importance-weighted search, without it what llama.cpp does with no imatrix
 /// (the `quantize_row_*_ref` reference for all types except IQ4_NL / IQ4_XS, whose unweighted
 /// search uses x² as weights). Q8_0 ignores `importance`, as llama.cpp does.
-pub fn quantize(
-    ty: GgmlType,
-    src: &[f32],
-    n_per_row: usize,
-    importance: Option<&[f32]>,
-) -> Result<Vec<u8>> {
+pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize, importance: Option<&[f32]>) -> Result<Vec<u8>> {
     use GgmlType::*;
     let row_bytes = ty.row_bytes(n_per_row)?;
     if n_per_row == 0 {
-        return Err(FormatError::Invalid(format!(
-            "{}: rows of 0 elements",
-            ty.name()
-        )));
+        return Err(FormatError::Invalid(format!("{}: rows of 0 elements", ty.name())));
     }
     if src.len() % n_per_row != 0 {
         return Err(FormatError::Invalid(format!(
@@ -311,10 +294,7 @@ pub fn quantize(
         }
     }
     if let Some(index) = src.iter().position(|v| !v.is_finite()) {
-        return Err(FormatError::NonFinite {
-            index,
-            value: src[index],
-        });
+        return Err(FormatError::NonFinite { index, value: src[index] });
     }
     let nrows = src.len() / n_per_row;
     let mut out = vec![0u8; nrows * row_bytes];
@@ -363,13 +343,9 @@ pub fn quantize(
     };
     let work = |(x, y): (&[f32], &mut [u8])| row_fn(ty, x, importance, y);
     if src.len() < PARALLEL_MIN_ELEMS / 4 {
-        src.chunks(x_unit)
-            .zip(out.chunks_mut(y_unit))
-            .for_each(work);
+        src.chunks(x_unit).zip(out.chunks_mut(y_unit)).for_each(work);
     } else {
-        src.par_chunks(x_unit)
-            .zip(out.par_chunks_mut(y_unit))
-            .for_each(work);
+        src.par_chunks(x_unit).zip(out.par_chunks_mut(y_unit)).for_each(work);
     }
     Ok(out)
 }

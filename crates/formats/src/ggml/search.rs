@@ -18,13 +18,7 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
 
 /// Symmetric search (ggml `make_qx_quants`): codes `L[i] + nmax` in `0..2*nmax`, weights `qw`
 /// or, without them, the ones `rmse_type` picks. Returns the scale.
-pub(crate) fn make_qx_quants(
-    x: &[f32],
-    nmax: i32,
-    l_out: &mut [i8],
-    rmse_type: i32,
-    qw: Option<&[f32]>,
-) -> f32 {
+pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32, qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let mut max = 0f32;
     let mut amax = 0f32;
@@ -77,11 +71,7 @@ pub(crate) fn make_qx_quants(
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     if return_early {
-        return if suml2 > 0.0 {
-            0.5 * (scale + 1.0 / iscale)
-        } else {
-            1.0 / iscale
-        };
+        return if suml2 > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
     }
     let mut best = scale * sumlx;
     for is in -9..=9 {

@@ -56,22 +56,12 @@ pub struct BertConfig {
 }
 
 fn config_err(path: &Path, key: &str, msg: impl Into<String>) -> Error {
-    Error::Config {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        msg: msg.into(),
-    }
+    Error::Config { path: path.to_path_buf(), key: key.to_string(), msg: msg.into() }
 }
 
 fn json_usize(v: &Value, path: &Path, key: &str) -> Result<usize> {
     let x = v.get(key).ok_or_else(|| config_err(path, key, "missing"))?;
-    let n = x.as_u64().ok_or_else(|| {
-        config_err(
-            path,
-            key,
-            format!("expected a non-negative integer, found {x}"),
-        )
-    })?;
+    let n = x.as_u64().ok_or_else(|| config_err(path, key, format!("expected a non-negative integer, found {x}")))?;
     if n == 0 {
         return Err(config_err(path, key, "must be positive"));
     }
@@ -83,11 +73,7 @@ impl BertConfig {
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
         if let Some(mt) = v.get("model_type") {
             if mt.as_str() != Some("bert") {
-                return Err(config_err(
-                    path,
-                    "model_type",
-                    format!("expected \"bert\", found {mt}"),
-                ));
+                return Err(config_err(path, "model_type", format!("expected \"bert\", found {mt}")));
             }
         }
         if let Some(pe) = v.get("position_embedding_type") {
@@ -103,20 +89,21 @@ impl BertConfig {
             Some("gelu") => Activation::Gelu,
             Some("gelu_new") | Some("gelu_pytorch_tanh") => Activation::GeluTanh,
             Some(other) => {
-                return Err(config_err(path, "hidden_act", format!("unsupported activation \"{other}\" (supported: gelu, gelu_new, gelu_pytorch_tanh)")))
+                return Err(config_err(
+                    path,
+                    "hidden_act",
+                    format!("unsupported activation \"{other}\" (supported: gelu, gelu_new, gelu_pytorch_tanh)"),
+                ))
             }
             None => return Err(config_err(path, "hidden_act", "missing or not a string")),
         };
-        let layer_norm_eps = match v.get("layer_norm_eps") {
-            None => 1e-12,
-            Some(x) => x.as_f64().filter(|e| *e > 0.0).ok_or_else(|| {
-                config_err(
-                    path,
-                    "layer_norm_eps",
-                    format!("expected a positive number, found {x}"),
-                )
-            })? as f32,
-        };
+        let layer_norm_eps =
+            match v.get("layer_norm_eps") {
+                None => 1e-12,
+                Some(x) => x.as_f64().filter(|e| *e > 0.0).ok_or_else(|| {
+                    config_err(path, "layer_norm_eps", format!("expected a positive number, found {x}"))
+                })? as f32,
+            };
         let type_vocab_size = match v.get("type_vocab_size") {
             None => 2,
             Some(_) => json_usize(v, path, "type_vocab_size")?,
@@ -136,10 +123,7 @@ impl BertConfig {
             return Err(config_err(
                 path,
                 "num_attention_heads",
-                format!(
-                    "{} does not divide hidden_size {}",
-                    cfg.num_attention_heads, cfg.hidden_size
-                ),
+                format!("{} does not divide hidden_size {}", cfg.num_attention_heads, cfg.hidden_size),
             ));
         }
         Ok(cfg)
@@ -176,8 +160,7 @@ impl Linear {
             return;
         }
         let lhs = MatRef::from_row_major_slice(x, rows, self.in_features);
-        let rhs = MatRef::from_row_major_slice(&self.weight, self.out_features, self.in_features)
-            .transpose();
+        let rhs = MatRef::from_row_major_slice(&self.weight, self.out_features, self.in_features).transpose();
         let dst = MatMut::from_row_major_slice_mut(out, rows, self.out_features);
         matmul(dst, Accum::Add, lhs, rhs, 1.0f32, par);
     }
@@ -268,22 +251,14 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let full = format!("{}{}", self.prefix, name);
-        let err = |msg: String| Error::Tensor {
-            path: self.path.to_path_buf(),
-            tensor: full.clone(),
-            msg,
-        };
+        let err = |msg: String| Error::Tensor { path: self.path.to_path_buf(), tensor: full.clone(), msg };
         let info = self.src.info(&full).ok_or_else(|| err("missing".into()))?;
         if info.shape != shape {
             return Err(err(format!("shape {:?}, expected {:?}", info.shape, shape)));
         }
         let data = self.src.load_f32(&full)?;
         if data.len() != info.numel() {
-            return Err(err(format!(
-                "{} values read, expected {}",
-                data.len(),
-                info.numel()
-            )));
+            return Err(err(format!("{} values read, expected {}", data.len(), info.numel())));
         }
         Ok(data)
     }
@@ -318,21 +293,12 @@ impl BertEncoder {
             ""
         };
         let l = Loader { src, path, prefix };
-        let (h, i, eps) = (
-            config.hidden_size,
-            config.intermediate_size,
-            config.layer_norm_eps,
-        );
-        let word_embeddings =
-            l.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
-        let position_embeddings = l.tensor(
-            "embeddings.position_embeddings.weight",
-            &[config.max_position_embeddings, h],
-        )?;
-        let token_type_embeddings = l.tensor(
-            "embeddings.token_type_embeddings.weight",
-            &[config.type_vocab_size, h],
-        )?;
+        let (h, i, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
+        let word_embeddings = l.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
+        let position_embeddings =
+            l.tensor("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
+        let token_type_embeddings =
+            l.tensor("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?;
         let embeddings_norm = l.norm("embeddings.LayerNorm", h, eps)?;
         let layers = (0..config.num_hidden_layers)
             .map(|n| {
@@ -349,14 +315,7 @@ impl BertEncoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(BertEncoder {
-            config,
-            word_embeddings,
-            position_embeddings,
-            token_type_embeddings,
-            embeddings_norm,
-            layers,
-        })
+        Ok(BertEncoder { config, word_embeddings, position_embeddings, token_type_embeddings, embeddings_norm, layers })
     }
 
     /// Runs a batch of sequences and returns the final hidden states, packed: the rows of
@@ -403,10 +362,7 @@ impl BertEncoder {
             for (pos, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
                 let (id, tt) = (id as usize, tt as usize);
                 if id >= c.vocab_size {
-                    return Err(Error::Other(format!(
-                        "token id {id} is outside the vocabulary of {}",
-                        c.vocab_size
-                    )));
+                    return Err(Error::Other(format!("token id {id} is outside the vocabulary of {}", c.vocab_size)));
                 }
                 if tt >= c.type_vocab_size {
                     return Err(Error::Other(format!(
@@ -474,12 +430,9 @@ impl BertEncoder {
             let span = (len - 1) * h + dh;
             for head in 0..heads {
                 let start = off * h + head * dh;
-                let qh =
-                    MatRef::from_row_major_slice_with_stride(&q[start..start + span], len, dh, h);
-                let kh =
-                    MatRef::from_row_major_slice_with_stride(&k[start..start + span], len, dh, h);
-                let vh =
-                    MatRef::from_row_major_slice_with_stride(&v[start..start + span], len, dh, h);
+                let qh = MatRef::from_row_major_slice_with_stride(&q[start..start + span], len, dh, h);
+                let kh = MatRef::from_row_major_slice_with_stride(&k[start..start + span], len, dh, h);
+                let vh = MatRef::from_row_major_slice_with_stride(&v[start..start + span], len, dh, h);
                 let s = MatMut::from_row_major_slice_mut(&mut scores, len, len);
                 matmul(s, Accum::Replace, qh, kh.transpose(), scale, Par::Seq);
                 for row in scores.chunks_exact_mut(len) {
@@ -488,13 +441,9 @@ impl BertEncoder {
                 let s = MatRef::from_row_major_slice(&scores, len, len);
                 // Not `MatMut::from_row_major_slice_with_stride_mut`: in faer 0.22.6 it swaps
                 // the strides (it builds a column-major view) and writes out of bounds.
-                let oh = MatMut::from_column_major_slice_with_stride_mut(
-                    &mut out[head * dh..head * dh + span],
-                    dh,
-                    len,
-                    h,
-                )
-                .transpose_mut();
+                let oh =
+                    MatMut::from_column_major_slice_with_stride_mut(&mut out[head * dh..head * dh + span], dh, len, h)
+                        .transpose_mut();
                 matmul(oh, Accum::Replace, s, vh, 1.0f32, Par::Seq);
             }
         });
@@ -692,9 +641,7 @@ pub fn pool(hidden: &[f32], hidden_size: usize, modes: &[PoolingMode]) -> Vec<f3
                 out.extend(m);
             }
             PoolingMode::Mean => out.extend(sum().into_iter().map(|s| (s / len as f64) as f32)),
-            PoolingMode::MeanSqrtLen => {
-                out.extend(sum().into_iter().map(|s| (s / (len as f64).sqrt()) as f32))
-            }
+            PoolingMode::MeanSqrtLen => out.extend(sum().into_iter().map(|s| (s / (len as f64).sqrt()) as f32)),
         }
     }
     out
@@ -742,9 +689,7 @@ fn read_sentence_modules(dir: &Path, hidden_size: usize) -> Result<(Vec<PoolingM
     let Some(modules) = read_json_if_exists(&modules_path)? else {
         return Ok((vec![PoolingMode::Mean], true));
     };
-    let list = modules
-        .as_array()
-        .ok_or_else(|| config_err(&modules_path, "(root)", "expected a list of modules"))?;
+    let list = modules.as_array().ok_or_else(|| config_err(&modules_path, "(root)", "expected a list of modules"))?;
     let mut pooling = None;
     let mut normalize = false;
     for m in list {
@@ -762,11 +707,7 @@ fn read_sentence_modules(dir: &Path, hidden_size: usize) -> Result<(Vec<PoolingM
                 pooling = Some(read_pooling_config(&cfg_path, hidden_size)?);
             }
             _ => {
-                return Err(config_err(
-                    &modules_path,
-                    "type",
-                    format!("unsupported sentence-transformers module {ty}"),
-                ))
+                return Err(config_err(&modules_path, "type", format!("unsupported sentence-transformers module {ty}")))
             }
         }
     }
@@ -779,9 +720,7 @@ fn read_pooling_config(path: &Path, hidden_size: usize) -> Result<Vec<PoolingMod
     let flag = |key: &str| -> Result<bool> {
         match v.get(key) {
             None => Ok(false),
-            Some(x) => x
-                .as_bool()
-                .ok_or_else(|| config_err(path, key, format!("expected true or false, found {x}"))),
+            Some(x) => x.as_bool().ok_or_else(|| config_err(path, key, format!("expected true or false, found {x}"))),
         }
     };
     if let Some(d) = v.get("word_embedding_dimension") {
@@ -794,11 +733,7 @@ fn read_pooling_config(path: &Path, hidden_size: usize) -> Result<Vec<PoolingMod
         }
     }
     if flag("pooling_mode_weightedmean_tokens")? {
-        return Err(config_err(
-            path,
-            "pooling_mode_weightedmean_tokens",
-            "weighted-mean pooling is not supported",
-        ));
+        return Err(config_err(path, "pooling_mode_weightedmean_tokens", "weighted-mean pooling is not supported"));
     }
     // sentence-transformers concatenates the enabled modes in this order.
     let mut modes = Vec::new();
@@ -806,10 +741,7 @@ fn read_pooling_config(path: &Path, hidden_size: usize) -> Result<Vec<PoolingMod
         ("pooling_mode_cls_token", PoolingMode::Cls),
         ("pooling_mode_max_tokens", PoolingMode::Max),
         ("pooling_mode_mean_tokens", PoolingMode::Mean),
-        (
-            "pooling_mode_mean_sqrt_len_tokens",
-            PoolingMode::MeanSqrtLen,
-        ),
+        ("pooling_mode_mean_sqrt_len_tokens", PoolingMode::MeanSqrtLen),
         ("pooling_mode_lasttoken", PoolingMode::LastToken),
     ] {
         if flag(key)? {
@@ -817,11 +749,7 @@ fn read_pooling_config(path: &Path, hidden_size: usize) -> Result<Vec<PoolingMod
         }
     }
     if modes.is_empty() {
-        return Err(config_err(
-            path,
-            "pooling_mode_mean_tokens",
-            "no pooling mode is enabled",
-        ));
+        return Err(config_err(path, "pooling_mode_mean_tokens", "no pooling mode is enabled"));
     }
     Ok(modes)
 }
@@ -836,10 +764,7 @@ impl Bert {
         let encoder = BertEncoder::load(config, src, dir)?;
         let tokenizer_path = dir.join("tokenizer.json");
         if !tokenizer_path.exists() {
-            return Err(Error::Tokenizer(format!(
-                "{}: not found",
-                tokenizer_path.display()
-            )));
+            return Err(Error::Tokenizer(format!("{}: not found", tokenizer_path.display())));
         }
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
@@ -866,11 +791,7 @@ impl Bert {
 
     /// Joins an encoder with a tokenizer, reading the sentence-transformers settings from
     /// `dir` (all optional there: max length 256, mean pooling, L2 normalisation).
-    pub fn from_parts(
-        encoder: BertEncoder,
-        mut tokenizer: tokenizers::Tokenizer,
-        dir: &Path,
-    ) -> Result<Self> {
+    pub fn from_parts(encoder: BertEncoder, mut tokenizer: tokenizers::Tokenizer, dir: &Path) -> Result<Self> {
         let vocab = tokenizer.get_vocab_size(true);
         if vocab > encoder.config.vocab_size {
             return Err(Error::Tokenizer(format!(
@@ -886,20 +807,12 @@ impl Bert {
         if let Some(st) = &st {
             if let Some(m) = st.get("max_seq_length") {
                 max_seq_length = m.as_u64().filter(|&m| m >= 2).ok_or_else(|| {
-                    config_err(
-                        &st_path,
-                        "max_seq_length",
-                        format!("expected an integer ≥ 2, found {m}"),
-                    )
+                    config_err(&st_path, "max_seq_length", format!("expected an integer ≥ 2, found {m}"))
                 })? as usize;
             }
             if let Some(l) = st.get("do_lower_case") {
                 lowercase = l.as_bool().ok_or_else(|| {
-                    config_err(
-                        &st_path,
-                        "do_lower_case",
-                        format!("expected true or false, found {l}"),
-                    )
+                    config_err(&st_path, "do_lower_case", format!("expected true or false, found {l}"))
                 })?;
             }
         }
@@ -910,19 +823,9 @@ impl Bert {
         // nothing (we run packed) and truncates at its own max_seq_length.
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: max_seq_length,
-                ..Default::default()
-            }))
+            .with_truncation(Some(tokenizers::TruncationParams { max_length: max_seq_length, ..Default::default() }))
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Bert {
-            encoder,
-            pooling,
-            normalize,
-            max_seq_length,
-            lowercase,
-            tokenizer,
-        })
+        Ok(Bert { encoder, pooling, normalize, max_seq_length, lowercase, tokenizer })
     }
 
     /// Length of a sentence vector.
@@ -933,27 +836,13 @@ impl Bert {
     /// Token ids of each text, with the special tokens the tokenizer's post-processor adds,
     /// truncated to `max_seq_length`.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokens>> {
-        let inputs: Vec<String> = texts
-            .iter()
-            .map(|t| {
-                if self.lowercase {
-                    t.to_lowercase()
-                } else {
-                    t.to_string()
-                }
-            })
-            .collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let inputs: Vec<String> =
+            texts.iter().map(|t| if self.lowercase { t.to_lowercase() } else { t.to_string() }).collect();
+        let encodings = self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
         encodings
             .into_iter()
             .map(|e| {
-                let t = Tokens {
-                    ids: e.get_ids().to_vec(),
-                    type_ids: e.get_type_ids().to_vec(),
-                };
+                let t = Tokens { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() };
                 if t.ids.is_empty() {
                     // Only a tokenizer without a post-processor yields nothing for "".
                     Err(Error::Tokenizer("a text produced no tokens".into()))
@@ -972,11 +861,7 @@ impl Bert {
     }
 
     /// As [`Bert::pooled`], from tokens.
-    pub fn pooled_tokens(
-        &self,
-        tokens: &[Tokens],
-        progress: &dyn Fn(usize, usize),
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn pooled_tokens(&self, tokens: &[Tokens], progress: &dyn Fn(usize, usize)) -> Result<Vec<Vec<f32>>> {
         let h = self.encoder.config.hidden_size;
         // Longest first: the attention of a batch runs one sequence per thread, so similar
         // lengths keep the threads evenly loaded.
@@ -987,9 +872,7 @@ impl Bert {
         while start < order.len() {
             let mut end = start;
             let mut n_tok = 0;
-            while end < order.len()
-                && (end == start || n_tok + tokens[order[end]].ids.len() <= BATCH_TOKENS)
-            {
+            while end < order.len() && (end == start || n_tok + tokens[order[end]].ids.len() <= BATCH_TOKENS) {
                 n_tok += tokens[order[end]].ids.len();
                 end += 1;
             }
@@ -1000,11 +883,7 @@ impl Bert {
         // GEMM, and idle cores are filled by the next batch rather than spun on. A lone batch
         // parallelises inside its GEMMs instead.
         let threads = rayon::current_num_threads().max(1);
-        let par = if batches.len() > 1 {
-            Par::Seq
-        } else {
-            Par::rayon(0)
-        };
+        let par = if batches.len() > 1 { Par::Seq } else { Par::rayon(0) };
         let mut out = vec![Vec::new(); tokens.len()];
         let mut done = 0;
         for group in batches.chunks(threads) {
@@ -1042,11 +921,7 @@ impl Bert {
     }
 
     /// As [`Bert::embed`], reporting `(done, total)` after each batch.
-    pub fn embed_with_progress(
-        &self,
-        texts: &[&str],
-        progress: &dyn Fn(usize, usize),
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_with_progress(&self, texts: &[&str], progress: &dyn Fn(usize, usize)) -> Result<Vec<Vec<f32>>> {
         let mut v = self.pooled(texts, progress)?;
         if self.normalize {
             v.iter_mut().for_each(|e| l2_normalize(e));
@@ -1119,13 +994,8 @@ mod tests {
     fn gelu_tanh_matches_formula() {
         for i in -200..=200 {
             let x = i as f64 * 0.05;
-            let want = 0.5
-                * x
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
-            assert!(
-                (gelu_tanh(x as f32) as f64 - want).abs() < 1e-6 * (1.0 + want.abs()),
-                "x={x}"
-            );
+            let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+            assert!((gelu_tanh(x as f32) as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "x={x}");
         }
     }
 
@@ -1135,10 +1005,7 @@ mod tests {
         assert_eq!(pool(&h, 2, &[PoolingMode::Cls]), vec![1.0, 2.0]);
         assert_eq!(pool(&h, 2, &[PoolingMode::LastToken]), vec![5.0, 0.0]);
         assert_eq!(pool(&h, 2, &[PoolingMode::Max]), vec![5.0, 2.0]);
-        assert_eq!(
-            pool(&h, 2, &[PoolingMode::Mean, PoolingMode::Cls]),
-            vec![3.0, -2.0 / 3.0, 1.0, 2.0]
-        );
+        assert_eq!(pool(&h, 2, &[PoolingMode::Mean, PoolingMode::Cls]), vec![3.0, -2.0 / 3.0, 1.0, 2.0]);
         let s = pool(&h, 2, &[PoolingMode::MeanSqrtLen]);
         assert!((s[0] - 9.0 / 3f32.sqrt()).abs() < 1e-6);
         let mut v = vec![3.0, 4.0];

@@ -55,8 +55,15 @@ pub enum LinearRole {
 
 impl LinearRole {
     /// Every role, in the order a block runs them.
-    pub const ALL: [LinearRole; 7] =
-        [LinearRole::Q, LinearRole::K, LinearRole::V, LinearRole::O, LinearRole::Gate, LinearRole::Up, LinearRole::Down];
+    pub const ALL: [LinearRole; 7] = [
+        LinearRole::Q,
+        LinearRole::K,
+        LinearRole::V,
+        LinearRole::O,
+        LinearRole::Gate,
+        LinearRole::Up,
+        LinearRole::Down,
+    ];
 }
 
 impl Naming {
@@ -229,7 +236,12 @@ impl LlamaConfig {
         let qkv_bias = match arch.as_str() {
             "llama" | "mistral" => c.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
             "qwen2" => true,
-            other => return Err(err("model_type", format!("`{other}` is not a Llama-family decoder (llama, mistral, qwen2)"))),
+            other => {
+                return Err(err(
+                    "model_type",
+                    format!("`{other}` is not a Llama-family decoder (llama, mistral, qwen2)"),
+                ))
+            }
         };
         if let Some(s) = c.get("rope_scaling") {
             if !s.is_null() {
@@ -264,7 +276,10 @@ impl LlamaConfig {
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |msg: String| Err(Error::Config { path: path.to_path_buf(), key: "attention".into(), msg });
         if self.n_head == 0 || self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
-            return bad(format!("{} query heads cannot be grouped over {} key/value heads", self.n_head, self.n_head_kv));
+            return bad(format!(
+                "{} query heads cannot be grouped over {} key/value heads",
+                self.n_head, self.n_head_kv
+            ));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return bad(format!("head width {} must be even and positive", self.head_dim));

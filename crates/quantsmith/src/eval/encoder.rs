@@ -134,9 +134,7 @@ pub fn evaluate_encoder(
         let mut self_dots = 0.0;
         for (v, &nv) in pooled.iter().zip(&norms) {
             if nv > 0.0 {
-                sum.iter_mut()
-                    .zip(v)
-                    .for_each(|(s, &x)| *s += x as f64 / nv);
+                sum.iter_mut().zip(v).for_each(|(s, &x)| *s += x as f64 / nv);
                 self_dots += 1.0;
             }
         }
@@ -148,11 +146,7 @@ pub fn evaluate_encoder(
         None => (None, None),
         Some(b) => {
             let base_pooled = b.pooled(&texts, &|done, _| progress(n + done, total))?;
-            let cos: Vec<f64> = pooled
-                .iter()
-                .zip(&base_pooled)
-                .map(|(m, r)| cosine(m, r))
-                .collect();
+            let cos: Vec<f64> = pooled.iter().zip(&base_pooled).map(|(m, r)| cosine(m, r)).collect();
             let mean = cos.iter().sum::<f64>() / n as f64;
             let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
             (Some(mean), Some(min))
@@ -194,10 +188,7 @@ mod tests {
         // A paragraph break ends a sentence even without punctuation.
         assert_eq!(split_sentences("one\n\ntwo"), vec!["one", "two"]);
         // Non-ASCII text around the split points.
-        assert_eq!(
-            split_sentences("Café. Naïve? «Oui»"),
-            vec!["Café.", "Naïve?", "«Oui»"]
-        );
+        assert_eq!(split_sentences("Café. Naïve? «Oui»"), vec!["Café.", "Naïve?", "«Oui»"]);
     }
 
     #[test]

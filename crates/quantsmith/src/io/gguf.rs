@@ -193,11 +193,7 @@ impl GgufValue {
             GgufValue::Bool(v) => v.to_string(),
             // Chat templates run to kilobytes; a listing needs the start.
             GgufValue::String(s) if s.chars().count() > 80 => {
-                format!(
-                    "{:?}... ({} chars)",
-                    s.chars().take(60).collect::<String>(),
-                    s.chars().count()
-                )
+                format!("{:?}... ({} chars)", s.chars().take(60).collect::<String>(), s.chars().count())
             }
             GgufValue::String(s) => format!("{s:?}"),
             GgufValue::Array(a) => format!("[{}; {}]", a.elem_type_name(), a.len()),
@@ -323,12 +319,7 @@ impl GgufTensor {
 
     /// The library's description of this tensor.
     pub fn info(&self) -> TensorInfo {
-        TensorInfo {
-            name: self.name.clone(),
-            shape: self.shape(),
-            dtype: DType::Ggml(self.ty),
-            n_bytes: self.n_bytes,
-        }
+        TensorInfo { name: self.name.clone(), shape: self.shape(), dtype: DType::Ggml(self.ty), n_bytes: self.n_bytes }
     }
 }
 
@@ -434,13 +425,8 @@ impl<'a> Cursor<'a> {
             )));
         }
         let bytes = self.take(len as usize, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| {
-            self.err(format!(
-                "{} at byte {}: string is not valid UTF-8",
-                what(),
-                at
-            ))
-        })
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.err(format!("{} at byte {}: string is not valid UTF-8", what(), at)))
     }
 }
 
@@ -483,9 +469,7 @@ fn read_bool(c: &mut Cursor<'_>, key: &str) -> Result<bool> {
     match c.array::<1>(&|| format!("metadata `{key}`"))?[0] {
         0 => Ok(false),
         1 => Ok(true),
-        b => Err(c.err(format!(
-            "metadata `{key}` at byte {at}: bool byte is {b}, not 0 or 1"
-        ))),
+        b => Err(c.err(format!("metadata `{key}` at byte {at}: bool byte is {b}, not 0 or 1"))),
     }
 }
 
@@ -510,16 +494,12 @@ fn read_fixed<T, const N: usize>(
 fn read_array(c: &mut Cursor<'_>, key: &str, depth: u32) -> Result<GgufArray> {
     use value_type as t;
     if depth >= MAX_NESTING {
-        return Err(c.err(format!(
-            "metadata `{key}`: arrays nested more than {MAX_NESTING} deep"
-        )));
+        return Err(c.err(format!("metadata `{key}`: arrays nested more than {MAX_NESTING} deep")));
     }
     let what = || format!("metadata `{key}` (array)");
     let elem = c.u32(&what)?;
     if type_id_name(elem) == "unknown" {
-        return Err(c.err(format!(
-            "metadata `{key}`: array of unknown value type id {elem}"
-        )));
+        return Err(c.err(format!("metadata `{key}`: array of unknown value type id {elem}")));
     }
     let n = c.count(min_value_size(elem), &what)?;
     Ok(match elem {
@@ -563,10 +543,7 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < 24 {
-            return Err(Error::corrupt(
-                path,
-                format!("not a GGUF file: only {len} bytes, a GGUF header needs 24"),
-            ));
+            return Err(Error::corrupt(path, format!("not a GGUF file: only {len} bytes, a GGUF header needs 24")));
         }
         // SAFETY: the map is read-only; a file truncated by another process while open is
         // outside what any reader can defend against (llama.cpp maps the same way).
@@ -576,11 +553,7 @@ impl GgufFile {
 
     fn parse(path: PathBuf, mmap: Mmap) -> Result<GgufFile> {
         let buf: &[u8] = &mmap;
-        let mut c = Cursor {
-            buf,
-            pos: 0,
-            path: &path,
-        };
+        let mut c = Cursor { buf, pos: 0, path: &path };
         let magic: [u8; 4] = c.array(&|| "magic".to_string())?;
         if magic != GGUF_MAGIC {
             return Err(c.err(format!(
@@ -627,23 +600,14 @@ impl GgufFile {
             metadata.push((key, value));
         }
 
-        let alignment = match metadata.get(
-            meta_index
-                .get("general.alignment")
-                .copied()
-                .unwrap_or(usize::MAX),
-        ) {
+        let alignment = match metadata.get(meta_index.get("general.alignment").copied().unwrap_or(usize::MAX)) {
             None => DEFAULT_ALIGNMENT,
             Some((_, GgufValue::U32(a))) if *a > 0 && a.is_power_of_two() => u64::from(*a),
             Some((_, v)) => {
                 return Err(Error::Config {
                     path: path.clone(),
                     key: "general.alignment".into(),
-                    msg: format!(
-                        "must be a u32 power of two, found {} {}",
-                        v.type_name(),
-                        v.display_short()
-                    ),
+                    msg: format!("must be a u32 power of two, found {} {}", v.type_name(), v.display_short()),
                 })
             }
         };
@@ -655,11 +619,7 @@ impl GgufFile {
             let what = || format!("tensor `{name}` info");
             let n_dims = c.u32(&what)? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(tensor_err(
-                    &path,
-                    &name,
-                    format!("{n_dims} dimensions (ggml allows 1 to {MAX_DIMS})"),
-                ));
+                return Err(tensor_err(&path, &name, format!("{n_dims} dimensions (ggml allows 1 to {MAX_DIMS})")));
             }
             let mut ne = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
@@ -667,9 +627,8 @@ impl GgufFile {
             }
             let type_id = c.u32(&what)?;
             let offset = c.u64(&what)?;
-            let ty = GgmlType::from_id(type_id).ok_or_else(|| {
-                tensor_err(&path, &name, format!("unknown ggml type id {type_id}"))
-            })?;
+            let ty = GgmlType::from_id(type_id)
+                .ok_or_else(|| tensor_err(&path, &name, format!("unknown ggml type id {type_id}")))?;
             if tensor_index.insert(name.clone(), infos.len()).is_some() {
                 return Err(tensor_err(&path, &name, "appears twice".into()));
             }
@@ -691,24 +650,13 @@ impl GgufFile {
             let numel = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
             let numel = match numel {
                 Some(n) if n <= usize::MAX as u64 / 4 => n as usize,
-                _ => {
-                    return Err(tensor_err(
-                        &path,
-                        &name,
-                        format!("dimensions {ne:?} overflow"),
-                    ))
-                }
+                _ => return Err(tensor_err(&path, &name, format!("dimensions {ne:?} overflow"))),
             };
             if ne[0] % ty.block_size() as u64 != 0 {
                 return Err(tensor_err(
                     &path,
                     &name,
-                    format!(
-                        "row length {} is not a multiple of {}'s block size {}",
-                        ne[0],
-                        ty.name(),
-                        ty.block_size()
-                    ),
+                    format!("row length {} is not a multiple of {}'s block size {}", ne[0], ty.name(), ty.block_size()),
                 ));
             }
             let n_bytes = numel / ty.block_size() * ty.type_size();
@@ -719,10 +667,7 @@ impl GgufFile {
                     format!("data offset {offset} is not a multiple of the alignment {alignment}"),
                 ));
             }
-            if offset
-                .checked_add(n_bytes as u64)
-                .is_none_or(|end| end > data_len)
-            {
+            if offset.checked_add(n_bytes as u64).is_none_or(|end| end > data_len) {
                 return Err(tensor_err(
                     &path,
                     &name,
@@ -731,26 +676,10 @@ impl GgufFile {
                     ),
                 ));
             }
-            tensors.push(GgufTensor {
-                name,
-                ne,
-                ty,
-                offset,
-                n_bytes,
-            });
+            tensors.push(GgufTensor { name, ne, ty, offset, n_bytes });
         }
 
-        Ok(GgufFile {
-            path,
-            mmap,
-            version,
-            alignment,
-            data_offset,
-            metadata,
-            meta_index,
-            tensors,
-            tensor_index,
-        })
+        Ok(GgufFile { path, mmap, version, alignment, data_offset, metadata, meta_index, tensors, tensor_index })
     }
 
     /// The file's path.
@@ -795,36 +724,22 @@ impl GgufFile {
 
     /// The raw bytes of one tensor, straight from the memory map.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
-        let t = self
-            .gguf_tensor(name)
-            .ok_or_else(|| tensor_err(&self.path, name, "not in this file".into()))?;
+        let t = self.gguf_tensor(name).ok_or_else(|| tensor_err(&self.path, name, "not in this file".into()))?;
         // Bounds were checked in `parse`.
         let start = (self.data_offset + t.offset) as usize;
         Ok(&self.mmap[start..start + t.n_bytes])
     }
 
     fn config_err(&self, key: &str, msg: String) -> Error {
-        Error::Config {
-            path: self.path.clone(),
-            key: key.to_string(),
-            msg,
-        }
+        Error::Config { path: self.path.clone(), key: key.to_string(), msg }
     }
 
     fn require(&self, key: &str) -> Result<&GgufValue> {
-        self.get(key)
-            .ok_or_else(|| self.config_err(key, "missing from the GGUF metadata".into()))
+        self.get(key).ok_or_else(|| self.config_err(key, "missing from the GGUF metadata".into()))
     }
 
     fn wrong_type(&self, key: &str, want: &str, v: &GgufValue) -> Error {
-        self.config_err(
-            key,
-            format!(
-                "expected {want}, found {} {}",
-                v.type_name(),
-                v.display_short()
-            ),
-        )
+        self.config_err(key, format!("expected {want}, found {} {}", v.type_name(), v.display_short()))
     }
 
     /// Integer metadata that fits in u32 (any integer type is accepted).
@@ -846,9 +761,7 @@ impl GgufFile {
     /// Float metadata (f32 or f64).
     pub fn get_f32(&self, key: &str) -> Result<f32> {
         let v = self.require(key)?;
-        v.as_f64()
-            .map(|f| f as f32)
-            .ok_or_else(|| self.wrong_type(key, "f32 or f64", v))
+        v.as_f64().map(|f| f as f32).ok_or_else(|| self.wrong_type(key, "f32 or f64", v))
     }
 
     /// String metadata.
@@ -894,9 +807,7 @@ impl GgufFile {
         ints.into_iter()
             .enumerate()
             .map(|(i, x)| {
-                i32::try_from(x).map_err(|_| {
-                    self.config_err(key, format!("element {i} ({x}) does not fit in i32"))
-                })
+                i32::try_from(x).map_err(|_| self.config_err(key, format!("element {i} ({x}) does not fit in i32")))
             })
             .collect()
     }
@@ -948,32 +859,18 @@ impl GgufFile {
 }
 
 fn tensor_err(path: &Path, tensor: &str, msg: String) -> Error {
-    Error::Tensor {
-        path: path.to_path_buf(),
-        tensor: tensor.to_string(),
-        msg,
-    }
+    Error::Tensor { path: path.to_path_buf(), tensor: tensor.to_string(), msg }
 }
 
 /// Decodes `src` of type `ty` into `dst`, in parallel over whole rows of `row_len` elements.
 ///
 /// F32/F16/BF16 are converted here; the block types go to `formats::ggml::dequantize`.
-pub fn dequantize_rows(
-    ty: GgmlType,
-    src: &[u8],
-    dst: &mut [f32],
-    row_len: usize,
-) -> formats::Result<()> {
+pub fn dequantize_rows(ty: GgmlType, src: &[u8], dst: &mut [f32], row_len: usize) -> formats::Result<()> {
     let row_bytes = ty.row_bytes(row_len)?;
     let expected = dst.len().checked_div(row_len).map(|rows| rows * row_bytes);
     if row_len == 0 || !dst.len().is_multiple_of(row_len) || expected != Some(src.len()) {
         return Err(formats::FormatError::Length {
-            what: format!(
-                "{} data for {} values in rows of {}",
-                ty.name(),
-                dst.len(),
-                row_len
-            ),
+            what: format!("{} data for {} values in rows of {}", ty.name(), dst.len(), row_len),
             expected: expected.unwrap_or(0),
             got: src.len(),
         });
@@ -1020,21 +917,14 @@ impl TensorSource for GgufFile {
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let t = self
-            .gguf_tensor(name)
-            .ok_or_else(|| tensor_err(&self.path, name, "not in this file".into()))?;
+        let t = self.gguf_tensor(name).ok_or_else(|| tensor_err(&self.path, name, "not in this file".into()))?;
         let bytes = self.tensor_bytes(name)?;
         let mut out = vec![0f32; t.numel()];
         if out.is_empty() {
             return Ok(out);
         }
-        dequantize_rows(t.ty, bytes, &mut out, t.ne[0] as usize).map_err(|e| {
-            tensor_err(
-                &self.path,
-                name,
-                format!("cannot decode {}: {e}", t.ty.name()),
-            )
-        })?;
+        dequantize_rows(t.ty, bytes, &mut out, t.ne[0] as usize)
+            .map_err(|e| tensor_err(&self.path, name, format!("cannot decode {}: {e}", t.ty.name())))?;
         Ok(out)
     }
 }

@@ -48,9 +48,7 @@ impl GgufWriter {
         if self.metadata.iter().any(|(k, _)| k == key) {
             return Err(self.err(key, "added twice".into()));
         }
-        if key == "general.alignment"
-            && !matches!(value, GgufValue::U32(a) if a > 0 && a.is_power_of_two())
-        {
+        if key == "general.alignment" && !matches!(value, GgufValue::U32(a) if a > 0 && a.is_power_of_two()) {
             return Err(self.err(key, "must be a u32 power of two".into()));
         }
         if !self.tensors.is_empty() && key == "general.alignment" {
@@ -61,10 +59,7 @@ impl GgufWriter {
     }
 
     /// Appends every entry of `metadata` in order (e.g. from `GgufFile::metadata`).
-    pub fn add_metadata_all<'a>(
-        &mut self,
-        metadata: impl IntoIterator<Item = &'a (String, GgufValue)>,
-    ) -> Result<()> {
+    pub fn add_metadata_all<'a>(&mut self, metadata: impl IntoIterator<Item = &'a (String, GgufValue)>) -> Result<()> {
         for (k, v) in metadata {
             self.add_metadata(k, v.clone())?;
         }
@@ -85,19 +80,12 @@ impl GgufWriter {
     /// Appends one tensor: `ne` is GGUF's dimension order (innermost first), `bytes` its data
     /// in `ty`'s layout.
     pub fn add_tensor(&mut self, name: &str, ne: &[u64], ty: GgmlType, bytes: &[u8]) -> Result<()> {
-        let terr = |msg: String| Error::Tensor {
-            path: self.path.clone(),
-            tensor: name.to_string(),
-            msg,
-        };
+        let terr = |msg: String| Error::Tensor { path: self.path.clone(), tensor: name.to_string(), msg };
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(terr("added twice".into()));
         }
         if ne.is_empty() || ne.len() > MAX_DIMS {
-            return Err(terr(format!(
-                "{} dimensions (GGUF allows 1 to {MAX_DIMS})",
-                ne.len()
-            )));
+            return Err(terr(format!("{} dimensions (GGUF allows 1 to {MAX_DIMS})", ne.len())));
         }
         if !ne[0].is_multiple_of(ty.block_size() as u64) {
             return Err(terr(format!(
@@ -113,49 +101,27 @@ impl GgufWriter {
             .ok_or_else(|| terr(format!("dimensions {ne:?} overflow")))?;
         let need = numel / ty.block_size() as u64 * ty.type_size() as u64;
         if bytes.len() as u64 != need {
-            return Err(terr(format!(
-                "{} bytes given, {} {:?} needs {}",
-                bytes.len(),
-                ty.name(),
-                ne,
-                need
-            )));
+            return Err(terr(format!("{} bytes given, {} {:?} needs {}", bytes.len(), ty.name(), ne, need)));
         }
         let align = self.alignment();
         let offset = self.data_len.div_ceil(align) * align;
         let spool_err = |e| Error::io(std::env::temp_dir(), e);
-        self.data
-            .write_all(&vec![0u8; (offset - self.data_len) as usize])
-            .map_err(spool_err)?;
+        self.data.write_all(&vec![0u8; (offset - self.data_len) as usize]).map_err(spool_err)?;
         self.data.write_all(bytes).map_err(spool_err)?;
         self.data_len = offset + need;
-        self.tensors.push(PendingTensor {
-            name: name.to_string(),
-            ne: ne.to_vec(),
-            ty,
-            offset,
-        });
+        self.tensors.push(PendingTensor { name: name.to_string(), ne: ne.to_vec(), ty, offset });
         Ok(())
     }
 
     /// Writes the file under a temporary name beside `path` and renames it into place.
     pub fn finish(self) -> Result<()> {
-        let GgufWriter {
-            path,
-            metadata,
-            tensors,
-            data,
-            data_len: _,
-        } = self;
+        let GgufWriter { path, metadata, tensors, data, data_len: _ } = self;
         let io_err = |e| Error::io(&path, e);
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{file_name}."))
             .suffix(".tmp")
@@ -192,27 +158,17 @@ impl GgufWriter {
         header.resize(header.len().div_ceil(align) * align, 0);
         out.write_all(&header).map_err(io_err)?;
 
-        let mut spool = data
-            .into_inner()
-            .map_err(|e| Error::io(std::env::temp_dir(), e.into_error()))?;
-        spool
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let mut spool = data.into_inner().map_err(|e| Error::io(std::env::temp_dir(), e.into_error()))?;
+        spool.seek(SeekFrom::Start(0)).map_err(|e| Error::io(std::env::temp_dir(), e))?;
         std::io::copy(&mut spool, &mut out).map_err(io_err)?;
-        let tmp = out
-            .into_inner()
-            .map_err(|e| Error::io(&path, e.into_error()))?;
+        let tmp = out.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
         tmp.as_file().sync_all().map_err(io_err)?;
         tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
         Ok(())
     }
 
     fn err(&self, key: &str, msg: String) -> Error {
-        Error::Config {
-            path: self.path.clone(),
-            key: key.to_string(),
-            msg,
-        }
+        Error::Config { path: self.path.clone(), key: key.to_string(), msg }
     }
 }
 

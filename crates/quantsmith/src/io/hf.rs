@@ -33,17 +33,11 @@ impl HfModel {
     /// Opens a directory holding `config.json` and safetensors weights.
     pub fn open(dir: &Path) -> Result<HfModel> {
         if !dir.is_dir() {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
-            ));
+            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory")));
         }
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            return Err(Error::corrupt(
-                dir,
-                "not a Hugging Face model directory: config.json is missing",
-            ));
+            return Err(Error::corrupt(dir, "not a Hugging Face model directory: config.json is missing"));
         }
         let config = read_json(&config_path)?;
         if !config.is_object() {
@@ -57,14 +51,11 @@ impl HfModel {
         let mut order = Vec::new();
         if index_path.exists() {
             let idx = read_json(&index_path)?;
-            let map = idx
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .ok_or_else(|| Error::Config {
-                    path: index_path.clone(),
-                    key: "weight_map".into(),
-                    msg: "missing or not an object".into(),
-                })?;
+            let map = idx.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Config {
+                path: index_path.clone(),
+                key: "weight_map".into(),
+                msg: "missing or not an object".into(),
+            })?;
             // Shards in first-mention order of their sorted names, so the order is stable.
             let mut shard_names: Vec<&str> = Vec::new();
             for (tensor, shard) in map {
@@ -90,10 +81,7 @@ impl HfModel {
                 if !p.exists() {
                     return Err(Error::corrupt(
                         &index_path,
-                        format!(
-                            "names shard `{name}`, which does not exist in {}",
-                            dir.display()
-                        ),
+                        format!("names shard `{name}`, which does not exist in {}", dir.display()),
                     ));
                 }
                 shards.push(SafetensorsFile::open(&p)?);
@@ -112,16 +100,12 @@ impl HfModel {
             }
             for (tensor, shard) in map {
                 match index.get(tensor) {
-                    Some(&(si, _))
-                        if shard.as_str()
-                            == shards[si].path().file_name().and_then(|n| n.to_str()) => {}
+                    Some(&(si, _)) if shard.as_str() == shards[si].path().file_name().and_then(|n| n.to_str()) => {}
                     _ => {
                         return Err(Error::Tensor {
                             path: index_path.clone(),
                             tensor: tensor.clone(),
-                            msg: format!(
-                                "listed in shard {shard}, but that shard does not hold it"
-                            ),
+                            msg: format!("listed in shard {shard}, but that shard does not hold it"),
                         })
                     }
                 }
@@ -134,19 +118,9 @@ impl HfModel {
             }
             shards.push(f);
         } else {
-            return Err(Error::corrupt(
-                dir,
-                "has neither model.safetensors nor model.safetensors.index.json",
-            ));
+            return Err(Error::corrupt(dir, "has neither model.safetensors nor model.safetensors.index.json"));
         }
-        Ok(HfModel {
-            dir: dir.to_path_buf(),
-            config_path,
-            config,
-            shards,
-            index,
-            order,
-        })
+        Ok(HfModel { dir: dir.to_path_buf(), config_path, config, shards, index, order })
     }
 
     /// The model directory.
@@ -177,9 +151,7 @@ impl HfModel {
 
     /// One tensor entry, whatever its dtype.
     pub fn entry(&self, name: &str) -> Option<&StTensor> {
-        self.index
-            .get(name)
-            .map(|&(s, t)| &self.shards[s].entries()[t])
+        self.index.get(name).map(|&(s, t)| &self.shards[s].entries()[t])
     }
 
     /// The `model_type` (e.g. `llama`, `bert`) or else the first of `architectures`.
@@ -192,27 +164,15 @@ impl HfModel {
             .and_then(Value::as_array)
             .and_then(|a| a.first())
             .and_then(Value::as_str)
-            .ok_or_else(|| {
-                self.config_err(
-                    "model_type",
-                    "missing (and no `architectures` list either)".into(),
-                )
-            })
+            .ok_or_else(|| self.config_err("model_type", "missing (and no `architectures` list either)".into()))
     }
 
     fn config_err(&self, key: &str, msg: String) -> Error {
-        Error::Config {
-            path: self.config_path.clone(),
-            key: key.to_string(),
-            msg,
-        }
+        Error::Config { path: self.config_path.clone(), key: key.to_string(), msg }
     }
 
     fn require(&self, key: &str) -> Result<&Value> {
-        self.config
-            .get(key)
-            .filter(|v| !v.is_null())
-            .ok_or_else(|| self.config_err(key, "missing".into()))
+        self.config.get(key).filter(|v| !v.is_null()).ok_or_else(|| self.config_err(key, "missing".into()))
     }
 
     /// A required non-negative integer key.
@@ -220,66 +180,45 @@ impl HfModel {
         let v = self.require(key)?;
         v.as_u64()
             .and_then(|x| usize::try_from(x).ok())
-            .ok_or_else(|| {
-                self.config_err(key, format!("expected a non-negative integer, found {v}"))
-            })
+            .ok_or_else(|| self.config_err(key, format!("expected a non-negative integer, found {v}")))
     }
 
     /// A required number key (integers accepted).
     pub fn config_f64(&self, key: &str) -> Result<f64> {
         let v = self.require(key)?;
-        v.as_f64()
-            .ok_or_else(|| self.config_err(key, format!("expected a number, found {v}")))
+        v.as_f64().ok_or_else(|| self.config_err(key, format!("expected a number, found {v}")))
     }
 
     /// A required string key.
     pub fn config_str(&self, key: &str) -> Result<&str> {
         let v = self.require(key)?;
-        v.as_str()
-            .ok_or_else(|| self.config_err(key, format!("expected a string, found {v}")))
+        v.as_str().ok_or_else(|| self.config_err(key, format!("expected a string, found {v}")))
     }
 
     /// A required bool key.
     pub fn config_bool(&self, key: &str) -> Result<bool> {
         let v = self.require(key)?;
-        v.as_bool()
-            .ok_or_else(|| self.config_err(key, format!("expected true or false, found {v}")))
+        v.as_bool().ok_or_else(|| self.config_err(key, format!("expected true or false, found {v}")))
     }
 
     /// `config_usize` for an optional key: `Ok(None)` when absent or null.
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.config
-            .get(key)
-            .filter(|v| !v.is_null())
-            .map(|_| self.config_usize(key))
-            .transpose()
+        self.config.get(key).filter(|v| !v.is_null()).map(|_| self.config_usize(key)).transpose()
     }
 
     /// `config_f64` for an optional key.
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.config
-            .get(key)
-            .filter(|v| !v.is_null())
-            .map(|_| self.config_f64(key))
-            .transpose()
+        self.config.get(key).filter(|v| !v.is_null()).map(|_| self.config_f64(key)).transpose()
     }
 
     /// `config_str` for an optional key.
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        self.config
-            .get(key)
-            .filter(|v| !v.is_null())
-            .map(|_| self.config_str(key))
-            .transpose()
+        self.config.get(key).filter(|v| !v.is_null()).map(|_| self.config_str(key)).transpose()
     }
 
     /// `config_bool` for an optional key.
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.config
-            .get(key)
-            .filter(|v| !v.is_null())
-            .map(|_| self.config_bool(key))
-            .transpose()
+        self.config.get(key).filter(|v| !v.is_null()).map(|_| self.config_bool(key)).transpose()
     }
 
     /// Reads another JSON file of the directory (`modules.json`, `1_Pooling/config.json`, ...),
@@ -297,10 +236,7 @@ impl HfModel {
 impl TensorSource for HfModel {
     /// The tensors quantsmith can compute with (F32/F16/BF16); see `entries` for all.
     fn tensors(&self) -> Vec<TensorInfo> {
-        self.entries()
-            .into_iter()
-            .filter_map(StTensor::info)
-            .collect()
+        self.entries().into_iter().filter_map(StTensor::info).collect()
     }
 
     fn info(&self, name: &str) -> Option<TensorInfo> {
@@ -310,11 +246,9 @@ impl TensorSource for HfModel {
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         match self.index.get(name) {
             Some(&(s, _)) => self.shards[s].load_f32(name),
-            None => Err(Error::Tensor {
-                path: self.dir.clone(),
-                tensor: name.to_string(),
-                msg: "not in this model".into(),
-            }),
+            None => {
+                Err(Error::Tensor { path: self.dir.clone(), tensor: name.to_string(), msg: "not in this model".into() })
+            }
         }
     }
 }

@@ -42,10 +42,7 @@ impl ModelFile {
         } else {
             ""
         };
-        Err(Error::corrupt(
-            path,
-            format!("not a model: neither a GGUF file nor a Hugging Face model directory{hint}"),
-        ))
+        Err(Error::corrupt(path, format!("not a model: neither a GGUF file nor a Hugging Face model directory{hint}")))
     }
 
     /// The tensors of the checkpoint.
@@ -110,11 +107,7 @@ impl ModelFile {
             ModelFile::Gguf(g) => (format!("GGUF v{}", g.version()), Vec::new()),
             ModelFile::Hf(h) => {
                 let n = h.shards().len();
-                let format = if n == 1 {
-                    "safetensors".to_string()
-                } else {
-                    format!("safetensors ({n} files)")
-                };
+                let format = if n == 1 { "safetensors".to_string() } else { format!("safetensors ({n} files)") };
                 let other = h
                     .entries()
                     .into_iter()

@@ -84,10 +84,7 @@ pub struct SafetensorsFile {
 
 impl std::fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SafetensorsFile")
-            .field("path", &self.path)
-            .field("tensors", &self.tensors.len())
-            .finish()
+        f.debug_struct("SafetensorsFile").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
     }
 }
 
@@ -97,10 +94,7 @@ impl SafetensorsFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < 8 {
-            return Err(Error::corrupt(
-                path,
-                format!("not a safetensors file: only {len} bytes"),
-            ));
+            return Err(Error::corrupt(path, format!("not a safetensors file: only {len} bytes")));
         }
         // SAFETY: read-only map; see GgufFile::open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
@@ -110,38 +104,23 @@ impl SafetensorsFile {
         if n > MAX_HEADER || n > len - 8 {
             return Err(Error::corrupt(
                 path,
-                format!(
-                    "safetensors header length {n} is larger than the file ({len} bytes) allows"
-                ),
+                format!("safetensors header length {n} is larger than the file ({len} bytes) allows"),
             ));
         }
         let header_end = 8 + n as usize;
-        let json: serde_json::Value =
-            serde_json::from_slice(&mmap[8..header_end]).map_err(|e| {
-                Error::corrupt(path, format!("safetensors header is not valid JSON: {e}"))
-            })?;
-        let obj = json
-            .as_object()
-            .ok_or_else(|| Error::corrupt(path, "safetensors header is not a JSON object"))?;
+        let json: serde_json::Value = serde_json::from_slice(&mmap[8..header_end])
+            .map_err(|e| Error::corrupt(path, format!("safetensors header is not valid JSON: {e}")))?;
+        let obj = json.as_object().ok_or_else(|| Error::corrupt(path, "safetensors header is not a JSON object"))?;
         let data_len = mmap.len() - header_end;
 
         let mut tensors = Vec::with_capacity(obj.len());
         let mut metadata = HashMap::new();
         for (name, entry) in obj {
-            let terr = |msg: String| Error::Tensor {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                msg,
-            };
+            let terr = |msg: String| Error::Tensor { path: path.to_path_buf(), tensor: name.clone(), msg };
             if name == "__metadata__" {
                 if let Some(m) = entry.as_object() {
                     for (k, v) in m {
-                        metadata.insert(
-                            k.clone(),
-                            v.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| v.to_string()),
-                        );
+                        metadata.insert(k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
                     }
                 }
                 continue;
@@ -150,8 +129,7 @@ impl SafetensorsFile {
                 .get("dtype")
                 .and_then(|d| d.as_str())
                 .ok_or_else(|| terr("header entry has no `dtype` string".into()))?;
-            let size = dtype_size(dtype)
-                .ok_or_else(|| terr(format!("unknown safetensors dtype `{dtype}`")))?;
+            let size = dtype_size(dtype).ok_or_else(|| terr(format!("unknown safetensors dtype `{dtype}`")))?;
             let shape = entry
                 .get("shape")
                 .and_then(|s| s.as_array())
@@ -167,9 +145,8 @@ impl SafetensorsFile {
                 .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
                 .ok_or_else(|| terr("header entry needs `data_offsets: [begin, end]`".into()))?;
             let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            let need = numel
-                .and_then(|n| n.checked_mul(size))
-                .ok_or_else(|| terr(format!("shape {shape:?} overflows")))?;
+            let need =
+                numel.and_then(|n| n.checked_mul(size)).ok_or_else(|| terr(format!("shape {shape:?} overflows")))?;
             let (b, e) = offs;
             if b > e || e - b != need as u64 {
                 return Err(terr(format!(
@@ -192,18 +169,8 @@ impl SafetensorsFile {
         }
         // File order is data order; JSON object order is not guaranteed to be.
         tensors.sort_by(|a, b| (a.start, &a.name).cmp(&(b.start, &b.name)));
-        let index = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
-        Ok(SafetensorsFile {
-            path: path.to_path_buf(),
-            mmap,
-            tensors,
-            index,
-            metadata,
-        })
+        let index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, tensors, index, metadata })
     }
 
     /// The file's path.
@@ -228,61 +195,43 @@ impl SafetensorsFile {
 
     /// Raw bytes of one tensor, from the memory map.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
-        let t = self
-            .entry(name)
-            .ok_or_else(|| self.terr(name, "not in this file".into()))?;
+        let t = self.entry(name).ok_or_else(|| self.terr(name, "not in this file".into()))?;
         Ok(&self.mmap[t.start..t.start + t.n_bytes])
     }
 
     /// Materializes one tensor as f32 (F32, F16 or BF16 storage).
     pub fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let t = self
-            .entry(name)
-            .ok_or_else(|| self.terr(name, "not in this file".into()))?;
+        let t = self.entry(name).ok_or_else(|| self.terr(name, "not in this file".into()))?;
         let bytes = self.tensor_bytes(name)?;
         let mut out = vec![0f32; t.numel()];
         // Chunks of 64k values keep both cores busy on an embedding matrix.
         const CHUNK: usize = 65536;
         match t.dtype.as_str() {
-            "F32" => out
-                .par_chunks_mut(CHUNK)
-                .zip(bytes.par_chunks(CHUNK * 4))
-                .for_each(|(d, s)| {
-                    for (o, b) in d.iter_mut().zip(s.chunks_exact(4)) {
-                        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    }
-                }),
-            "F16" => out
-                .par_chunks_mut(CHUNK)
-                .zip(bytes.par_chunks(CHUNK * 2))
-                .for_each(|(d, s)| {
-                    for (o, b) in d.iter_mut().zip(s.chunks_exact(2)) {
-                        *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-                    }
-                }),
-            "BF16" => out
-                .par_chunks_mut(CHUNK)
-                .zip(bytes.par_chunks(CHUNK * 2))
-                .for_each(|(d, s)| {
-                    for (o, b) in d.iter_mut().zip(s.chunks_exact(2)) {
-                        *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
-                    }
-                }),
+            "F32" => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 4)).for_each(|(d, s)| {
+                for (o, b) in d.iter_mut().zip(s.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }),
+            "F16" => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 2)).for_each(|(d, s)| {
+                for (o, b) in d.iter_mut().zip(s.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }),
+            "BF16" => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 2)).for_each(|(d, s)| {
+                for (o, b) in d.iter_mut().zip(s.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }),
             other => {
-                return Err(self.terr(
-                    name,
-                    format!("dtype {other} is not supported (quantsmith reads F32, F16 and BF16)"),
-                ))
+                return Err(
+                    self.terr(name, format!("dtype {other} is not supported (quantsmith reads F32, F16 and BF16)"))
+                )
             }
         }
         Ok(out)
     }
 
     fn terr(&self, name: &str, msg: String) -> Error {
-        Error::Tensor {
-            path: self.path.clone(),
-            tensor: name.to_string(),
-            msg,
-        }
+        Error::Tensor { path: self.path.clone(), tensor: name.to_string(), msg }
     }
 }

@@ -91,12 +91,14 @@ fn read_legacy(path: &Path, b: &[u8]) -> Result<Imatrix> {
     let n = i32_at(&mut p).filter(|&n| n >= 1).ok_or_else(|| bad("no entries"))?;
     let mut m = Imatrix::default();
     for i in 0..n {
-        let len = i32_at(&mut p).filter(|&l| l > 0).ok_or_else(|| bad(&format!("entry {i}: bad name length")))? as usize;
+        let len =
+            i32_at(&mut p).filter(|&l| l > 0).ok_or_else(|| bad(&format!("entry {i}: bad name length")))? as usize;
         let name = b.get(p..p + len).ok_or_else(|| bad(&format!("entry {i}: truncated name")))?;
         let name = String::from_utf8_lossy(name).into_owned();
         p += len;
         let ncall = i32_at(&mut p).ok_or_else(|| bad(&format!("entry {i}: truncated")))?;
-        let nval = i32_at(&mut p).filter(|&v| v >= 1).ok_or_else(|| bad(&format!("entry {i}: bad value count")))? as usize;
+        let nval =
+            i32_at(&mut p).filter(|&v| v >= 1).ok_or_else(|| bad(&format!("entry {i}: bad value count")))? as usize;
         let raw = b.get(p..p + 4 * nval).ok_or_else(|| bad(&format!("entry `{name}`: truncated values")))?;
         p += 4 * nval;
         // Legacy sums hold (raw / count) · ncall.

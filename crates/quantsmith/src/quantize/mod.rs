@@ -47,12 +47,19 @@ pub struct QuantizeOptions {
 /// Runs a quantization job on the model `input` (path or built-in name).
 ///
 /// `progress(phase, done, total)` reports blocks and evaluation chunks.
-pub fn quantize(input: &str, opts: &QuantizeOptions, progress: &(dyn Fn(&str, usize, usize) + Sync)) -> Result<QuantizeReport> {
+pub fn quantize(
+    input: &str,
+    opts: &QuantizeOptions,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+) -> Result<QuantizeReport> {
     let start = Instant::now();
     let sampler = crate::memory::PeakSampler::start();
     let file = open_model(input)?;
     if arch::model_kind(&file)? != ModelKind::Decoder {
-        return Err(Error::Other(format!("{}: only decoders (Llama family) can be quantized to GGUF", file.path().display())));
+        return Err(Error::Other(format!(
+            "{}: only decoders (Llama family) can be quantized to GGUF",
+            file.path().display()
+        )));
     }
     let ModelFile::Gguf(g) = &file else {
         return Err(Error::Other(format!(
@@ -71,14 +78,17 @@ pub fn quantize(input: &str, opts: &QuantizeOptions, progress: &(dyn Fn(&str, us
     let info = PresetModelInfo::from_gguf(g)?;
     let uses_imatrix = opts.pipeline.imatrix != ImatrixSource::None;
     let choices = choose_types(opts.preset, &tensors, &info, uses_imatrix)?;
-    let preset_types: HashMap<String, formats::ggml::GgmlType> = choices.into_iter().map(|c| (c.name, c.ggml_type)).collect();
+    let preset_types: HashMap<String, formats::ggml::GgmlType> =
+        choices.into_iter().map(|c| (c.name, c.ggml_type)).collect();
     let plan = plan::Plan::build(&tensors, &preset_types, &opts.rules, &opts.method)?;
 
     // Metadata: the input's, with the file type and the imatrix provenance.
     let mut meta: Vec<(String, GgufValue)> = g
         .metadata()
         .iter()
-        .filter(|(k, _)| !k.starts_with("quantize.imatrix.") && k != "general.file_type" && k != "general.quantization_version")
+        .filter(|(k, _)| {
+            !k.starts_with("quantize.imatrix.") && k != "general.file_type" && k != "general.quantization_version"
+        })
         .cloned()
         .collect();
     meta.push(("general.quantization_version".into(), GgufValue::U32(2)));

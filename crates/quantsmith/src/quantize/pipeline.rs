@@ -278,7 +278,12 @@ pub fn run(
 
     let work = partial_dir(&opts.out);
     let fingerprint = plan.fingerprint(path, opts);
-    let mut state = Checkpoint { fingerprint: fingerprint.clone(), next_block: 0, tensors: Vec::new(), phases: PhaseTimes::default() };
+    let mut state = Checkpoint {
+        fingerprint: fingerprint.clone(),
+        next_block: 0,
+        tensors: Vec::new(),
+        phases: PhaseTimes::default(),
+    };
     let mut resumed_blocks = 0;
     if opts.resume {
         if let Ok(text) = std::fs::read_to_string(work.join("state.json")) {
@@ -349,7 +354,17 @@ pub fn run(
             }
             phases.calibrate += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            solve_roles(&mut block, &[LinearRole::Q, LinearRole::K, LinearRole::V], Some(&ha), i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            solve_roles(
+                &mut block,
+                &[LinearRole::Q, LinearRole::K, LinearRole::V],
+                Some(&ha),
+                i,
+                plan,
+                opts,
+                imx,
+                &mut spill,
+                &mut state.tensors,
+            )?;
             phases.solve += t.elapsed().as_secs_f64();
 
             let t = Instant::now();
@@ -381,7 +396,17 @@ pub fn run(
             drop(attn_all);
             phases.calibrate += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            solve_roles(&mut block, &[LinearRole::Gate, LinearRole::Up], Some(&hf), i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            solve_roles(
+                &mut block,
+                &[LinearRole::Gate, LinearRole::Up],
+                Some(&hf),
+                i,
+                plan,
+                opts,
+                imx,
+                &mut spill,
+                &mut state.tensors,
+            )?;
             phases.solve += t.elapsed().as_secs_f64();
 
             let t = Instant::now();
@@ -398,7 +423,17 @@ pub fn run(
             }
             phases.calibrate += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            solve_roles(&mut block, &[LinearRole::Down], Some(&hd), i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            solve_roles(
+                &mut block,
+                &[LinearRole::Down],
+                Some(&hd),
+                i,
+                plan,
+                opts,
+                imx,
+                &mut spill,
+                &mut state.tensors,
+            )?;
             phases.solve += t.elapsed().as_secs_f64();
             let t = Instant::now();
             for (xb, ab) in x.chunks_mut(batch_rows * d).zip(act_all.chunks(batch_rows * ff)) {
@@ -610,19 +645,23 @@ fn solve_entry(
         };
         return Ok((rep, bytes, None));
     }
-    let fmt = formats::format::Format::parse(entry.ty.name()).map_err(|e| Error::Other(format!("tensor `{name}`: {e}")))?;
+    let fmt =
+        formats::format::Format::parse(entry.ty.name()).map_err(|e| Error::Other(format!("tensor `{name}`: {e}")))?;
     let p = LayerProblem { name, w, rows, cols, hessian: h, importance };
     // GPTQ without statistics cannot run; the plan only asks for it where they exist.
     let rtn: crate::solve::Method = std::sync::Arc::new(crate::solve::rtn::Rtn);
     let method = if entry.method.needs_hessian() && h.is_none() { &rtn } else { &entry.method };
     let enc = method.solve(&p, &fmt)?;
-    let bytes = enc.bytes.ok_or_else(|| Error::Other(format!("tensor `{name}`: {} produced no ggml bytes", entry.ty.name())))?;
+    let bytes = enc
+        .bytes
+        .ok_or_else(|| Error::Other(format!("tensor `{name}`: {} produced no ggml bytes", entry.ty.name())))?;
     let err = layer_error(w, &enc.dequant, rows, cols, h);
     let rep = TensorReport {
         name: name.to_string(),
         shape,
         ggml_type: entry.ty.name().to_string(),
-        solver: method.name().to_string() + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" },
+        solver: method.name().to_string()
+            + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" },
         bytes: bytes.len(),
         bits_per_weight: 8.0 * bytes.len() as f64 / (rows * cols) as f64,
         sqnr_db: Some(err.sqnr_db),
@@ -642,7 +681,11 @@ fn copy_entry(
     name: &str,
     block: Option<usize>,
 ) -> Result<(TensorReport, Vec<u8>)> {
-    let info = src.info(name).ok_or_else(|| Error::Tensor { path: path.to_path_buf(), tensor: name.into(), msg: "missing".into() })?;
+    let info = src.info(name).ok_or_else(|| Error::Tensor {
+        path: path.to_path_buf(),
+        tensor: name.into(),
+        msg: "missing".into(),
+    })?;
     let entry = plan.entry(name).ok_or_else(|| Error::Other(format!("no plan for tensor `{name}`")))?;
     let v = src.load_f32(name)?;
     let bytes = if entry.ty.block_size() == 1 {

@@ -95,11 +95,7 @@ pub enum Preset {
 }
 
 /// Names `llama-quantize` accepts for the same file type, besides the canonical ones.
-const ALIASES: &[(&str, Preset)] = &[
-    ("Q3_K", Preset::Q3_K_M),
-    ("Q4_K", Preset::Q4_K_M),
-    ("Q5_K", Preset::Q5_K_M),
-];
+const ALIASES: &[(&str, Preset)] = &[("Q3_K", Preset::Q3_K_M), ("Q4_K", Preset::Q4_K_M), ("Q5_K", Preset::Q5_K_M)];
 
 /// llama.cpp presets quantsmith recognizes by name but cannot produce, for a precise error.
 const UNSUPPORTED: &[&str] = &[
@@ -172,10 +168,7 @@ impl Preset {
                 Preset::names_list()
             )));
         }
-        Err(Error::Other(format!(
-            "unknown preset `{s}`; choose one of {}",
-            Preset::names_list()
-        )))
+        Err(Error::Other(format!("unknown preset `{s}`; choose one of {}", Preset::names_list())))
     }
 
     /// The comma-separated canonical names, for messages and `--help`.
@@ -396,11 +389,7 @@ impl PresetModelInfo {
 /// A head count stored as a scalar or as a per-layer array (first entry).
 fn first_count(g: &GgufFile, key: &str) -> Result<Option<usize>> {
     use crate::io::{GgufArray, GgufValue};
-    let bad = |msg: &str| Error::Config {
-        path: g.path().to_path_buf(),
-        key: key.to_string(),
-        msg: msg.to_string(),
-    };
+    let bad = |msg: &str| Error::Config { path: g.path().to_path_buf(), key: key.to_string(), msg: msg.to_string() };
     match g.get(key) {
         None => Ok(None),
         Some(GgufValue::Array(arr)) => {
@@ -488,11 +477,7 @@ impl Category {
             ("ffn_down", Category::FfnDown),
             ("", Category::Other),
         ];
-        table
-            .iter()
-            .find(|(s, _)| name.contains(s))
-            .map(|&(_, c)| c)
-            .unwrap_or(Category::Other)
+        table.iter().find(|(s, _)| name.contains(s)).map(|&(_, c)| c).unwrap_or(Category::Other)
     }
 
     /// attn_v-like tensors (v projection, fused qkv, MLA's kv_b) share one counter and rule set.
@@ -788,19 +773,11 @@ fn fallback(name: &str, ncols: usize, target: GgmlType) -> Result<GgmlType> {
         }
     };
     // Rows not even a multiple of 32 (rare): no block type fits, store f16.
-    Ok(if ncols.is_multiple_of(smaller.block_size()) {
-        smaller
-    } else {
-        T::F16
-    })
+    Ok(if ncols.is_multiple_of(smaller.block_size()) { smaller } else { T::F16 })
 }
 
 fn tensor_err(name: &str, msg: &str) -> Error {
-    Error::Tensor {
-        path: Default::default(),
-        tensor: name.to_string(),
-        msg: msg.to_string(),
-    }
+    Error::Tensor { path: Default::default(), tensor: name.to_string(), msg: msg.to_string() }
 }
 
 fn input_type(d: DType) -> GgmlType {
@@ -853,12 +830,8 @@ pub fn choose_types(
     for &i in &order {
         let t = &tensors[i];
         let quantizable = allows_quantization(&t.name, &t.shape);
-        let mut choice = TensorChoice {
-            name: t.name.clone(),
-            ggml_type: input_type(t.dtype),
-            quantizable,
-            fallback_from: None,
-        };
+        let mut choice =
+            TensorChoice { name: t.name.clone(), ggml_type: input_type(t.dtype), quantizable, fallback_from: None };
         if quantizable {
             if base_is_quantized {
                 let ncols = row_len(&t.shape);

@@ -62,7 +62,8 @@ impl QuantizeReport {
         let _ = writeln!(s, "| solver | {} |", self.method);
         let _ = writeln!(s, "| importance | {} |", self.imatrix);
         let _ = writeln!(s, "| calibration tokens | {} |", self.calib_tokens);
-        let _ = writeln!(s, "| file size | {} bytes ({:.2} MiB) |", self.file_bytes, self.file_bytes as f64 / 1048576.0);
+        let _ =
+            writeln!(s, "| file size | {} bytes ({:.2} MiB) |", self.file_bytes, self.file_bytes as f64 / 1048576.0);
         let _ = writeln!(s, "| bits per weight | {:.3} |", self.bits_per_weight);
         let _ = writeln!(s, "| time | {:.1} s |", self.seconds);
         let _ = writeln!(s, "| peak anonymous memory | {:.0} MiB |", self.peak_rss_anon_mib);
@@ -75,7 +76,14 @@ impl QuantizeReport {
         if let Some(e) = &self.eval {
             let _ = writeln!(s, "\n## Evaluation against the input model\n");
             if let Some(t) = &self.eval_text {
-                let _ = writeln!(s, "Text `{}`, {} chunks of {} tokens, {} scored positions.\n", t.display(), e.chunks, e.ctx, e.tokens_scored);
+                let _ = writeln!(
+                    s,
+                    "Text `{}`, {} chunks of {} tokens, {} scored positions.\n",
+                    t.display(),
+                    e.chunks,
+                    e.ctx,
+                    e.tokens_scored
+                );
             }
             let _ = writeln!(s, "| metric | value |\n|---|---|");
             let _ = writeln!(s, "| perplexity | {:.4} ± {:.4} |", e.ppl, e.ppl_stderr);

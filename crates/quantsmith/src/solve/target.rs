@@ -51,7 +51,14 @@ pub fn rtn(t: &Target, name: &str, w: &[f32], rows: usize, cols: usize, importan
 }
 
 /// The static grid of `t` for `w`.
-pub fn grid(t: &Target, name: &str, w: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Box<dyn Grid>> {
+pub fn grid(
+    t: &Target,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    importance: Option<&[f32]>,
+) -> Result<Box<dyn Grid>> {
     if let Some(ty) = t.ggml {
         let g = formats::ggml::grid::BlockGrid::new(ty, w, rows, cols, importance).map_err(|e| fmt_err(name, e))?;
         return Ok(Box::new(GgmlGrid { g, name: name.to_string() }));

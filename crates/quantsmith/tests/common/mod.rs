@@ -17,7 +17,8 @@ pub fn shared() -> PathBuf {
 /// The golden file of llama.cpp's presets for the dithered base.
 pub fn golden() -> serde_json::Value {
     let p = shared().join("data/golden/smollm2-dither-llamacpp-0c1e570.json");
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e} (../shared must be beside the checkout)", p.display()));
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e} (../shared must be beside the checkout)", p.display()));
     serde_json::from_str(&text).unwrap()
 }
 
