@@ -154,6 +154,9 @@ impl QuantizeReport {
                 })
                 .collect();
             if !pts.is_empty() {
+                // File order is lexicographic (blk.1, blk.10, …): plot by block number.
+                let mut pts = pts;
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
                 series.push((r, pts));
             }
         }
@@ -184,6 +187,7 @@ impl QuantizeReport {
             chart
                 .configure_mesh()
                 .x_desc("block")
+                .x_label_formatter(&|v| format!("{v:.0}"))
                 .y_desc("error")
                 .y_label_formatter(&|v| format!("{v:.0e}"))
                 .draw()
