@@ -19,8 +19,20 @@ pub struct BlockGrid {
     cols: usize,
     /// The encoding whose parameter fields define the grids.
     bytes: Vec<u8>,
-    /// One grid per element, row-major.
+    /// Elements sharing one grid (a sub-block).
+    span: usize,
+    /// One grid per sub-block, row-major.
     grids: Vec<ElementGrid>,
+}
+
+/// Elements that share one set of parameters (scale, minimum) in a block of `ty`.
+fn grid_span(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q6K => 16,
+        GgmlType::Iq4Xs => 32,
+        // The 32-element blocks, and Q4_K/Q5_K's 32-element sub-blocks.
+        _ => 32.min(ty.block_size()),
+    }
 }
 
 impl BlockGrid {
@@ -34,13 +46,14 @@ impl BlockGrid {
         }
         let bytes = quantize(ty, w, cols, importance)?;
         let (bs, ts) = (ty.block_size(), ty.type_size());
-        let mut grids = Vec::with_capacity(rows * cols);
+        let span = grid_span(ty);
+        let mut grids = Vec::with_capacity(rows * cols / span);
         for blk in bytes.chunks_exact(ts) {
-            for e in 0..bs {
+            for e in (0..bs).step_by(span) {
                 grids.push(element_grid(ty, blk, e)?);
             }
         }
-        Ok(BlockGrid { ty, rows, cols, bytes, grids })
+        Ok(BlockGrid { ty, rows, cols, bytes, span, grids })
     }
 
     /// The ggml type.
@@ -50,7 +63,7 @@ impl BlockGrid {
 
     /// The grid value nearest to `x` at (`row`, `col`).
     pub fn round(&self, row: usize, col: usize, x: f32) -> f32 {
-        let g = &self.grids[row * self.cols + col];
+        let g = &self.grids[(row * self.cols + col) / self.span];
         g.value(g.nearest_code(x))
     }
 
@@ -65,7 +78,7 @@ impl BlockGrid {
         for (k, blk) in out.chunks_exact_mut(ts).enumerate() {
             for e in 0..bs {
                 let i = k * bs + e;
-                set_element_code(self.ty, blk, e, self.grids[i].nearest_code(q[i]))?;
+                set_element_code(self.ty, blk, e, self.grids[i / self.span].nearest_code(q[i]))?;
             }
         }
         Ok(out)

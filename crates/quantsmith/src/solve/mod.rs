@@ -62,6 +62,7 @@ pub struct LayerError {
 
 /// Measures how far `q` is from `w` (and, with `h`, the relative output error).
 pub fn layer_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: Option<&Hessian>) -> LayerError {
+    debug_assert_eq!(w.len(), rows * cols);
     let (mut sw, mut se) = (0f64, 0f64);
     for (&a, &b) in w.iter().zip(q) {
         sw += (a as f64) * (a as f64);
@@ -70,12 +71,18 @@ pub fn layer_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: Option<&He
     let sqnr_db = if se > 0.0 { 10.0 * (sw / se).log10() } else { f64::INFINITY };
     let output_err = h.map(|h| {
         let hf: Vec<f32> = h.mean().iter().map(|&v| v as f32).collect();
-        let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+        // Σ_rows m H mᵀ, a few thousand rows at a time (the head has 49k rows).
         let quad = |m: &[f32]| -> f64 {
-            let mut mh = vec![0f32; rows * cols];
-            crate::linalg::matmul_nn(m, &hf, rows, cols, cols, &mut mh, true);
-            mh.iter().zip(m).map(|(a, b)| *a as f64 * *b as f64).sum()
+            let mut total = 0f64;
+            for chunk in m.chunks(4096 * cols) {
+                let r = chunk.len() / cols;
+                let mut mh = vec![0f32; r * cols];
+                crate::linalg::matmul_nn(chunk, &hf, r, cols, cols, &mut mh, true);
+                total += mh.iter().zip(chunk).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+            }
+            total
         };
+        let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
         let den = quad(w);
         if den > 0.0 {
             quad(&d) / den
