@@ -124,6 +124,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gguf_file_divides_by_counts() {
+        use crate::io::{GgufArray, GgufValue, GgufWriter};
+        use formats::ggml::GgmlType;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("imatrix.gguf");
+        let mut w = GgufWriter::new(&p).unwrap();
+        w.add_metadata("imatrix.datasets", GgufValue::Array(GgufArray::String(vec!["emma.txt".into()]))).unwrap();
+        w.add_metadata("imatrix.chunk_count", GgufValue::U32(50)).unwrap();
+        w.add_metadata("imatrix.chunk_size", GgufValue::U32(512)).unwrap();
+        let f = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        w.add_tensor("blk.0.ffn_up.weight.in_sum2", &[4], GgmlType::F32, &f(&[10.0, 20.0, 0.0, 4.0])).unwrap();
+        w.add_tensor("blk.0.ffn_up.weight.counts", &[1], GgmlType::F32, &f(&[10.0])).unwrap();
+        w.add_tensor("blk.0.attn_q.weight.in_sum2", &[2], GgmlType::F32, &f(&[3.0, 3.0])).unwrap();
+        w.add_tensor("blk.0.attn_q.weight.counts", &[1], GgmlType::F32, &f(&[0.0])).unwrap();
+        w.finish().unwrap();
+        let m = read_imatrix(&p).unwrap();
+        assert_eq!(m.get("blk.0.ffn_up.weight").unwrap(), &vec![1.0, 2.0, 0.0, 0.4]);
+        // No tokens seen: llama.cpp treats every column as equally important.
+        assert_eq!(m.get("blk.0.attn_q.weight").unwrap(), &vec![1.0, 1.0]);
+        assert_eq!(m.chunks, 50);
+        assert_eq!(m.datasets, vec!["emma.txt".to_string()]);
+    }
+
+    #[test]
     fn legacy_file_divides_by_ncall() {
         let mut b = Vec::new();
         b.extend_from_slice(&1i32.to_le_bytes());
