@@ -15,11 +15,11 @@ use formats::ggml::GgmlType;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Plan, PlanEntry};
-use crate::arch::llama::{Block, LinearObserver, LinearRole, Llama, LlamaConfig, Naming};
+use crate::arch::llama::{Block, LinearObserver, LinearRole, LlamaConfig, Naming};
 use crate::calib::{calibration_windows, CalibOptions, Hessian};
 use crate::io::gguf::{GgufFile, GgufValue};
 use crate::io::GgufWriter;
-use crate::solve::{layer_error, target, LayerProblem};
+use crate::solve::{layer_error, LayerProblem};
 use crate::tensor::TensorSource;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -709,16 +709,4 @@ fn copy_entry(
         note: None,
     };
     Ok((rep, bytes))
-}
-
-/// Loads a quantized output as a model (for evaluation) — any GGUF the readers accept.
-pub fn load_output(path: &Path) -> Result<Llama> {
-    let g = GgufFile::open(path)?;
-    let cfg = LlamaConfig::from_gguf(&g)?;
-    Llama::load(&g, path, cfg)
-}
-
-/// The GGUF name of a target's ggml type, for messages.
-pub fn target_name(t: &target::Target) -> String {
-    t.spec()
 }
