@@ -345,6 +345,9 @@ pub fn run(
             let batch_rows = opts.batch_seqs.max(1) * seq_len;
             let t = Instant::now();
             let mut hs = 0f64;
+            let mut solve_stage = |block: &mut Block, roles: &[LinearRole], h: &Hessian| {
+                solve_roles(block, roles, Some(h), i, plan, opts, imx, &mut spill, &mut state.tensors)
+            };
             let mut ha = Hessian::new(d);
             for xb in x.chunks(batch_rows * d) {
                 let h = block.attn_input(&cfg, xb);
@@ -354,17 +357,7 @@ pub fn run(
             }
             phases.calibrate += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            solve_roles(
-                &mut block,
-                &[LinearRole::Q, LinearRole::K, LinearRole::V],
-                Some(&ha),
-                i,
-                plan,
-                opts,
-                imx,
-                &mut spill,
-                &mut state.tensors,
-            )?;
+            solve_stage(&mut block, &[LinearRole::Q, LinearRole::K, LinearRole::V], &ha)?;
             phases.solve += t.elapsed().as_secs_f64();
 
             let t = Instant::now();
@@ -381,7 +374,7 @@ pub fn run(
             }
             phases.calibrate += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            solve_roles(&mut block, &[LinearRole::O], Some(&ho), i, plan, opts, imx, &mut spill, &mut state.tensors)?;
+            solve_stage(&mut block, &[LinearRole::O], &ho)?;
             phases.solve += t.elapsed().as_secs_f64();
 
             let t = Instant::now();
@@ -396,17 +389,7 @@ pub fn run(
             drop(attn_all);
             phases.calibrate += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            solve_roles(
-                &mut block,
-                &[LinearRole::Gate, LinearRole::Up],
-                Some(&hf),
-                i,
-                plan,
-                opts,
-                imx,
-                &mut spill,
-                &mut state.tensors,
-            )?;
+            solve_stage(&mut block, &[LinearRole::Gate, LinearRole::Up], &hf)?;
             phases.solve += t.elapsed().as_secs_f64();
 
             let t = Instant::now();
@@ -423,17 +406,7 @@ pub fn run(
             }
             phases.calibrate += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            solve_roles(
-                &mut block,
-                &[LinearRole::Down],
-                Some(&hd),
-                i,
-                plan,
-                opts,
-                imx,
-                &mut spill,
-                &mut state.tensors,
-            )?;
+            solve_stage(&mut block, &[LinearRole::Down], &hd)?;
             phases.solve += t.elapsed().as_secs_f64();
             let t = Instant::now();
             for (xb, ab) in x.chunks_mut(batch_rows * d).zip(act_all.chunks(batch_rows * ff)) {
