@@ -92,6 +92,8 @@ fn bad_quantize_input_is_one_clear_error_and_no_output() {
     check(&["--scheme", "blk.*.attn_q=q4_k"], &["blk.0.attn_q.weight", "256"]);
     check(&["--scheme", "blk.*.ffn_down=q4_0@magic"], &["magic"]);
     check(&["--preset", "Q9_K"], &["Q9_K"]);
+    let emma = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/text/austen_emma.txt");
+    check(&["--eval", emma], &["austen_emma.txt", "calibration text"]);
     check(&["--imatrix", "--calib-samples", "100000"], &["calibration samples"]);
     check(&["--imatrix", "/nonexistent/imatrix.dat"], &["/nonexistent/imatrix.dat"]);
     fails(

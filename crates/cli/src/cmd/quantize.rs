@@ -80,11 +80,6 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.calib.iter().map(|p| Ok((p.clone(), read_text(p)?))).collect::<Result<Vec<_>>>()?
     };
-    if let Some(e) = &args.eval {
-        if args.calib.iter().any(|c| c == e) {
-            return Err(Error::Other(format!("{}: never evaluate on calibration text", e.display())));
-        }
-    }
     let imatrix = match args.imatrix.as_deref() {
         None => ImatrixSource::None,
         Some("") => ImatrixSource::Calibrate,
@@ -94,6 +89,12 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => Some((p.clone(), read_text(p)?)),
         None => None,
     };
+    if let Some((p, text)) = &eval_text {
+        // By content, so the built-in calibration novel is caught too.
+        if calib_texts.iter().any(|(_, c)| c == text) {
+            return Err(Error::Text { path: p.clone(), msg: "is also calibration text: never evaluate on it".into() });
+        }
+    }
     let opts = QuantizeOptions {
         preset,
         method,
