@@ -243,9 +243,85 @@ impl LlamaConfig {
                 ))
             }
         };
-        if let Some(s) = c.get("rope_scaling") {
-            if !s.is_null() {
-                return Err(err("rope_scaling", "RoPE scaling is not supported yet".into()));
+        // RoPE. transformers <= 4 writes `rope_theta`, `rope_scaling` and
+        // `partial_rotary_factor` at the top level; transformers 5 moves them into
+        // `rope_parameters` (`rope_theta`, `rope_type`, ...). Only plain, full-width RoPE is
+        // implemented: any scaling type or partial rotation is refused by its key, never run
+        // as plain RoPE.
+        let num = |key: &str, v: &serde_json::Value| -> Result<f64> {
+            v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| err(key, format!("expected a number, found {v}")))
+        };
+        let object = |key: &str| -> Result<Option<&serde_json::Map<String, serde_json::Value>>> {
+            match c.get(key) {
+                None => Ok(None),
+                Some(v) if v.is_null() => Ok(None),
+                Some(v) => v.as_object().map(Some).ok_or_else(|| err(key, format!("expected an object, found {v}"))),
+            }
+        };
+        let rope_parameters = object("rope_parameters")?;
+        let rope_scaling = object("rope_scaling")?;
+        for (section, obj) in [("rope_parameters", rope_parameters), ("rope_scaling", rope_scaling)] {
+            let Some(obj) = obj else { continue };
+            let mut typed = false;
+            for field in ["rope_type", "type"] {
+                let Some(v) = obj.get(field).filter(|v| !v.is_null()) else { continue };
+                let key = format!("{section}.{field}");
+                let ty = v.as_str().ok_or_else(|| err(&key, format!("expected a string, found {v}")))?;
+                if ty != "default" {
+                    return Err(err(
+                        &key,
+                        format!(
+                            "RoPE scaling type `{ty}` is not implemented yet (only the default, unscaled RoPE is); \
+                             running it as plain RoPE would give wrong results"
+                        ),
+                    ));
+                }
+                typed = true;
+            }
+            // Without a type, any scaling setting (factor, ...) cannot be identified; transformers
+            // itself cannot build the rotary embedding then.
+            let extra: Vec<&str> = obj
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !matches!(*k, "rope_type" | "type" | "rope_theta" | "partial_rotary_factor"))
+                .collect();
+            if !typed && !extra.is_empty() {
+                return Err(err(
+                    section,
+                    format!("has no `rope_type`, so its RoPE scaling ({}) cannot be identified", extra.join(", ")),
+                ));
+            }
+        }
+        let mut theta: Option<(String, f64)> = None;
+        for (key, v) in [
+            ("rope_theta".to_string(), c.get("rope_theta")),
+            ("rope_parameters.rope_theta".to_string(), rope_parameters.and_then(|o| o.get("rope_theta"))),
+        ] {
+            let Some(v) = v.filter(|v| !v.is_null()) else { continue };
+            let t = num(&key, v)?;
+            if t <= 0.0 {
+                return Err(err(&key, format!("RoPE base {t} must be positive")));
+            }
+            if let Some((k0, t0)) = &theta {
+                if *t0 != t {
+                    return Err(err(&key, format!("{t} disagrees with `{k0}` = {t0}")));
+                }
+            }
+            theta = Some((key, t));
+        }
+        // Neither spelling: transformers' default for these models.
+        let rope_theta = theta.map(|(_, t)| t).unwrap_or(10000.0);
+        for (key, v) in [
+            ("partial_rotary_factor".to_string(), c.get("partial_rotary_factor")),
+            (
+                "rope_parameters.partial_rotary_factor".to_string(),
+                rope_parameters.and_then(|o| o.get("partial_rotary_factor")),
+            ),
+        ] {
+            let Some(v) = v.filter(|v| !v.is_null()) else { continue };
+            let f = num(&key, v)?;
+            if f != 1.0 {
+                return Err(err(&key, format!("partial rotary embeddings (factor {f}) are not supported")));
             }
         }
         let d_model = get_usize("hidden_size")?;
@@ -262,7 +338,7 @@ impl LlamaConfig {
             head_dim,
             d_ff: get_usize("intermediate_size")?,
             vocab: get_usize("vocab_size")?,
-            rope_theta: c.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+            rope_theta,
             rms_eps: c.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6) as f32,
             rope: RopeLayout::Halves,
             qkv_bias,

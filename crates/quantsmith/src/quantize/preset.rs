@@ -40,6 +40,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use formats::ggml::GgmlType;
 
@@ -337,6 +338,9 @@ pub struct PresetModelInfo {
     /// Whether llama.cpp classes the model as 70B (8 query heads per kv head there make attn_v
     /// small, so it gets more bits).
     pub is_70b: bool,
+    /// The model file these facts come from, which [`choose_types`]' errors name; empty when
+    /// unknown (then errors name only the tensor).
+    pub path: PathBuf,
 }
 
 impl PresetModelInfo {
@@ -349,7 +353,13 @@ impl PresetModelInfo {
             n_head_kv,
             n_expert: 0,
             is_70b: infer_70b(arch, n_layer, n_head, n_head_kv),
+            path: PathBuf::new(),
         }
+    }
+
+    /// The same facts, naming `path` as the model file in errors.
+    pub fn with_path(self, path: impl Into<PathBuf>) -> PresetModelInfo {
+        PresetModelInfo { path: path.into(), ..self }
     }
 
     /// Facts of a Llama-family decoder configuration (dense).
@@ -371,7 +381,7 @@ impl PresetModelInfo {
         })?;
         let n_head_kv = first_count(g, &key("attention.head_count_kv"))?.unwrap_or(n_head);
         let n_expert = g.opt_u32(&key("expert_count"))?.unwrap_or(0) as usize;
-        let mut info = PresetModelInfo::dense(&arch, n_layer, n_head, n_head_kv);
+        let mut info = PresetModelInfo::dense(&arch, n_layer, n_head, n_head_kv).with_path(g.path());
         info.n_expert = n_expert;
         Ok(info)
     }
@@ -600,10 +610,11 @@ impl State<'_> {
     /// MoE, whose expert tensors are not in layer order, the number in its name.
     fn layer_info(&self, counter: i64, name: &str) -> Result<(i64, i64)> {
         if self.model.n_expert > 1 {
+            let path = &self.model.path;
             let l = parse_layer(name)
-                .ok_or_else(|| tensor_err(name, "cannot determine its layer (expected a `blk.N.` name)"))?;
+                .ok_or_else(|| tensor_err(path, name, "cannot determine its layer (expected a `blk.N.` name)"))?;
             if l < 0 || l >= self.n_layer {
-                return Err(tensor_err(name, &format!("layer {l} is outside [0, {})", self.n_layer)));
+                return Err(tensor_err(path, name, &format!("layer {l} is outside [0, {})", self.n_layer)));
             }
             return Ok((l, self.n_layer));
         }
@@ -749,8 +760,8 @@ impl State<'_> {
 }
 
 /// Replaces a type whose block does not divide the row length (llama.cpp's
-/// `tensor_type_fallback`). Returns the type to use.
-fn fallback(name: &str, ncols: usize, target: GgmlType) -> Result<GgmlType> {
+/// `tensor_type_fallback`). Returns the type to use; errors name `path` and the tensor.
+fn fallback(path: &Path, name: &str, ncols: usize, target: GgmlType) -> Result<GgmlType> {
     use GgmlType as T;
     if ncols.is_multiple_of(target.block_size()) {
         return Ok(target);
@@ -764,6 +775,7 @@ fn fallback(name: &str, ncols: usize, target: GgmlType) -> Result<GgmlType> {
         t if t.block_size() <= 32 => t,
         t => {
             return Err(tensor_err(
+                path,
                 name,
                 &format!(
                     "row length {ncols} is not a multiple of {}'s block and no fallback type is defined",
@@ -776,11 +788,17 @@ fn fallback(name: &str, ncols: usize, target: GgmlType) -> Result<GgmlType> {
     Ok(if ncols.is_multiple_of(smaller.block_size()) { smaller } else { T::F16 })
 }
 
-fn tensor_err(name: &str, msg: &str) -> Error {
-    Error::Tensor { path: Default::default(), tensor: name.to_string(), msg: msg.to_string() }
+/// An error about one tensor of the model file `path`; without a path (facts built by hand),
+/// the message starts with the tensor rather than an empty file name.
+fn tensor_err(path: &Path, name: &str, msg: &str) -> Error {
+    if path.as_os_str().is_empty() {
+        return Error::Other(format!("tensor `{name}`: {msg}"));
+    }
+    Error::Tensor { path: path.to_path_buf(), tensor: name.to_string(), msg: msg.to_string() }
 }
 
-fn input_type(d: DType) -> GgmlType {
+/// The ggml type a tensor of storage `d` keeps when it is not quantized.
+pub fn input_type(d: DType) -> GgmlType {
     match d {
         DType::Ggml(t) => t,
         DType::F32 => GgmlType::F32,
@@ -807,7 +825,7 @@ pub fn choose_types(
     order.sort_by(|&a, &b| loader_order(&tensors[a].name, &tensors[b].name));
     for w in order.windows(2) {
         if tensors[w[0]].name == tensors[w[1]].name {
-            return Err(tensor_err(&tensors[w[0]].name, "appears twice in the model"));
+            return Err(tensor_err(&model.path, &tensors[w[0]].name, "appears twice in the model"));
         }
     }
     let cats: Vec<Category> = tensors.iter().map(|t| Category::of(&t.name)).collect();
@@ -836,7 +854,7 @@ pub fn choose_types(
             if base_is_quantized {
                 let ncols = row_len(&t.shape);
                 let ruled = st.rule_type(&t.name, ncols, cats[i])?;
-                let fitted = fallback(&t.name, ncols, ruled)?;
+                let fitted = fallback(&model.path, &t.name, ncols, ruled)?;
                 choice.ggml_type = fitted;
                 if fitted != ruled {
                     choice.fallback_from = Some(ruled);
@@ -851,6 +869,7 @@ pub fn choose_types(
                 && t.name != "output.weight"
             {
                 return Err(tensor_err(
+                    &model.path,
                     &t.name,
                     &format!("preset {preset} quantizes it to q2_k, which needs an imatrix (--imatrix)"),
                 ));
@@ -907,15 +926,61 @@ mod tests {
     #[test]
     fn fallbacks() {
         use GgmlType as T;
-        assert_eq!(fallback("x", 576, T::Q4K).unwrap(), T::Q5_0);
-        assert_eq!(fallback("x", 576, T::Q5K).unwrap(), T::Q5_1);
-        assert_eq!(fallback("x", 576, T::Q6K).unwrap(), T::Q8_0);
-        assert_eq!(fallback("x", 576, T::Q2K).unwrap(), T::Q4_0);
-        assert_eq!(fallback("x", 576, T::Iq4Xs).unwrap(), T::Iq4Nl);
-        assert_eq!(fallback("x", 1536, T::Q4K).unwrap(), T::Q4K);
-        assert_eq!(fallback("x", 100, T::Q4K).unwrap(), T::F16);
-        assert_eq!(fallback("x", 100, T::Q4_0).unwrap(), T::F16);
-        assert!(fallback("x", 100, T::Q8K).is_err());
+        assert_eq!(fallback(Path::new(""), "x", 576, T::Q4K).unwrap(), T::Q5_0);
+        assert_eq!(fallback(Path::new(""), "x", 576, T::Q5K).unwrap(), T::Q5_1);
+        assert_eq!(fallback(Path::new(""), "x", 576, T::Q6K).unwrap(), T::Q8_0);
+        assert_eq!(fallback(Path::new(""), "x", 576, T::Q2K).unwrap(), T::Q4_0);
+        assert_eq!(fallback(Path::new(""), "x", 576, T::Iq4Xs).unwrap(), T::Iq4Nl);
+        assert_eq!(fallback(Path::new(""), "x", 1536, T::Q4K).unwrap(), T::Q4K);
+        assert_eq!(fallback(Path::new(""), "x", 100, T::Q4K).unwrap(), T::F16);
+        assert_eq!(fallback(Path::new(""), "x", 100, T::Q4_0).unwrap(), T::F16);
+        assert!(fallback(Path::new(""), "x", 100, T::Q8K).is_err());
+    }
+
+    /// Every error of `choose_types` starts with the model file (not ": tensor ..."), and
+    /// `from_gguf` records that file.
+    #[test]
+    fn choose_types_errors_name_the_model_file() {
+        use crate::io::{GgufValue, GgufWriter};
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("tiny.gguf");
+        let mut w = GgufWriter::new(&file).unwrap();
+        w.add_metadata("general.architecture", GgufValue::String("llama".into())).unwrap();
+        w.add_metadata("llama.block_count", GgufValue::U32(1)).unwrap();
+        w.add_metadata("llama.attention.head_count", GgufValue::U32(4)).unwrap();
+        w.add_tensor("blk.0.attn_q.weight", &[32, 4], GgmlType::F32, &[0u8; 4 * 32 * 4]).unwrap();
+        w.finish().unwrap();
+        let g = GgufFile::open(&file).unwrap();
+        let info = PresetModelInfo::from_gguf(&g).unwrap();
+        assert_eq!(info.path, file);
+        let prefix = format!("{}: tensor `", file.display());
+
+        let t = |name: &str| TensorInfo {
+            name: name.into(),
+            shape: vec![256, 256],
+            dtype: DType::F32,
+            n_bytes: 256 * 256 * 4,
+        };
+        let dup = [t("blk.0.attn_q.weight"), t("blk.0.attn_q.weight")];
+        let e = choose_types(Preset::Q4_0, &dup, &info, false).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{prefix}blk.0.attn_q.weight`: appears twice")), "{e}");
+        // Q2_K_S without an imatrix.
+        let e = choose_types(Preset::Q2_K_S, &[t("blk.0.attn_q.weight")], &info, false).unwrap_err().to_string();
+        assert!(e.starts_with(&prefix) && e.contains("imatrix"), "{e}");
+        // An MoE tensor whose layer is out of range.
+        let moe = PresetModelInfo { n_expert: 8, ..info.clone() };
+        let e = choose_types(Preset::Q4_K_M, &[t("blk.7.ffn_down_exps.weight")], &moe, false).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{prefix}blk.7.ffn_down_exps.weight`: layer 7")), "{e}");
+        // A row length without a fallback.
+        let e = fallback(&info.path, "x", 100, GgmlType::Q8K).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{prefix}x`: row length 100")), "{e}");
+
+        // Facts built by hand carry no file: the message starts with the tensor, not ": ".
+        let bare = PresetModelInfo::dense("llama", 1, 4, 4);
+        let e = choose_types(Preset::Q4_0, &dup, &bare, false).unwrap_err().to_string();
+        assert!(e.starts_with("tensor `blk.0.attn_q.weight`: appears twice"), "{e}");
+        let e = choose_types(Preset::Q4_0, &dup, &bare.with_path("m.gguf"), false).unwrap_err().to_string();
+        assert!(e.starts_with("m.gguf: tensor `blk.0.attn_q.weight`"), "{e}");
     }
 
     #[test]

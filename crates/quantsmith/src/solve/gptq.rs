@@ -37,8 +37,15 @@ impl Default for GptqOptions {
 
 /// Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), f64, for the damped Hessian `h` (`n × n`).
 /// Dead input channels (zero diagonal) get a unit diagonal; if the factorisation fails the
-/// damping grows tenfold, up to a limit, rather than producing NaN.
-pub fn inverse_hessian_factor(h: &[f64], n: usize, damp: f64) -> Result<Mat<f64>> {
+/// damping grows tenfold, up to a limit, rather than producing NaN. Errors name the tensor
+/// `name` the Hessian belongs to.
+pub fn inverse_hessian_factor(name: &str, h: &[f64], n: usize, damp: f64) -> Result<Mat<f64>> {
+    if h.len() != n * n {
+        return Err(Error::Other(format!("tensor `{name}`: Hessian has {} entries, expected {n}×{n}", h.len())));
+    }
+    if let Some(v) = h.iter().find(|v| !v.is_finite()) {
+        return Err(Error::Other(format!("tensor `{name}`: the Hessian contains {v}")));
+    }
     let mut hm = Mat::<f64>::from_fn(n, n, |i, j| h[i * n + j]);
     for i in 0..n {
         if hm[(i, i)] <= 0.0 {
@@ -46,8 +53,10 @@ pub fn inverse_hessian_factor(h: &[f64], n: usize, damp: f64) -> Result<Mat<f64>
         }
     }
     let mean_diag = (0..n).map(|i| hm[(i, i)]).sum::<f64>() / n as f64;
-    let mut damp = damp.max(1e-8);
-    for _ in 0..6 {
+    let first_damp = damp.max(1e-8);
+    const GROWTHS: i32 = 6;
+    for k in 0..GROWTHS {
+        let damp = first_damp * 10f64.powi(k);
         let mut a = hm.clone();
         for i in 0..n {
             a[(i, i)] += damp * mean_diag;
@@ -61,9 +70,11 @@ pub fn inverse_hessian_factor(h: &[f64], n: usize, damp: f64) -> Result<Mat<f64>
                 }
             }
         }
-        damp *= 10.0;
     }
-    Err(Error::Other("the Hessian stays singular even with strong damping".into()))
+    Err(Error::Other(format!(
+        "tensor `{name}`: the Hessian stays singular (not positive definite) even with the damping grown from {first_damp} to {} times its mean diagonal",
+        first_damp * 10f64.powi(GROWTHS - 1)
+    )))
 }
 
 /// The GPTQ solver.
@@ -95,6 +106,14 @@ pub fn solve(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<En
             p.name, h.n, h.n
         )));
     }
+    if p.w.len() != rows * cols || h.sum_xxt.len() != cols * cols {
+        return Err(Error::Other(format!(
+            "tensor `{}`: {} weights and {} Hessian entries for a {rows}×{cols} layer",
+            p.name,
+            p.w.len(),
+            h.sum_xxt.len()
+        )));
+    }
     if h.sum_xxt.iter().any(|v| !v.is_finite()) {
         return Err(Error::Other(format!("tensor `{}`: the calibration statistics contain NaN or infinity", p.name)));
     }
@@ -124,7 +143,7 @@ pub fn solve(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<En
         }
         v
     };
-    let u = inverse_hessian_factor(&hp, cols, opts.damp)?;
+    let u = inverse_hessian_factor(p.name, &hp, cols, opts.damp)?;
     let uf = Mat::<f32>::from_fn(cols, cols, |i, j| u[(i, j)] as f32);
 
     // Work on Wᵀ in permuted column order: wt[k] is (permuted) column k, contiguous over rows.
@@ -253,5 +272,43 @@ mod tests {
         let p = LayerProblem { name: "w", w: &w, rows, cols, hessian: Some(&h), importance: None };
         let g = solve(&p, &t, &GptqOptions::default()).unwrap();
         assert!(g.dequant.iter().all(|v| v.is_finite()));
+    }
+
+    /// A Hessian no damping makes positive definite (off-diagonal entries far larger than the
+    /// diagonal: not a Gram matrix, e.g. corrupted statistics) fails after the damping has
+    /// grown to its limit, and the error names the tensor.
+    #[test]
+    fn singular_hessian_error_names_the_tensor() {
+        let (rows, cols) = (2, 4);
+        let mut h = Hessian::new(cols);
+        for i in 0..cols {
+            for j in 0..cols {
+                h.sum_xxt[i * cols + j] = if i == j { 1.0 } else { 1e9 };
+            }
+        }
+        h.count = 1;
+        let w = vec![0.5f32; rows * cols];
+        let t = formats::format::Format::parse("int4").unwrap();
+        let p = LayerProblem { name: "blk.3.attn_v.weight", w: &w, rows, cols, hessian: Some(&h), importance: None };
+        let e = solve(&p, &t, &GptqOptions::default()).unwrap_err().to_string();
+        assert!(e.starts_with("tensor `blk.3.attn_v.weight`: the Hessian stays singular"), "{e}");
+        // The factor itself, called directly, names the tensor it is given too, NaN included.
+        let e = inverse_hessian_factor("x", &h.mean(), cols, 0.01).unwrap_err().to_string();
+        assert!(e.starts_with("tensor `x`: the Hessian stays singular"), "{e}");
+        let e = inverse_hessian_factor("x", &[f64::NAN, 0.0, 0.0, 1.0], 2, 0.01).unwrap_err().to_string();
+        assert!(e.starts_with("tensor `x`: "), "{e}");
+        // Non-finite statistics and a width mismatch are named as well.
+        let mut hn = Hessian::new(cols);
+        hn.sum_xxt[5] = f64::NAN;
+        let p = LayerProblem { hessian: Some(&hn), ..p };
+        let e = solve(&p, &t, &GptqOptions::default()).unwrap_err().to_string();
+        assert!(e.starts_with("tensor `blk.3.attn_v.weight`: "), "{e}");
+        let h3 = Hessian::new(3);
+        let p = LayerProblem { hessian: Some(&h3), ..p };
+        let e = solve(&p, &t, &GptqOptions::default()).unwrap_err().to_string();
+        assert!(e.starts_with("tensor `blk.3.attn_v.weight`: Hessian is 3×3"), "{e}");
+        let p = LayerProblem { hessian: None, ..p };
+        let e = solve(&p, &t, &GptqOptions::default()).unwrap_err().to_string();
+        assert!(e.starts_with("tensor `blk.3.attn_v.weight`: GPTQ needs"), "{e}");
     }
 }
