@@ -8,6 +8,7 @@ pub mod bench;
 pub mod calib;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod fetch;
 pub mod io;
 pub mod linalg;
@@ -15,6 +16,7 @@ pub mod memory;
 pub mod quantize;
 pub mod solve;
 pub mod tensor;
+pub mod transform;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

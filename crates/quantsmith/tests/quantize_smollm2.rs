@@ -24,9 +24,13 @@ fn options(
     len: usize,
 ) -> QuantizeOptions {
     QuantizeOptions {
-        preset,
+        preset: Some(preset),
         method,
         rules: vec![],
+        layout: "gguf".into(),
+        transforms: vec![],
+        force: false,
+        max_shard_bytes: 0,
         pipeline: PipelineOptions {
             out,
             calib_texts: vec![common::repo_text("austen_emma.txt")],

@@ -1,4 +1,5 @@
-//! `quantsmith quantize`: calibrate, solve and write a GGUF file llama.cpp loads.
+//! `quantsmith quantize`: calibrate, solve and write a GGUF file llama.cpp loads, or a
+//! Hugging Face directory (compressed-tensors, GPTQ, fake-quant) that vLLM and transformers load.
 
 use std::path::PathBuf;
 
@@ -16,15 +17,20 @@ use crate::cmd::progress::Progress;
 /// Arguments of `quantsmith quantize`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: a GGUF file (f32/f16/bf16 or quantized) or a built-in name (smollm2).
+    /// Model: a GGUF file (f32/f16/bf16 or quantized), a Hugging Face directory
+    /// (Llama/Qwen2/Mistral) or a built-in name (smollm2).
     pub model: String,
-    /// Output GGUF file (written under a temporary name, renamed when complete).
+    /// Output: a `.gguf` file, or a directory for the Hugging Face layouts (written under a
+    /// temporary name, renamed when complete).
     #[arg(long)]
     pub out: PathBuf,
+    /// Output layout: gguf (default for `.gguf` outputs), compressed-tensors, gptq, fake-quant.
+    #[arg(long)]
+    pub layout: Option<String>,
     /// Named preset choosing every tensor's type as llama-quantize would
-    /// (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, ...).
-    #[arg(long, default_value = "Q4_K_M")]
-    pub preset: String,
+    /// (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, ...; GGUF only, default Q4_K_M).
+    #[arg(long)]
+    pub preset: Option<String>,
     /// Default solver: rtn (round to nearest) or gptq.
     #[arg(long, default_value = "gptq")]
     pub method: String,
@@ -59,6 +65,16 @@ pub struct Args {
     /// Tokens per evaluation chunk.
     #[arg(long, default_value_t = 512)]
     pub eval_ctx: usize,
+    /// Transform applied to every linear group before it is solved, in order (repeatable),
+    /// e.g. `scale-fold:seed=1`.
+    #[arg(long = "transform")]
+    pub transforms: Vec<String>,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Largest safetensors shard of directory layouts, in bytes (0: one file).
+    #[arg(long, default_value_t = 5_000_000_000)]
+    pub max_shard_bytes: u64,
     /// Start afresh even if OUT.partial/ holds a checkpoint of this run.
     #[arg(long)]
     pub no_resume: bool,
@@ -69,7 +85,18 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
-    let preset = Preset::parse(&args.preset)?;
+    let preset = args.preset.as_deref().map(Preset::parse).transpose()?;
+    let layout = match (&args.layout, quantsmith::quantize::default_layout(&args.out)) {
+        (Some(l), _) => l.clone(),
+        (None, Some(l)) => l.to_string(),
+        (None, None) => {
+            return Err(Error::Other(format!(
+                "--out {}: name the layout with --layout ({}), or give a .gguf file",
+                args.out.display(),
+                quantsmith::export::LAYOUTS.join(", ")
+            )))
+        }
+    };
     let method = parse_solver(&args.method)?;
     let mut rules: Vec<Rule> = args.scheme.iter().map(|s| Rule::parse_scheme(s)).collect::<Result<_>>()?;
     if let Some(r) = &args.recipe {
@@ -99,6 +126,10 @@ pub fn run(args: Args) -> Result<()> {
         preset,
         method,
         rules,
+        layout,
+        transforms: args.transforms.clone(),
+        force: args.force,
+        max_shard_bytes: args.max_shard_bytes,
         pipeline: PipelineOptions {
             out: args.out.clone(),
             calib_texts,
@@ -135,7 +166,7 @@ pub fn run(args: Args) -> Result<()> {
         println!(
             "{:<28} {:>8} {:>12} {:>8.3} {:>9} {:>11}",
             t.name,
-            t.ggml_type,
+            t.format,
             t.solver,
             t.bits_per_weight,
             t.sqnr_db.map(|v| format!("{v:.2}")).unwrap_or_default(),

@@ -406,12 +406,6 @@ pub struct Block {
     pub down: Linear,
 }
 
-/// Receives the input of every linear layer as a block runs (calibration statistics).
-pub trait LinearObserver {
-    /// `x` is `[rows, in_features]`, row-major, exactly what `role` multiplies.
-    fn observe(&mut self, role: LinearRole, x: &[f32], rows: usize);
-}
-
 impl Block {
     /// Loads block `i` from `src`.
     pub fn load(src: &dyn TensorSource, path: &Path, cfg: &LlamaConfig, i: usize) -> Result<Block> {
@@ -466,35 +460,12 @@ impl Block {
 
     /// Runs the block in place over `x` = `n_seq` sequences of `seq_len` positions each,
     /// `[n_seq * seq_len, d_model]` row-major, causal within each sequence.
-    pub fn forward(
-        &self,
-        cfg: &LlamaConfig,
-        rope: &RopeTable,
-        x: &mut [f32],
-        seq_len: usize,
-        mut observer: Option<&mut dyn LinearObserver>,
-    ) {
+    pub fn forward(&self, cfg: &LlamaConfig, rope: &RopeTable, x: &mut [f32], seq_len: usize) {
         let h = self.attn_input(cfg, x);
-        let rows = h.len() / cfg.d_model;
-        if let Some(o) = observer.as_deref_mut() {
-            o.observe(LinearRole::Q, &h, rows);
-            o.observe(LinearRole::K, &h, rows);
-            o.observe(LinearRole::V, &h, rows);
-        }
         let attn = self.attention(cfg, rope, &h, seq_len);
-        if let Some(o) = observer.as_deref_mut() {
-            o.observe(LinearRole::O, &attn, rows);
-        }
         self.add_attn_output(x, &attn);
         let h = self.ffn_input(cfg, x);
-        if let Some(o) = observer.as_deref_mut() {
-            o.observe(LinearRole::Gate, &h, rows);
-            o.observe(LinearRole::Up, &h, rows);
-        }
         let act = self.mlp_activation(&h);
-        if let Some(o) = observer.as_deref_mut() {
-            o.observe(LinearRole::Down, &act, rows);
-        }
         self.add_mlp_output(x, &act);
     }
 
@@ -759,7 +730,7 @@ impl Llama {
         let rope = self.rope_table(seq_len);
         let mut x = self.embed_tokens(tokens)?;
         for b in &self.blocks {
-            b.forward(&self.cfg, &rope, &mut x, seq_len, None);
+            b.forward(&self.cfg, &rope, &mut x, seq_len);
         }
         Ok(self.head_logits(&x, seq_len, positions))
     }
@@ -784,6 +755,254 @@ impl Llama {
                 matmul_nt(&h, &self.embed, rows, self.cfg.vocab, d, &mut out, true);
                 out
             }
+        }
+    }
+}
+
+/// The Llama family's linear groups, in true-sequential order.
+pub const GROUPS: [super::LinearGroup; 4] = [
+    super::LinearGroup {
+        input: "attn_norm",
+        linears: &["attn_q", "attn_k", "attn_v"],
+        norm: Some("attn_norm"),
+        producer: None,
+    },
+    super::LinearGroup { input: "attention", linears: &["attn_output"], norm: None, producer: Some("attn_v") },
+    super::LinearGroup {
+        input: "ffn_norm",
+        linears: &["ffn_gate", "ffn_up"],
+        norm: Some("ffn_norm"),
+        producer: None,
+    },
+    super::LinearGroup { input: "activation", linears: &["ffn_down"], norm: None, producer: Some("ffn_up") },
+];
+
+fn role_of(name: &str) -> Option<LinearRole> {
+    Some(match name {
+        "attn_q" => LinearRole::Q,
+        "attn_k" => LinearRole::K,
+        "attn_v" => LinearRole::V,
+        "attn_output" => LinearRole::O,
+        "ffn_gate" => LinearRole::Gate,
+        "ffn_up" => LinearRole::Up,
+        "ffn_down" => LinearRole::Down,
+        _ => return None,
+    })
+}
+
+/// A Llama block as the generic pipeline runs it (see [`super::Block`]).
+pub struct StagedBlock {
+    /// The weights.
+    pub block: Block,
+    cfg: std::sync::Arc<LlamaConfig>,
+    rope: std::sync::Arc<RopeTable>,
+    index: usize,
+}
+
+impl super::Block for StagedBlock {
+    fn groups(&self) -> &'static [super::LinearGroup] {
+        &GROUPS
+    }
+    fn linear(&self, name: &str) -> Option<&Linear> {
+        role_of(name).map(|r| self.block.linear(r))
+    }
+    fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        role_of(name).map(|r| self.block.linear_mut(r))
+    }
+    fn norm_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
+        match name {
+            "attn_norm" => Some(&mut self.block.attn_norm),
+            "ffn_norm" => Some(&mut self.block.ffn_norm),
+            _ => None,
+        }
+    }
+    fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let i = self.index;
+        let n = Naming::Gguf;
+        let mut out = vec![(n.attn_norm(i), vec![self.cfg.d_model], self.block.attn_norm.as_slice())];
+        for role in LinearRole::ALL {
+            let l = self.block.linear(role);
+            let base = n.linear(i, role);
+            out.push((format!("{base}.weight"), vec![l.out, l.inp], l.w.as_slice()));
+            if let Some(b) = &l.b {
+                out.push((format!("{base}.bias"), vec![l.out], b.as_slice()));
+            }
+            if role == LinearRole::O {
+                out.push((n.ffn_norm(i), vec![self.cfg.d_model], self.block.ffn_norm.as_slice()));
+            }
+        }
+        out
+    }
+    fn weight_name(&self, linear: &str) -> String {
+        format!("blk.{}.{linear}.weight", self.index)
+    }
+    fn group_input(&self, g: usize, st: &mut super::BlockState) -> Vec<f32> {
+        match g {
+            0 => self.block.attn_input(&self.cfg, st.x),
+            2 => self.block.ffn_input(&self.cfg, st.x),
+            _ => std::mem::take(&mut st.carry),
+        }
+    }
+    fn advance(&self, g: usize, st: &mut super::BlockState, input: Vec<f32>) {
+        match g {
+            0 => st.carry = self.block.attention(&self.cfg, &self.rope, &input, st.seq_len),
+            1 => self.block.add_attn_output(st.x, &input),
+            2 => st.carry = self.block.mlp_activation(&input),
+            _ => self.block.add_mlp_output(st.x, &input),
+        }
+    }
+}
+
+/// The Llama family as an [`super::Arch`]: canonical tensor names are GGUF's; a Hugging Face
+/// checkpoint is read through its own names.
+pub struct LlamaArch<'a> {
+    file: &'a crate::io::ModelFile,
+    cfg: std::sync::Arc<LlamaConfig>,
+    /// (canonical, source) names of every tensor, in the checkpoint's order.
+    names: Vec<(String, String)>,
+}
+
+impl<'a> LlamaArch<'a> {
+    /// The architecture of a Llama-family checkpoint.
+    pub fn new(file: &'a crate::io::ModelFile) -> Result<LlamaArch<'a>> {
+        let cfg = match file {
+            crate::io::ModelFile::Gguf(g) => LlamaConfig::from_gguf(g)?,
+            crate::io::ModelFile::Hf(h) => LlamaConfig::from_hf(h)?,
+        };
+        let src = file.source();
+        let pairs = canonical_pairs(&cfg);
+        let by_source: std::collections::HashMap<&str, &str> =
+            pairs.iter().map(|(c, s)| (s.as_str(), c.as_str())).collect();
+        let mut names = Vec::new();
+        for t in src.tensors() {
+            match by_source.get(t.name.as_str()) {
+                Some(c) => names.push((c.to_string(), t.name.clone())),
+                // Rotary caches some HF exports carry are derived data, not weights.
+                None if t.name.ends_with("rotary_emb.inv_freq") => {}
+                None => {
+                    return Err(Error::Tensor {
+                        path: file.path().to_path_buf(),
+                        tensor: t.name.clone(),
+                        msg: format!("not a tensor of a {} model with this configuration", cfg.arch),
+                    })
+                }
+            }
+        }
+        Ok(LlamaArch { file, cfg: std::sync::Arc::new(cfg), names })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+}
+
+/// (GGUF name, checkpoint name) of every tensor a Llama-family model of `cfg` can hold.
+fn canonical_pairs(cfg: &LlamaConfig) -> Vec<(String, String)> {
+    let (g, s) = (Naming::Gguf, cfg.naming);
+    let mut v = vec![
+        (g.embed().to_string(), s.embed().to_string()),
+        (g.out_norm().to_string(), s.out_norm().to_string()),
+        (g.head().to_string(), s.head().to_string()),
+    ];
+    for i in 0..cfg.n_layer {
+        v.push((g.attn_norm(i), s.attn_norm(i)));
+        v.push((g.ffn_norm(i), s.ffn_norm(i)));
+        for role in LinearRole::ALL {
+            for suffix in ["weight", "bias"] {
+                v.push((format!("{}.{suffix}", g.linear(i, role)), format!("{}.{suffix}", s.linear(i, role))));
+            }
+        }
+    }
+    v
+}
+
+impl super::Arch for LlamaArch<'_> {
+    fn family(&self) -> &str {
+        &self.cfg.arch
+    }
+    fn kind(&self) -> super::ModelKind {
+        super::ModelKind::Decoder
+    }
+    fn n_blocks(&self) -> usize {
+        self.cfg.n_layer
+    }
+    fn d_model(&self) -> usize {
+        self.cfg.d_model
+    }
+    fn vocab(&self) -> usize {
+        self.cfg.vocab
+    }
+    fn load_block(&self, i: usize, max_len: usize) -> Result<Box<dyn super::Block>> {
+        let block = Block::load(self.file.source(), self.file.path(), &self.cfg, i)?;
+        let rope = RopeTable::new(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope, max_len.max(1));
+        Ok(Box::new(StagedBlock { block, cfg: self.cfg.clone(), rope: std::sync::Arc::new(rope), index: i }))
+    }
+    fn load_globals(&self) -> Result<super::Globals> {
+        let (src, path, n) = (self.file.source(), self.file.path(), self.cfg.naming);
+        let (v, d) = (self.cfg.vocab, self.cfg.d_model);
+        let mut g = super::Globals::default();
+        g.tensors.insert(Naming::Gguf.embed().into(), (vec![v, d], load_checked(src, path, n.embed(), &[v, d])?));
+        g.tensors.insert(Naming::Gguf.out_norm().into(), (vec![d], load_checked(src, path, n.out_norm(), &[d])?));
+        if src.info(n.head()).is_some() {
+            g.tensors.insert(Naming::Gguf.head().into(), (vec![v, d], load_checked(src, path, n.head(), &[v, d])?));
+        }
+        Ok(g)
+    }
+    fn embed(&self, globals: &super::Globals, tokens: &[u32], _seq_len: usize) -> Result<Vec<f32>> {
+        let d = self.cfg.d_model;
+        let e = globals.get(Naming::Gguf.embed()).ok_or_else(|| missing(self.file.path(), Naming::Gguf.embed()))?;
+        let mut x = vec![0f32; tokens.len() * d];
+        for (row, &t) in x.chunks_mut(d).zip(tokens) {
+            let t = t as usize;
+            if t >= self.cfg.vocab {
+                return Err(Error::Other(format!(
+                    "{}: token id {t} is outside the embedding's {} rows (the tokenizer's vocabulary is larger than the model's)",
+                    self.file.path().display(),
+                    self.cfg.vocab
+                )));
+            }
+            row.copy_from_slice(&e[t * d..(t + 1) * d]);
+        }
+        Ok(x)
+    }
+    fn head_weight(&self, globals: &super::Globals) -> Option<String> {
+        let head = Naming::Gguf.head();
+        Some(if globals.tensors.contains_key(head) { head } else { Naming::Gguf.embed() }.to_string())
+    }
+    fn head_tied(&self, globals: &super::Globals) -> bool {
+        !globals.tensors.contains_key(Naming::Gguf.head())
+    }
+    fn head_input(&self, globals: &super::Globals, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        if let Some(norm) = globals.get(Naming::Gguf.out_norm()) {
+            rms_norm(x, norm, self.cfg.rms_eps, &mut out);
+        }
+        out
+    }
+    fn tensor_names(&self) -> Vec<String> {
+        self.names.iter().map(|(c, _)| c.clone()).collect()
+    }
+    fn source_name(&self, name: &str) -> String {
+        self.names.iter().find(|(c, _)| c == name).map(|(_, s)| s.clone()).unwrap_or_else(|| name.to_string())
+    }
+    fn hf_name(&self, name: &str) -> String {
+        let cfg = LlamaConfig { naming: Naming::Hf, ..(*self.cfg).clone() };
+        canonical_pairs(&cfg).into_iter().find(|(c, _)| c == name).map(|(_, h)| h).unwrap_or_else(|| name.to_string())
+    }
+    fn qk_interleaved(&self) -> bool {
+        self.cfg.rope == RopeLayout::Interleaved
+    }
+    fn gguf_qk_interleaved(&self) -> bool {
+        matches!(self.cfg.arch.as_str(), "llama" | "mistral")
+    }
+    fn rope_heads(&self, name: &str) -> Option<usize> {
+        let rest = name.strip_prefix("blk.")?;
+        let (_, local) = rest.split_once('.')?;
+        match local {
+            "attn_q.weight" | "attn_q.bias" => Some(self.cfg.n_head),
+            "attn_k.weight" | "attn_k.bias" => Some(self.cfg.n_head_kv),
+            _ => None,
         }
     }
 }

@@ -64,3 +64,141 @@ pub fn load_decoder(file: &ModelFile) -> Result<Decoder> {
     let model = llama::Llama::load(file.source(), file.path(), cfg)?;
     Ok(Decoder { model, tokenizer })
 }
+
+/// A group of linear layers that read one input, in the order a block runs them
+/// (llm-compressor's mapping tables state the same facts): which normalised or intermediate
+/// activation feeds which linears, and where a per-channel scale of that input can fold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearGroup {
+    /// What feeds the group (`attn_norm`, `attention`, `ffn_norm`, `activation`).
+    pub input: &'static str,
+    /// The linears, by their name inside the block (`attn_q`, `ffn_down`, ...).
+    pub linears: &'static [&'static str],
+    /// The norm whose gain multiplies the input channel-wise (a scale folds into it), if any.
+    pub norm: Option<&'static str>,
+    /// The linear whose output rows are the input channels (a scale folds into its rows
+    /// instead), when no norm precedes the group.
+    pub producer: Option<&'static str>,
+}
+
+/// A dense layer `y = x Wᵀ + b` with `W` `[out, in]` as in PyTorch.
+pub use crate::linalg::Linear;
+
+/// The state of a batch of calibration sequences inside one block while it runs group by
+/// group: the residual stream and what the last group produced for the next.
+pub struct BlockState<'a> {
+    /// The residual stream `[rows, d_model]`, updated in place.
+    pub x: &'a mut [f32],
+    /// Positions per sequence (`rows` is a multiple of it).
+    pub seq_len: usize,
+    /// Intermediate result carried from one group to the next (attention output, MLP
+    /// activation), empty between stages that do not need one.
+    pub carry: Vec<f32>,
+}
+
+/// One block of a network, as the generic pipeline sees it: its linear groups in
+/// true-sequential order, its tensors, and a forward pass split at each group's input.
+///
+/// `forward` = for every group `g`: `let h = group_input(g, st); advance(g, st, h)`.
+pub trait Block: Send + Sync {
+    /// The linear groups in true-sequential order.
+    fn groups(&self) -> &'static [LinearGroup];
+    /// The linear named `name` (a name from [`LinearGroup::linears`]).
+    fn linear(&self, name: &str) -> Option<&Linear>;
+    /// Mutable access to a linear (to swap in quantized weights or fold a scale).
+    fn linear_mut(&mut self, name: &str) -> Option<&mut Linear>;
+    /// Mutable access to a norm's gain (to fold a scale).
+    fn norm_mut(&mut self, name: &str) -> Option<&mut Vec<f32>>;
+    /// Every tensor of the block as (canonical name, shape, values), in checkpoint order.
+    fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])>;
+    /// The canonical name of a linear's weight (`blk.3.attn_q.weight`).
+    fn weight_name(&self, linear: &str) -> String;
+    /// The input of group `g`, computed from `st` (may take `st.carry`).
+    fn group_input(&self, g: usize, st: &mut BlockState) -> Vec<f32>;
+    /// Runs group `g`'s linears on `input` (what [`Block::group_input`] returned) and moves
+    /// `st` on to the next group's input.
+    fn advance(&self, g: usize, st: &mut BlockState, input: Vec<f32>);
+    /// Runs the whole block over `x`.
+    fn forward(&self, x: &mut [f32], seq_len: usize) {
+        let mut st = BlockState { x, seq_len, carry: Vec::new() };
+        for g in 0..self.groups().len() {
+            let h = self.group_input(g, &mut st);
+            self.advance(g, &mut st, h);
+        }
+    }
+}
+
+/// The tensors outside the blocks (embeddings, final norm, output head), held in memory by
+/// canonical name so that transforms can rewrite them and export writes what is there.
+#[derive(Clone, Debug, Default)]
+pub struct Globals {
+    /// (shape, values) by canonical name.
+    pub tensors: std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Globals {
+    /// Values of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.tensors.get(name).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// An architecture: how to read a checkpoint of one family into blocks and globals, and how
+/// its tensors are named. One file per family implements it; [`arch_for`] is the registry.
+pub trait Arch: Send + Sync {
+    /// Family name (`llama`, `qwen2`, `bert`).
+    fn family(&self) -> &str;
+    /// Decoder or encoder.
+    fn kind(&self) -> ModelKind;
+    /// Number of blocks.
+    fn n_blocks(&self) -> usize;
+    /// Residual width.
+    fn d_model(&self) -> usize;
+    /// Rows of the token embedding.
+    fn vocab(&self) -> usize;
+    /// Loads block `i` (f32 in memory), ready to run sequences of up to `max_len` positions.
+    fn load_block(&self, i: usize, max_len: usize) -> Result<Box<dyn Block>>;
+    /// Loads the tensors outside the blocks.
+    fn load_globals(&self) -> Result<Globals>;
+    /// The residual stream entering block 0 for `tokens` (sequences of `seq_len`).
+    fn embed(&self, globals: &Globals, tokens: &[u32], seq_len: usize) -> Result<Vec<f32>>;
+    /// The canonical name of the output head's weight (the tied embedding when the head is
+    /// tied), if the network has a head.
+    fn head_weight(&self, globals: &Globals) -> Option<String>;
+    /// Whether the head shares its weight with the token embedding.
+    fn head_tied(&self, _globals: &Globals) -> bool {
+        false
+    }
+    /// The head's input for residual rows `x` (the final norm applied).
+    fn head_input(&self, globals: &Globals, x: &[f32]) -> Vec<f32>;
+    /// Canonical names of every tensor the checkpoint holds, in its order.
+    fn tensor_names(&self) -> Vec<String>;
+    /// The checkpoint's own name for canonical `name` (identity for GGUF files).
+    fn source_name(&self, name: &str) -> String;
+    /// The Hugging Face name of canonical `name`.
+    fn hf_name(&self, name: &str) -> String;
+    /// Whether the q/k rows of this checkpoint are in llama.cpp's interleaved RoPE order.
+    fn qk_interleaved(&self) -> bool {
+        false
+    }
+    /// Whether llama.cpp expects this family's q/k rows interleaved in a GGUF file.
+    fn gguf_qk_interleaved(&self) -> bool {
+        false
+    }
+    /// For a tensor whose rows are RoPE-paired per head (q and k weights and biases), the
+    /// number of heads; `None` for every other tensor.
+    fn rope_heads(&self, _name: &str) -> Option<usize> {
+        None
+    }
+}
+
+/// The architecture of `file` (the registry of families).
+pub fn arch_for(file: &ModelFile) -> Result<Box<dyn Arch + '_>> {
+    match model_kind(file)? {
+        ModelKind::Decoder => Ok(Box::new(llama::LlamaArch::new(file)?)),
+        ModelKind::Encoder => Err(Error::Other(format!(
+            "{}: encoders cannot be quantized yet (only evaluated)",
+            file.path().display()
+        ))),
+    }
+}

@@ -79,6 +79,20 @@ impl Hessian {
         self.sum_xxt.iter().map(|v| v / c).collect()
     }
 
+    /// The statistics of the input divided channel-wise by `s` (x' = x / s): H' = S⁻¹ H S⁻¹,
+    /// what a transform that folds `s` into the input's producer leaves the layer seeing.
+    pub fn divide_channels(&mut self, s: &[f32]) {
+        let n = self.n;
+        debug_assert_eq!(s.len(), n);
+        for i in 0..n {
+            for j in 0..n {
+                self.sum_xxt[i * n + j] /= s[i] as f64 * s[j] as f64;
+            }
+            self.sum_abs[i] /= s[i].abs() as f64;
+            self.max_abs[i] /= s[i].abs();
+        }
+    }
+
     /// Folds another layer-input's statistics of the same width into this one.
     pub fn merge(&mut self, other: &Hessian) {
         for (a, b) in self.sum_xxt.iter_mut().zip(&other.sum_xxt) {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::quantized_dir::QuantView;
 use super::safetensors::{SafetensorsFile, StTensor};
 use crate::tensor::{TensorInfo, TensorSource};
 use crate::{Error, Result};
@@ -21,6 +22,9 @@ pub struct HfModel {
     index: HashMap<String, (usize, usize)>,
     /// Tensor names in order: shard by shard, data order within each.
     order: Vec<String>,
+    /// Dequantizing view when config.json's `quantization_config` packs weights
+    /// (compressed-tensors, GPTQ): see `quantized_dir.rs`.
+    quant: Option<QuantView>,
 }
 
 /// Reads and parses a JSON file, naming it in every error.
@@ -120,7 +124,9 @@ impl HfModel {
         } else {
             return Err(Error::corrupt(dir, "has neither model.safetensors nor model.safetensors.index.json"));
         }
-        Ok(HfModel { dir: dir.to_path_buf(), config_path, config, shards, index, order })
+        let mut model = HfModel { dir: dir.to_path_buf(), config_path, config, shards, index, order, quant: None };
+        model.quant = QuantView::detect(&model)?;
+        Ok(model)
     }
 
     /// The model directory.
@@ -144,9 +150,45 @@ impl HfModel {
     }
 
     /// Every tensor entry, including dtypes quantsmith does not compute with (integer buffers
-    /// such as BERT's `position_ids`), in file order.
+    /// such as BERT's `position_ids`), in file order; the packed parts of quantized weights
+    /// are left out (their dequantized weights are in `tensors()`).
     pub fn entries(&self) -> Vec<&StTensor> {
+        self.order
+            .iter()
+            .filter(|n| !self.quant.as_ref().is_some_and(|q| q.hides(n)))
+            .filter_map(|n| self.entry(n))
+            .collect()
+    }
+
+    /// Every tensor entry of the files, packed parts included.
+    pub fn file_entries(&self) -> Vec<&StTensor> {
         self.order.iter().filter_map(|n| self.entry(n)).collect()
+    }
+
+    /// The quantization method whose packed weights are dequantized on load
+    /// (`compressed-tensors`, `gptq`), if any.
+    pub fn quant_method(&self) -> Option<&str> {
+        self.quant.as_ref().map(QuantView::method)
+    }
+
+    /// The shard holding a tensor entry.
+    pub fn shard_of(&self, name: &str) -> Result<&SafetensorsFile> {
+        match self.index.get(name) {
+            Some(&(s, _)) => Ok(&self.shards[s]),
+            None => {
+                Err(Error::Tensor { path: self.dir.clone(), tensor: name.to_string(), msg: "not in this model".into() })
+            }
+        }
+    }
+
+    /// Raw bytes of a tensor entry, whatever its dtype.
+    pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
+        self.shard_of(name)?.tensor_bytes(name)
+    }
+
+    /// The `__metadata__` strings of the shard holding a tensor entry.
+    pub fn shard_metadata(&self, name: &str) -> Option<&HashMap<String, String>> {
+        self.shard_of(name).ok().map(|s| s.metadata())
     }
 
     /// One tensor entry, whatever its dtype.
@@ -236,14 +278,23 @@ impl HfModel {
 impl TensorSource for HfModel {
     /// The tensors quantsmith can compute with (F32/F16/BF16); see `entries` for all.
     fn tensors(&self) -> Vec<TensorInfo> {
+        if let Some(q) = &self.quant {
+            return q.tensors(|n| self.entry(n).and_then(StTensor::info));
+        }
         self.entries().into_iter().filter_map(StTensor::info).collect()
     }
 
     fn info(&self, name: &str) -> Option<TensorInfo> {
+        if let Some(q) = &self.quant {
+            return q.info(name, |n| self.entry(n).and_then(StTensor::info));
+        }
         self.entry(name).and_then(StTensor::info)
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
+        if let Some(r) = self.quant.as_ref().and_then(|q| q.load_f32(self, name)) {
+            return r;
+        }
         match self.index.get(name) {
             Some(&(s, _)) => self.shards[s].load_f32(name),
             None => {

@@ -1,8 +1,10 @@
 //! Checkpoint readers and writers: GGUF, safetensors, Hugging Face directories.
 
+pub mod convert;
 pub mod gguf;
 pub mod gguf_write;
 pub mod hf;
+pub mod quantized_dir;
 pub mod safetensors;
 
 use std::io::Read;
@@ -108,6 +110,10 @@ impl ModelFile {
             ModelFile::Hf(h) => {
                 let n = h.shards().len();
                 let format = if n == 1 { "safetensors".to_string() } else { format!("safetensors ({n} files)") };
+                let format = match h.quant_method() {
+                    Some(m) => format!("{format}, {m}"),
+                    None => format,
+                };
                 let other = h
                     .entries()
                     .into_iter()

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::arch::{self, ModelKind};
+use crate::arch;
 use crate::eval::perplexity::{evaluate_decoder, PerplexityOptions};
+use crate::export::{ExportModel, Storage};
 use crate::io::gguf::GgufValue;
 use crate::io::{open_model, ModelFile};
 use crate::solve::Method;
@@ -30,18 +31,72 @@ pub const DEFAULT_CALIB_NAME: &str = "builtin:austen_emma.txt";
 /// A quantization job.
 #[derive(Clone, Debug)]
 pub struct QuantizeOptions {
-    /// Named preset choosing every tensor's type as llama.cpp would.
-    pub preset: Preset,
+    /// Named preset choosing every tensor's ggml type as llama.cpp would (GGUF output; `None`
+    /// there means Q4_K_M). Directory layouts take no preset: tensors stay as they are unless
+    /// a rule names a format.
+    pub preset: Option<Preset>,
     /// Default solver.
     pub method: Method,
     /// Rules overriding the preset (command-line schemes first, then the recipe file).
     pub rules: Vec<Rule>,
+    /// Output layout (`gguf`, `fake-quant`, `compressed-tensors`, `gptq`).
+    pub layout: String,
+    /// Transforms applied to every linear group before it is solved, in order.
+    pub transforms: Vec<String>,
+    /// Replace an existing output directory.
+    pub force: bool,
+    /// Largest safetensors shard of directory layouts, bytes (0: one file).
+    pub max_shard_bytes: u64,
     /// Pipeline settings (output, calibration, importance, resume).
     pub pipeline: PipelineOptions,
     /// Evaluate base vs quantized on this text afterwards.
     pub eval_text: Option<(PathBuf, String)>,
     /// Evaluation settings.
     pub eval: PerplexityOptions,
+}
+
+/// The layout an output path implies when none is named: `.gguf` files are GGUF.
+pub fn default_layout(out: &std::path::Path) -> Option<&'static str> {
+    out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")).then_some("gguf")
+}
+
+/// The metadata, configs and side files every layout may need, from either kind of input.
+fn export_model(file: &ModelFile, arch: &dyn arch::Arch, opts: &QuantizeOptions) -> Result<ExportModel> {
+    let mut m = ExportModel {
+        max_shard_bytes: opts.max_shard_bytes,
+        force: opts.force,
+        ..Default::default()
+    };
+    for name in arch.tensor_names() {
+        let hf = arch.hf_name(&name);
+        m.hf_names.insert(name, hf);
+    }
+    match file {
+        ModelFile::Gguf(g) => {
+            m.gguf_metadata = g.metadata().to_vec();
+            if opts.layout != "gguf" {
+                m.hf_config = crate::io::convert::hf_config_from_gguf(g)?;
+                m.side_files = crate::io::convert::hf_tokenizer_files_from_gguf(g)?;
+            }
+        }
+        ModelFile::Hf(h) => {
+            let mut cfg = h.config().clone();
+            if let Some(o) = cfg.as_object_mut() {
+                o.remove("quantization_config");
+            }
+            m.hf_config = cfg;
+            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+                let p = h.dir().join(f);
+                if p.is_file() {
+                    m.side_files.push((f.to_string(), std::fs::read(&p).map_err(|e| Error::io(&p, e))?));
+                }
+            }
+            if opts.layout == "gguf" {
+                m.gguf_metadata = crate::io::convert::gguf_metadata_from_hf(h)?;
+            }
+        }
+    }
+    Ok(m)
 }
 
 /// Runs a quantization job on the model `input` (path or built-in name).
@@ -55,36 +110,85 @@ pub fn quantize(
     let start = Instant::now();
     let sampler = crate::memory::PeakSampler::start();
     let file = open_model(input)?;
-    if arch::model_kind(&file)? != ModelKind::Decoder {
+    let exporter = crate::export::exporter(&opts.layout)?;
+    let gguf_out = exporter.name() == "gguf";
+    if opts.preset.is_some() && !gguf_out {
         return Err(Error::Other(format!(
-            "{}: only decoders (Llama family) can be quantized to GGUF",
-            file.path().display()
+            "presets choose llama.cpp's types for GGUF output; for the {} layout name formats with --scheme (e.g. --scheme 'blk.*=int4:g128')",
+            opts.layout
         )));
     }
-    let ModelFile::Gguf(g) = &file else {
-        return Err(Error::Other(format!(
-            "{}: GGUF output needs a GGUF input (its tokenizer and metadata are carried over); convert the Hugging Face model with llama.cpp's convert_hf_to_gguf.py first",
-            file.path().display()
-        )));
-    };
+    let arch = arch::arch_for(&file)?;
     let out = &opts.pipeline.out;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             return Err(Error::Other(format!("{}: the output directory does not exist", dir.display())));
         }
     }
-    let tok = crate::tokenizer::Tokenizer::from_gguf(g)?;
-    let tensors = file.source().tensors();
-    let info = PresetModelInfo::from_gguf(g)?;
+    if std::fs::canonicalize(out).ok().is_some_and(|o| std::fs::canonicalize(file.path()).ok() == Some(o)) {
+        return Err(Error::Other(format!("{}: the output would overwrite the input", out.display())));
+    }
+    let tok = match &file {
+        ModelFile::Gguf(g) => crate::tokenizer::Tokenizer::from_gguf(g)?,
+        ModelFile::Hf(h) => {
+            let p = h.dir().join("tokenizer.json");
+            if !p.is_file() {
+                return Err(Error::Other(format!("{}: missing (the tokenizer is needed for calibration and export)", p.display())));
+            }
+            crate::tokenizer::Tokenizer::from_json_file(&p)?
+        }
+    };
+    if tok.vocab_size() > arch.vocab() {
+        return Err(Error::Tokenizer(format!(
+            "{}: the tokenizer has {} tokens but the model's embedding has only {} rows",
+            file.path().display(),
+            tok.vocab_size(),
+            arch.vocab()
+        )));
+    }
+    // The checkpoint's tensors under their canonical names.
+    let src = file.source();
+    let tensors: Vec<crate::tensor::TensorInfo> = arch
+        .tensor_names()
+        .into_iter()
+        .map(|n| {
+            let mut info = src.info(&arch.source_name(&n)).expect("the arch lists the checkpoint's tensors");
+            info.name = n;
+            info
+        })
+        .collect();
+    let preset = opts.preset.unwrap_or(Preset::parse("Q4_K_M")?);
     let uses_imatrix = opts.pipeline.imatrix != ImatrixSource::None;
-    let choices = choose_types(opts.preset, &tensors, &info, uses_imatrix)?;
-    let preset_types: HashMap<String, formats::ggml::GgmlType> =
-        choices.into_iter().map(|c| (c.name, c.ggml_type)).collect();
-    let plan = plan::Plan::build(&tensors, &preset_types, &opts.rules, &opts.method)?;
+    let base: HashMap<String, Storage> = if gguf_out {
+        let info = match &file {
+            ModelFile::Gguf(g) => PresetModelInfo::from_gguf(g)?,
+            ModelFile::Hf(h) => {
+                let c = crate::arch::llama::LlamaConfig::from_hf(h)?;
+                PresetModelInfo::dense(arch.family(), c.n_layer, c.n_head, c.n_head_kv).with_path(h.dir())
+            }
+        };
+        choose_types(preset, &tensors, &info, uses_imatrix)?
+            .into_iter()
+            .map(|c| (c.name, Storage::Ggml(c.ggml_type)))
+            .collect()
+    } else {
+        tensors.iter().map(|t| (t.name.clone(), Storage::Ggml(preset::input_type(t.dtype)))).collect()
+    };
+    let plan = plan::Plan::build(&tensors, &base, &opts.rules, &opts.method, &*exporter)?;
+    let transforms =
+        opts.transforms.iter().map(|t| crate::transform::transform(t)).collect::<Result<Vec<_>>>()?;
+    let mut export = export_model(&file, &*arch, opts)?;
+    export.recipe = serde_json::json!({
+        "preset": if gguf_out { Some(preset.name()) } else { None },
+        "method": opts.method.name(),
+        "rules": opts.rules.iter().map(|r| serde_json::json!({"pattern": r.pattern, "format": r.format, "solver": r.solver})).collect::<Vec<_>>(),
+        "transforms": opts.transforms,
+        "calibration": {"samples": opts.pipeline.calib.samples, "len": opts.pipeline.calib.len, "seed": opts.pipeline.calib.seed},
+    });
 
-    // Metadata: the input's, with the file type and the imatrix provenance.
-    let mut meta: Vec<(String, GgufValue)> = g
-        .metadata()
+    // GGUF metadata: the input's, with the file type and the imatrix provenance.
+    let mut meta: Vec<(String, GgufValue)> = export
+        .gguf_metadata
         .iter()
         .filter(|(k, _)| {
             !k.starts_with("quantize.imatrix.") && k != "general.file_type" && k != "general.quantization_version"
@@ -92,14 +196,14 @@ pub fn quantize(
         .cloned()
         .collect();
     meta.push(("general.quantization_version".into(), GgufValue::U32(2)));
-    meta.push(("general.file_type".into(), GgufValue::U32(opts.preset.file_type())));
+    meta.push(("general.file_type".into(), GgufValue::U32(preset.file_type())));
     let imatrix_desc = match &opts.pipeline.imatrix {
         ImatrixSource::None => "none".to_string(),
         ImatrixSource::Calibrate => {
             let names: Vec<String> = opts.pipeline.calib_texts.iter().map(|(p, _)| p.display().to_string()).collect();
             meta.push(("quantize.imatrix.file".into(), GgufValue::String("quantsmith (calibrated)".into())));
             meta.push(("quantize.imatrix.dataset".into(), GgufValue::String(names.join(", "))));
-            let n_entries = plan.entries.iter().filter(|e| e.ty.block_size() > 1).count();
+            let n_entries = plan.entries.iter().filter(|e| !e.storage.is_float()).count();
             meta.push(("quantize.imatrix.entries_count".into(), GgufValue::I32(n_entries as i32)));
             meta.push(("quantize.imatrix.chunks_count".into(), GgufValue::I32(opts.pipeline.calib.samples as i32)));
             format!("calibrated on {}", names.join(", "))
@@ -117,8 +221,20 @@ pub fn quantize(
             p.display().to_string()
         }
     };
+    if gguf_out {
+        export.gguf_metadata = meta;
+    }
 
-    let pr = pipeline::run(g, &tok, &plan, meta, &opts.pipeline, progress)?;
+    let run_inputs = pipeline::RunInputs {
+        arch: &*arch,
+        input: file.path(),
+        tokenizer: &tok,
+        plan: &plan,
+        transforms: &transforms,
+        exporter: &*exporter,
+        export: &export,
+    };
+    let pr = pipeline::run(&run_inputs, &opts.pipeline, progress)?;
     let seconds = start.elapsed().as_secs_f64();
     let peak = sampler.finish();
     let n_params: usize = tensors.iter().map(|t| t.numel()).sum();
@@ -126,8 +242,8 @@ pub fn quantize(
     let mut report = QuantizeReport {
         input: file.path().to_path_buf(),
         output: out.clone(),
-        preset: opts.preset.name().to_string(),
-        file_type: opts.preset.file_type(),
+        preset: if gguf_out { preset.name().to_string() } else { format!("none ({} layout)", opts.layout) },
+        file_type: if gguf_out { preset.file_type() } else { 0 },
         method: opts.method.name().to_string(),
         imatrix: imatrix_desc,
         calib_tokens: pr.calib_tokens,
@@ -154,3 +270,4 @@ pub fn quantize(
     }
     Ok(report)
 }
+

@@ -4,12 +4,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use formats::format::Format;
-use formats::ggml::GgmlType;
 use sha2::{Digest, Sha256};
 
 use super::pipeline::{ImatrixSource, PipelineOptions};
 use super::recipe::{parse_solver, Rule};
+use crate::export::{Exporter, Storage};
 use crate::solve::Method;
 use crate::tensor::TensorInfo;
 use crate::{Error, Result};
@@ -17,10 +16,10 @@ use crate::{Error, Result};
 /// What one tensor becomes.
 #[derive(Clone, Debug)]
 pub struct PlanEntry {
-    /// Tensor name.
+    /// Tensor name (canonical, GGUF spelling).
     pub name: String,
-    /// Storage type in the output.
-    pub ty: GgmlType,
+    /// Storage in the output: a ggml type or any other format.
+    pub storage: Storage,
     /// Solver (ignored for tensors kept in a float type).
     pub method: Method,
     /// Whether a recipe rule (rather than the preset) chose it.
@@ -36,54 +35,45 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Builds the plan: `preset` gives every tensor's type, the first matching rule (over
-    /// tensors of two or more dimensions) overrides it; `method` is the default solver.
+    /// Builds the plan: `base` gives every tensor's storage (a preset's choice, or the
+    /// layout's default), the first matching rule (over tensors of two or more dimensions)
+    /// overrides it; `method` is the default solver. Every entry is checked against the
+    /// output layout, so a format the layout cannot write fails here, before any work.
     pub fn build(
         tensors: &[TensorInfo],
-        preset: &HashMap<String, GgmlType>,
+        base: &HashMap<String, Storage>,
         rules: &[Rule],
         method: &Method,
+        exporter: &dyn Exporter,
     ) -> Result<Plan> {
         let mut used = vec![false; rules.len()];
         let mut entries = Vec::with_capacity(tensors.len());
         for t in tensors {
-            let mut ty = *preset
+            let mut storage = base
                 .get(&t.name)
+                .cloned()
                 .ok_or_else(|| Error::Other(format!("the preset gives no type for tensor `{}`", t.name)))?;
             let mut m = method.clone();
             let mut from_rule = false;
             if t.shape.len() >= 2 {
                 if let Some((ri, r)) = rules.iter().enumerate().find(|(_, r)| r.matches(&t.name)) {
                     used[ri] = true;
-                    let f = Format::parse(&r.format).map_err(|e| Error::Other(format!("rule `{}`: {e}", r.pattern)))?;
-                    ty = match f.ggml {
-                        Some(g) => g,
-                        None if f.spec() == "f32" || r.format == "f32" => GgmlType::F32,
-                        None if r.format == "f16" => GgmlType::F16,
-                        None if r.format == "bf16" => GgmlType::Bf16,
-                        None => {
-                            return Err(Error::Other(format!(
-                                "rule `{}={}`: `{}` cannot be stored in GGUF; use a ggml type (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k … q6_k, iq4_nl, iq4_xs, f16, f32)",
-                                r.pattern, r.format, r.format
-                            )))
-                        }
-                    };
+                    storage = Storage::parse(&r.format)
+                        .map_err(|e| Error::Other(format!("rule `{}={}`: {e}", r.pattern, r.format)))?;
                     if let Some(s) = &r.solver {
                         m = parse_solver(s)?;
                     }
                     from_rule = true;
                 }
             }
-            let row = *t.shape.last().unwrap_or(&1);
-            if row % ty.block_size() != 0 {
-                return Err(Error::Other(format!(
-                    "tensor `{}`: rows of {row} values do not divide into {} blocks of {}",
-                    t.name,
-                    ty.name(),
-                    ty.block_size()
-                )));
-            }
-            entries.push(PlanEntry { name: t.name.clone(), ty, method: m, from_rule });
+            let (rows, cols) = matrix_of(&t.shape);
+            storage.storage_bits(rows, cols).map_err(|e| {
+                Error::Other(format!("tensor `{}` {:?}: {}: {e}", t.name, t.shape, storage.name()))
+            })?;
+            exporter.check(&t.name, &t.shape, &storage).map_err(|e| {
+                Error::Other(format!("tensor `{}` {:?} cannot be written as {}: {e}", t.name, t.shape, storage.name()))
+            })?;
+            entries.push(PlanEntry { name: t.name.clone(), storage, method: m, from_rule });
         }
         if let Some(i) = used.iter().position(|u| !u) {
             return Err(Error::Other(format!(
@@ -102,8 +92,9 @@ impl Plan {
 
     /// A digest of everything that determines the output, to recognise a checkpoint of the
     /// same run.
-    pub fn fingerprint(&self, input: &Path, opts: &PipelineOptions) -> String {
+    pub fn fingerprint(&self, input: &Path, opts: &PipelineOptions, extra: &str) -> String {
         let mut h = Sha256::new();
+        h.update(extra.as_bytes());
         h.update(input.to_string_lossy().as_bytes());
         if let Ok(m) = std::fs::metadata(input) {
             h.update(m.len().to_le_bytes());
@@ -112,7 +103,7 @@ impl Plan {
             }
         }
         for e in &self.entries {
-            h.update(format!("{}|{}|{:?};", e.name, e.ty.name(), e.method).as_bytes());
+            h.update(format!("{}|{}|{:?};", e.name, e.storage.name(), e.method).as_bytes());
         }
         h.update(format!("{:?}|{}", opts.calib, opts.batch_seqs).as_bytes());
         match &opts.imatrix {
@@ -125,4 +116,10 @@ impl Plan {
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// A tensor seen as a matrix: (rows, innermost dimension).
+pub fn matrix_of(shape: &[usize]) -> (usize, usize) {
+    let cols = *shape.last().unwrap_or(&1);
+    (shape.iter().product::<usize>() / cols.max(1), cols)
 }

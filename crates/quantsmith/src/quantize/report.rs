@@ -113,7 +113,7 @@ impl QuantizeReport {
                 "| `{}` | {} | {} | {} | {:.3} | {} | {} | {} |",
                 t.name,
                 shape.join("×"),
-                t.ggml_type,
+                t.format,
                 t.solver,
                 t.bits_per_weight,
                 t.sqnr_db.map(|v| format!("{v:.2}")).unwrap_or_default(),

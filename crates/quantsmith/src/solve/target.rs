@@ -1,20 +1,23 @@
 //! What a layer is quantized into: a number format of the formats crate (ggml block types
 //! included), seen by solvers as "round to nearest" and as a fixed per-group grid (GPTQ).
 
-use formats::format::{Format, GroupParams};
+use formats::format::{Choice, Format, Granularity, GroupParams, Quantized};
 use formats::ggml::GgmlType;
+use formats::scale::ScaleStorage;
 use rayon::prelude::*;
 
+use crate::export::TensorData;
 use crate::{Error, Result};
 
 /// The target format of one tensor.
 pub type Target = Format;
 
-/// A quantized layer: its dequantized weights and, for ggml types, the encoded blocks.
+/// A quantized layer: what an exporter writes, and the weights a runtime computes with.
 #[derive(Clone, Debug)]
 pub struct Encoded {
-    /// ggml block bytes (ggml targets), ready for a GGUF file.
-    pub bytes: Option<Vec<u8>>,
+    /// ggml blocks ([`TensorData::Ggml`]) or codes, scales and zero points
+    /// ([`TensorData::Codes`]), for every target format.
+    pub data: TensorData,
     /// The weights as the runtime will see them, `[rows, cols]`.
     pub dequant: Vec<f32>,
 }
@@ -43,11 +46,11 @@ pub fn rtn(t: &Target, name: &str, w: &[f32], rows: usize, cols: usize, importan
         let bytes = formats::ggml::quantize(ty, w, cols, importance).map_err(|e| fmt_err(name, e))?;
         let mut dequant = vec![0f32; rows * cols];
         formats::ggml::dequantize(ty, &bytes, &mut dequant).map_err(|e| fmt_err(name, e))?;
-        return Ok(Encoded { bytes: Some(bytes), dequant });
+        return Ok(Encoded { data: TensorData::Ggml(bytes), dequant });
     }
     let q = t.quantize(w, rows, cols, importance).map_err(|e| fmt_err(name, e))?;
     let dequant = t.dequantize(&q).map_err(|e| fmt_err(name, e))?;
-    Ok(Encoded { bytes: None, dequant })
+    Ok(Encoded { data: TensorData::Codes(q), dequant })
 }
 
 /// The static grid of `t` for `w`.
@@ -64,18 +67,54 @@ pub fn grid(
         return Ok(Box::new(GgmlGrid { g, name: name.to_string() }));
     }
     let gl = t.group_len(cols).map_err(|e| fmt_err(name, e))?;
+    if t.elements.len() > 1 && t.choice == Choice::PerTensor {
+        return Err(Error::Other(format!(
+            "tensor `{name}`: {} chooses its grid per tensor, which a fixed-grid solver cannot do; use rtn",
+            t.spec()
+        )));
+    }
     let ts = t.tensor_scale(w);
-    let groups = cols / gl;
-    let params: Vec<GroupParams> = (0..rows * groups)
-        .into_par_iter()
-        .map(|i| {
-            let (r, g) = (i / groups, i % groups);
-            let seg = &w[r * cols + g * gl..r * cols + (g + 1) * gl];
-            let imp: Option<Vec<f32>> = importance.map(|im| im[g * gl..(g + 1) * gl].to_vec());
-            t.group_params(seg, imp.as_deref(), ts)
-        })
-        .collect();
-    Ok(Box::new(FormatGrid { t: t.clone(), params, gl, groups }))
+    // Per-channel/group: one set of parameters per (row, group); per-tensor and unscaled
+    // formats: one for the whole matrix (repeated per row so lookups stay uniform).
+    let (groups, params) = match t.granularity {
+        Granularity::Tensor | Granularity::None => {
+            let imp = importance.map(|imp| imp.iter().cycle().take(w.len()).copied().collect::<Vec<f32>>());
+            let p = if t.granularity == Granularity::None {
+                GroupParams { scale: 1.0, zero: 0.0, choice: 0 }
+            } else {
+                t.group_params(w, imp.as_deref(), ts)
+            };
+            (1, vec![p; rows])
+        }
+        _ => {
+            let groups = cols / gl;
+            let per_row: Vec<(Vec<GroupParams>, Vec<f32>)> = (0..rows)
+                .into_par_iter()
+                .map(|r| {
+                    let mut ps: Vec<GroupParams> = (0..groups)
+                        .map(|g| {
+                            let seg = &w[r * cols + g * gl..r * cols + (g + 1) * gl];
+                            t.group_params(seg, importance.map(|im| &im[g * gl..(g + 1) * gl]), ts)
+                        })
+                        .collect();
+                    // Integer-coded scales are rounded per super block, as the format does.
+                    let mut sup = Vec::new();
+                    if let ScaleStorage::UInt { bits, super_groups } = t.scale {
+                        let mut s: Vec<f32> = ps.iter().map(|p| p.scale).collect();
+                        sup = formats::scale::quantize_uint_scales(&mut s, bits, super_groups);
+                        for (p, s) in ps.iter_mut().zip(s) {
+                            p.scale = s;
+                        }
+                    }
+                    (ps, sup)
+                })
+                .collect();
+            let supers: Vec<f32> = per_row.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+            let params = per_row.into_iter().flat_map(|(p, _)| p).collect();
+            return Ok(Box::new(FormatGrid { t: t.clone(), params, gl, groups, rows, cols, ts, supers }));
+        }
+    };
+    Ok(Box::new(FormatGrid { t: t.clone(), params, gl: cols, groups, rows, cols, ts, supers: Vec::new() }))
 }
 
 struct FormatGrid {
@@ -83,14 +122,51 @@ struct FormatGrid {
     params: Vec<GroupParams>,
     gl: usize,
     groups: usize,
+    rows: usize,
+    cols: usize,
+    ts: f32,
+    supers: Vec<f32>,
 }
 
 impl Grid for FormatGrid {
     fn round(&self, row: usize, col: usize, x: f32) -> f32 {
         self.t.quantize_value(x, &self.params[row * self.groups + col / self.gl])
     }
+    /// Codes of values already on the grid, laid out as [`Format::quantize`] lays them out,
+    /// so every exporter and [`Format::dequantize`] read them alike.
     fn encode(&self, q: &[f32]) -> Result<Encoded> {
-        Ok(Encoded { bytes: None, dequant: q.to_vec() })
+        let (rows, cols) = (self.rows, self.cols);
+        let bits = self.t.code_bits();
+        let row_bytes = formats::pack::row_bytes(cols, bits);
+        let mut codes = vec![0u8; rows * row_bytes];
+        codes.par_chunks_mut(row_bytes.max(1)).enumerate().for_each_init(Vec::new, |buf: &mut Vec<u16>, (r, out)| {
+            buf.clear();
+            for c in 0..cols {
+                buf.push(self.t.encode_value(q[r * cols + c], &self.params[r * self.groups + c / self.gl]));
+            }
+            formats::pack::pack(buf, bits, out);
+        });
+        let tensor_wide = matches!(self.t.granularity, Granularity::Tensor | Granularity::None);
+        let metas: &[GroupParams] = if tensor_wide { &self.params[..1] } else { &self.params };
+        let quantized = Quantized {
+            rows,
+            cols,
+            code_bits: bits,
+            codes,
+            row_bytes,
+            scales: if self.t.granularity == Granularity::None { Vec::new() } else { metas.iter().map(|p| p.scale).collect() },
+            zeros: if self.t.asym { metas.iter().map(|p| p.zero).collect() } else { Vec::new() },
+            choices: if self.t.elements.len() > 1 && self.t.choice == Choice::PerGroup {
+                metas.iter().map(|p| p.choice).collect()
+            } else {
+                Vec::new()
+            },
+            super_scales: self.supers.clone(),
+            tensor_scale: self.ts,
+            ggml: Vec::new(),
+        };
+        let dequant = self.t.dequantize(&quantized).map_err(|e| Error::Other(format!("GPTQ codes: {e}")))?;
+        Ok(Encoded { data: TensorData::Codes(quantized), dequant })
     }
 }
 
@@ -107,6 +183,6 @@ impl Grid for GgmlGrid {
         let bytes = self.g.encode(q).map_err(|e| fmt_err(&self.name, e))?;
         let mut dequant = vec![0f32; q.len()];
         formats::ggml::dequantize(self.g.ty(), &bytes, &mut dequant).map_err(|e| fmt_err(&self.name, e))?;
-        Ok(Encoded { bytes: Some(bytes), dequant })
+        Ok(Encoded { data: TensorData::Ggml(bytes), dequant })
     }
 }

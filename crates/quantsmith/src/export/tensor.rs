@@ -1,0 +1,302 @@
+//! What the pipeline hands an exporter: one tensor, its storage choice and its data.
+
+use formats::format::{Format, Quantized};
+use formats::ggml::GgmlType;
+
+use crate::{Error, Result};
+
+/// How one tensor is stored in the output: a plan entry's choice.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    /// A ggml type (block types, and F32/F16/BF16 as ggml spells them).
+    Ggml(GgmlType),
+    /// Any other format of the formats crate (`int4:g64`, `fp8_e4m3`, `nvfp4`, ...).
+    Format(Box<Format>),
+}
+
+impl Storage {
+    /// Parses a recipe's format name: a ggml type name (`q4_k`, `f16`) or a format spec.
+    pub fn parse(spec: &str) -> Result<Storage> {
+        let f = Format::parse(spec).map_err(|e| Error::Other(format!("format `{spec}`: {e}")))?;
+        Ok(match (f.ggml, spec.to_ascii_lowercase().as_str()) {
+            (Some(t), _) => Storage::Ggml(t),
+            (None, "f32") => Storage::Ggml(GgmlType::F32),
+            (None, "f16") => Storage::Ggml(GgmlType::F16),
+            (None, "bf16") => Storage::Ggml(GgmlType::Bf16),
+            (None, _) => Storage::Format(Box::new(f)),
+        })
+    }
+
+    /// The name a recipe or report uses (`q4_k`, `int4:g64`).
+    pub fn name(&self) -> String {
+        match self {
+            Storage::Ggml(t) => t.name().to_string(),
+            Storage::Format(f) => f.spec(),
+        }
+    }
+
+    /// Whether values are kept as plain floats (F32/F16/BF16): nothing to solve.
+    pub fn is_float(&self) -> bool {
+        matches!(self, Storage::Ggml(t) if t.block_size() == 1)
+    }
+
+    /// The ggml type, when the storage is one.
+    pub fn ggml(&self) -> Option<GgmlType> {
+        match self {
+            Storage::Ggml(t) => Some(*t),
+            Storage::Format(_) => None,
+        }
+    }
+
+    /// The solver's target format.
+    pub fn target(&self) -> Result<Format> {
+        match self {
+            Storage::Ggml(t) => Format::parse(t.name()).map_err(|e| Error::Other(format!("{}: {e}", t.name()))),
+            Storage::Format(f) => Ok((**f).clone()),
+        }
+    }
+
+    /// Exact bits a `[rows, cols]` matrix takes in this storage (codes, scales, zero points).
+    pub fn storage_bits(&self, rows: usize, cols: usize) -> Result<u64> {
+        match self {
+            Storage::Ggml(t) => {
+                let bs = t.block_size();
+                if cols % bs != 0 {
+                    return Err(Error::Other(format!("rows of {cols} values do not divide into {} blocks", t.name())));
+                }
+                Ok(8 * (rows * cols / bs * t.type_size()) as u64)
+            }
+            Storage::Format(f) => Ok(f.storage_bits(rows, cols)?),
+        }
+    }
+}
+
+/// A tensor's values as the solver left them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// Plain values (norms, biases, tensors kept in a float type), row-major.
+    Float(Vec<f32>),
+    /// ggml blocks of [`Storage::Ggml`], rows of the innermost dimension.
+    Ggml(Vec<u8>),
+    /// Codes, scales and zero points of a [`Storage::Format`] (see [`formats::format::Quantized`]).
+    Codes(Quantized),
+}
+
+/// One tensor for an exporter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantTensor {
+    /// The model's canonical name (GGUF spelling: `blk.3.attn_q.weight`, `token_embd.weight`);
+    /// exporters to Hugging Face layouts translate it with the architecture's naming.
+    pub name: String,
+    /// Dimensions, outermost first (`[out_features, in_features]` for a linear layer).
+    pub shape: Vec<usize>,
+    /// The storage the plan chose.
+    pub storage: Storage,
+    /// The data.
+    pub data: TensorData,
+}
+
+impl QuantTensor {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Rows and columns of the tensor seen as a matrix (innermost dimension = columns).
+    pub fn matrix(&self) -> (usize, usize) {
+        let cols = *self.shape.last().unwrap_or(&1);
+        (self.numel() / cols.max(1), cols)
+    }
+
+    /// The values a runtime will compute with, row-major f32.
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        let bad = |e: formats::FormatError| Error::Other(format!("tensor `{}`: {e}", self.name));
+        match (&self.data, &self.storage) {
+            (TensorData::Float(v), _) => Ok(v.clone()),
+            (TensorData::Ggml(b), Storage::Ggml(t)) => {
+                let mut out = vec![0f32; self.numel()];
+                formats::ggml::dequantize(*t, b, &mut out).map_err(bad)?;
+                Ok(out)
+            }
+            (TensorData::Codes(q), Storage::Format(f)) => f.dequantize(q).map_err(bad),
+            _ => Err(Error::Other(format!("tensor `{}`: data does not match storage {}", self.name, self.storage.name()))),
+        }
+    }
+
+    /// Bytes the tensor's data takes as stored (codes, scales, zero points; f32 for floats
+    /// kept as [`TensorData::Float`] unless the storage says f16/bf16).
+    pub fn stored_bytes(&self) -> usize {
+        let (rows, cols) = self.matrix();
+        match &self.data {
+            TensorData::Ggml(b) => b.len(),
+            _ => self.storage.storage_bits(rows, cols).map(|b| b.div_ceil(8) as usize).unwrap_or(4 * self.numel()),
+        }
+    }
+}
+
+/// The row order that turns half-split RoPE pairs (Hugging Face: row `s·d/2 + j` of a head
+/// of `d` rows) into llama.cpp's interleaved pairs (row `2j + s`): `perm[new] = old`, for a
+/// tensor of `heads` heads. Its inverse ([`invert`]) goes back.
+pub fn interleave_perm(rows: usize, heads: usize) -> Result<Vec<usize>> {
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+        return Err(Error::Other(format!("{rows} rows do not split into {heads} heads of even width")));
+    }
+    let d = rows / heads;
+    let mut perm = vec![0; rows];
+    for h in 0..heads {
+        for j in 0..d / 2 {
+            for s in 0..2 {
+                perm[h * d + 2 * j + s] = h * d + s * d / 2 + j;
+            }
+        }
+    }
+    Ok(perm)
+}
+
+/// The inverse of a permutation.
+pub fn invert(perm: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; perm.len()];
+    for (new, &old) in perm.iter().enumerate() {
+        inv[old] = new;
+    }
+    inv
+}
+
+fn permute_chunks<T: Clone>(v: &mut Vec<T>, rows: usize, perm: &[usize]) {
+    if rows == 0 || v.is_empty() || v.len() % rows != 0 {
+        return;
+    }
+    let per = v.len() / rows;
+    let old = std::mem::take(v);
+    v.reserve(old.len());
+    for &r in perm {
+        v.extend_from_slice(&old[r * per..(r + 1) * per]);
+    }
+}
+
+impl QuantTensor {
+    /// Reorders the tensor's rows (`perm[new] = old`), exactly: every format here encodes
+    /// rows independently (per-tensor metadata stays as it is).
+    pub fn permute_rows(&mut self, perm: &[usize]) -> Result<()> {
+        let rows = self.shape.first().copied().unwrap_or(1);
+        if perm.len() != rows || self.shape.len() > 2 {
+            return Err(Error::Other(format!("tensor `{}`: cannot reorder {} rows of {:?}", self.name, perm.len(), self.shape)));
+        }
+        match &mut self.data {
+            TensorData::Float(v) => permute_chunks(v, rows, perm),
+            TensorData::Ggml(b) => permute_chunks(b, rows, perm),
+            TensorData::Codes(q) => {
+                permute_chunks(&mut q.codes, rows, perm);
+                let per_row = matches!(
+                    self.storage,
+                    Storage::Format(ref f) if matches!(f.granularity, formats::Granularity::Channel | formats::Granularity::Group(_))
+                );
+                if per_row {
+                    permute_chunks(&mut q.scales, rows, perm);
+                    permute_chunks(&mut q.zeros, rows, perm);
+                    permute_chunks(&mut q.choices, rows, perm);
+                    permute_chunks(&mut q.super_scales, rows, perm);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the tensor to a checkpoint spill (its storage is the plan's, not stored).
+    pub fn write_spill(&self, out: &mut Vec<u8>) {
+        fn put(out: &mut Vec<u8>, b: &[u8]) {
+            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+        fn f32s(v: &[f32]) -> Vec<u8> {
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+        put(out, self.name.as_bytes());
+        put(out, &self.shape.iter().flat_map(|&d| (d as u64).to_le_bytes()).collect::<Vec<u8>>());
+        match &self.data {
+            TensorData::Float(v) => {
+                out.push(0);
+                put(out, &f32s(v));
+            }
+            TensorData::Ggml(b) => {
+                out.push(1);
+                put(out, b);
+            }
+            TensorData::Codes(q) => {
+                out.push(2);
+                let dims = [q.rows as u64, q.cols as u64, q.code_bits as u64, q.row_bytes as u64];
+                put(out, &dims.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>());
+                put(out, &q.codes);
+                put(out, &f32s(&q.scales));
+                put(out, &f32s(&q.zeros));
+                put(out, &q.choices);
+                put(out, &f32s(&q.super_scales));
+                put(out, &q.tensor_scale.to_le_bytes());
+                put(out, &q.ggml);
+            }
+        }
+    }
+
+    /// Reads one tensor written by [`QuantTensor::write_spill`] at `*pos`; `storage_of` gives
+    /// the plan's storage of a name. `None` at the end of the buffer.
+    pub fn read_spill(
+        buf: &[u8],
+        pos: &mut usize,
+        storage_of: &dyn Fn(&str) -> Option<Storage>,
+    ) -> std::result::Result<Option<QuantTensor>, String> {
+        if *pos >= buf.len() {
+            return Ok(None);
+        }
+        fn take<'b>(buf: &'b [u8], pos: &mut usize) -> std::result::Result<&'b [u8], String> {
+            let n = buf.get(*pos..*pos + 8).ok_or("truncated")?;
+            let n = u64::from_le_bytes(n.try_into().map_err(|_| "truncated")?) as usize;
+            let start = *pos + 8;
+            let end = start.checked_add(n).filter(|&e| e <= buf.len()).ok_or("truncated")?;
+            *pos = end;
+            Ok(&buf[start..end])
+        }
+        fn f32s(b: &[u8]) -> Vec<f32> {
+            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        fn u64s(b: &[u8]) -> Vec<usize> {
+            b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect()
+        }
+        let name = String::from_utf8(take(buf, pos)?.to_vec()).map_err(|_| "bad name")?;
+        let shape = u64s(take(buf, pos)?);
+        let tag = *buf.get(*pos).ok_or("truncated")?;
+        *pos += 1;
+        let data = match tag {
+            0 => TensorData::Float(f32s(take(buf, pos)?)),
+            1 => TensorData::Ggml(take(buf, pos)?.to_vec()),
+            2 => {
+                let d = u64s(take(buf, pos)?);
+                if d.len() != 4 {
+                    return Err("bad dimensions".into());
+                }
+                let codes = take(buf, pos)?.to_vec();
+                let scales = f32s(take(buf, pos)?);
+                let zeros = f32s(take(buf, pos)?);
+                let choices = take(buf, pos)?.to_vec();
+                let super_scales = f32s(take(buf, pos)?);
+                let ts = f32s(take(buf, pos)?);
+                let ggml = take(buf, pos)?.to_vec();
+                TensorData::Codes(Quantized {
+                    rows: d[0],
+                    cols: d[1],
+                    code_bits: d[2] as u32,
+                    codes,
+                    row_bytes: d[3],
+                    scales,
+                    zeros,
+                    choices,
+                    super_scales,
+                    tensor_scale: *ts.first().ok_or("truncated")?,
+                    ggml,
+                })
+            }
+            _ => return Err("unknown record".into()),
+        };
+        let storage = storage_of(&name).ok_or_else(|| format!("tensor `{name}` is not in the plan"))?;
+        Ok(Some(QuantTensor { name, shape, storage, data }))
+    }
+}
