@@ -3,7 +3,9 @@
 # with each preset by RTN, RTN + imatrix (calibrated on Emma, 50 × 512 tokens, as llama.cpp's
 # reference imatrix) and GPTQ (+ imatrix-dependent preset types; 128 × 512 tokens of Emma),
 # then evaluated against the base on Pride and Prejudice, --ctx 512 --chunks 40, in one pass.
-# Usage: scripts/acceptance_smollm2.sh [WORKDIR]   (needs: pip install numpy gguf)
+# Usage: scripts/acceptance_smollm2.sh [WORKDIR]
+# The base is made by tools/dither_gguf.py with numpy==2.4.6 gguf==0.19.0 (other versions change
+# its bytes), in the venv the tests make under target/pyenv, or in one of the script's own there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/qs-acceptance}
@@ -12,7 +14,21 @@ Q=${QUANTSMITH:-./target/release/quantsmith}
 [ -x "$Q" ] || cargo build --release -p quantsmith-cli
 BASE="$W/smollm2-dither-f32.gguf"
 if [ ! -f "$BASE" ]; then
-  python3 ../shared/tools/dither_gguf.py "$($Q fetch smollm2)" "$BASE" --seed 0
+  # The tests' venv (crates/quantsmith/tests/common/pyenv.rs names it by its sorted requirement
+  # list's sha256) if complete, else one of this script's own.
+  REQS=$'gguf==0.19.0\nnumpy==2.4.6\n'
+  V="${CARGO_TARGET_DIR:-target}/pyenv/gguf-numpy-$(printf '%s' "$REQS" | sha256sum | cut -c1-12)"
+  if [ "$(cat "$V/quantsmith-requirements.txt" 2>/dev/null)"$'\n' != "$REQS" ]; then
+    V="${CARGO_TARGET_DIR:-target}/pyenv/acceptance-dither"
+    if [ ! -f "$V/quantsmith-requirements.txt" ]; then
+      rm -rf "$V"
+      python3 -m venv "$V"
+      "$V/bin/python" -m pip install --disable-pip-version-check --quiet numpy==2.4.6 gguf==0.19.0
+      printf '%s' "$REQS" > "$V/quantsmith-requirements.txt"
+    fi
+  fi
+  PY="$V/bin/python"
+  "$PY" tools/dither_gguf.py "$($Q fetch smollm2)" "$BASE" --seed 0
 fi
 CALIB=data/text/austen_emma.txt
 EVAL=data/text/austen_prideprejudice.txt

@@ -1,8 +1,8 @@
 //! The per-tensor types of llama.cpp's named presets.
 //!
 //! SmolLM2-135M: every preset, with and without an imatrix, against what `llama-quantize`
-//! (llama.cpp 0c1e570) actually wrote for its dithered f32 base (testdata extracted from
-//! ../shared/data/golden by tools/preset_types_from_golden.py). Its 576-wide rows exercise
+//! (llama.cpp 0c1e570) actually wrote for its dithered f32 base (testdata extracted from the
+//! repository's data/golden by tools/preset_types_from_golden.py). Its 576-wide rows exercise
 //! the row-length fallbacks; a synthetic 512-wide model, with expectations derived by hand from
 //! llama.cpp's rules, exercises the paths where k-quants fit.
 
