@@ -53,8 +53,7 @@ pub mod token_type {
 }
 
 /// The Llama-3 split regex as Hugging Face `tokenizer.json` files spell it.
-const HF_LLAMA3_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const HF_LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The same with the case-insensitive group spelt out (engines without `(?i:`).
 const HF_LLAMA3_SPLIT_EXPANDED: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split regex (Llama 3's with digits one by one), as `tokenizer.json` spells it.
@@ -131,7 +130,10 @@ pub fn hf_name_from_gguf(name: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 
 fn check_qk(w: &[f32], rows: usize, cols: usize, n_head: usize) -> usize {
-    assert!(n_head > 0 && rows % (2 * n_head) == 0, "{rows} rows cannot be split into {n_head} heads of even width");
+    assert!(
+        n_head > 0 && rows.is_multiple_of(2 * n_head),
+        "{rows} rows cannot be split into {n_head} heads of even width"
+    );
     assert_eq!(w.len(), rows * cols, "a [{rows}, {cols}] matrix has {} elements, not {}", rows * cols, w.len());
     rows / n_head / 2
 }
@@ -195,7 +197,8 @@ pub fn unpermute_qk_from_gguf(w: &[f32], rows: usize, cols: usize, n_head: usize
 /// The GGUF architecture of a Hugging Face config: `architectures[0]` as
 /// `convert_hf_to_gguf.py` dispatches on it, else `model_type`.
 fn gguf_arch_of_hf(c: &Value, path: &Path) -> Result<&'static str> {
-    let supported = "supported: LlamaForCausalLM and MistralForCausalLM (GGUF `llama`), Qwen2ForCausalLM (GGUF `qwen2`)";
+    let supported =
+        "supported: LlamaForCausalLM and MistralForCausalLM (GGUF `llama`), Qwen2ForCausalLM (GGUF `qwen2`)";
     if let Some(first) = c.get("architectures").and_then(Value::as_array).and_then(|a| a.first()) {
         let name = first.as_str().ok_or_else(|| cfg_err(path, "architectures", "expected a list of strings"))?;
         return match name {
@@ -208,7 +211,11 @@ fn gguf_arch_of_hf(c: &Value, path: &Path) -> Result<&'static str> {
         Some("llama") | Some("mistral") => Ok("llama"),
         Some("qwen2") => Ok("qwen2"),
         Some(other) => Err(cfg_err(path, "model_type", format!("`{other}` is not supported; {supported}"))),
-        None => Err(cfg_err(path, "architectures", format!("neither `architectures` nor `model_type` is given; {supported}"))),
+        None => Err(cfg_err(
+            path,
+            "architectures",
+            format!("neither `architectures` nor `model_type` is given; {supported}"),
+        )),
     }
 }
 
@@ -340,7 +347,11 @@ pub fn gguf_metadata_from_hf(m: &HfModel) -> Result<Vec<(String, GgufValue)>> {
     push(&mut md, k("attention.head_count"), GgufValue::U32(n_head));
     if let Some(kv) = cfg.opt_u32("num_key_value_heads")? {
         if kv == 0 || n_head % kv != 0 {
-            return Err(cfg_err(cfg.path, "num_key_value_heads", format!("{n_head} query heads cannot share {kv} key/value heads")));
+            return Err(cfg_err(
+                cfg.path,
+                "num_key_value_heads",
+                format!("{n_head} query heads cannot share {kv} key/value heads"),
+            ));
         }
         push(&mut md, k("attention.head_count_kv"), GgufValue::U32(kv));
     }
@@ -359,12 +370,20 @@ pub fn gguf_metadata_from_hf(m: &HfModel) -> Result<Vec<(String, GgufValue)>> {
         Some(hd) => hd,
         None if n_embd % n_head == 0 => n_embd / n_head,
         None => {
-            return Err(cfg_err(cfg.path, "hidden_size", format!("{n_embd} is not a multiple of {n_head} heads and no head_dim is given")))
+            return Err(cfg_err(
+                cfg.path,
+                "hidden_size",
+                format!("{n_embd} is not a multiple of {n_head} heads and no head_dim is given"),
+            ))
         }
     };
     if let Some(f) = cfg.opt_f64_in(cfg.c, "partial_rotary_factor", "partial_rotary_factor")? {
         if f != 1.0 {
-            return Err(cfg_err(cfg.path, "partial_rotary_factor", format!("{f}: partial rotary embeddings are not supported")));
+            return Err(cfg_err(
+                cfg.path,
+                "partial_rotary_factor",
+                format!("{f}: partial rotary embeddings are not supported"),
+            ));
         }
     }
     let vocab_size = cfg.opt_u32("vocab_size")?;
@@ -437,7 +456,8 @@ fn tokenizer_metadata(dir: &Path, cfg: &Cfg, arch: &str, vocab_size: Option<u32>
     }
     let tj = read_json(&tj_path)?;
     let terr = |key: &str, msg: String| cfg_err(&tj_path, key, msg);
-    let model = tj.get("model").filter(|v| v.is_object()).ok_or_else(|| terr("model", "missing or not an object".into()))?;
+    let model =
+        tj.get("model").filter(|v| v.is_object()).ok_or_else(|| terr("model", "missing or not an object".into()))?;
     let mtype = match model.get("type").and_then(Value::as_str) {
         Some(t) => t,
         None if model.get("merges").is_some() => "BPE",
@@ -462,8 +482,10 @@ fn tokenizer_metadata(dir: &Path, cfg: &Cfg, arch: &str, vocab_size: Option<u32>
     }
 
     // Vocabulary: the BPE model's entries and the added tokens, by id.
-    let vocab_obj =
-        model.get("vocab").and_then(Value::as_object).ok_or_else(|| terr("model.vocab", "missing or not an object".into()))?;
+    let vocab_obj = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .ok_or_else(|| terr("model.vocab", "missing or not an object".into()))?;
     let mut by_id: HashMap<u32, String> = HashMap::with_capacity(vocab_obj.len());
     for (t, id) in vocab_obj {
         let id = id
@@ -523,7 +545,10 @@ fn tokenizer_metadata(dir: &Path, cfg: &Cfg, arch: &str, vocab_size: Option<u32>
 
     // Merges: "a b" strings, or (transformers >= 4.45) [a, b] pairs whose spaces gguf-py
     // encodes as U+0120, as SpecialVocab does.
-    let merges_v = model.get("merges").and_then(Value::as_array).ok_or_else(|| terr("model.merges", "missing or not a list".into()))?;
+    let merges_v = model
+        .get("merges")
+        .and_then(Value::as_array)
+        .ok_or_else(|| terr("model.merges", "missing or not a list".into()))?;
     let mut merges = Vec::with_capacity(merges_v.len());
     for (i, mv) in merges_v.iter().enumerate() {
         match mv {
@@ -574,7 +599,9 @@ fn tokenizer_metadata(dir: &Path, cfg: &Cfg, arch: &str, vocab_size: Option<u32>
             continue;
         }
         // Only a plain integer counts (Llama 3.1 lists several EOS ids there).
-        if let Some(id) = cfg.c.get(format!("{typ}_token_id")).and_then(Value::as_u64).and_then(|x| u32::try_from(x).ok()) {
+        if let Some(id) =
+            cfg.c.get(format!("{typ}_token_id")).and_then(Value::as_u64).and_then(|x| u32::try_from(x).ok())
+        {
             special_ids.push((typ, id));
         }
     }
@@ -633,7 +660,9 @@ fn post_processor_flags(
             Some("TemplateProcessing") => {
                 let single = p.get("single").and_then(Value::as_array).cloned().unwrap_or_default();
                 if single.len() > 1 {
-                    let special = |v: &Value| v.get("SpecialToken").and_then(|s| s.get("id")).and_then(Value::as_str).map(str::to_string);
+                    let special = |v: &Value| {
+                        v.get("SpecialToken").and_then(|s| s.get("id")).and_then(Value::as_str).map(str::to_string)
+                    };
                     // Without a tokenizer_config.json the template's tokens define BOS/EOS.
                     if let Some(first) = special(&single[0]) {
                         *add_bos = Some(tc.is_none() || tc_bos == Some(first.as_str()));
@@ -708,7 +737,11 @@ fn chat_templates(tc: &Value, tc_path: &Path, dir: &Path, md: &mut Vec<(String, 
             }
         }
         Some(other) => {
-            return Err(cfg_err(tc_path, "chat_template", format!("expected a string or a list, found {}", short(&other))))
+            return Err(cfg_err(
+                tc_path,
+                "chat_template",
+                format!("expected a string or a list, found {}", short(&other)),
+            ))
         }
     }
     Ok(())
@@ -750,10 +783,7 @@ fn detect_pre(tj: &Value, tj_path: &Path, arch: &str, tokens: &[String]) -> Resu
             return Err(cfg_err(
                 tj_path,
                 "normalizer",
-                format!(
-                    "normalizer {} is not supported (byte-level BPE vocabularies have none, or NFC)",
-                    short(n)
-                ),
+                format!("normalizer {} is not supported (byte-level BPE vocabularies have none, or NFC)", short(n)),
             ))
         }
     }
@@ -860,7 +890,9 @@ pub fn hf_config_from_gguf(g: &GgufFile) -> Result<Value> {
     let head_dim = match key_len.or(val_len) {
         Some(hd) => hd,
         None if n_embd % n_head == 0 => n_embd / n_head,
-        None => return Err(cfg_err(path, &k("embedding_length"), format!("{n_embd} is not a multiple of {n_head} heads"))),
+        None => {
+            return Err(cfg_err(path, &k("embedding_length"), format!("{n_embd} is not a multiple of {n_head} heads")))
+        }
     };
     if let Some(rd) = g.opt_u32(&k("rope.dimension_count"))? {
         if rd != head_dim {
@@ -1044,7 +1076,11 @@ pub fn hf_tokenizer_files_from_gguf(g: &GgufFile) -> Result<Vec<(String, Vec<u8>
     let mut vocab: Vocab = Vocab::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
         if vocab.insert(t.clone(), i as u32).is_some() {
-            return Err(cfg_err(path, "tokenizer.ggml.tokens", format!("token {t:?} appears twice (second at id {i})")));
+            return Err(cfg_err(
+                path,
+                "tokenizer.ggml.tokens",
+                format!("token {t:?} appears twice (second at id {i})"),
+            ));
         }
     }
     let mut merges = Vec::with_capacity(merges_raw.len());
@@ -1083,7 +1119,7 @@ pub fn hf_tokenizer_files_from_gguf(g: &GgufFile) -> Result<Vec<(String, Vec<u8>
     let pad = tok_of("tokenizer.ggml.padding_token_id")?;
     let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?;
     let add_eos = g.opt_bool("tokenizer.ggml.add_eos_token")?;
-    fn need<'t>(flag: Option<bool>, t: Option<(u32, &'t str)>) -> std::result::Result<Option<(&'t str, u32)>, ()> {
+    fn need(flag: Option<bool>, t: Option<(u32, &str)>) -> std::result::Result<Option<(&str, u32)>, ()> {
         match (flag, t) {
             (Some(true), Some((id, text))) => Ok(Some((text, id))),
             (Some(true), None) => Err(()),
@@ -1122,7 +1158,8 @@ pub fn hf_tokenizer_files_from_gguf(g: &GgufFile) -> Result<Vec<(String, Vec<u8>
     }
     tk.add_special_tokens(&special);
     tk.add_tokens(&user);
-    let tokenizer_json = tk.to_string(true).map_err(|e| Error::Tokenizer(format!("serializing tokenizer.json: {e}")))?;
+    let tokenizer_json =
+        tk.to_string(true).map_err(|e| Error::Tokenizer(format!("serializing tokenizer.json: {e}")))?;
 
     let mut tc = Map::new();
     let mut stm = Map::new();
@@ -1311,7 +1348,7 @@ mod tests {
     /// A safetensors file with one small tensor: HfModel needs weights to open a directory.
     fn dummy_safetensors(dir: &Path) {
         let mut header = br#"{"dummy":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#.to_vec();
-        while header.len() % 8 != 0 {
+        while !header.len().is_multiple_of(8) {
             header.push(b' ');
         }
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
@@ -1460,7 +1497,8 @@ mod tests {
         assert_eq!(get(&md, "qwen2.rope.dimension_count"), None);
 
         // Linear RoPE scaling is written; llama3 scaling is refused by name.
-        let d = hf_dir(llama_config(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})), Some(tj.clone()), None);
+        let d =
+            hf_dir(llama_config(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})), Some(tj.clone()), None);
         let md = gguf_metadata_from_hf(&HfModel::open(d.path()).unwrap()).unwrap();
         assert_eq!(get(&md, "llama.rope.scaling.type"), Some(&gstr("linear")));
         assert_eq!(get(&md, "llama.rope.scaling.factor"), Some(&GgufValue::F32(2.0)));
@@ -1473,7 +1511,10 @@ mod tests {
         let cfg = llama_config(json!({"architectures": ["GemmaForCausalLM"], "model_type": "gemma"}));
         let d = hf_dir(cfg, Some(tj), None);
         let (_, key, msg) = config_err_of(gguf_metadata_from_hf(&HfModel::open(d.path()).unwrap()));
-        assert!(key == "architectures" && msg.contains("GemmaForCausalLM") && msg.contains("Qwen2ForCausalLM"), "{msg}");
+        assert!(
+            key == "architectures" && msg.contains("GemmaForCausalLM") && msg.contains("Qwen2ForCausalLM"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1485,11 +1526,7 @@ mod tests {
                 "model.type",
                 "Unigram",
             ),
-            (
-                json!({"model": {"type": "WordPiece", "vocab": {"[UNK]": 0}}}),
-                "model.type",
-                "WordPiece",
-            ),
+            (json!({"model": {"type": "WordPiece", "vocab": {"[UNK]": 0}}}), "model.type", "WordPiece"),
             (
                 json!({"model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 0}, "merges": []},
                        "pre_tokenizer": null}),
@@ -1501,7 +1538,11 @@ mod tests {
                 byte_level(
                     json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true},
                            {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}]}),
-                    small_vocab(), json!([]), json!([]), Value::Null),
+                    small_vocab(),
+                    json!([]),
+                    json!([]),
+                    Value::Null,
+                ),
                 "pre_tokenizer",
                 "smollm",
             ),
@@ -1510,7 +1551,11 @@ mod tests {
                     json!({"type": "Sequence", "pretokenizers": [
                         {"type": "Split", "pattern": {"Regex": "\\w+"}, "behavior": "Isolated", "invert": false},
                         {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]}),
-                    small_vocab(), json!([]), json!([]), Value::Null),
+                    small_vocab(),
+                    json!([]),
+                    json!([]),
+                    Value::Null,
+                ),
                 "pre_tokenizer",
                 "llama-bpe",
             ),
@@ -1588,7 +1633,8 @@ mod tests {
     #[test]
     fn gguf_to_hf_and_back_for_llama3_and_qwen2_vocabularies() {
         let d = tempfile::tempdir().unwrap();
-        for (arch, pre, hf_arch) in [("llama", "llama-bpe", "LlamaForCausalLM"), ("qwen2", "qwen2", "Qwen2ForCausalLM")] {
+        for (arch, pre, hf_arch) in [("llama", "llama-bpe", "LlamaForCausalLM"), ("qwen2", "qwen2", "Qwen2ForCausalLM")]
+        {
             let add_bos = arch == "llama";
             let g = GgufFile::open(&tiny_gguf(d.path(), arch, pre, add_bos, arch == "qwen2")).unwrap();
             let cfg = hf_config_from_gguf(&g).unwrap();
