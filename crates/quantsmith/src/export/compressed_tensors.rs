@@ -265,7 +265,7 @@ impl Exporter for CompressedTensors {
                     return Err(refuse(name, &f.spec(), &format!("only 2-D weights are quantized, this is {shape:?}")));
                 }
                 f.group_len(shape[1]).map_err(|e| refuse(name, &f.spec(), &e.to_string()))?;
-                if matches!(scheme, Scheme::Nvfp4 | Scheme::Mxfp4) && shape[1] % 2 != 0 {
+                if matches!(scheme, Scheme::Nvfp4 | Scheme::Mxfp4) && !shape[1].is_multiple_of(2) {
                     return Err(refuse(name, &f.spec(), "rows of FP4 need an even length"));
                 }
                 Ok(())

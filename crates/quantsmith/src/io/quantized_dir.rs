@@ -452,7 +452,7 @@ fn scale_layout(path: &Path, name: &str, shape: &[usize], rows: usize, cols: usi
     let n: usize = shape.iter().product();
     match shape {
         _ if n == 1 => Ok((0, cols)),
-        [r, g] if *r == rows && *g > 0 && cols % g == 0 => Ok((*g, cols / g)),
+        [r, g] if *r == rows && *g > 0 && cols.is_multiple_of(*g) => Ok((*g, cols / g)),
         _ => Err(terr(path, name, format!("scale shape {shape:?} does not fit a {rows}x{cols} weight"))),
     }
 }
@@ -522,13 +522,19 @@ fn dequantize(model: &HfModel, name: &str, l: &Logical) -> Result<Vec<f32>> {
             let (s, sshape) = floats(model, scale)?;
             let (groups, glen) = scale_layout(&dir, scale, &sshape, rows, cols)?;
             let zp = match zero {
-                Some(z) => Some(ints(model, z)?.0),
+                Some(z) => {
+                    let v = ints(model, z)?.0;
+                    if v.len() != 1 && v.len() != s.len() {
+                        return Err(terr(&dir, z, format!("{} zero points for {} scales", v.len(), s.len())));
+                    }
+                    Some(v)
+                }
                 None => None,
             };
             for r in 0..rows {
                 for c in 0..cols {
                     let gi = if groups == 0 { 0 } else { r * groups + c / glen };
-                    let z = zp.as_ref().map_or(0.0, |z| z[gi.min(z.len() - 1)] as f32);
+                    let z = zp.as_ref().map_or(0.0, |z| z[if z.len() == 1 { 0 } else { gi }] as f32);
                     out[r * cols + c] = (vals[r * cols + c] - z) * s[gi];
                 }
             }
@@ -624,7 +630,8 @@ mod tests {
     fn words_round_trip_every_width() {
         for bits in 1..=8u32 {
             for n in [1usize, 7, 31, 32, 33, 100] {
-                let vals: Vec<u32> = (0..n as u32).map(|i| (i * 2654435761u32 >> 7) & ((1 << bits) - 1)).collect();
+                let vals: Vec<u32> =
+                    (0..n as u32).map(|i| (i.wrapping_mul(2654435761u32) >> 7) & ((1 << bits) - 1)).collect();
                 let w = pack_words(vals.iter().copied(), bits, n);
                 assert_eq!(w.len(), (n * bits as usize).div_ceil(32));
                 assert_eq!(unpack_words(&w, bits, n), vals, "bits {bits} n {n}");
@@ -637,7 +644,7 @@ mod tests {
         // AutoGPTQ's 3-bit pack: values 0..9 in word 0 bits 0..29, value 10 in bits 30-31 of
         // word 0 and bit 0 of word 1, values 11..20 from bit 1, value 21 in bit 31 and bits
         // 0-1 of word 2, values 22..31 from bit 2.
-        let mut vals = vec![0u32; 32];
+        let mut vals = [0u32; 32];
         vals[10] = 0b111;
         vals[21] = 0b101;
         vals[31] = 0b110;
