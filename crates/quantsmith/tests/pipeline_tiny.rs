@@ -193,3 +193,77 @@ fn a_vocabulary_larger_than_the_embedding_is_an_error_not_a_panic() {
 
 #[allow(dead_code)]
 fn unused(_: PathBuf) {}
+
+/// Quantizes `src` into a directory layout with the given rules.
+fn to_dir(src: &Path, out: &Path, layout: &str, method: &str, rules: &[&str]) -> quantsmith::quantize::report::QuantizeReport {
+    let mut o = opts(out, None, method, layout);
+    o.rules = rules.iter().map(|r| Rule::parse_scheme(r).unwrap()).collect();
+    quantize(src.to_str().unwrap(), &o, &quiet).unwrap_or_else(|e| panic!("{layout}: {e}"))
+}
+
+#[test]
+fn a_hugging_face_directory_quantizes_to_the_same_gguf_bytes() {
+    for qwen in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Tiny { qwen, ..Default::default() }.gguf_in(dir.path());
+        // The GGUF written as a Hugging Face directory (plain f32 weights, q/k rows back in
+        // the half-split order, tokenizer.json from the GGUF's vocabulary).
+        let hf = dir.path().join("hf");
+        to_dir(&src, &hf, "fake-quant:f32", "rtn", &[]);
+        assert!(hf.join("config.json").is_file() && hf.join("tokenizer.json").is_file());
+        let rd = rel_diff(&logits(&src), &logits(&hf));
+        assert!(rd < 1e-5, "qwen={qwen}: the HF copy computes differently ({rd})");
+        // Both quantized to GGUF by RTN: the same tensor bytes, the same metadata llama.cpp reads.
+        let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+        for (input, out) in [(&src, &a), (&hf, &b)] {
+            quantize(input.to_str().unwrap(), &opts(out, Some("Q4_0"), "rtn", "gguf"), &quiet).unwrap();
+        }
+        let (ga, gb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
+        let mut names: Vec<String> = ga.gguf_tensors().iter().map(|t| t.name.clone()).collect();
+        let mut names_b: Vec<String> = gb.gguf_tensors().iter().map(|t| t.name.clone()).collect();
+        names.sort();
+        names_b.sort();
+        assert_eq!(names, names_b);
+        for n in &names {
+            assert_eq!(ga.tensor_bytes(n).unwrap(), gb.tensor_bytes(n).unwrap(), "qwen={qwen}: tensor {n}");
+        }
+        for key in ["general.architecture", "tokenizer.ggml.tokens", "tokenizer.ggml.bos_token_id"] {
+            assert_eq!(
+                ga.metadata().iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                gb.metadata().iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                "qwen={qwen}: {key}"
+            );
+        }
+        assert!(rel_diff(&logits(&a), &logits(&b)) < 1e-6);
+    }
+}
+
+#[test]
+fn every_directory_layout_reads_back_as_its_dequantized_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Tiny::default().gguf_in(dir.path());
+    let base = logits(&src);
+    for (k, (layout, rules)) in [
+        ("fake-quant", vec!["blk.*=int4:g64", "output=int8"]),
+        ("compressed-tensors", vec!["blk.*=int4:g64"]),
+        ("compressed-tensors", vec!["blk.*.ffn_*=fp8_e4m3", "blk.*=int8"]),
+        ("compressed-tensors", vec!["blk.*=nvfp4"]),
+        ("gptq", vec!["blk.*=int4:g64:scale=f16"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for method in ["rtn", "gptq"] {
+            let out = dir.path().join(format!("{k}-{layout}-{method}"));
+            let r = to_dir(&src, &out, layout, method, &rules);
+            let rd = rel_diff(&base, &logits(&out));
+            assert!(rd > 0.0 && rd < 0.6, "{layout} {rules:?} {method}: {rd}");
+            // What the runtime reads is exactly what the solver left.
+            use quantsmith::tensor::TensorSource;
+            let f = ModelFile::open(&out).unwrap();
+            let w = f.source().load_f32("model.layers.0.mlp.up_proj.weight").unwrap();
+            assert_eq!(w.len(), tiny::FF * tiny::D);
+            assert!(r.tensors.iter().any(|t| t.name == "blk.0.ffn_up.weight" && t.solver.starts_with(method)));
+        }
+    }
+}

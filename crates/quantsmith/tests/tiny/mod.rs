@@ -99,7 +99,7 @@ impl Tiny {
         let mut types = vec![1i32; 256];
         types.push(3);
         w.add_metadata("tokenizer.ggml.model", GgufValue::String("gpt2".into())).unwrap();
-        w.add_metadata("tokenizer.ggml.pre", GgufValue::String("smollm".into())).unwrap();
+        w.add_metadata("tokenizer.ggml.pre", GgufValue::String("gpt-2".into())).unwrap();
         w.add_metadata("tokenizer.ggml.tokens", GgufValue::Array(GgufArray::String(tokens))).unwrap();
         w.add_metadata("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(types))).unwrap();
         w.add_metadata("tokenizer.ggml.merges", GgufValue::Array(GgufArray::String(vec![]))).unwrap();
