@@ -1,5 +1,5 @@
 //! The quantize pipeline on SmolLM2's dithered base (DESIGN.md), against llama.cpp's
-//! llama-quantize (commit 0c1e570) as recorded in ../shared/data/golden.
+//! llama-quantize (commit 0c1e570) as recorded in data/golden.
 
 mod common;
 
@@ -141,5 +141,35 @@ fn imatrix_presets_choose_llama_cpp_types() {
             );
         }
         assert!(g.get("quantize.imatrix.entries_count").is_some());
+    }
+}
+
+/// The dithered base written as a Hugging Face directory (f32 safetensors, q/k rows back in
+/// the half-split order, tokenizer.json and config.json from the GGUF) and quantized to GGUF
+/// in one command gives the same tensor bytes as quantizing the GGUF itself, and the
+/// metadata llama.cpp reads.
+#[test]
+fn hugging_face_directory_to_gguf_matches_the_gguf_path() {
+    let base = common::dithered_base();
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("smollm2-hf");
+    let mut o = options(hf.clone(), Preset::Q4_0, solver("rtn").unwrap(), ImatrixSource::None, 1, 16);
+    o.preset = None;
+    o.layout = "fake-quant:f32".into();
+    quantize(base.to_str().unwrap(), &o, &|_, _, _| {}).unwrap();
+    let (a, b) = (dir.path().join("from-gguf.gguf"), dir.path().join("from-hf.gguf"));
+    for (input, out) in [(&base, &a), (&hf, &b)] {
+        let o = options(out.clone(), Preset::Q4_0, solver("rtn").unwrap(), ImatrixSource::None, 1, 16);
+        quantize(input.to_str().unwrap(), &o, &|_, _, _| {}).unwrap();
+    }
+    let (ga, gb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
+    assert_eq!(ga.gguf_tensors().len(), gb.gguf_tensors().len());
+    for t in ga.gguf_tensors() {
+        assert_eq!(ga.tensor_bytes(&t.name).unwrap(), gb.tensor_bytes(&t.name).unwrap(), "tensor {}", t.name);
+    }
+    for (k, v) in ga.metadata() {
+        if k.starts_with("tokenizer.") || k.starts_with("llama.") || k == "general.architecture" {
+            assert_eq!(gb.metadata().iter().find(|(kb, _)| kb == k).map(|(_, v)| v), Some(v), "metadata {k}");
+        }
     }
 }
