@@ -175,10 +175,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!();
     println!(
-        "wrote {} ({} bytes, {:.3} bits/weight)",
+        "wrote {} ({}, {} bytes, {:.3} bits/weight; the formats alone {:.3})",
         report.output.display(),
+        report.layout,
         report.file_bytes,
-        report.bits_per_weight
+        report.bits_per_weight,
+        report.format_bits_per_weight
     );
     println!("report {}{}", md.display(), svg.map(|s| format!(", chart {}", s.display())).unwrap_or_default());
     let p = &report.phases;

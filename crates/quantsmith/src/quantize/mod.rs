@@ -250,6 +250,8 @@ pub fn quantize(
         n_params,
         file_bytes: pr.file_bytes,
         bits_per_weight: 8.0 * pr.file_bytes as f64 / n_params.max(1) as f64,
+        layout: opts.layout.clone(),
+        format_bits_per_weight: 8.0 * pr.tensors.iter().map(|t| t.bytes as f64).sum::<f64>() / n_params.max(1) as f64,
         seconds,
         phases: pr.phases,
         peak_rss_anon_mib: peak as f64 / 1024.0,

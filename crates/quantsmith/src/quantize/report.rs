@@ -31,8 +31,13 @@ pub struct QuantizeReport {
     pub n_params: usize,
     /// Output file size.
     pub file_bytes: u64,
-    /// Bits per weight over the whole file.
+    /// Bits per weight over the whole output (file or directory).
     pub bits_per_weight: f64,
+    /// Output layout (`gguf`, `compressed-tensors`, `gptq`, `fake-quant`).
+    pub layout: String,
+    /// Bits per weight of the tensors as their formats store them (codes, scales, zero
+    /// points): what a packed layout holds, and what a fake-quant directory stands for.
+    pub format_bits_per_weight: f64,
     /// Wall-clock seconds of the whole run (evaluation excluded).
     pub seconds: f64,
     /// Seconds by phase.
@@ -64,7 +69,8 @@ impl QuantizeReport {
         let _ = writeln!(s, "| calibration tokens | {} |", self.calib_tokens);
         let _ =
             writeln!(s, "| file size | {} bytes ({:.2} MiB) |", self.file_bytes, self.file_bytes as f64 / 1048576.0);
-        let _ = writeln!(s, "| bits per weight | {:.3} |", self.bits_per_weight);
+        let _ = writeln!(s, "| layout | {} |", self.layout);
+        let _ = writeln!(s, "| bits per weight | {:.3} (the formats alone: {:.3}) |", self.bits_per_weight, self.format_bits_per_weight);
         let _ = writeln!(s, "| time | {:.1} s |", self.seconds);
         let _ = writeln!(s, "| peak anonymous memory | {:.0} MiB |", self.peak_rss_anon_mib);
         let p = &self.phases;
