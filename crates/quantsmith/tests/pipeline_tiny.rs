@@ -267,3 +267,27 @@ fn every_directory_layout_reads_back_as_its_dequantized_weights() {
         }
     }
 }
+
+#[test]
+fn a_failed_run_leaves_no_checkpoint_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Tiny::default().gguf_in(dir.path());
+    // A NaN in block 1's down projection: found after block 0 was checkpointed.
+    let g = GgufFile::open(&src).unwrap();
+    let bad = dir.path().join("nan.gguf");
+    let mut w = quantsmith::io::GgufWriter::new(&bad).unwrap();
+    w.add_metadata_all(g.metadata().iter()).unwrap();
+    for t in g.gguf_tensors() {
+        let mut bytes = g.tensor_bytes(&t.name).unwrap().to_vec();
+        if t.name == "blk.1.ffn_down.weight" {
+            bytes[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        w.add_tensor(&t.name, &t.ne, t.ty, &bytes).unwrap();
+    }
+    w.finish().unwrap();
+    let out = dir.path().join("o.gguf");
+    let e = quantize(bad.to_str().unwrap(), &opts(&out, Some("Q4_0"), "gptq", "gguf"), &quiet).unwrap_err();
+    assert!(e.to_string().contains("blk.1.ffn_down.weight"), "{e}");
+    assert!(!out.exists());
+    assert!(!quantsmith::quantize::pipeline::partial_dir(&out).exists(), "a failed run left its checkpoint");
+}

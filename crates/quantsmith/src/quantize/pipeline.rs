@@ -248,7 +248,25 @@ impl SolveCtx<'_> {
 /// with `inp.exporter` to `opts.out`.
 ///
 /// `progress(phase, done, total)` reports blocks as they finish.
+///
+/// A run that fails with an error removes its work directory (an error is not resumable:
+/// the same input fails the same way); a killed run leaves it, and the same command resumes.
 pub fn run(
+    inp: &RunInputs,
+    opts: &PipelineOptions,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+) -> Result<PipelineReport> {
+    let r = run_checkpointed(inp, opts, progress);
+    if r.is_err() {
+        let work = partial_dir(&opts.out);
+        if work.is_dir() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+    }
+    r
+}
+
+fn run_checkpointed(
     inp: &RunInputs,
     opts: &PipelineOptions,
     progress: &(dyn Fn(&str, usize, usize) + Sync),
