@@ -369,17 +369,15 @@ fn run_checkpointed(
                 }
                 phases.calibrate += t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                for tr in inp.transforms {
-                    let mut ctx = GroupCtx {
-                        block_index: i,
-                        group_index: g,
-                        group: grp,
-                        block: &mut *blk,
-                        hessian: Some(&mut h),
-                        inputs: &mut inputs,
-                    };
-                    tr.on_group(&mut ctx)?;
-                }
+                let mut ctx = GroupCtx {
+                    block_index: i,
+                    group_index: g,
+                    group: grp,
+                    block: &mut *blk,
+                    hessian: Some(&mut h),
+                    inputs: &mut inputs,
+                };
+                apply_transforms(inp.transforms, &mut ctx)?;
                 sctx.solve_group(&mut *blk, grp.linears, Some(&h), i, &mut spill, &mut state.tensors)?;
                 phases.solve += t.elapsed().as_secs_f64();
                 let t = Instant::now();
@@ -414,17 +412,15 @@ fn run_checkpointed(
             }
             let t = Instant::now();
             for (g, grp) in groups.iter().enumerate() {
-                for tr in inp.transforms {
-                    let mut ctx = GroupCtx {
-                        block_index: i,
-                        group_index: g,
-                        group: grp,
-                        block: &mut *blk,
-                        hessian: hs[g].as_mut(),
-                        inputs: &mut [],
-                    };
-                    tr.on_group(&mut ctx)?;
-                }
+                let mut ctx = GroupCtx {
+                    block_index: i,
+                    group_index: g,
+                    group: grp,
+                    block: &mut *blk,
+                    hessian: hs[g].as_mut(),
+                    inputs: &mut [],
+                };
+                apply_transforms(inp.transforms, &mut ctx)?;
                 sctx.solve_group(&mut *blk, grp.linears, hs[g].as_ref(), i, &mut spill, &mut state.tensors)?;
             }
             phases.solve += t.elapsed().as_secs_f64();
@@ -531,6 +527,14 @@ fn run_checkpointed(
     phases.write += t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     Ok(PipelineReport { tensors: ordered, file_bytes, calib_tokens, phases, resumed_blocks })
+}
+
+/// Runs the transforms, in order, on one group.
+fn apply_transforms(transforms: &[Box<dyn Transform>], ctx: &mut GroupCtx) -> Result<()> {
+    for t in transforms {
+        t.on_group(ctx)?;
+    }
+    Ok(())
 }
 
 /// The input width of a group's linears (they share one input).
