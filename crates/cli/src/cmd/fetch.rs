@@ -5,7 +5,7 @@ use quantsmith::fetch;
 /// Arguments of `quantsmith fetch`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Built-in model name: smollm2 or minilm.
+    /// Built-in model name: smollm2, minilm or mpnet.
     #[arg(value_parser = clap::builder::PossibleValuesParser::new(fetch::BUILTIN.iter().map(|m| m.name)))]
     pub model: String,
 }
