@@ -33,34 +33,8 @@ pub fn matmul_nn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f3
     matmul(c, Accum::Replace, a, b, 1.0f32, par(parallel));
 }
 
-/// A linear layer `y = x Wᵀ + b` with `W` stored `[out, inp]` row-major, as in PyTorch.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    /// Weight `[out, inp]`.
-    pub w: Vec<f32>,
-    /// Optional bias `[out]`.
-    pub b: Option<Vec<f32>>,
-    /// Output features.
-    pub out: usize,
-    /// Input features.
-    pub inp: usize,
-}
-
-impl Linear {
-    /// `x` is `[rows, inp]`; returns `[rows, out]`.
-    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut y = vec![0f32; rows * self.out];
-        matmul_nt(x, &self.w, rows, self.out, self.inp, &mut y, true);
-        if let Some(b) = &self.b {
-            for row in y.chunks_mut(self.out) {
-                for (v, bb) in row.iter_mut().zip(b) {
-                    *v += bb;
-                }
-            }
-        }
-        y
-    }
-}
+/// The dense layer lives with the other shared layers; re-exported for older paths.
+pub use crate::arch::layers::Linear;
 
 #[cfg(test)]
 mod tests {

@@ -114,8 +114,12 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`; `tokenizer_config.json` beside it says whether
     /// a BOS token is added.
     pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
-        let inner =
+        let mut inner =
             tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        // Padding and truncation are batching settings (MiniLM's pads and cuts at 128 tokens):
+        // a whole text is encoded here, as it is.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let vocab_size = inner.get_vocab_size(true);
         // Whether the post-processor adds a BOS: encode nothing with specials and look.
         let probe = inner.encode("", true).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;

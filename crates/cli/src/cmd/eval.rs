@@ -154,6 +154,9 @@ fn eval_encoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
     if let (Some(m), Some(mn)) = (report.cosine_mean, report.cosine_min) {
         println!("cosine to base   mean {m:.6}, min {mn:.6}");
     }
+    if let Some(r) = report.retrieval_agreement {
+        println!("retrieval agree  {r:.4} (nearest neighbour among the sentences, as under the base)");
+    }
     println!("time             {:.1} s ({:.0} sentences/s)", report.seconds, report.sentences_per_second);
     Ok(())
 }

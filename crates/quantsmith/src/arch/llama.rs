@@ -7,23 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
+use super::layers::{add_assign, load_checked, load_linear, missing, swiglu, Attention, Linear};
+pub use super::layers::{rms_norm, RopeLayout, RopeTable};
 use crate::io::gguf::GgufFile;
 use crate::io::hf::HfModel;
-use crate::linalg::{matmul_nt, Linear};
+use crate::linalg::matmul_nt;
 use crate::tensor::TensorSource;
 use crate::{Error, Result};
-
-/// How q/k rows pair up for rotation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeLayout {
-    /// Adjacent pairs (2i, 2i+1): llama.cpp's "normal" RoPE, for which llama-architecture
-    /// GGUF converters permute the q/k rows of Hugging Face checkpoints.
-    Interleaved,
-    /// Half-split pairs (i, i + d/2): Hugging Face checkpoints and Qwen2 GGUFs ("neox").
-    Halves,
-}
 
 /// Which naming convention a checkpoint uses for its tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,23 +357,6 @@ impl LlamaConfig {
     }
 }
 
-fn missing(path: &Path, name: &str) -> Error {
-    Error::Tensor { path: path.to_path_buf(), tensor: name.into(), msg: "missing".into() }
-}
-
-/// Loads a tensor and checks its shape.
-pub(crate) fn load_checked(src: &dyn TensorSource, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let info = src.info(name).ok_or_else(|| missing(path, name))?;
-    if info.shape != shape {
-        return Err(Error::Tensor {
-            path: path.to_path_buf(),
-            tensor: name.into(),
-            msg: format!("expected shape {shape:?}, found {:?}", info.shape),
-        });
-    }
-    src.load_f32(name)
-}
-
 /// One decoder block's weights.
 pub struct Block {
     /// Attention RMSNorm gain.
@@ -404,6 +377,8 @@ pub struct Block {
     pub up: Linear,
     /// MLP down projection.
     pub down: Linear,
+    /// Causal attention's shape, and its K/V hook.
+    pub attn: Attention,
 }
 
 impl Block {
@@ -414,10 +389,7 @@ impl Block {
         let qd = cfg.n_head * cfg.head_dim;
         let kvd = cfg.n_head_kv * cfg.head_dim;
         let lin = |role: LinearRole, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let base = n.linear(i, role);
-            let w = load_checked(src, path, &format!("{base}.weight"), &[out, inp])?;
-            let b = if bias { Some(load_checked(src, path, &format!("{base}.bias"), &[out])?) } else { None };
-            Ok(Linear { w, b, out, inp })
+            load_linear(src, path, &n.linear(i, role), out, inp, bias)
         };
         Ok(Block {
             attn_norm: load_checked(src, path, &n.attn_norm(i), &[d])?,
@@ -429,6 +401,7 @@ impl Block {
             gate: lin(LinearRole::Gate, cfg.d_ff, d, false)?,
             up: lin(LinearRole::Up, cfg.d_ff, d, false)?,
             down: lin(LinearRole::Down, d, cfg.d_ff, false)?,
+            attn: Attention::new(cfg.n_head, cfg.n_head_kv, cfg.head_dim),
         })
     }
 
@@ -481,10 +454,10 @@ impl Block {
         let rows = h.len() / cfg.d_model;
         let mut q = self.q.forward(h, rows);
         let mut k = self.k.forward(h, rows);
-        let v = self.v.forward(h, rows);
+        let mut v = self.v.forward(h, rows);
         rope.apply(&mut q, cfg.n_head, seq_len);
         rope.apply(&mut k, cfg.n_head_kv, seq_len);
-        attention(cfg, &q, &k, &v, rows, seq_len)
+        self.attn.causal(&q, &mut k, &mut v, seq_len)
     }
 
     /// Stage 3: the residual update x += o(attn).
@@ -505,11 +478,7 @@ impl Block {
         let rows = h.len() / self.gate.inp;
         let mut g = self.gate.forward(h, rows);
         let u = self.up.forward(h, rows);
-        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
-            for (g, &u) in g.iter_mut().zip(u) {
-                *g = silu(*g) * u;
-            }
-        });
+        swiglu(&mut g, &u);
         g
     }
 
@@ -518,155 +487,6 @@ impl Block {
         let out = self.down.forward(act, act.len() / self.down.inp);
         add_assign(x, &out);
     }
-}
-
-#[inline]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-fn add_assign(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(x, y)| {
-        for (a, b) in x.iter_mut().zip(y) {
-            *a += b;
-        }
-    });
-}
-
-/// RMSNorm of every row of `x` (width = `gain.len()`) into `out`; sums in f64.
-pub fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut [f32]) {
-    let d = gain.len();
-    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| {
-        let ss: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        let mean = (ss / d as f64) as f32;
-        let scale = 1.0 / (mean + eps).sqrt();
-        for ((o, &v), &g) in o.iter_mut().zip(r).zip(gain) {
-            *o = v * scale * g;
-        }
-    });
-}
-
-/// Cosine/sine tables of rotary position embeddings for positions `0..max_len`.
-pub struct RopeTable {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    half: usize,
-    layout: RopeLayout,
-}
-
-impl RopeTable {
-    /// Tables for head width `head_dim`, base `theta`, up to `max_len` positions.
-    pub fn new(head_dim: usize, theta: f64, layout: RopeLayout, max_len: usize) -> RopeTable {
-        let half = head_dim / 2;
-        let mut cos = vec![0f32; max_len * half];
-        let mut sin = vec![0f32; max_len * half];
-        for p in 0..max_len {
-            for i in 0..half {
-                let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
-                let a = p as f64 * freq;
-                cos[p * half + i] = a.cos() as f32;
-                sin[p * half + i] = a.sin() as f32;
-            }
-        }
-        RopeTable { cos, sin, half, layout }
-    }
-
-    /// Positions covered.
-    pub fn max_len(&self) -> usize {
-        self.cos.len() / self.half.max(1)
-    }
-
-    /// Rotates `x` = `[rows, n_heads * head_dim]` in place; row r is position r % seq_len.
-    pub fn apply(&self, x: &mut [f32], n_heads: usize, seq_len: usize) {
-        let half = self.half;
-        let hd = 2 * half;
-        let width = n_heads * hd;
-        x.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
-            let p = r % seq_len;
-            let c = &self.cos[p * half..(p + 1) * half];
-            let s = &self.sin[p * half..(p + 1) * half];
-            for head in row.chunks_mut(hd) {
-                match self.layout {
-                    RopeLayout::Interleaved => {
-                        for i in 0..half {
-                            let (a, b) = (head[2 * i], head[2 * i + 1]);
-                            head[2 * i] = a * c[i] - b * s[i];
-                            head[2 * i + 1] = a * s[i] + b * c[i];
-                        }
-                    }
-                    RopeLayout::Halves => {
-                        for i in 0..half {
-                            let (a, b) = (head[i], head[i + half]);
-                            head[i] = a * c[i] - b * s[i];
-                            head[i + half] = a * s[i] + b * c[i];
-                        }
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// Causal grouped-query attention; returns `[rows, n_head * head_dim]`.
-fn attention(cfg: &LlamaConfig, q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize) -> Vec<f32> {
-    let hd = cfg.head_dim;
-    let qw = cfg.n_head * hd;
-    let kw = cfg.n_head_kv * hd;
-    let group = cfg.n_head / cfg.n_head_kv;
-    let n_seq = rows / seq_len;
-    let scale = 1.0 / (hd as f32).sqrt();
-    // One task per (sequence, head); each writes its own [seq_len, hd] tile.
-    let tiles: Vec<Vec<f32>> = (0..n_seq * cfg.n_head)
-        .into_par_iter()
-        .map(|task| {
-            let (s, h) = (task / cfg.n_head, task % cfg.n_head);
-            let g = h / group;
-            let base = s * seq_len;
-            let mut qh = vec![0f32; seq_len * hd];
-            let mut kh = vec![0f32; seq_len * hd];
-            let mut vh = vec![0f32; seq_len * hd];
-            for t in 0..seq_len {
-                let r = base + t;
-                qh[t * hd..(t + 1) * hd].copy_from_slice(&q[r * qw + h * hd..r * qw + (h + 1) * hd]);
-                kh[t * hd..(t + 1) * hd].copy_from_slice(&k[r * kw + g * hd..r * kw + (g + 1) * hd]);
-                vh[t * hd..(t + 1) * hd].copy_from_slice(&v[r * kw + g * hd..r * kw + (g + 1) * hd]);
-            }
-            let mut scores = vec![0f32; seq_len * seq_len];
-            matmul_nt(&qh, &kh, seq_len, seq_len, hd, &mut scores, false);
-            for t in 0..seq_len {
-                let row = &mut scores[t * seq_len..(t + 1) * seq_len];
-                let mut max = f32::NEG_INFINITY;
-                for x in row[..=t].iter_mut() {
-                    *x *= scale;
-                    max = max.max(*x);
-                }
-                let mut sum = 0f32;
-                for x in row[..=t].iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for x in row[..=t].iter_mut() {
-                    *x *= inv;
-                }
-                for x in row[t + 1..].iter_mut() {
-                    *x = 0.0;
-                }
-            }
-            let mut out = vec![0f32; seq_len * hd];
-            crate::linalg::matmul_nn(&scores, &vh, seq_len, hd, seq_len, &mut out, false);
-            out
-        })
-        .collect();
-    let mut out = vec![0f32; rows * qw];
-    for (task, tile) in tiles.into_iter().enumerate() {
-        let (s, h) = (task / cfg.n_head, task % cfg.n_head);
-        for t in 0..seq_len {
-            let r = s * seq_len + t;
-            out[r * qw + h * hd..r * qw + (h + 1) * hd].copy_from_slice(&tile[t * hd..(t + 1) * hd]);
-        }
-    }
-    out
 }
 
 /// A whole Llama-family decoder held in memory as f32.
@@ -694,7 +514,7 @@ impl Llama {
         let out_norm = load_checked(src, path, n.out_norm(), &[cfg.d_model])?;
         let head = if src.info(n.head()).is_some() {
             let w = load_checked(src, path, n.head(), &[cfg.vocab, cfg.d_model])?;
-            Some(Linear { w, b: None, out: cfg.vocab, inp: cfg.d_model })
+            Some(Linear::new(w, None, cfg.vocab, cfg.d_model))
         } else {
             None
         };

@@ -1,6 +1,7 @@
 //! Architectures: what the blocks are and how a block runs forward. One file per family.
 
 pub mod bert;
+pub mod layers;
 pub mod llama;
 
 use crate::io::ModelFile;
@@ -82,7 +83,7 @@ pub struct LinearGroup {
 }
 
 /// A dense layer `y = x Wᵀ + b` with `W` `[out, in]` as in PyTorch.
-pub use crate::linalg::Linear;
+pub use layers::Linear;
 
 /// The state of a batch of calibration sequences inside one block while it runs group by
 /// group: the residual stream and what the last group produced for the next.
@@ -196,9 +197,6 @@ pub trait Arch: Send + Sync {
 pub fn arch_for(file: &ModelFile) -> Result<Box<dyn Arch + '_>> {
     match model_kind(file)? {
         ModelKind::Decoder => Ok(Box::new(llama::LlamaArch::new(file)?)),
-        ModelKind::Encoder => Err(Error::Other(format!(
-            "{}: encoders cannot be quantized yet (only evaluated)",
-            file.path().display()
-        ))),
+        ModelKind::Encoder => Ok(Box::new(bert::BertArch::new(file)?)),
     }
 }

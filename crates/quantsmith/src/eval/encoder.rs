@@ -6,6 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::arch::bert::Bert;
+use crate::linalg::matmul_nt;
 use crate::{Error, Result};
 
 /// What `evaluate_encoder` measured. Keys that do not apply are left out of the JSON.
@@ -23,6 +24,11 @@ pub struct EncoderReport {
     /// Smallest such cosine similarity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cosine_min: Option<f64>,
+    /// Retrieval agreement: the fraction of sentences whose nearest neighbour among the
+    /// text's other sentences (by cosine) is the same sentence under the model as under the
+    /// base (identical sentence texts count as the same neighbour).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval_agreement: Option<f64>,
     /// Mean Euclidean norm of the pooled vectors before normalisation.
     pub norm_mean: f64,
     /// Mean cosine similarity between the embeddings of two different sentences: how much of
@@ -142,14 +148,14 @@ pub fn evaluate_encoder(
         (total_sq - self_dots) / (n as f64 * (n as f64 - 1.0))
     });
 
-    let (cosine_mean, cosine_min) = match base {
-        None => (None, None),
+    let (cosine_mean, cosine_min, retrieval_agreement) = match base {
+        None => (None, None, None),
         Some(b) => {
             let base_pooled = b.pooled(&texts, &|done, _| progress(n + done, total))?;
             let cos: Vec<f64> = pooled.iter().zip(&base_pooled).map(|(m, r)| cosine(m, r)).collect();
             let mean = cos.iter().sum::<f64>() / n as f64;
             let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
-            (Some(mean), Some(min))
+            (Some(mean), Some(min), retrieval_agreement(&pooled, &base_pooled, &sentences))
         }
     };
 
@@ -159,11 +165,65 @@ pub fn evaluate_encoder(
         dim: model.dim(),
         cosine_mean,
         cosine_min,
+        retrieval_agreement,
         norm_mean,
         pairwise_cosine_mean,
         seconds: start.elapsed().as_secs_f64(),
         sentences_per_second: n as f64 / model_seconds.max(1e-9),
     })
+}
+
+/// For every vector, the index of its nearest neighbour among the others by cosine (`None`
+/// for a lone vector). Scores come from one GEMM per block of rows over unit vectors.
+pub fn nearest_neighbours(vectors: &[Vec<f32>]) -> Vec<Option<usize>> {
+    let n = vectors.len();
+    let dim = vectors.first().map_or(0, Vec::len);
+    let mut unit = Vec::with_capacity(n * dim);
+    for v in vectors {
+        let nv = norm(v);
+        let inv = if nv > 0.0 { 1.0 / nv } else { 0.0 };
+        unit.extend(v.iter().map(|&x| (x as f64 * inv) as f32));
+    }
+    // Rows in blocks, so the score matrix stays small for long texts.
+    const BLOCK: usize = 256;
+    let mut out = Vec::with_capacity(n);
+    let mut scores = vec![0f32; BLOCK * n];
+    for start in (0..n).step_by(BLOCK) {
+        let rows = BLOCK.min(n - start);
+        let s = &mut scores[..rows * n];
+        matmul_nt(&unit[start * dim..(start + rows) * dim], &unit, rows, n, dim, s, true);
+        for (r, row) in s.chunks_exact(n).enumerate() {
+            let i = start + r;
+            let best =
+                row.iter().enumerate().filter(|&(j, _)| j != i).fold(None, |best: Option<(usize, f32)>, (j, &c)| {
+                    match best {
+                        Some((_, b)) if b >= c => best,
+                        _ => Some((j, c)),
+                    }
+                });
+            out.push(best.map(|(j, _)| j));
+        }
+    }
+    out
+}
+
+/// The fraction of sentences whose nearest neighbour under `model` is the one under `base`;
+/// a neighbour with the same text as the base's counts as the same (a novel repeats short
+/// sentences, and their embeddings tie). `None` for fewer than two sentences.
+pub fn retrieval_agreement(model: &[Vec<f32>], base: &[Vec<f32>], sentences: &[String]) -> Option<f64> {
+    if sentences.len() < 2 {
+        return None;
+    }
+    let (m, b) = (nearest_neighbours(model), nearest_neighbours(base));
+    let same = m
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) => sentences[*x] == sentences[*y],
+            _ => false,
+        })
+        .count();
+    Some(same as f64 / sentences.len() as f64)
 }
 
 #[cfg(test)]
@@ -196,5 +256,22 @@ mod tests {
         assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
         assert_eq!(cosine(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
         assert!((cosine(&[2.0, -3.0], &[-4.0, 6.0]) + 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nearest_neighbours_and_agreement() {
+        let v = vec![vec![1.0, 0.0], vec![0.9, 0.1], vec![0.0, 1.0], vec![0.1, 1.0], vec![-1.0, 0.05]];
+        assert_eq!(nearest_neighbours(&v), vec![Some(1), Some(0), Some(3), Some(2), Some(2)]);
+        assert_eq!(nearest_neighbours(&v[..1]), vec![None]);
+        let s: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|x| x.to_string()).collect();
+        assert_eq!(retrieval_agreement(&v, &v, &s), Some(1.0));
+        // Sentence 4 now lies nearest to 0 instead of 2: one of five disagrees.
+        let mut w = v.clone();
+        w[4] = vec![1.0, -0.5];
+        assert_eq!(retrieval_agreement(&w, &v, &s), Some(0.8));
+        // ... unless sentences 0 and 2 have the same text.
+        let mut s2 = s.clone();
+        s2[2] = "a".into();
+        assert_eq!(retrieval_agreement(&w, &v, &s2), Some(1.0));
     }
 }

@@ -85,7 +85,19 @@ fn export_model(file: &ModelFile, arch: &dyn arch::Arch, opts: &QuantizeOptions)
                 o.remove("quantization_config");
             }
             m.hf_config = cfg;
-            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+            // The sentence-transformers files (pooling, normalisation, lengths) make an encoder's
+            // output a sentence model again; vocab.txt serves slow WordPiece tokenizers.
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "generation_config.json",
+                "vocab.txt",
+                "modules.json",
+                "sentence_bert_config.json",
+                "config_sentence_transformers.json",
+                "1_Pooling/config.json",
+            ] {
                 let p = h.dir().join(f);
                 if p.is_file() {
                     m.side_files.push((f.to_string(), std::fs::read(&p).map_err(|e| Error::io(&p, e))?));
@@ -119,6 +131,20 @@ pub fn quantize(
         )));
     }
     let arch = arch::arch_for(&file)?;
+    if arch.kind() == arch::ModelKind::Encoder {
+        if gguf_out {
+            return Err(Error::Other(format!(
+                "{}: encoders are not written as GGUF; use --layout compressed-tensors, gptq or fake-quant",
+                file.path().display()
+            )));
+        }
+        if opts.eval_text.is_some() {
+            return Err(Error::Other(
+                "--eval measures decoders (perplexity); for an encoder run `quantsmith eval OUT --base MODEL --text FILE`"
+                    .into(),
+            ));
+        }
+    }
     let out = &opts.pipeline.out;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
