@@ -88,7 +88,7 @@ fn bad_quantize_input_is_one_clear_error_and_no_output() {
     };
     check(&["--scheme", "blk.*.ffn_dwn=q6_k"], &["blk.*.ffn_dwn", "matches no tensor"]);
     check(&["--scheme", "blk.*.ffn_down=q9_x"], &["q9_x"]);
-    check(&["--scheme", "blk.*.ffn_down=int4:g128"], &["cannot be stored in GGUF"]);
+    check(&["--scheme", "blk.*.ffn_down=int4:g128"], &["int4:g128", "GGUF stores only ggml types", "q8_0"]);
     check(&["--scheme", "blk.*.attn_q=q4_k"], &["blk.0.attn_q.weight", "256"]);
     check(&["--scheme", "blk.*.ffn_down=q4_0@magic"], &["magic"]);
     check(&["--preset", "Q9_K"], &["Q9_K"]);

@@ -62,7 +62,10 @@ impl Storage {
             Storage::Ggml(t) => {
                 let bs = t.block_size();
                 if cols % bs != 0 {
-                    return Err(Error::Other(format!("rows of {cols} values do not divide into {} blocks", t.name())));
+                    return Err(Error::Other(format!(
+                        "rows of {cols} values do not divide into {} blocks of {bs}",
+                        t.name()
+                    )));
                 }
                 Ok(8 * (rows * cols / bs * t.type_size()) as u64)
             }
