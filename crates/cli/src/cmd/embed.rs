@@ -3,13 +3,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use quantsmith::arch::bert::Bert;
 use quantsmith::Error;
 
 /// Arguments of `quantsmith embed`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Encoder model: a Hugging Face directory, or the built-in name `minilm`.
+    /// Encoder model (BERT, MPNet): a Hugging Face directory, or a built-in name (`minilm`, `mpnet`).
     pub model: String,
     /// Text file; every non-empty line is embedded on its own.
     #[arg(long)]
@@ -32,7 +31,7 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
         return Err(Error::Text { path: args.text.clone(), msg: "no non-empty lines to embed".into() });
     }
     let model = quantsmith::io::open_model(&args.model)?;
-    let bert = Bert::from_model(&model)?;
+    let encoder = quantsmith::arch::load_encoder(&model)?;
 
     let bar = indicatif::ProgressBar::new(lines.len() as u64);
     bar.set_style(
@@ -43,7 +42,7 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
     if lines.len() < 256 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let embeddings = bert.embed_with_progress(&lines, &|done, _| bar.set_position(done as u64))?;
+    let embeddings = encoder.embed_with_progress(&lines, &|done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
 
     let stdout = std::io::stdout();
@@ -54,12 +53,12 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
             .map_err(|e| Error::Other(format!("writing to stdout: {e}")))?;
         writeln!(out).map_err(write_err)?;
     } else {
-        let normalised = if bert.normalize { ", L2-normalised" } else { "" };
+        let normalised = if encoder.normalize() { ", L2-normalised" } else { "" };
         writeln!(
             out,
             "{} embeddings of dimension {}{normalised} ({})",
             embeddings.len(),
-            bert.dim(),
+            encoder.dim(),
             model.path().display()
         )
         .map_err(write_err)?;

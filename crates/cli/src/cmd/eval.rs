@@ -12,7 +12,7 @@ use crate::cmd::progress::Progress;
 /// Arguments of `quantsmith eval`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: a GGUF file, a Hugging Face directory, or a built-in name (smollm2, minilm).
+    /// Model: a GGUF file, a Hugging Face directory, or a built-in name (smollm2, minilm, mpnet).
     /// Several decoders may be given: they are evaluated on the same chunks, the base run once.
     #[arg(required = true, num_args = 1..)]
     pub models: Vec<String>,
@@ -126,19 +126,19 @@ fn eval_encoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
     if args.models.len() > 1 {
         return Err(Error::Other("encoders are evaluated one model at a time".into()));
     }
-    let model = quantsmith::arch::bert::Bert::from_model(file)?;
+    let model = arch::load_encoder(file)?;
     let base = match &args.base {
         Some(b) => {
             let bf = open_model(b)?;
             if arch::model_kind(&bf)? != ModelKind::Encoder {
                 return Err(Error::Other(format!("--base {b} is not an encoder like {}", args.models[0])));
             }
-            Some(quantsmith::arch::bert::Bert::from_model(&bf)?)
+            Some(arch::load_encoder(&bf)?)
         }
         None => None,
     };
     let bar = Progress::new("sentences");
-    let report = quantsmith::eval::encoder::evaluate_encoder(&model, base.as_ref(), text, &|d, t| bar.update(d, t))
+    let report = quantsmith::eval::encoder::evaluate_encoder(&*model, base.as_deref(), text, &|d, t| bar.update(d, t))
         .map_err(|e| match e {
             Error::Other(msg) => Error::Text { path: args.text.clone(), msg },
             other => other,

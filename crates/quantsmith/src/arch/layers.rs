@@ -27,6 +27,11 @@ pub type InputHook = Arc<dyn Fn(&mut [f32]) + Send + Sync>;
 /// `[rows, n_head_kv * head_dim]` (keys after RoPE, as a KV cache would hold them).
 pub type KvHook = Arc<dyn Fn(&mut [f32], &mut [f32]) + Send + Sync>;
 
+/// Adds a bias to one head's attention scores before the softmax: `(head, len, scores)` with
+/// `scores` `[len, len]` (query rows, key columns) of one sequence, already scaled by 1/√d
+/// (MPNet's relative position bias).
+pub type ScoreBias<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
+
 // ---- dense layer ----------------------------------------------------------------------
 
 /// A dense layer `y = x Wᵀ + b` with `W` stored `[out, inp]` row-major, as in PyTorch.
@@ -364,6 +369,19 @@ impl Attention {
     /// One task per sequence, its heads in turn on strided views of q/k/v (no copies): encoder
     /// batches hold many short sentences, so sequences are the parallelism.
     pub fn bidirectional(&self, q: &[f32], k: &mut [f32], v: &mut [f32], lens: &[usize]) -> Vec<f32> {
+        self.bidirectional_biased(q, k, v, lens, None)
+    }
+
+    /// As [`Attention::bidirectional`], with `bias` added to every head's scores before the
+    /// softmax.
+    pub fn bidirectional_biased(
+        &self,
+        q: &[f32],
+        k: &mut [f32],
+        v: &mut [f32],
+        lens: &[usize],
+        bias: Option<ScoreBias>,
+    ) -> Vec<f32> {
         self.hook(k, v);
         let (k, v) = (&*k, &*v);
         let dh = self.head_dim;
@@ -395,6 +413,9 @@ impl Attention {
                 let vh = MatRef::from_row_major_slice_with_stride(&v[ks..ks + kspan], len, dh, kw);
                 let s = MatMut::from_row_major_slice_mut(&mut scores, len, len);
                 matmul(s, Accum::Replace, qh, kh.transpose(), scale, Par::Seq);
+                if let Some(add) = bias {
+                    add(head, len, &mut scores);
+                }
                 for row in scores.chunks_exact_mut(len) {
                     softmax_in_place(row);
                 }

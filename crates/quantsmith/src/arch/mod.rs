@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod layers;
 pub mod llama;
+pub mod mpnet;
 
 use crate::io::ModelFile;
 use crate::tokenizer::Tokenizer;
@@ -22,7 +23,7 @@ pub enum ModelKind {
 pub fn kind_of(arch: &str) -> Option<ModelKind> {
     match arch {
         "llama" | "mistral" | "qwen2" => Some(ModelKind::Decoder),
-        "bert" => Some(ModelKind::Encoder),
+        "bert" | "mpnet" => Some(ModelKind::Encoder),
         _ => None,
     }
 }
@@ -32,7 +33,7 @@ pub fn model_kind(file: &ModelFile) -> Result<ModelKind> {
     let arch = file.architecture()?;
     kind_of(arch).ok_or_else(|| {
         Error::Other(format!(
-            "{}: architecture `{arch}` is not supported (decoders: llama, mistral, qwen2; encoders: bert)",
+            "{}: architecture `{arch}` is not supported (decoders: llama, mistral, qwen2; encoders: bert, mpnet)",
             file.path().display()
         ))
     })
@@ -197,6 +198,74 @@ pub trait Arch: Send + Sync {
 pub fn arch_for(file: &ModelFile) -> Result<Box<dyn Arch + '_>> {
     match model_kind(file)? {
         ModelKind::Decoder => Ok(Box::new(llama::LlamaArch::new(file)?)),
+        ModelKind::Encoder if file.architecture()? == "mpnet" => Ok(Box::new(mpnet::MpnetArch::new(file)?)),
         ModelKind::Encoder => Ok(Box::new(bert::BertArch::new(file)?)),
+    }
+}
+
+/// A sentence encoder as `eval` and `embed` use it: texts in, one vector per text out.
+pub trait SentenceEncoder: Send + Sync {
+    /// Length of a sentence vector.
+    fn dim(&self) -> usize;
+    /// Whether [`SentenceEncoder::embed_with_progress`] L2-normalises the pooled vectors.
+    fn normalize(&self) -> bool;
+    /// Token ids of each text as the model consumes them (special tokens, truncation).
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<bert::Tokens>>;
+    /// Pooled vectors before normalisation, in input order; `progress(done, total)`.
+    fn pooled_tokens(&self, tokens: &[bert::Tokens], progress: &dyn Fn(usize, usize)) -> Result<Vec<Vec<f32>>>;
+    /// As [`SentenceEncoder::pooled_tokens`], from texts.
+    fn pooled(&self, texts: &[&str], progress: &dyn Fn(usize, usize)) -> Result<Vec<Vec<f32>>> {
+        self.pooled_tokens(&self.tokenize(texts)?, progress)
+    }
+    /// Sentence embeddings, pooled and normalised as the model's configuration says.
+    fn embed_with_progress(&self, texts: &[&str], progress: &dyn Fn(usize, usize)) -> Result<Vec<Vec<f32>>> {
+        let mut v = self.pooled(texts, progress)?;
+        if self.normalize() {
+            v.iter_mut().for_each(|e| bert::l2_normalize(e));
+        }
+        Ok(v)
+    }
+}
+
+impl SentenceEncoder for bert::Bert {
+    fn dim(&self) -> usize {
+        bert::Bert::dim(self)
+    }
+    fn normalize(&self) -> bool {
+        self.normalize
+    }
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<bert::Tokens>> {
+        bert::Bert::tokenize(self, texts)
+    }
+    fn pooled_tokens(&self, tokens: &[bert::Tokens], progress: &dyn Fn(usize, usize)) -> Result<Vec<Vec<f32>>> {
+        bert::Bert::pooled_tokens(self, tokens, progress)
+    }
+}
+
+impl SentenceEncoder for mpnet::Mpnet {
+    fn dim(&self) -> usize {
+        mpnet::Mpnet::dim(self)
+    }
+    fn normalize(&self) -> bool {
+        self.normalize
+    }
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<bert::Tokens>> {
+        mpnet::Mpnet::tokenize(self, texts)
+    }
+    fn pooled_tokens(&self, tokens: &[bert::Tokens], progress: &dyn Fn(usize, usize)) -> Result<Vec<Vec<f32>>> {
+        mpnet::Mpnet::pooled_tokens(self, tokens, progress)
+    }
+}
+
+/// The sentence encoder in `file` with its tokenizer and sentence-transformers settings (the
+/// registry of encoder families: BERT, MPNet).
+pub fn load_encoder(file: &ModelFile) -> Result<Box<dyn SentenceEncoder>> {
+    match file.architecture()? {
+        "mpnet" => Ok(Box::new(mpnet::Mpnet::from_model(file)?)),
+        "bert" => Ok(Box::new(bert::Bert::from_model(file)?)),
+        other => Err(Error::Other(format!(
+            "{}: architecture `{other}` is not a sentence encoder (encoders: bert, mpnet)",
+            file.path().display()
+        ))),
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::arch::bert::Bert;
+use crate::arch::SentenceEncoder;
 use crate::linalg::matmul_nt;
 use crate::{Error, Result};
 
@@ -101,9 +101,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 ///
 /// `progress(done, total)` is called after each batch; `total` counts the sentences of both
 /// models when there is a base.
-pub fn evaluate_encoder(
-    model: &Bert,
-    base: Option<&Bert>,
+pub fn evaluate_encoder<E: SentenceEncoder + ?Sized>(
+    model: &E,
+    base: Option<&E>,
     text: &str,
     progress: &dyn Fn(usize, usize),
 ) -> Result<EncoderReport> {
