@@ -54,7 +54,8 @@ fn directory_layouts_are_written_and_read_back() {
         assert!(inspect.contains("llama"), "{inspect}");
         let eval = ok(&["eval", o, "--base", src, "--text", text.to_str().unwrap(), "--ctx", "64", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&eval).unwrap();
-        let kld = v.pointer("/models/0/kld_mean").or_else(|| v.pointer("/0/kld_mean")).or_else(|| v.pointer("/kld_mean"));
+        let kld =
+            v.pointer("/models/0/kld_mean").or_else(|| v.pointer("/0/kld_mean")).or_else(|| v.pointer("/kld_mean"));
         assert!(kld.and_then(|k| k.as_f64()).is_some_and(|k| k > 0.0 && k.is_finite()), "{layout}: {eval}");
         // Written again over a finished directory: refused without --force.
         fails(

@@ -16,8 +16,8 @@ pub mod memory;
 pub mod quantize;
 pub mod solve;
 pub mod tensor;
-pub mod transform;
 pub mod tokenizer;
+pub mod transform;
 
 pub use error::{Error, Result};
 pub use formats;

@@ -195,7 +195,13 @@ fn a_vocabulary_larger_than_the_embedding_is_an_error_not_a_panic() {
 fn unused(_: PathBuf) {}
 
 /// Quantizes `src` into a directory layout with the given rules.
-fn to_dir(src: &Path, out: &Path, layout: &str, method: &str, rules: &[&str]) -> quantsmith::quantize::report::QuantizeReport {
+fn to_dir(
+    src: &Path,
+    out: &Path,
+    layout: &str,
+    method: &str,
+    rules: &[&str],
+) -> quantsmith::quantize::report::QuantizeReport {
     let mut o = opts(out, None, method, layout);
     o.rules = rules.iter().map(|r| Rule::parse_scheme(r).unwrap()).collect();
     quantize(src.to_str().unwrap(), &o, &quiet).unwrap_or_else(|e| panic!("{layout}: {e}"))

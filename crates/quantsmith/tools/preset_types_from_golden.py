@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""Extract llama.cpp's per-tensor type choices from the shared golden file.
+"""Extract llama.cpp's per-tensor type choices from the golden file.
 
-The golden file (../shared/data/golden/smollm2-dither-llamacpp-0c1e570.json) records, for
+The golden file (data/golden/smollm2-dither-llamacpp-0c1e570.json) records, for
 SmolLM2-135M's dithered f32 base, what `llama-quantize` (llama.cpp commit 0c1e570) wrote for
 every preset, with and without an imatrix. The preset-type test only needs the types, so this
 script keeps `file_type` and the `types` maps (dropping sizes and sha256 digests) and writes
 crates/quantsmith/testdata/llamacpp_preset_types.json, which lets the test run without
-../shared.
+the repository.
 
 Usage (from the repository root):
     python3 crates/quantsmith/tools/preset_types_from_golden.py \
-        ../shared/data/golden/smollm2-dither-llamacpp-0c1e570.json \
+        data/golden/smollm2-dither-llamacpp-0c1e570.json \
         crates/quantsmith/testdata/llamacpp_preset_types.json
 """
 import json

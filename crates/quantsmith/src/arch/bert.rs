@@ -885,14 +885,16 @@ impl<'a> BertArch<'a> {
         for t in src.tensors() {
             match by_source.get(&t.name) {
                 Some(c) => names.push((c.clone(), t.name.clone())),
-                None => return Err(Error::Tensor {
-                    path: hf.dir().to_path_buf(),
-                    tensor: t.name.clone(),
-                    msg: format!(
+                None => {
+                    return Err(Error::Tensor {
+                        path: hf.dir().to_path_buf(),
+                        tensor: t.name.clone(),
+                        msg: format!(
                         "not a tensor of a BERT encoder with {} blocks (quantsmith quantizes BertModel checkpoints)",
                         cfg.num_hidden_layers
                     ),
-                }),
+                    })
+                }
             }
         }
         let frame = special_frame(hf.dir())?;

@@ -588,12 +588,7 @@ pub const GROUPS: [super::LinearGroup; 4] = [
         producer: None,
     },
     super::LinearGroup { input: "attention", linears: &["attn_output"], norm: None, producer: Some("attn_v") },
-    super::LinearGroup {
-        input: "ffn_norm",
-        linears: &["ffn_gate", "ffn_up"],
-        norm: Some("ffn_norm"),
-        producer: None,
-    },
+    super::LinearGroup { input: "ffn_norm", linears: &["ffn_gate", "ffn_up"], norm: Some("ffn_norm"), producer: None },
     super::LinearGroup { input: "activation", linears: &["ffn_down"], norm: None, producer: Some("ffn_up") },
 ];
 

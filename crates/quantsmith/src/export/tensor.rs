@@ -122,7 +122,11 @@ impl QuantTensor {
                 Ok(out)
             }
             (TensorData::Codes(q), Storage::Format(f)) => f.dequantize(q).map_err(bad),
-            _ => Err(Error::Other(format!("tensor `{}`: data does not match storage {}", self.name, self.storage.name()))),
+            _ => Err(Error::Other(format!(
+                "tensor `{}`: data does not match storage {}",
+                self.name,
+                self.storage.name()
+            ))),
         }
     }
 
@@ -183,7 +187,12 @@ impl QuantTensor {
     pub fn permute_rows(&mut self, perm: &[usize]) -> Result<()> {
         let rows = self.shape.first().copied().unwrap_or(1);
         if perm.len() != rows || self.shape.len() > 2 {
-            return Err(Error::Other(format!("tensor `{}`: cannot reorder {} rows of {:?}", self.name, perm.len(), self.shape)));
+            return Err(Error::Other(format!(
+                "tensor `{}`: cannot reorder {} rows of {:?}",
+                self.name,
+                perm.len(),
+                self.shape
+            )));
         }
         match &mut self.data {
             TensorData::Float(v) => permute_chunks(v, rows, perm),

@@ -62,11 +62,7 @@ pub fn default_layout(out: &std::path::Path) -> Option<&'static str> {
 
 /// The metadata, configs and side files every layout may need, from either kind of input.
 fn export_model(file: &ModelFile, arch: &dyn arch::Arch, opts: &QuantizeOptions) -> Result<ExportModel> {
-    let mut m = ExportModel {
-        max_shard_bytes: opts.max_shard_bytes,
-        force: opts.force,
-        ..Default::default()
-    };
+    let mut m = ExportModel { max_shard_bytes: opts.max_shard_bytes, force: opts.force, ..Default::default() };
     for name in arch.tensor_names() {
         let hf = arch.hf_name(&name);
         m.hf_names.insert(name, hf);
@@ -159,7 +155,10 @@ pub fn quantize(
         ModelFile::Hf(h) => {
             let p = h.dir().join("tokenizer.json");
             if !p.is_file() {
-                return Err(Error::Other(format!("{}: missing (the tokenizer is needed for calibration and export)", p.display())));
+                return Err(Error::Other(format!(
+                    "{}: missing (the tokenizer is needed for calibration and export)",
+                    p.display()
+                )));
             }
             crate::tokenizer::Tokenizer::from_json_file(&p)?
         }
@@ -201,8 +200,7 @@ pub fn quantize(
         tensors.iter().map(|t| (t.name.clone(), Storage::Ggml(preset::input_type(t.dtype)))).collect()
     };
     let plan = plan::Plan::build(&tensors, &base, &opts.rules, &opts.method, &*exporter)?;
-    let transforms =
-        opts.transforms.iter().map(|t| crate::transform::transform(t)).collect::<Result<Vec<_>>>()?;
+    let transforms = opts.transforms.iter().map(|t| crate::transform::transform(t)).collect::<Result<Vec<_>>>()?;
     let mut export = export_model(&file, &*arch, opts)?;
     export.recipe = serde_json::json!({
         "preset": if gguf_out { Some(preset.name()) } else { None },
@@ -298,4 +296,3 @@ pub fn quantize(
     }
     Ok(report)
 }
-

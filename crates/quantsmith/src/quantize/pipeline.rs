@@ -125,7 +125,6 @@ struct Checkpoint {
     phases: PhaseTimes,
 }
 
-
 /// What the pipeline runs on besides its options: the model, the plan, the rewrites and
 /// where the result goes.
 pub struct RunInputs<'a> {
@@ -229,9 +228,8 @@ impl SolveCtx<'_> {
             let name = blk.weight_name(lname);
             let entry = self.entry(&name)?;
             let importance = self.importance(&name, h, &[]);
-            let lin = blk
-                .linear_mut(lname)
-                .ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?;
+            let lin =
+                blk.linear_mut(lname).ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?;
             let shape = vec![lin.out, lin.inp];
             let (rep, t, dq) = solve_entry(entry, &name, &lin.w, &shape, h, importance.as_deref(), Some(i))?;
             if let Some(dq) = dq {
@@ -288,8 +286,7 @@ fn run_checkpointed(
 
     let work = partial_dir(&opts.out);
     let transforms: Vec<String> = inp.transforms.iter().map(|t| format!("{t:?}")).collect();
-    let fingerprint =
-        plan.fingerprint(inp.input, opts, &format!("{}|{}", inp.exporter.name(), transforms.join(";")));
+    let fingerprint = plan.fingerprint(inp.input, opts, &format!("{}|{}", inp.exporter.name(), transforms.join(";")));
     let mut state = Checkpoint {
         fingerprint: fingerprint.clone(),
         next_block: 0,
@@ -394,8 +391,7 @@ fn run_checkpointed(
             let mut hs: Vec<Option<Hessian>> = vec![None; groups.len()];
             if calibrate {
                 let t = Instant::now();
-                let widths =
-                    groups.iter().map(|grp| group_width(&*blk, grp.linears, i)).collect::<Result<Vec<_>>>()?;
+                let widths = groups.iter().map(|grp| group_width(&*blk, grp.linears, i)).collect::<Result<Vec<_>>>()?;
                 let mut acc: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
                 for xb in x.chunks_mut(batch_len) {
                     let mut st = BlockState { x: xb, seq_len, carry: Vec::new() };
@@ -591,7 +587,8 @@ pub fn solve_entry(
     let enc = method.solve(&p, &fmt)?;
     let err = layer_error(w, &enc.dequant, rows, cols, h);
     let qt = QuantTensor { name: name.into(), shape: shape.to_vec(), storage, data: enc.data };
-    rep.solver = method.name().to_string() + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" };
+    rep.solver =
+        method.name().to_string() + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" };
     rep.bytes = qt.stored_bytes();
     rep.bits_per_weight = 8.0 * rep.bytes as f64 / (rows * cols) as f64;
     rep.sqnr_db = Some(err.sqnr_db);

@@ -67,9 +67,9 @@ impl Plan {
                 }
             }
             let (rows, cols) = matrix_of(&t.shape);
-            storage.storage_bits(rows, cols).map_err(|e| {
-                Error::Other(format!("tensor `{}` {:?}: {}: {e}", t.name, t.shape, storage.name()))
-            })?;
+            storage
+                .storage_bits(rows, cols)
+                .map_err(|e| Error::Other(format!("tensor `{}` {:?}: {}: {e}", t.name, t.shape, storage.name())))?;
             exporter.check(&t.name, &t.shape, &storage).map_err(|e| {
                 Error::Other(format!("tensor `{}` {:?} cannot be written as {}: {e}", t.name, t.shape, storage.name()))
             })?;

@@ -70,7 +70,11 @@ impl QuantizeReport {
         let _ =
             writeln!(s, "| file size | {} bytes ({:.2} MiB) |", self.file_bytes, self.file_bytes as f64 / 1048576.0);
         let _ = writeln!(s, "| layout | {} |", self.layout);
-        let _ = writeln!(s, "| bits per weight | {:.3} (the formats alone: {:.3}) |", self.bits_per_weight, self.format_bits_per_weight);
+        let _ = writeln!(
+            s,
+            "| bits per weight | {:.3} (the formats alone: {:.3}) |",
+            self.bits_per_weight, self.format_bits_per_weight
+        );
         let _ = writeln!(s, "| time | {:.1} s |", self.seconds);
         let _ = writeln!(s, "| peak anonymous memory | {:.0} MiB |", self.peak_rss_anon_mib);
         let p = &self.phases;

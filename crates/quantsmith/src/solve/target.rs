@@ -154,7 +154,11 @@ impl Grid for FormatGrid {
             code_bits: bits,
             codes,
             row_bytes,
-            scales: if self.t.granularity == Granularity::None { Vec::new() } else { metas.iter().map(|p| p.scale).collect() },
+            scales: if self.t.granularity == Granularity::None {
+                Vec::new()
+            } else {
+                metas.iter().map(|p| p.scale).collect()
+            },
             zeros: if self.t.asym { metas.iter().map(|p| p.zero).collect() } else { Vec::new() },
             choices: if self.t.elements.len() > 1 && self.t.choice == Choice::PerGroup {
                 metas.iter().map(|p| p.choice).collect()

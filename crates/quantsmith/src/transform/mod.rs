@@ -74,7 +74,9 @@ impl GroupCtx<'_> {
                     b.iter_mut().zip(s).for_each(|(b, s)| *b /= s);
                 }
             }
-            (None, None) => return Err(bad(format!("the input of {:?} has no producer to fold into", self.group.linears))),
+            (None, None) => {
+                return Err(bad(format!("the input of {:?} has no producer to fold into", self.group.linears)))
+            }
         }
         for name in self.group.linears {
             let l = self.block.linear_mut(name).expect("checked above");

@@ -116,7 +116,13 @@ impl Tiny {
         for i in 0..N_LAYER {
             let p = format!("blk.{i}");
             // Norm gains around 1, with a few large channels (activation outliers).
-            let norm = |r: &mut Rng| r.vec(D, 0.3).iter().enumerate().map(|(c, v)| 1.0 + v + if c % 37 == 0 { 3.0 } else { 0.0 }).collect::<Vec<f32>>();
+            let norm = |r: &mut Rng| {
+                r.vec(D, 0.3)
+                    .iter()
+                    .enumerate()
+                    .map(|(c, v)| 1.0 + v + if c % 37 == 0 { 3.0 } else { 0.0 })
+                    .collect::<Vec<f32>>()
+            };
             put(&format!("{p}.attn_norm.weight"), &[D], norm(&mut r));
             put(&format!("{p}.attn_q.weight"), &[N_HEAD * HD, D], r.vec(N_HEAD * HD * D, 0.12));
             put(&format!("{p}.attn_k.weight"), &[N_KV * HD, D], r.vec(N_KV * HD * D, 0.12));
