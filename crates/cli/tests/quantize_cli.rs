@@ -18,7 +18,10 @@ fn fails(args: &[&str], out: &Path, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    // One error line, last; only notes (what the run would have done) before it.
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert!(lines.last().is_some_and(|l| l.starts_with("error: ")), "{args:?}: {stderr}");
+    assert!(lines[..lines.len() - 1].iter().all(|l| l.starts_with("note: ")), "{args:?}: {stderr}");
     for n in needles {
         assert!(stderr.contains(n), "{args:?}: {stderr:?} should mention {n:?}");
     }
@@ -30,7 +33,18 @@ fn resume_after_kill_gives_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.gguf");
     let b = dir.path().join("b.gguf");
-    let common = ["--preset", "Q4_0", "--method", "rtn", "--imatrix", "--calib-samples", "8", "--calib-len", "128"];
+    let common = [
+        "--preset",
+        "Q4_0",
+        "--method",
+        "rtn",
+        "--imatrix",
+        "--calib-samples",
+        "8",
+        "--calib-len",
+        "128",
+        "--allow-requantize",
+    ];
     // Interrupted run: kill it once three blocks are checkpointed.
     let mut child = bin()
         .args(["quantize", "smollm2", "--out", a.to_str().unwrap()])
@@ -61,7 +75,21 @@ fn resume_after_kill_gives_the_same_bytes() {
     let o = bin().args(["quantize", "smollm2", "--out", a.to_str().unwrap(), "--json"]).args(common).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(report["resumed_blocks"].as_u64().unwrap() >= 3);
+    let resumed = report["resumed_blocks"].as_u64().unwrap();
+    assert!(resumed >= 3);
+    // Said on the console, and times accounted honestly: this run's phases fit in its total,
+    // the earlier run's time is reported apart.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains(&format!("resuming at block {} of 30", resumed + 1)), "{stderr}");
+    assert!(report["resumed_seconds"].as_f64().unwrap() > 0.0, "{report}");
+    let p = &report["phases"];
+    let phase_sum: f64 =
+        ["load", "calibrate", "solve", "propagate", "write"].iter().map(|k| p[k].as_f64().unwrap()).sum();
+    assert!(
+        phase_sum <= report["seconds"].as_f64().unwrap() + 0.05,
+        "phases {p} exceed the run's {}",
+        report["seconds"]
+    );
     assert!(!dir.path().join("a.gguf.partial").exists(), "the work directory is removed when done");
     // ... and yields the bytes of an uninterrupted run.
     let o = bin().args(["quantize", "smollm2", "--out", b.to_str().unwrap()]).args(common).output().unwrap();
@@ -76,8 +104,10 @@ fn bad_quantize_input_is_one_clear_error_and_no_output() {
     let out = dir.path().join("x.gguf");
     let o = out.to_str().unwrap();
     let q = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> =
-            ["quantize", "smollm2", "--out", o, "--method", "rtn"].iter().map(|s| s.to_string()).collect();
+        let mut v: Vec<String> = ["quantize", "smollm2", "--out", o, "--method", "rtn", "--allow-requantize"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -97,7 +127,7 @@ fn bad_quantize_input_is_one_clear_error_and_no_output() {
     check(&["--imatrix", "--calib-samples", "100000"], &["calibration samples"]);
     check(&["--imatrix", "/nonexistent/imatrix.dat"], &["/nonexistent/imatrix.dat"]);
     fails(
-        &["quantize", "smollm2", "--out", "/nonexistent-dir/x.gguf", "--method", "rtn"],
+        &["quantize", "smollm2", "--out", "/nonexistent-dir/x.gguf", "--method", "rtn", "--allow-requantize"],
         Path::new("/nonexistent-dir/x.gguf"),
         &["/nonexistent-dir"],
     );

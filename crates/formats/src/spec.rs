@@ -544,6 +544,21 @@ pub fn to_spec(f: &Format) -> String {
     s
 }
 
+/// A number for a description: exact when short (448, 0.015625), else in scientific notation
+/// with enough digits to tell formats apart (3.3895314e38, not 39 digits).
+fn magnitude(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e7).contains(&v.abs()) {
+        let s = format!("{v:.7e}");
+        // 3.3895314e38; trailing zeros of the mantissa dropped (5.7344000e4 → 5.7344e4).
+        match s.split_once('e') {
+            Some((m, e)) => format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')),
+            None => s,
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
 fn element_words(e: &Element) -> String {
     match e {
         Element::Int(g) => match g.kind() {
@@ -564,7 +579,7 @@ fn element_words(e: &Element) -> String {
                 Special::Fnuz => "NaN only, no -0",
                 Special::Finite => "no inf/NaN",
             },
-            f.max()
+            magnitude(f.max() as f64)
         ),
         Element::Fixed(x) => format!(
             "fixed point Q{}.{} (sign + {} bits, saturating, step 2^-{})",

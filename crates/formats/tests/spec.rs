@@ -111,3 +111,14 @@ fn group_size_must_divide_the_row() {
     assert!(f.bits_per_weight(100).is_err());
     assert!(Format::parse("q4_k").unwrap().bits_per_weight(100).is_err());
 }
+
+#[test]
+fn descriptions_print_large_maxima_in_scientific_notation() {
+    let d = Format::parse("bf16").unwrap().describe();
+    assert!(d.contains("max 3.3895314e38"), "{d}");
+    assert!(!d.contains("338953138925153547590470800371487866880"), "{d}");
+    let d = Format::parse("fp8_e4m3").unwrap().describe();
+    assert!(d.contains("max 448"), "{d}");
+    let d = Format::parse("fp8_e5m2").unwrap().describe();
+    assert!(d.contains("max 57344"), "{d}");
+}

@@ -36,6 +36,7 @@ fn quantize_minilm(out: &Path, method: &str, scheme: &str) {
         layout: "fake-quant".into(),
         transforms: vec![],
         force: false,
+        allow_requantize: false,
         max_shard_bytes: 0,
         pipeline: PipelineOptions {
             out: out.to_path_buf(),

@@ -292,6 +292,7 @@ fn options(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOpti
         layout: layout.into(),
         transforms: vec![],
         force: false,
+        allow_requantize: false,
         max_shard_bytes: 0,
         pipeline: PipelineOptions {
             out: out.to_path_buf(),

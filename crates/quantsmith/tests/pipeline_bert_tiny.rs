@@ -32,6 +32,7 @@ fn opts(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOptions
         layout: layout.into(),
         transforms: vec![],
         force: false,
+        allow_requantize: false,
         max_shard_bytes: 0,
         pipeline: PipelineOptions {
             out: out.to_path_buf(),

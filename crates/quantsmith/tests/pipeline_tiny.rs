@@ -26,6 +26,7 @@ fn opts(out: &Path, preset: Option<&str>, method: &str, layout: &str) -> Quantiz
         layout: layout.into(),
         transforms: vec![],
         force: false,
+        allow_requantize: false,
         max_shard_bytes: 0,
         pipeline: PipelineOptions {
             out: out.to_path_buf(),
@@ -296,4 +297,35 @@ fn a_failed_run_leaves_no_checkpoint_and_no_output() {
     assert!(e.to_string().contains("blk.1.ffn_down.weight"), "{e}");
     assert!(!out.exists());
     assert!(!quantsmith::quantize::pipeline::partial_dir(&out).exists(), "a failed run left its checkpoint");
+}
+
+/// Evaluation progress moves with the work: tokens through each model, updated block by
+/// block (not once per batch of chunks), rising to the total.
+#[test]
+fn eval_progress_moves_block_by_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Tiny::default().gguf_in(dir.path());
+    let f = ModelFile::open(&src).unwrap();
+    let d = load_decoder(&f).unwrap();
+    let (path, text) = tiny::text(50_000, 6_000);
+    let opts = PerplexityOptions { ctx: 64, max_chunks: Some(4), batch: 4 };
+    let calls = std::sync::Mutex::new(Vec::new());
+    quantsmith::eval::perplexity::evaluate_decoder(
+        &d.model,
+        Some(&d.model),
+        &d.tokenizer,
+        &text,
+        &path,
+        &opts,
+        &|a, b| calls.lock().unwrap().push((a, b)),
+    )
+    .unwrap();
+    let calls = calls.into_inner().unwrap();
+    let total = 4 * 64 * 2;
+    assert!(calls.iter().all(|&(_, t)| t == total), "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
+    assert_eq!(calls.last().unwrap().0, total);
+    // One batch of 4 chunks, two models, N_LAYER blocks each: an update per block.
+    let distinct: std::collections::BTreeSet<usize> = calls.iter().map(|c| c.0).collect();
+    assert!(distinct.len() > 2 * tiny::N_LAYER, "{calls:?}");
 }

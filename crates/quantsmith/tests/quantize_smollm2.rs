@@ -30,6 +30,7 @@ fn options(
         layout: "gguf".into(),
         transforms: vec![],
         force: false,
+        allow_requantize: false,
         max_shard_bytes: 0,
         pipeline: PipelineOptions {
             out,

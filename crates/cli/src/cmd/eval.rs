@@ -72,7 +72,7 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
         None => None,
     };
     let opts = PerplexityOptions { ctx: args.ctx, max_chunks: args.chunks, ..Default::default() };
-    let bar = Progress::new("chunks");
+    let bar = Progress::new("tokens");
     let models: Vec<&quantsmith::arch::llama::Llama> = decs.iter().map(|d| &d.model).collect();
     let reports = evaluate_decoders(
         &models,
@@ -103,6 +103,13 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Other(e.to_string()))?);
         return Ok(());
     }
+    if let Some(bs) = reports.first().and_then(|r| r.base_seconds) {
+        println!(
+            "base             {} ({bs:.1} s, run once for every model)",
+            base.as_ref().map(|b| b.model.path.display().to_string()).unwrap_or_default()
+        );
+        println!();
+    }
     for (report, dec) in reports.iter().zip(&decs) {
         println!("model            {}", dec.model.path.display());
         println!("text             {}", args.text.display());
@@ -116,7 +123,7 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
             println!("mean KLD         {k:.6} ± {ks:.6}");
             println!("top-1 agreement  {:.4}", t);
         }
-        println!("time             {:.1} s ({:.0} tokens/s)", report.seconds, report.tokens_per_second);
+        println!("time             {:.1} s on this model ({:.0} tokens/s)", report.seconds, report.tokens_per_second);
         println!();
     }
     Ok(())

@@ -1,10 +1,10 @@
 //! `quantsmith formats`: list the number formats, round-trip numbers through one.
 
 use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use quantsmith::formats::{metrics, spec, Format};
-use quantsmith::io::ModelFile;
+use quantsmith::io::open_model;
 
 /// Arguments of `quantsmith formats`.
 #[derive(clap::Args)]
@@ -27,8 +27,8 @@ enum Cmd {
     /// For every 2-D weight tensor of a model: SQNR (dB) and relative MSE under each format,
     /// and the format with the highest SQNR.
     Fit {
-        /// A GGUF file or a Hugging Face model directory.
-        model: PathBuf,
+        /// A GGUF file, a Hugging Face model directory or a built-in name (smollm2, minilm, mpnet).
+        model: String,
         /// Comma-separated format specs, e.g. int4:g128,nf4,mxfp4,q4_k.
         #[arg(long, value_delimiter = ',', required = true)]
         formats: Vec<String>,
@@ -111,9 +111,10 @@ enum Outcome {
     Skipped(String),
 }
 
-fn fit(model: &Path, specs: &[String], json: bool) -> quantsmith::Result<()> {
+fn fit(model: &str, specs: &[String], json: bool) -> quantsmith::Result<()> {
     let formats = specs.iter().map(|s| Format::parse(s.trim())).collect::<Result<Vec<_>, _>>()?;
-    let file = ModelFile::open(model)?;
+    let file = open_model(model)?;
+    let model: &Path = file.path();
     let src = file.source();
     // Weight matrices: 2-D tensors (norm and bias vectors are 1-D).
     let tensors: Vec<_> = src.tensors().into_iter().filter(|t| t.shape.len() == 2).collect();

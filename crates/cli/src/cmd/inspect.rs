@@ -5,7 +5,7 @@ use quantsmith::io::{open_model, ModelFile};
 /// Arguments of `quantsmith inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: a GGUF file, a Hugging Face directory, or a built-in name (smollm2, minilm).
+    /// Model: a GGUF file, a Hugging Face directory, or a built-in name (smollm2, minilm, mpnet).
     pub model: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -16,6 +16,8 @@ pub struct Args {
 pub fn run(args: Args) -> quantsmith::Result<()> {
     let file = open_model(&args.model)?;
     let inv = file.inventory()?;
+    let on_disk = quantsmith::io::path_bytes(file.path())?;
+    let file_bpw = if inv.parameters == 0 { 0.0 } else { 8.0 * on_disk as f64 / inv.parameters as f64 };
     let metadata: Vec<(String, String)> = match &file {
         ModelFile::Gguf(g) => g.metadata().iter().map(|(k, v)| (k.clone(), v.display_short())).collect(),
         ModelFile::Hf(h) => h
@@ -44,6 +46,8 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
             "parameters": inv.parameters,
             "bytes": inv.bytes,
             "bits_per_weight": inv.bits_per_weight(),
+            "file_bytes": on_disk,
+            "file_bits_per_weight": file_bpw,
             "tensors": tensors,
             "non_weight_tensors": other,
             "metadata": meta,
@@ -57,7 +61,13 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
     println!("architecture:    {}", inv.architecture);
     println!("parameters:      {} ({:.1} M)", inv.parameters, inv.parameters as f64 / 1e6);
     println!("weight bytes:    {} ({:.1} MiB)", inv.bytes, inv.bytes as f64 / (1024.0 * 1024.0));
-    println!("bits per weight: {:.3}", inv.bits_per_weight());
+    println!("size on disk:    {} ({:.1} MiB)", on_disk, on_disk as f64 / (1024.0 * 1024.0));
+    println!(
+        "bits per weight: {:.3} in the tensors ({:.3} counting the whole {}, metadata included)",
+        inv.bits_per_weight(),
+        file_bpw,
+        if file.path().is_dir() { "directory" } else { "file" }
+    );
     println!("metadata:");
     for (k, v) in &metadata {
         println!("  {k} = {v}");

@@ -8,7 +8,7 @@ use quantsmith::eval::perplexity::PerplexityOptions;
 use quantsmith::quantize::pipeline::{ImatrixSource, PipelineOptions};
 use quantsmith::quantize::preset::Preset;
 use quantsmith::quantize::recipe::{parse_solver, read_recipe, Rule};
-use quantsmith::quantize::{quantize, QuantizeOptions, DEFAULT_CALIB_NAME, DEFAULT_CALIB_TEXT};
+use quantsmith::quantize::{quantize_with, QuantizeOptions, DEFAULT_CALIB_NAME, DEFAULT_CALIB_TEXT};
 use quantsmith::{Error, Result};
 
 use crate::cmd::eval::read_text;
@@ -17,13 +17,16 @@ use crate::cmd::progress::Progress;
 /// Arguments of `quantsmith quantize`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model: a GGUF file (f32/f16/bf16 or quantized), a Hugging Face directory
-    /// (Llama/Qwen2/Mistral) or a built-in name (smollm2).
+    /// Model: a GGUF file, a Hugging Face directory (Llama/Qwen2/Mistral decoders; BERT and
+    /// MPNet encoders for directory layouts) or a built-in name (smollm2, minilm, mpnet).
     pub model: String,
     /// Output: a `.gguf` file, or a directory for the Hugging Face layouts (written under a
-    /// temporary name, renamed when complete).
+    /// temporary name, renamed when complete). An existing output needs --force.
     #[arg(long)]
     pub out: PathBuf,
+    /// Directory for the markdown report and SVG chart (default: beside the output).
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     /// Output layout: gguf (default for `.gguf` outputs), compressed-tensors, gptq, fake-quant.
     #[arg(long)]
     pub layout: Option<String>,
@@ -44,8 +47,8 @@ pub struct Args {
     /// TOML recipe file: [[rule]] pattern/format/solver, first match wins.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
-    /// Calibration text files (default: the built-in public-domain novel).
-    #[arg(long, num_args = 1..)]
+    /// Calibration text file (repeatable; default: the built-in public-domain novel).
+    #[arg(long, value_name = "FILE")]
     pub calib: Vec<PathBuf>,
     /// Calibration windows.
     #[arg(long, default_value_t = 128)]
@@ -69,9 +72,13 @@ pub struct Args {
     /// e.g. `scale-fold:seed=1`.
     #[arg(long = "transform")]
     pub transforms: Vec<String>,
-    /// Replace an existing output directory.
+    /// Replace an existing output (file or directory); never the input.
     #[arg(long)]
     pub force: bool,
+    /// Quantize an input that is already quantized (llama-quantize's --allow-requantize): its
+    /// rounding errors stay, and the output may be larger than the input.
+    #[arg(long)]
+    pub allow_requantize: bool,
     /// Largest safetensors shard of directory layouts, in bytes (0: one file).
     #[arg(long, default_value_t = 5_000_000_000)]
     pub max_shard_bytes: u64,
@@ -129,6 +136,7 @@ pub fn run(args: Args) -> Result<()> {
         layout,
         transforms: args.transforms.clone(),
         force: args.force,
+        allow_requantize: args.allow_requantize,
         max_shard_bytes: args.max_shard_bytes,
         pipeline: PipelineOptions {
             out: args.out.clone(),
@@ -141,21 +149,19 @@ pub fn run(args: Args) -> Result<()> {
         eval_text,
         eval: PerplexityOptions { ctx: args.eval_ctx, max_chunks: Some(args.eval_chunks), ..Default::default() },
     };
-    let blocks = Progress::new("blocks");
-    let chunks = Progress::new("eval chunks");
-    let report = quantize(&args.model, &opts, &|phase, done, total| {
-        if phase == "eval" {
-            blocks.finish();
-            chunks.update(done, total)
-        } else {
-            blocks.update(done, total)
+    if let Some(d) = &args.report {
+        if !d.is_dir() {
+            return Err(Error::Other(format!("--report {}: not a directory", d.display())));
         }
-    })?;
-    blocks.finish();
-    chunks.finish();
-    let (md, svg) = report.write_files()?;
+    }
+    let events = Events { blocks: Progress::new("blocks"), tokens: Progress::new("eval tokens") };
+    let report = quantize_with(&args.model, &opts, &events)?;
+    events.blocks.finish();
+    events.tokens.finish();
+    let (md, svg) = report.write_files(args.report.as_deref())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?);
+        eprintln!("report {}{}", md.display(), svg.map(|s| format!(", chart {}", s.display())).unwrap_or_default());
         return Ok(());
     }
     println!("{:<28} {:>8} {:>12} {:>8} {:>9} {:>11}", "tensor", "type", "solver", "bits", "SQNR dB", "output err");
@@ -164,33 +170,39 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         println!(
-            "{:<28} {:>8} {:>12} {:>8.3} {:>9} {:>11}",
+            "{:<28} {:>8} {:>12} {:>8.3} {:>9} {:>11}{}",
             t.name,
             t.format,
             t.solver,
             t.bits_per_weight,
             t.sqnr_db.map(|v| format!("{v:.2}")).unwrap_or_default(),
-            t.output_err.map(|v| format!("{v:.2e}")).unwrap_or_default()
+            t.output_err.map(|v| format!("{v:.2e}")).unwrap_or_default(),
+            t.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
         );
     }
+    println!(
+        "({} tensors kept as they are: norms, biases)",
+        report.tensors.iter().filter(|t| t.solver == "copy").count()
+    );
+    println!("{}", quantsmith::quantize::report::LEGEND);
     println!();
-    println!(
-        "wrote {} ({}, {} bytes, {:.3} bits/weight; the formats alone {:.3})",
-        report.output.display(),
-        report.layout,
-        report.file_bytes,
-        report.bits_per_weight,
-        report.format_bits_per_weight
-    );
-    println!("report {}{}", md.display(), svg.map(|s| format!(", chart {}", s.display())).unwrap_or_default());
-    let p = &report.phases;
-    println!(
-        "time {:.1} s (load {:.1}, calibrate {:.1} [Hessians {:.1}], solve {:.1}, propagate {:.1}, write {:.1}); peak anonymous memory {:.0} MiB",
-        report.seconds, p.load, p.calibrate, p.hessian, p.solve, p.propagate, p.write, report.peak_rss_anon_mib
-    );
+    if let Some(q) = &report.input_quantization {
+        println!("input  {} (already quantized: {q})", report.input.display());
+    } else {
+        println!("input  {}", report.input.display());
+    }
+    println!("wrote  {} ({} layout, {} bytes)", report.output.display(), report.layout, report.file_bytes);
+    println!("size   {}", report.size_line());
+    if !report.fallbacks.is_empty() {
+        println!(
+            "types  {} tensors fell back to a type of a smaller block (their rows do not fit the preset's type; see the report)",
+            report.fallbacks.len()
+        );
+    }
+    println!("time   {}; peak anonymous memory {:.0} MiB", report.time_line(), report.peak_rss_anon_mib);
     if let Some(e) = &report.eval {
         println!(
-            "eval: PPL {:.4} (base {:.4}), mean KLD {:.6} ± {:.6}, top-1 agreement {:.4}",
+            "eval   PPL {:.4} (base {:.4}), mean KLD {:.6} ± {:.6}, top-1 agreement {:.4}",
             e.ppl,
             e.base_ppl.unwrap_or(f64::NAN),
             e.kld_mean.unwrap_or(f64::NAN),
@@ -198,5 +210,27 @@ pub fn run(args: Args) -> Result<()> {
             e.top1_agree.unwrap_or(f64::NAN)
         );
     }
+    println!("report {}{}", md.display(), svg.map(|s| format!(", chart {}", s.display())).unwrap_or_default());
     Ok(())
+}
+
+/// Bars (or plain lines) for blocks and evaluation, notices on stderr.
+struct Events {
+    blocks: Progress,
+    tokens: Progress,
+}
+
+impl quantsmith::quantize::Events for Events {
+    fn progress(&self, phase: &str, done: usize, total: usize) {
+        if phase == "eval" {
+            self.blocks.finish();
+            self.tokens.update(done, total)
+        } else {
+            self.blocks.update(done, total)
+        }
+    }
+
+    fn notice(&self, msg: &str) {
+        crate::cmd::progress::notice(msg)
+    }
 }

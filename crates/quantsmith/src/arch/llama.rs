@@ -547,10 +547,22 @@ impl Llama {
     /// Logits `[positions.len() * n_seq, vocab]` for `n_seq` sequences of `seq_len` tokens
     /// each (concatenated in `tokens`), at the given positions of every sequence.
     pub fn logits(&self, tokens: &[u32], seq_len: usize, positions: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        self.logits_observed(tokens, seq_len, positions, &|_| {})
+    }
+
+    /// As [`Llama::logits`], calling `after_block(i)` as each block finishes (progress).
+    pub fn logits_observed(
+        &self,
+        tokens: &[u32],
+        seq_len: usize,
+        positions: std::ops::Range<usize>,
+        after_block: &dyn Fn(usize),
+    ) -> Result<Vec<f32>> {
         let rope = self.rope_table(seq_len);
         let mut x = self.embed_tokens(tokens)?;
-        for b in &self.blocks {
+        for (i, b) in self.blocks.iter().enumerate() {
             b.forward(&self.cfg, &rope, &mut x, seq_len);
+            after_block(i);
         }
         Ok(self.head_logits(&x, seq_len, positions))
     }

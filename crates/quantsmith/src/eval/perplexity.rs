@@ -47,10 +47,14 @@ pub struct DecoderReport {
     pub chunks: usize,
     /// Context length per chunk.
     pub ctx: usize,
-    /// Wall-clock seconds of the evaluation.
+    /// Wall-clock seconds spent on this model (its forward passes and scoring; the base's
+    /// passes, shared by every model evaluated with it, are `base_seconds`).
     pub seconds: f64,
-    /// Tokens run through the model (all positions of every chunk, model and base) per second.
+    /// Tokens run through this model (all positions of every chunk) per second.
     pub tokens_per_second: f64,
+    /// Wall-clock seconds of the base model's forward passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_seconds: Option<f64>,
     /// The base model's perplexity on the same positions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_ppl: Option<f64>,
@@ -152,7 +156,8 @@ fn row_stats(model: &[f32], base: Option<&[f32]>, target: usize) -> RowStats {
 
 /// Evaluates `model` (and, with `base`, its divergence from `base`) on `text`.
 ///
-/// `progress(done, total)` is called after each chunk.
+/// `progress(done, total)` counts tokens through the models (each model's and the base's
+/// passes), updated as every block finishes.
 pub fn evaluate_decoder(
     model: &Llama,
     base: Option<&Llama>,
@@ -185,7 +190,6 @@ pub fn evaluate_decoders(
     opts: &PerplexityOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<DecoderReport>> {
-    let start = Instant::now();
     let ctx = opts.ctx;
     if ctx < 4 {
         return Err(Error::Other(format!("--ctx {ctx} is too small: at least 4 tokens are needed")));
@@ -226,7 +230,23 @@ pub fn evaluate_decoders(
     let first = ctx / 2;
     let scored = ctx - 1 - first;
     let mut acc: Vec<Accum> = models.iter().map(|_| Accum::default()).collect();
-    progress(0, n_chunks);
+    let mut model_seconds = vec![0f64; models.len()];
+    let mut base_seconds = 0f64;
+    let runs = models.len() + base.is_some() as usize;
+    let total_tokens = n_chunks * ctx * runs;
+    let done_tokens = std::sync::atomic::AtomicUsize::new(0);
+    progress(0, total_tokens);
+    // Tokens of one pass over `nb` chunks, spread over the model's blocks as they finish.
+    let pass = |m: &Llama, chunk: &[u32], nb: usize| -> Result<Vec<f32>> {
+        let start = done_tokens.load(std::sync::atomic::Ordering::Relaxed);
+        let n_layer = m.blocks.len().max(1);
+        let logits = m.logits_observed(chunk, ctx, first..ctx - 1, &|i| {
+            progress(start + nb * ctx * (i + 1) / n_layer, total_tokens)
+        })?;
+        done_tokens.store(start + nb * ctx, std::sync::atomic::Ordering::Relaxed);
+        progress(start + nb * ctx, total_tokens);
+        Ok(logits)
+    };
     let batch = opts.batch.max(1);
     let mut c0 = 0;
     while c0 < n_chunks {
@@ -239,12 +259,15 @@ pub fn evaluate_decoders(
                 }
             }
         }
+        let t = Instant::now();
         let base_logits = match base {
-            Some(b) => Some(b.logits(&chunk, ctx, first..ctx - 1)?),
+            Some(b) => Some(pass(b, &chunk, nb)?),
             None => None,
         };
-        for (model, a) in models.iter().zip(acc.iter_mut()) {
-            let logits = model.logits(&chunk, ctx, first..ctx - 1)?;
+        base_seconds += t.elapsed().as_secs_f64();
+        for ((model, a), secs) in models.iter().zip(acc.iter_mut()).zip(model_seconds.iter_mut()) {
+            let t = Instant::now();
+            let logits = pass(model, &chunk, nb)?;
             // Row j of the logits is position first + j % scored of sequence j / scored.
             let rows: Vec<RowStats> = (0..nb * scored)
                 .into_par_iter()
@@ -263,15 +286,14 @@ pub fn evaluate_decoders(
                     a.agree += r.agree as usize;
                 }
             }
+            *secs += t.elapsed().as_secs_f64();
         }
         c0 += nb;
-        progress(c0, n_chunks);
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let runs = models.len() + base.is_some() as usize;
     Ok(acc
         .iter()
-        .map(|a| {
+        .zip(&model_seconds)
+        .map(|(a, &seconds)| {
             let ppl = a.nll.mean().exp();
             let mut report = DecoderReport {
                 ppl,
@@ -280,7 +302,8 @@ pub fn evaluate_decoders(
                 chunks: n_chunks,
                 ctx,
                 seconds,
-                tokens_per_second: (n_chunks * ctx * runs) as f64 / seconds,
+                tokens_per_second: (n_chunks * ctx) as f64 / seconds,
+                base_seconds: base.is_some().then_some(base_seconds),
                 base_ppl: None,
                 kld_mean: None,
                 kld_stderr: None,

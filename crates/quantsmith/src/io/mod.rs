@@ -134,6 +134,20 @@ impl ModelFile {
     }
 }
 
+/// Bytes on disk of a file, or of every file under a directory: the measure of a whole output.
+pub fn path_bytes(p: &Path) -> Result<u64> {
+    let m = std::fs::metadata(p).map_err(|e| crate::Error::io(p, e))?;
+    if !m.is_dir() {
+        return Ok(m.len());
+    }
+    let mut n = 0;
+    for e in std::fs::read_dir(p).map_err(|e| crate::Error::io(p, e))? {
+        let e = e.map_err(|e| crate::Error::io(p, e))?;
+        n += path_bytes(&e.path())?;
+    }
+    Ok(n)
+}
+
 /// Opens a model by path, or by built-in name (`smollm2`, `minilm`), fetching it on first use.
 pub fn open_model(name_or_path: &str) -> Result<ModelFile> {
     let path = crate::fetch::resolve(name_or_path)?;

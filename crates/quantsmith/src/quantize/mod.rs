@@ -43,8 +43,10 @@ pub struct QuantizeOptions {
     pub layout: String,
     /// Transforms applied to every linear group before it is solved, in order.
     pub transforms: Vec<String>,
-    /// Replace an existing output directory.
+    /// Replace an existing output (file or non-empty directory).
     pub force: bool,
+    /// Quantize an input that is already quantized (its rounding errors stay and add up).
+    pub allow_requantize: bool,
     /// Largest safetensors shard of directory layouts, bytes (0: one file).
     pub max_shard_bytes: u64,
     /// Pipeline settings (output, calibration, importance, resume).
@@ -53,6 +55,101 @@ pub struct QuantizeOptions {
     pub eval_text: Option<(PathBuf, String)>,
     /// Evaluation settings.
     pub eval: PerplexityOptions,
+}
+
+/// What a run reports while it works: progress of its phases, and notices a user should
+/// read before the result (type fallbacks, a resumed checkpoint, a requantized input).
+pub trait Events: Sync {
+    /// `done` of `total` units of `phase` (`blocks`, `eval`).
+    fn progress(&self, phase: &str, done: usize, total: usize);
+    /// A line for the user.
+    fn notice(&self, _msg: &str) {}
+}
+
+/// A progress closure as [`Events`] (notices dropped).
+struct ProgressOnly<'a>(&'a (dyn Fn(&str, usize, usize) + Sync));
+
+impl Events for ProgressOnly<'_> {
+    fn progress(&self, phase: &str, done: usize, total: usize) {
+        (self.0)(phase, done, total)
+    }
+}
+
+/// A tensor whose preset type does not fit its rows and was replaced, as llama-quantize does.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Fallback {
+    /// Tensor name.
+    pub tensor: String,
+    /// The preset's type.
+    pub from: String,
+    /// The type written.
+    pub to: String,
+    /// Row length (innermost dimension).
+    pub row_len: usize,
+    /// Block size of `from`.
+    pub block: usize,
+}
+
+/// The input's storage when it is already quantized: `q4_1 ×210, q8_0 ×1` and its bits per
+/// weight (tensor data), or `None` for a float checkpoint.
+pub fn input_quantization(file: &ModelFile) -> Result<Option<(String, f64)>> {
+    let inv = file.inventory()?;
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for t in &inv.tensors {
+        if let crate::tensor::DType::Ggml(g) = t.dtype {
+            use crate::formats::ggml::GgmlType as G;
+            if !matches!(g, G::F32 | G::F16 | G::Bf16) {
+                match counts.iter_mut().find(|c| c.0 == g.name()) {
+                    Some(c) => c.1 += 1,
+                    None => counts.push((g.name(), 1)),
+                }
+            }
+        }
+    }
+    let desc = match file {
+        ModelFile::Hf(h) => h.quant_method().map(|m| m.to_string()),
+        ModelFile::Gguf(_) if counts.is_empty() => None,
+        ModelFile::Gguf(_) => {
+            counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            Some(counts.iter().map(|(n, c)| format!("{n} ×{c}")).collect::<Vec<_>>().join(", "))
+        }
+    };
+    Ok(desc.map(|d| (d, inv.bits_per_weight())))
+}
+
+/// Groups fallbacks for a console line each: `q6_k → q8_0 (rows of 576 are not a multiple of
+/// 256): 30 tensors, blk.*.ffn_down.weight`.
+pub fn describe_fallbacks(fallbacks: &[Fallback]) -> Vec<String> {
+    let mut groups: Vec<((String, String, usize, usize), Vec<&str>)> = Vec::new();
+    for f in fallbacks {
+        let key = (f.from.clone(), f.to.clone(), f.row_len, f.block);
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(&f.tensor),
+            None => groups.push((key, vec![&f.tensor])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((from, to, row, block), names)| {
+            // blk.N.role → blk.*.role, each role once.
+            let mut roles: Vec<String> = Vec::new();
+            for n in &names {
+                let r = match n.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+                    Some((i, rest)) if i.parse::<usize>().is_ok() => format!("blk.*.{rest}"),
+                    _ => n.to_string(),
+                };
+                if !roles.contains(&r) {
+                    roles.push(r);
+                }
+            }
+            format!(
+                "type fallback {from} → {to} for {} tensor{} (rows of {row} are not a multiple of {from}'s {block}-element block): {}",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                roles.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// The layout an output path implies when none is named: `.gguf` files are GGUF.
@@ -109,12 +206,26 @@ fn export_model(file: &ModelFile, arch: &dyn arch::Arch, opts: &QuantizeOptions)
 
 /// Runs a quantization job on the model `input` (path or built-in name).
 ///
-/// `progress(phase, done, total)` reports blocks and evaluation chunks.
+/// `progress(phase, done, total)` reports blocks and evaluation tokens.
 pub fn quantize(
     input: &str,
     opts: &QuantizeOptions,
     progress: &(dyn Fn(&str, usize, usize) + Sync),
 ) -> Result<QuantizeReport> {
+    quantize_with(input, opts, &ProgressOnly(progress))
+}
+
+/// Is there something at `out` a run would replace?
+fn occupied(out: &std::path::Path) -> bool {
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true),
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+/// As [`quantize`], with notices as well as progress.
+pub fn quantize_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -> Result<QuantizeReport> {
     let start = Instant::now();
     let sampler = crate::memory::PeakSampler::start();
     let file = open_model(input)?;
@@ -147,8 +258,34 @@ pub fn quantize(
             return Err(Error::Other(format!("{}: the output directory does not exist", dir.display())));
         }
     }
-    if std::fs::canonicalize(out).ok().is_some_and(|o| std::fs::canonicalize(file.path()).ok() == Some(o)) {
-        return Err(Error::Other(format!("{}: the output would overwrite the input", out.display())));
+    let canon_in = std::fs::canonicalize(file.path()).ok();
+    if std::fs::canonicalize(out).ok().is_some_and(|o| canon_in.as_ref().is_some_and(|i| o == *i || i.starts_with(&o)))
+    {
+        return Err(Error::Other(format!(
+            "{}: the output would overwrite the input {} (choose another --out)",
+            out.display(),
+            file.path().display()
+        )));
+    }
+    if occupied(out) && !opts.force {
+        return Err(Error::Other(format!(
+            "{}: already exists; pass --force to replace it (nothing was done)",
+            out.display()
+        )));
+    }
+    // Said once everything is validated, just before the work starts.
+    let mut notices: Vec<String> = Vec::new();
+    let input_quant = input_quantization(&file)?;
+    if let Some((types, bpw)) = &input_quant {
+        if !opts.allow_requantize {
+            return Err(Error::Other(format!(
+                "{}: the input is already quantized ({types}; {bpw:.2} bits per weight): quantizing it again adds new rounding error to the old, and the output may even be larger; pass --allow-requantize to do it anyway, or start from a float (f32/f16/bf16) checkpoint",
+                file.path().display()
+            )));
+        }
+        notices.push(format!(
+            "requantizing an already quantized input ({types}; {bpw:.2} bits per weight): its rounding errors stay in the output"
+        ));
     }
     let tok = match &file {
         ModelFile::Gguf(g) => crate::tokenizer::Tokenizer::from_gguf(g)?,
@@ -184,6 +321,7 @@ pub fn quantize(
         .collect();
     let preset = opts.preset.unwrap_or(Preset::parse("Q4_K_M")?);
     let uses_imatrix = opts.pipeline.imatrix != ImatrixSource::None;
+    let mut preset_fallbacks: Vec<Fallback> = Vec::new();
     let base: HashMap<String, Storage> = if gguf_out {
         let info = match &file {
             ModelFile::Gguf(g) => PresetModelInfo::from_gguf(g)?,
@@ -192,14 +330,29 @@ pub fn quantize(
                 PresetModelInfo::dense(arch.family(), c.n_layer, c.n_head, c.n_head_kv).with_path(h.dir())
             }
         };
-        choose_types(preset, &tensors, &info, uses_imatrix)?
-            .into_iter()
-            .map(|c| (c.name, Storage::Ggml(c.ggml_type)))
-            .collect()
+        let choices = choose_types(preset, &tensors, &info, uses_imatrix)?;
+        for c in &choices {
+            if let (Some(from), Some(t)) = (c.fallback_from, tensors.iter().find(|t| t.name == c.name)) {
+                preset_fallbacks.push(Fallback {
+                    tensor: c.name.clone(),
+                    from: from.name().to_string(),
+                    to: c.ggml_type.name().to_string(),
+                    row_len: t.shape.last().copied().unwrap_or(0),
+                    block: from.block_size(),
+                });
+            }
+        }
+        choices.into_iter().map(|c| (c.name, Storage::Ggml(c.ggml_type))).collect()
     } else {
         tensors.iter().map(|t| (t.name.clone(), Storage::Ggml(preset::input_type(t.dtype)))).collect()
     };
     let plan = plan::Plan::build(&tensors, &base, &opts.rules, &opts.method, &*exporter)?;
+    // A rule that names the tensor's type replaces the preset's choice: no fallback then.
+    let fallbacks: Vec<Fallback> = preset_fallbacks
+        .into_iter()
+        .filter(|f| plan.entry(&f.tensor).is_some_and(|e| !e.from_rule && e.storage.name() == f.to))
+        .collect();
+    notices.extend(describe_fallbacks(&fallbacks));
     let transforms = opts.transforms.iter().map(|t| crate::transform::transform(t)).collect::<Result<Vec<_>>>()?;
     let mut export = export_model(&file, &*arch, opts)?;
     export.recipe = serde_json::json!({
@@ -258,7 +411,25 @@ pub fn quantize(
         exporter: &*exporter,
         export: &export,
     };
-    let pr = pipeline::run(&run_inputs, &opts.pipeline, progress)?;
+    for n in &notices {
+        events.notice(n);
+    }
+    let mut pr = pipeline::run(&run_inputs, &opts.pipeline, events)?;
+    for f in &fallbacks {
+        if let Some(t) = pr.tensors.iter_mut().find(|t| t.name == f.tensor) {
+            let n = format!("fallback from {} (rows of {} are not a multiple of {})", f.from, f.row_len, f.block);
+            t.note = Some(match t.note.take() {
+                Some(old) => format!("{old}; {n}"),
+                None => n,
+            });
+        }
+    }
+    // Reading order: the embedding, block 0, 1, 2, … 10 (numerically), the head.
+    pr.tensors.sort_by_key(|t| match t.block {
+        Some(b) => (1, b),
+        None if t.name.starts_with("output") => (2, 0),
+        None => (0, 0),
+    });
     let seconds = start.elapsed().as_secs_f64();
     let peak = sampler.finish();
     let n_params: usize = tensors.iter().map(|t| t.numel()).sum();
@@ -280,6 +451,12 @@ pub fn quantize(
         phases: pr.phases,
         peak_rss_anon_mib: peak as f64 / 1024.0,
         resumed_blocks: pr.resumed_blocks,
+        n_blocks: arch.n_blocks(),
+        resumed_seconds: pr.resumed_seconds,
+        threads: rayon::current_num_threads(),
+        input_bytes: file.inventory()?.bytes as u64,
+        input_quantization: input_quant.map(|(t, b)| format!("{t} ({b:.2} bits per weight)")),
+        fallbacks,
         tensors: pr.tensors,
         eval: None,
         eval_text: None,
@@ -289,7 +466,7 @@ pub fn quantize(
         let qfile = ModelFile::open(out)?;
         let quant = arch::load_decoder(&qfile)?;
         let r = evaluate_decoder(&quant.model, Some(&base.model), &base.tokenizer, text, path, &opts.eval, &|d, t| {
-            progress("eval", d, t)
+            events.progress("eval", d, t)
         })?;
         report.eval = Some(r);
         report.eval_text = Some(path.clone());

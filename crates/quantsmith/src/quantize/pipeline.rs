@@ -114,6 +114,8 @@ pub struct PipelineReport {
     pub phases: PhaseTimes,
     /// Blocks taken from a checkpoint instead of recomputed.
     pub resumed_blocks: usize,
+    /// Wall-clock seconds the earlier run(s) spent on those blocks.
+    pub resumed_seconds: f64,
 }
 
 /// Checkpoint state written after every finished block.
@@ -122,7 +124,9 @@ struct Checkpoint {
     fingerprint: String,
     next_block: usize,
     tensors: Vec<TensorReport>,
-    phases: PhaseTimes,
+    /// Wall-clock seconds spent on the checkpointed blocks, over every run that worked on them.
+    #[serde(default)]
+    seconds: f64,
 }
 
 /// What the pipeline runs on besides its options: the model, the plan, the rewrites and
@@ -245,16 +249,12 @@ impl SolveCtx<'_> {
 /// Quantizes the model `inp.arch` reads as `inp.plan` says, block by block, and writes it
 /// with `inp.exporter` to `opts.out`.
 ///
-/// `progress(phase, done, total)` reports blocks as they finish.
+/// `events` hears of blocks as they finish, and of a resumed checkpoint.
 ///
 /// A run that fails with an error removes its work directory (an error is not resumable:
 /// the same input fails the same way); a killed run leaves it, and the same command resumes.
-pub fn run(
-    inp: &RunInputs,
-    opts: &PipelineOptions,
-    progress: &(dyn Fn(&str, usize, usize) + Sync),
-) -> Result<PipelineReport> {
-    let r = run_checkpointed(inp, opts, progress);
+pub fn run(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super::Events) -> Result<PipelineReport> {
+    let r = run_checkpointed(inp, opts, events);
     if r.is_err() {
         let work = partial_dir(&opts.out);
         if work.is_dir() {
@@ -264,11 +264,8 @@ pub fn run(
     r
 }
 
-fn run_checkpointed(
-    inp: &RunInputs,
-    opts: &PipelineOptions,
-    progress: &(dyn Fn(&str, usize, usize) + Sync),
-) -> Result<PipelineReport> {
+fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super::Events) -> Result<PipelineReport> {
+    let started = Instant::now();
     let arch = inp.arch;
     let plan = inp.plan;
     let n_blocks = arch.n_blocks();
@@ -287,12 +284,7 @@ fn run_checkpointed(
     let work = partial_dir(&opts.out);
     let transforms: Vec<String> = inp.transforms.iter().map(|t| format!("{t:?}")).collect();
     let fingerprint = plan.fingerprint(inp.input, opts, &format!("{}|{}", inp.exporter.name(), transforms.join(";")));
-    let mut state = Checkpoint {
-        fingerprint: fingerprint.clone(),
-        next_block: 0,
-        tensors: Vec::new(),
-        phases: PhaseTimes::default(),
-    };
+    let mut state = Checkpoint { fingerprint: fingerprint.clone(), next_block: 0, tensors: Vec::new(), seconds: 0.0 };
     let mut resumed_blocks = 0;
     if opts.resume {
         if let Ok(text) = std::fs::read_to_string(work.join("state.json")) {
@@ -300,10 +292,24 @@ fn run_checkpointed(
                 if s.fingerprint == fingerprint && (!calibrate || work.join("x.bin").exists()) {
                     resumed_blocks = s.next_block;
                     state = s;
-                    phases = state.phases.clone();
                 }
             }
         }
+    }
+    let resumed_seconds = state.seconds;
+    if resumed_blocks > 0 {
+        events.notice(&format!(
+            "resuming at block {} of {n_blocks}: blocks 0–{} come from the checkpoint in {} (an earlier run spent {:.1} s on them)",
+            resumed_blocks + 1,
+            resumed_blocks - 1,
+            work.display(),
+            resumed_seconds
+        ));
+    } else if opts.resume && work.join("state.json").exists() {
+        events.notice(&format!(
+            "{} holds a checkpoint of a different run (other input, plan or options): starting afresh",
+            work.display()
+        ));
     }
     if resumed_blocks == 0 {
         if work.exists() {
@@ -338,7 +344,7 @@ fn run_checkpointed(
     }
     let batch_len = opts.batch_seqs.max(1) * seq_len * d;
 
-    progress("blocks", resumed_blocks, n_blocks);
+    events.progress("blocks", resumed_blocks, n_blocks);
     for i in resumed_blocks..n_blocks {
         let t = Instant::now();
         let mut blk = arch.load_block(i, seq_len)?;
@@ -444,10 +450,10 @@ fn run_checkpointed(
         }
         state.next_block = i + 1;
         phases.write += t.elapsed().as_secs_f64();
-        state.phases = phases.clone();
+        state.seconds = resumed_seconds + started.elapsed().as_secs_f64();
         let json = serde_json::to_vec(&state).map_err(|e| Error::Other(e.to_string()))?;
         write_atomic(&work.join("state.json"), &json)?;
-        progress("blocks", i + 1, n_blocks);
+        events.progress("blocks", i + 1, n_blocks);
     }
 
     // The output head (or the tied embedding), with the statistics of the head's input.
@@ -478,7 +484,11 @@ fn run_checkpointed(
         let importance = if is_head { sctx.importance(&name, h, &["output.weight"]) } else { None };
         let (mut rep, qt, _) = solve_entry(entry, &name, &values, &shape, h, importance.as_deref(), None)?;
         if is_head && tied {
-            rep.note = Some("tied to the output head: quantized once, with the statistics of the head's input".into());
+            rep.note = Some(if h.is_some() {
+                "tied to the output head: quantized once, with the statistics of the head's input".into()
+            } else {
+                "tied to the output head: quantized once".into()
+            });
         }
         state.tensors.push(rep);
         tail.insert(name, qt);
@@ -522,7 +532,7 @@ fn run_checkpointed(
     let file_bytes = inp.exporter.write(&opts.out, inp.export, &mut iter)?;
     phases.write += t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
-    Ok(PipelineReport { tensors: ordered, file_bytes, calib_tokens, phases, resumed_blocks })
+    Ok(PipelineReport { tensors: ordered, file_bytes, calib_tokens, phases, resumed_blocks, resumed_seconds })
 }
 
 /// Runs the transforms, in order, on one group.

@@ -83,7 +83,21 @@ pub fn parse_solver(s: &str) -> Result<Method> {
 /// Reads a TOML recipe file.
 pub fn read_recipe(path: &Path) -> Result<Vec<Rule>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let file: RecipeFile = toml::from_str(&text).map_err(|e| Error::corrupt(path, format!("not a recipe: {e}")))?;
+    let file: RecipeFile = toml::from_str(&text).map_err(|e| {
+        // One line: where, and what (toml's own Display draws the source over several lines).
+        let at = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                format!(
+                    "line {}, column {}: ",
+                    before.matches('\n').count() + 1,
+                    before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1
+                )
+            })
+            .unwrap_or_default();
+        Error::corrupt(path, format!("not a recipe: {at}{}", e.message().trim()))
+    })?;
     for (i, r) in file.rule.iter().enumerate() {
         r.check(&format!("{}: rule {}", path.display(), i + 1))?;
     }

@@ -29,23 +29,38 @@ pub struct QuantizeReport {
     pub calib_tokens: usize,
     /// Weights in the model.
     pub n_params: usize,
-    /// Output file size.
+    /// Output size: the whole file or directory, metadata and side files included.
     pub file_bytes: u64,
-    /// Bits per weight over the whole output (file or directory).
+    /// Bits per weight over the whole output (`file_bytes`).
     pub bits_per_weight: f64,
     /// Output layout (`gguf`, `compressed-tensors`, `gptq`, `fake-quant`).
     pub layout: String,
     /// Bits per weight of the tensors as their formats store them (codes, scales, zero
     /// points): what a packed layout holds, and what a fake-quant directory stands for.
     pub format_bits_per_weight: f64,
-    /// Wall-clock seconds of the whole run (evaluation excluded).
+    /// Wall-clock seconds of this run (evaluation excluded; a resumed run's earlier part is
+    /// `resumed_seconds`).
     pub seconds: f64,
     /// Seconds by phase.
     pub phases: PhaseTimes,
     /// Peak anonymous resident memory (RssAnon: not backed by the model file), MiB.
     pub peak_rss_anon_mib: f64,
-    /// Blocks taken from a checkpoint.
+    /// Blocks taken from a checkpoint (0: the run started afresh).
     pub resumed_blocks: usize,
+    /// Blocks in the model.
+    pub n_blocks: usize,
+    /// Seconds the earlier, interrupted run(s) spent on the resumed blocks (not in `seconds`
+    /// nor in `phases`, which count this run only).
+    pub resumed_seconds: f64,
+    /// Worker threads.
+    pub threads: usize,
+    /// The input's tensor data, bytes (metadata excluded).
+    pub input_bytes: u64,
+    /// The input's own quantization when it was already quantized (types, bits per weight).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_quantization: Option<String>,
+    /// Tensors whose preset type did not fit their rows and were written in another type.
+    pub fallbacks: Vec<super::Fallback>,
     /// Every tensor.
     pub tensors: Vec<TensorReport>,
     /// Base-vs-quantized evaluation, when asked for.
@@ -57,32 +72,95 @@ pub struct QuantizeReport {
 }
 
 impl QuantizeReport {
+    /// Bytes of the output's tensors as their formats store them.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes as u64).sum()
+    }
+
+    /// One line comparing the output with the input: sizes, bits per weight, the ratio of
+    /// tensor bytes (like with like: both without metadata).
+    pub fn size_line(&self) -> String {
+        let ratio = self.tensor_bytes() as f64 / self.input_bytes.max(1) as f64;
+        format!(
+            "{:.2} MiB on disk; {:.3} bits per weight in the tensors ({:.3} counting the whole {}) against the input's {:.3}: {:.2}× the input's tensor bytes{}",
+            self.file_bytes as f64 / 1048576.0,
+            self.format_bits_per_weight,
+            self.bits_per_weight,
+            if self.layout == "gguf" { "file" } else { "directory" },
+            8.0 * self.input_bytes as f64 / self.n_params.max(1) as f64,
+            ratio,
+            if ratio > 1.0 { " (larger: the input's types were smaller than these)" } else { "" }
+        )
+    }
+
+    /// One line on where the time went; a resumed run says what the earlier run did.
+    pub fn time_line(&self) -> String {
+        let p = &self.phases;
+        let mut s = format!(
+            "{:.1} s with {} thread{} (load {:.1}, calibrate {:.1} [Hessians {:.1}], solve {:.1}, propagate {:.1}, write {:.1})",
+            self.seconds,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            p.load,
+            p.calibrate,
+            p.hessian,
+            p.solve,
+            p.propagate,
+            p.write
+        );
+        if self.resumed_blocks > 0 {
+            let _ = write!(
+                s,
+                "; resumed at block {} of {}: an earlier run spent {:.1} s on blocks 0–{}",
+                self.resumed_blocks + 1,
+                self.n_blocks,
+                self.resumed_seconds,
+                self.resumed_blocks - 1
+            );
+        }
+        s
+    }
+
     /// The markdown report.
     pub fn markdown(&self, svg_name: Option<&str>) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# quantsmith report: {}\n", self.output.display());
         let _ = writeln!(s, "| | |\n|---|---|");
         let _ = writeln!(s, "| input | `{}` |", self.input.display());
+        if let Some(q) = &self.input_quantization {
+            let _ = writeln!(s, "| input storage | already quantized: {q}; requantized (--allow-requantize) |");
+        }
         let _ = writeln!(s, "| preset | {} (file type {}) |", self.preset, self.file_type);
         let _ = writeln!(s, "| solver | {} |", self.method);
         let _ = writeln!(s, "| importance | {} |", self.imatrix);
         let _ = writeln!(s, "| calibration tokens | {} |", self.calib_tokens);
-        let _ =
-            writeln!(s, "| file size | {} bytes ({:.2} MiB) |", self.file_bytes, self.file_bytes as f64 / 1048576.0);
         let _ = writeln!(s, "| layout | {} |", self.layout);
         let _ = writeln!(
             s,
-            "| bits per weight | {:.3} (the formats alone: {:.3}) |",
-            self.bits_per_weight, self.format_bits_per_weight
+            "| size | {} bytes ({:.2} MiB) in all; tensors {} bytes, {:.2}× the input's {} bytes |",
+            self.file_bytes,
+            self.file_bytes as f64 / 1048576.0,
+            self.tensor_bytes(),
+            self.tensor_bytes() as f64 / self.input_bytes.max(1) as f64,
+            self.input_bytes
         );
-        let _ = writeln!(s, "| time | {:.1} s |", self.seconds);
-        let _ = writeln!(s, "| peak anonymous memory | {:.0} MiB |", self.peak_rss_anon_mib);
-        let p = &self.phases;
         let _ = writeln!(
             s,
-            "| phases | load {:.1} s, calibrate {:.1} s (Hessians {:.1} s), solve {:.1} s, propagate {:.1} s, write {:.1} s |",
-            p.load, p.calibrate, p.hessian, p.solve, p.propagate, p.write
+            "| bits per weight | {:.3} in the tensors (codes, scales, zero points: what `quantsmith inspect` reports); {:.3} counting the whole output, metadata included |",
+            self.format_bits_per_weight, self.bits_per_weight
         );
+        let _ = writeln!(s, "| time | {} |", self.time_line());
+        let _ = writeln!(s, "| peak anonymous memory | {:.0} MiB |", self.peak_rss_anon_mib);
+        if !self.fallbacks.is_empty() {
+            let _ = writeln!(s, "\n## Type fallbacks\n");
+            let _ = writeln!(
+                s,
+                "The preset's type did not fit these tensors' rows (a ggml block runs along a row), so a type of a smaller block was written, as llama-quantize does:\n"
+            );
+            for line in super::describe_fallbacks(&self.fallbacks) {
+                let _ = writeln!(s, "- {line}");
+            }
+        }
         if let Some(e) = &self.eval {
             let _ = writeln!(s, "\n## Evaluation against the input model\n");
             if let Some(t) = &self.eval_text {
@@ -114,6 +192,7 @@ impl QuantizeReport {
             let _ = writeln!(s, "\n## Error by layer\n\n![per-layer error]({svg})");
         }
         let _ = writeln!(s, "\n## Tensors\n");
+        let _ = writeln!(s, "{}\n", LEGEND);
         let _ = writeln!(s, "| tensor | shape | type | solver | bits/weight | SQNR dB | output error | note |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for t in &self.tensors {
@@ -134,10 +213,22 @@ impl QuantizeReport {
         s
     }
 
-    /// Writes the markdown report and the SVG chart beside the output: `OUT.md`, `OUT.svg`.
-    pub fn write_files(&self) -> Result<(PathBuf, Option<PathBuf>)> {
-        let md = sibling(&self.output, "md");
-        let svg = sibling(&self.output, "svg");
+    /// Writes the markdown report and the SVG chart into `dir` (default: beside the output),
+    /// named after the output: `OUT.md`, `OUT.svg`.
+    pub fn write_files(&self, dir: Option<&Path>) -> Result<(PathBuf, Option<PathBuf>)> {
+        let (md, svg) = match dir {
+            Some(d) => {
+                let stem = self.output.file_stem().map(|s| s.to_os_string()).unwrap_or_else(|| "report".into());
+                let base = d.join(stem);
+                (base.with_extension("md"), base.with_extension("svg"))
+            }
+            None => (sibling(&self.output, "md"), sibling(&self.output, "svg")),
+        };
+        if let Some(d) = dir {
+            if !d.is_dir() {
+                return Err(Error::Other(format!("--report {}: not a directory", d.display())));
+            }
+        }
         let svg_written = self.write_svg(&svg)?;
         let svg_name = svg_written.then(|| svg.file_name().map(|n| n.to_string_lossy().into_owned())).flatten();
         let text = self.markdown(svg_name.as_deref());
@@ -174,54 +265,62 @@ impl QuantizeReport {
             return Ok(false);
         }
         let n_blocks = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.0)).fold(0f64, f64::max) + 1.0;
+        // Plotted as log10 on a linear axis: labels then exist however narrow the range is
+        // (a log axis within one decade has no labelled points).
         let (lo, hi) = series
             .iter()
-            .flat_map(|(_, p)| p.iter().map(|x| x.1))
-            .fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(v), b.max(v)));
+            .flat_map(|(_, p)| p.iter().map(|x| x.1.log10()))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        let pad = ((hi - lo) * 0.08).max(0.05);
+        let (lo, hi) = (lo - pad, hi + pad);
         let err = |e: String| Error::Other(format!("{}: drawing the chart: {e}", path.display()));
         {
-            let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+            let root = SVGBackend::new(path, (980, 480)).into_drawing_area();
             root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+            // The legend has its own strip on the right, so it never covers the data.
+            let (plot_area, legend_area) = root.split_horizontally(820);
             let caption = if use_output {
-                "relative output error tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) by block"
+                "relative output error tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) by block (log scale)"
             } else {
-                "relative weight error 10^(−SQNR/10) by block"
+                "relative weight error 10^(−SQNR/10) by block (log scale)"
             };
-            let mut chart = ChartBuilder::on(&root)
+            let mut chart = ChartBuilder::on(&plot_area)
                 .caption(caption, ("sans-serif", 18))
                 .margin(12)
                 .x_label_area_size(36)
-                .y_label_area_size(64)
-                .build_cartesian_2d(-0.5f64..n_blocks - 0.5, (lo * 0.8..hi * 1.25).log_scale())
+                .y_label_area_size(72)
+                .build_cartesian_2d(-0.5f64..n_blocks - 0.5, lo..hi)
                 .map_err(|e| err(e.to_string()))?;
             chart
                 .configure_mesh()
                 .x_desc("block")
                 .x_label_formatter(&|v| format!("{v:.0}"))
                 .y_desc("error")
-                .y_label_formatter(&|v| format!("{v:.0e}"))
+                .y_labels(8)
+                .y_label_formatter(&|v| format!("{:.2e}", 10f64.powf(*v)))
                 .draw()
                 .map_err(|e| err(e.to_string()))?;
             for (i, (name, pts)) in series.iter().enumerate() {
                 let color = Palette99::pick(i).to_rgba();
                 chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                    .map_err(|e| err(e.to_string()))?
-                    .label(*name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                    .draw_series(LineSeries::new(pts.iter().map(|&(x, y)| (x, y.log10())), color.stroke_width(2)))
+                    .map_err(|e| err(e.to_string()))?;
+                let y = 60 + 24 * i as i32;
+                legend_area
+                    .draw(&PathElement::new(vec![(8, y), (32, y)], color.stroke_width(3)))
+                    .map_err(|e| err(e.to_string()))?;
+                legend_area
+                    .draw(&Text::new(name.to_string(), (38, y - 7), ("sans-serif", 14)))
+                    .map_err(|e| err(e.to_string()))?;
             }
-            chart
-                .configure_series_labels()
-                .border_style(BLACK)
-                .background_style(WHITE.mix(0.8))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
             root.present().map_err(|e| err(e.to_string()))?;
         }
         Ok(true)
     }
 }
+
+/// What the per-tensor columns mean.
+pub const LEGEND: &str = "SQNR: the weights' signal-to-quantization-noise ratio, 10·log10(Σw² / Σ(w − q(w))²) in dB, higher is better. Output error: the layer's relative output error on the calibration inputs, tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with H = Σ x xᵀ, lower is better (only when the run calibrated). bits/weight: the tensor's stored bits (codes, scales, zero points) per weight.";
 
 /// `out.gguf` → `out.EXT` (the extension replaced), beside it.
 pub fn sibling(out: &Path, ext: &str) -> PathBuf {
