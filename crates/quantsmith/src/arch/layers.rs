@@ -309,7 +309,9 @@ impl Attention {
         let rows = q.len() / qw;
         let n_seq = rows / seq_len;
         let scale = 1.0 / (hd as f32).sqrt();
-        // One task per (sequence, head); each writes its own [seq_len, hd] tile.
+        // One task per (sequence, head); each writes its own [seq_len, hd] tile. Queries go in
+        // blocks of CAUSAL_BLOCK rows against the keys up to the block's end only: the masked
+        // half of the score matrix is never computed.
         let tiles: Vec<Vec<f32>> = (0..n_seq * n_head)
             .into_par_iter()
             .map(|task| {
@@ -325,30 +327,18 @@ impl Attention {
                     kh[t * hd..(t + 1) * hd].copy_from_slice(&k[r * kw + g * hd..r * kw + (g + 1) * hd]);
                     vh[t * hd..(t + 1) * hd].copy_from_slice(&v[r * kw + g * hd..r * kw + (g + 1) * hd]);
                 }
-                let mut scores = vec![0f32; seq_len * seq_len];
-                matmul_nt(&qh, &kh, seq_len, seq_len, hd, &mut scores, false);
-                for t in 0..seq_len {
-                    let row = &mut scores[t * seq_len..(t + 1) * seq_len];
-                    let mut max = f32::NEG_INFINITY;
-                    for x in row[..=t].iter_mut() {
-                        *x *= scale;
-                        max = max.max(*x);
-                    }
-                    let mut sum = 0f32;
-                    for x in row[..=t].iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    for x in row[..=t].iter_mut() {
-                        *x *= inv;
-                    }
-                    for x in row[t + 1..].iter_mut() {
-                        *x = 0.0;
-                    }
-                }
                 let mut out = vec![0f32; seq_len * hd];
-                matmul_nn(&scores, &vh, seq_len, hd, seq_len, &mut out, false);
+                let mut scores = vec![0f32; CAUSAL_BLOCK.min(seq_len) * seq_len];
+                let mut t0 = 0;
+                while t0 < seq_len {
+                    let t1 = (t0 + CAUSAL_BLOCK).min(seq_len);
+                    let m = t1 - t0;
+                    let sc = &mut scores[..m * t1];
+                    matmul_nt(&qh[t0 * hd..t1 * hd], &kh[..t1 * hd], m, t1, hd, sc, false);
+                    causal_softmax(sc, t0, t1, scale);
+                    matmul_nn(sc, &vh[..t1 * hd], m, hd, t1, &mut out[t0 * hd..t1 * hd], false);
+                    t0 = t1;
+                }
                 out
             })
             .collect();
@@ -436,6 +426,41 @@ impl Attention {
     }
 }
 
+/// Query rows per block of causal attention.
+const CAUSAL_BLOCK: usize = 64;
+
+/// Softmax of the rows of a causal score block in place: `s` is `[t1 − t0, t1]`, row `i`
+/// (position `t0 + i`) sees keys `0..=t0 + i`; the rest is zeroed. Scores are scaled by
+/// `scale` first.
+fn causal_softmax(s: &mut [f32], t0: usize, t1: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { causal_softmax_avx2(s, t0, t1, scale) };
+            return;
+        }
+    }
+    causal_softmax_portable(s, t0, t1, scale);
+}
+
+#[inline(always)]
+fn causal_softmax_portable(s: &mut [f32], t0: usize, t1: usize, scale: f32) {
+    for (i, row) in s.chunks_exact_mut(t1).enumerate() {
+        let (seen, masked) = row.split_at_mut(t0 + i + 1);
+        seen.iter_mut().for_each(|x| *x *= scale);
+        softmax_in_place(seen);
+        masked.iter_mut().for_each(|x| *x = 0.0);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn causal_softmax_avx2(s: &mut [f32], t0: usize, t1: usize, scale: f32) {
+    // The same code, compiled with 8-wide vectors.
+    causal_softmax_portable(s, t0, t1, scale)
+}
+
 /// Softmax of one row in place: exponentials in a separate pass so they vectorise, the sum in
 /// f64.
 fn softmax_in_place(row: &mut [f32]) {
@@ -493,16 +518,37 @@ unsafe fn activate_avx2(act: Activation, x: &mut [f32]) {
 /// SiLU, x·σ(x).
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp_f32(-x))
 }
 
-/// SwiGLU in place: `g ← SiLU(g) · u`, in parallel chunks.
+/// SwiGLU in place: `g ← SiLU(g) · u`, in parallel chunks, with AVX2 when the CPU has it
+/// (the exponential is [`exp_f32`], which vectorises; libm's `expf` does not).
 pub fn swiglu(g: &mut [f32], u: &[f32]) {
     g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
-        for (g, &u) in g.iter_mut().zip(u) {
-            *g = silu(*g) * u;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                unsafe { swiglu_avx2(g, u) };
+                return;
+            }
         }
+        swiglu_portable(g, u);
     });
+}
+
+#[inline(always)]
+fn swiglu_portable(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + exp_f32(-*g)) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn swiglu_avx2(g: &mut [f32], u: &[f32]) {
+    // The same code, compiled with 8-wide vectors.
+    swiglu_portable(g, u)
 }
 
 /// e^x in f32 without branches or library calls, so loops over it vectorise.
