@@ -12,8 +12,10 @@ const BATCH_ROWS: usize = 2048;
 pub struct Hessian {
     /// Input width.
     pub n: usize,
-    /// Σ x xᵀ, `n × n` row-major (symmetric), f64.
+    /// Σ x xᵀ, `n × n` row-major (symmetric), f64; empty for diagonal-only statistics.
     pub sum_xxt: Vec<f64>,
+    /// Σ x² per channel, kept by diagonal-only statistics (`sum_xxt` empty).
+    pub sum_x2: Vec<f64>,
     /// Σ |x| per channel.
     pub sum_abs: Vec<f64>,
     /// max |x| per channel.
@@ -25,13 +27,45 @@ pub struct Hessian {
 impl Hessian {
     /// Empty statistics for inputs of width `n`.
     pub fn new(n: usize) -> Hessian {
-        Hessian { n, sum_xxt: vec![0.0; n * n], sum_abs: vec![0.0; n], max_abs: vec![0.0; n], count: 0 }
+        Hessian {
+            n,
+            sum_xxt: vec![0.0; n * n],
+            sum_x2: Vec::new(),
+            sum_abs: vec![0.0; n],
+            max_abs: vec![0.0; n],
+            count: 0,
+        }
+    }
+
+    /// Statistics without the off-diagonal products: Σ x² per channel (llama.cpp's imatrix)
+    /// and the moments, at O(n) per token instead of the O(n²) of a full Hessian. For runs
+    /// whose solvers need no Hessian (round-to-nearest with an importance matrix).
+    pub fn diagonal(n: usize) -> Hessian {
+        Hessian { n, sum_xxt: Vec::new(), sum_x2: vec![0.0; n], sum_abs: vec![0.0; n], max_abs: vec![0.0; n], count: 0 }
+    }
+
+    /// Whether Σ x xᵀ is kept whole (GPTQ, output errors) or only its diagonal.
+    pub fn is_full(&self) -> bool {
+        !self.sum_xxt.is_empty() || self.n == 0
     }
 
     /// Adds `rows` input rows `x` (`[rows, n]`, row-major).
     pub fn add(&mut self, x: &[f32], rows: usize) {
         let n = self.n;
         debug_assert_eq!(x.len(), rows * n);
+        if !self.is_full() {
+            for row in x.chunks_exact(n) {
+                for (((q, s), m), &v) in
+                    self.sum_x2.iter_mut().zip(self.sum_abs.iter_mut()).zip(self.max_abs.iter_mut()).zip(row)
+                {
+                    *q += v as f64 * v as f64;
+                    *s += v.abs() as f64;
+                    *m = m.max(v.abs());
+                }
+            }
+            self.count += rows;
+            return;
+        }
         let mut g = Mat::<f32>::zeros(n, n);
         for chunk in x.chunks(BATCH_ROWS * n) {
             let r = chunk.len() / n;
@@ -70,6 +104,9 @@ impl Hessian {
     /// llama.cpp's importance matrix: per input column, the mean of x² over the tokens.
     pub fn imatrix(&self) -> Vec<f32> {
         let c = self.count.max(1) as f64;
+        if !self.is_full() {
+            return self.sum_x2.iter().map(|&v| (v / c) as f32).collect();
+        }
         (0..self.n).map(|i| (self.sum_xxt[i * self.n + i] / c) as f32).collect()
     }
 
@@ -84,9 +121,14 @@ impl Hessian {
     pub fn divide_channels(&mut self, s: &[f32]) {
         let n = self.n;
         debug_assert_eq!(s.len(), n);
+        let full = self.is_full();
         for i in 0..n {
-            for j in 0..n {
-                self.sum_xxt[i * n + j] /= s[i] as f64 * s[j] as f64;
+            if full {
+                for j in 0..n {
+                    self.sum_xxt[i * n + j] /= s[i] as f64 * s[j] as f64;
+                }
+            } else {
+                self.sum_x2[i] /= s[i] as f64 * s[i] as f64;
             }
             self.sum_abs[i] /= s[i].abs() as f64;
             self.max_abs[i] /= s[i].abs();
@@ -96,6 +138,9 @@ impl Hessian {
     /// Folds another layer-input's statistics of the same width into this one.
     pub fn merge(&mut self, other: &Hessian) {
         for (a, b) in self.sum_xxt.iter_mut().zip(&other.sum_xxt) {
+            *a += b;
+        }
+        for (a, b) in self.sum_x2.iter_mut().zip(&other.sum_x2) {
             *a += b;
         }
         for (a, b) in self.sum_abs.iter_mut().zip(&other.sum_abs) {
@@ -111,6 +156,31 @@ impl Hessian {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diagonal_statistics_give_the_full_ones_importance() {
+        let (rows, n) = (3000, 9);
+        let x: Vec<f32> = (0..rows * n).map(|i| (((i * 7919) % 1000) as f32 - 500.0) / 250.0).collect();
+        let mut full = Hessian::new(n);
+        let mut diag = Hessian::diagonal(n);
+        full.add(&x, rows);
+        diag.add(&x[..1000 * n], 1000);
+        diag.add(&x[1000 * n..], 2000);
+        assert!(full.is_full() && !diag.is_full());
+        for (a, b) in full.imatrix().iter().zip(diag.imatrix()) {
+            assert!((a - b).abs() < 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        assert_eq!(full.sum_abs.len(), diag.sum_abs.len());
+        for (a, b) in full.max_abs.iter().zip(&diag.max_abs) {
+            assert_eq!(a, b);
+        }
+        let s: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+        full.divide_channels(&s);
+        diag.divide_channels(&s);
+        for (a, b) in full.imatrix().iter().zip(diag.imatrix()) {
+            assert!((a - b).abs() < 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
 
     #[test]
     fn matches_naive_sum() {

@@ -925,6 +925,7 @@ impl TensorSource for GgufFile {
         }
         dequantize_rows(t.ty, bytes, &mut out, t.ne[0] as usize)
             .map_err(|e| tensor_err(&self.path, name, format!("cannot decode {}: {e}", t.ty.name())))?;
+        super::release_pages(&self.mmap, (self.data_offset + t.offset) as usize, t.n_bytes);
         Ok(out)
     }
 }

@@ -134,6 +134,26 @@ impl ModelFile {
     }
 }
 
+/// Drops the whole pages of `start..start + len` of a read-only file mapping from this
+/// process's resident set once a tensor has been copied out of it: a model read tensor by
+/// tensor then does not keep the whole file resident (the pages are read again, from the page
+/// cache or the file, if touched later). Rounded inward to 64 KiB so that it is aligned for
+/// every page size up to that; failures are ignored (it is only advice).
+pub(crate) fn release_pages(map: &memmap2::Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        const ALIGN: usize = 65536;
+        let a = start.div_ceil(ALIGN) * ALIGN;
+        let b = (start + len) / ALIGN * ALIGN;
+        if b > a && b <= map.len() {
+            // SAFETY: the mapping is read-only and file-backed: dropping its pages cannot lose
+            // data, and any later access (including through outstanding slices) faults the
+            // same bytes back in from the file.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
+        }
+    }
+}
+
 /// Bytes on disk of a file, or of every file under a directory: the measure of a whole output.
 pub fn path_bytes(p: &Path) -> Result<u64> {
     let m = std::fs::metadata(p).map_err(|e| crate::Error::io(p, e))?;

@@ -228,6 +228,7 @@ impl SafetensorsFile {
                 )
             }
         }
+        super::release_pages(&self.mmap, t.start, t.n_bytes);
         Ok(out)
     }
 

@@ -398,7 +398,8 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             if calibrate {
                 let t = Instant::now();
                 let widths = groups.iter().map(|grp| group_width(&*blk, grp.linears, i)).collect::<Result<Vec<_>>>()?;
-                let mut acc: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
+                // No solver here needs a Hessian: the diagonal (the importance matrix) is enough.
+                let mut acc: Vec<Hessian> = widths.iter().map(|&w| Hessian::diagonal(w)).collect();
                 for xb in x.chunks_mut(batch_len) {
                     let mut st = BlockState { x: xb, seq_len, carry: Vec::new() };
                     for g in 0..groups.len() {
@@ -461,7 +462,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let head = arch.head_weight(&globals);
     let mut head_stats = None;
     if calibrate && head.is_some() {
-        let mut h = Hessian::new(d);
+        let mut h = if needs_h { Hessian::new(d) } else { Hessian::diagonal(d) };
         for xb in x.chunks(batch_len) {
             let normed = arch.head_input(&globals, xb);
             h.add(&normed, normed.len() / d);

@@ -69,7 +69,8 @@ pub fn layer_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: Option<&He
         se += ((a - b) as f64) * ((a - b) as f64);
     }
     let sqnr_db = if se > 0.0 { 10.0 * (sw / se).log10() } else { f64::INFINITY };
-    let output_err = h.map(|h| {
+    // Diagonal-only statistics do not give tr(ΔW H ΔWᵀ): no output error then.
+    let output_err = h.filter(|h| h.is_full()).map(|h| {
         let hf: Vec<f32> = h.mean().iter().map(|&v| v as f32).collect();
         // Σ_rows m H mᵀ, a few thousand rows at a time (the head has 49k rows).
         let quad = |m: &[f32]| -> f64 {
