@@ -32,6 +32,9 @@ enum Command {
     Formats(cmd::formats::Args),
     /// Quantize a model into a GGUF file (llama.cpp) or a Hugging Face directory (vLLM, transformers).
     Quantize(cmd::quantize::Args),
+    /// Plan mixed precision: each tensor's type so the output fits a size budget with the least
+    /// predicted KL-divergence (a recipe for quantize), or a Pareto sweep.
+    Plan(cmd::plan::Args),
     /// Throughput benchmarks (ratios against the machine's GEMM rate).
     Bench(cmd::bench::Args),
 }
@@ -63,6 +66,7 @@ fn main() {
         Command::Embed(a) => cmd::embed::run(a),
         Command::Formats(a) => cmd::formats::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {

@@ -49,6 +49,7 @@ fn quantize_minilm(out: &Path, method: &str, scheme: &str) {
         },
         eval_text: None,
         eval: PerplexityOptions::default(),
+        budget: None,
     };
     quantize("minilm", &o, &|_, _, _| {}).unwrap();
 }

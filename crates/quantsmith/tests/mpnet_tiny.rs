@@ -304,6 +304,7 @@ fn options(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOpti
         },
         eval_text: None,
         eval: PerplexityOptions::default(),
+        budget: None,
     }
 }
 

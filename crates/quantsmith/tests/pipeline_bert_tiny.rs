@@ -44,6 +44,7 @@ fn opts(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOptions
         },
         eval_text: None,
         eval: PerplexityOptions::default(),
+        budget: None,
     }
 }
 

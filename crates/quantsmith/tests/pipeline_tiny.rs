@@ -38,6 +38,7 @@ fn opts(out: &Path, preset: Option<&str>, method: &str, layout: &str) -> Quantiz
         },
         eval_text: None,
         eval: PerplexityOptions { ctx: 64, max_chunks: Some(4), ..Default::default() },
+        budget: None,
     }
 }
 
@@ -266,7 +267,6 @@ fn every_directory_layout_reads_back_as_its_dequantized_weights() {
             let rd = rel_diff(&base, &logits(&out));
             assert!(rd > 0.0 && rd < 0.6, "{layout} {rules:?} {method}: {rd}");
             // What the runtime reads is exactly what the solver left.
-            use quantsmith::tensor::TensorSource;
             let f = ModelFile::open(&out).unwrap();
             let w = f.source().load_f32("model.layers.0.mlp.up_proj.weight").unwrap();
             assert_eq!(w.len(), tiny::FF * tiny::D);

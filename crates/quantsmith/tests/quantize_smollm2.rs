@@ -42,6 +42,7 @@ fn options(
         },
         eval_text: None,
         eval: PerplexityOptions { ctx: 512, max_chunks: Some(2), ..Default::default() },
+        budget: None,
     }
 }
 

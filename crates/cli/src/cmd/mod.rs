@@ -6,5 +6,6 @@ pub mod eval;
 pub mod fetch;
 pub mod formats;
 pub mod inspect;
+pub mod plan;
 pub mod progress;
 pub mod quantize;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use quantsmith::calib::CalibOptions;
 use quantsmith::eval::perplexity::PerplexityOptions;
+use quantsmith::quantize::budget::{parse_bpw, parse_size, Budget, BudgetOptions, ProbeMode};
 use quantsmith::quantize::pipeline::{ImatrixSource, PipelineOptions};
 use quantsmith::quantize::preset::Preset;
 use quantsmith::quantize::recipe::{parse_solver, read_recipe, Rule};
@@ -88,6 +89,63 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Mixed precision under a size budget.
+    #[command(flatten)]
+    pub budget: BudgetArgs,
+}
+
+/// Size-budget planning (shared by `quantize` and `plan`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BudgetArgs {
+    /// Choose every matrix's type so that the whole output fits SIZE: bytes, or a number
+    /// with KB/MB/GB (powers of 1000) or KiB/MiB/GiB, e.g. 80MB.
+    #[arg(long, value_name = "SIZE", conflicts_with = "target_bpw")]
+    pub target_size: Option<String>,
+    /// As --target-size, in whole-output bits per weight of the model (e.g. 4.5).
+    #[arg(long, value_name = "BPW")]
+    pub target_bpw: Option<String>,
+    /// Candidate storages for the plan, comma-separated (GGUF default: q2_k q3_k q4_k q5_k
+    /// q6_k iq4_xs q4_0 q4_1 iq4_nl q5_0 q5_1 q8_0 f16, each tensor keeping those its rows fit;
+    /// directory layouts need a list, e.g. int4:g64,int8,fp8_e4m3).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub candidates: Vec<String>,
+    /// Calibration windows the sensitivity pass uses.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub plan_samples: usize,
+    /// End-to-end probes that turn the proxy into KL-divergence: sampled (every role at four
+    /// depths), all (every tensor), none.
+    #[arg(long, default_value = "sampled", value_name = "MODE")]
+    pub probe: String,
+}
+
+impl BudgetArgs {
+    /// The planner's options, or `None` when no budget or sweep was asked for.
+    pub fn options(&self, sweep: Vec<f64>) -> Result<Option<BudgetOptions>> {
+        let budget = match (&self.target_size, &self.target_bpw) {
+            (Some(s), _) => {
+                Some(Budget::Bytes(parse_size(s).map_err(|e| Error::Other(format!("--target-size: {e}")))?))
+            }
+            (None, Some(b)) => Some(Budget::Bpw(parse_bpw(b)?)),
+            (None, None) => None,
+        };
+        if budget.is_none() && sweep.is_empty() {
+            if !self.candidates.is_empty() {
+                return Err(Error::Other("--candidates needs --target-size or --target-bpw".into()));
+            }
+            return Ok(None);
+        }
+        if self.plan_samples == 0 {
+            return Err(Error::Other("--plan-samples 0: the sensitivity pass needs at least one window".into()));
+        }
+        Ok(Some(BudgetOptions {
+            budget,
+            candidates: self.candidates.clone(),
+            samples: self.plan_samples,
+            probe: ProbeMode::parse(&self.probe)?,
+            probe_windows: 1,
+            sweep,
+        }))
+    }
 }
 
 /// Runs the subcommand.
@@ -148,14 +206,16 @@ pub fn run(args: Args) -> Result<()> {
         },
         eval_text,
         eval: PerplexityOptions { ctx: args.eval_ctx, max_chunks: Some(args.eval_chunks), ..Default::default() },
+        budget: args.budget.options(Vec::new())?,
     };
     if let Some(d) = &args.report {
         if !d.is_dir() {
             return Err(Error::Other(format!("--report {}: not a directory", d.display())));
         }
     }
-    let events = Events { blocks: Progress::new("blocks"), tokens: Progress::new("eval tokens") };
+    let events = Events::new();
     let report = quantize_with(&args.model, &opts, &events)?;
+    events.plan.finish();
     events.blocks.finish();
     events.tokens.finish();
     let (md, svg) = report.write_files(args.report.as_deref())?;
@@ -200,6 +260,19 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     println!("time   {}; peak anonymous memory {:.0} MiB", report.time_line(), report.peak_rss_anon_mib);
+    if let Some(p) = &report.plan {
+        if let Some(a) = &p.chosen {
+            println!(
+                "plan   budget {} bytes → planned {} bytes ({} written); predicted mean KLD {:.5}; planning {:.1} s = {:.0} % of the run",
+                a.budget_bytes,
+                a.file_bytes,
+                report.file_bytes,
+                a.predicted_kld,
+                p.seconds(),
+                100.0 * p.seconds() / report.seconds.max(1e-9)
+            );
+        }
+    }
     if let Some(e) = &report.eval {
         println!(
             "eval   PPL {:.4} (base {:.4}), mean KLD {:.6} ± {:.6}, top-1 agreement {:.4}",
@@ -214,18 +287,36 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Bars (or plain lines) for blocks and evaluation, notices on stderr.
-struct Events {
-    blocks: Progress,
-    tokens: Progress,
+/// Bars (or plain lines) for planning, blocks and evaluation, notices on stderr.
+pub struct Events {
+    /// The size-budget planner (sensitivity blocks, then probes).
+    pub plan: Progress,
+    /// Quantized blocks.
+    pub blocks: Progress,
+    /// Evaluation tokens.
+    pub tokens: Progress,
+}
+
+impl Events {
+    /// Fresh, silent until the first update.
+    pub fn new() -> Events {
+        Events {
+            plan: Progress::new("plan steps"),
+            blocks: Progress::new("blocks"),
+            tokens: Progress::new("eval tokens"),
+        }
+    }
 }
 
 impl quantsmith::quantize::Events for Events {
     fn progress(&self, phase: &str, done: usize, total: usize) {
-        if phase == "eval" {
+        if phase == "plan" {
+            self.plan.update(done, total)
+        } else if phase == "eval" {
             self.blocks.finish();
             self.tokens.update(done, total)
         } else {
+            self.plan.finish();
             self.blocks.update(done, total)
         }
     }

@@ -173,6 +173,21 @@ fn kl_row(base: &[f32], model: &[f32], bmax: f32, blse: f64, mmax: f32, mlse: f6
     acc.iter().sum::<f64>() + tail
 }
 
+/// Mean KL(base ‖ model) over the rows of two `[rows, vocab]` logit matrices.
+pub fn mean_kld(base: &[f32], model: &[f32], vocab: usize) -> f64 {
+    let rows = base.len() / vocab.max(1);
+    let total: f64 = base
+        .par_chunks(vocab)
+        .zip(model.par_chunks(vocab))
+        .map(|(b, m)| {
+            let (bmax, blse) = log_softmax_parts(b);
+            let (mmax, mlse) = log_softmax_parts(m);
+            vector_kernels(|| kl_row(b, m, bmax, blse, mmax, mlse))
+        })
+        .sum();
+    total / rows.max(1) as f64
+}
+
 fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {

@@ -68,13 +68,7 @@ impl GgufWriter {
 
     /// The alignment the file will use.
     pub fn alignment(&self) -> u64 {
-        self.metadata
-            .iter()
-            .find_map(|(k, v)| match (k.as_str(), v) {
-                ("general.alignment", GgufValue::U32(a)) => Some(u64::from(*a)),
-                _ => None,
-            })
-            .unwrap_or(DEFAULT_ALIGNMENT)
+        alignment_of(&self.metadata)
     }
 
     /// Appends one tensor: `ne` is GGUF's dimension order (innermost first), `bytes` its data
@@ -129,33 +123,7 @@ impl GgufWriter {
             .map_err(|e| Error::io(&dir, e))?;
         let mut out = BufWriter::new(tmp);
 
-        let mut header = Vec::new();
-        header.extend_from_slice(&GGUF_MAGIC);
-        header.extend_from_slice(&3u32.to_le_bytes());
-        header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-        for (k, v) in &metadata {
-            put_str(&mut header, k);
-            header.extend_from_slice(&v.type_id().to_le_bytes());
-            put_value(&mut header, v);
-        }
-        for t in &tensors {
-            put_str(&mut header, &t.name);
-            header.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
-            for d in &t.ne {
-                header.extend_from_slice(&d.to_le_bytes());
-            }
-            header.extend_from_slice(&t.ty.id().to_le_bytes());
-            header.extend_from_slice(&t.offset.to_le_bytes());
-        }
-        let align = metadata
-            .iter()
-            .find_map(|(k, v)| match (k.as_str(), v) {
-                ("general.alignment", GgufValue::U32(a)) => Some(*a as usize),
-                _ => None,
-            })
-            .unwrap_or(DEFAULT_ALIGNMENT as usize);
-        header.resize(header.len().div_ceil(align) * align, 0);
+        let header = header_bytes(&metadata, &tensors);
         out.write_all(&header).map_err(io_err)?;
 
         let mut spool = data.into_inner().map_err(|e| Error::io(std::env::temp_dir(), e.into_error()))?;
@@ -170,6 +138,57 @@ impl GgufWriter {
     fn err(&self, key: &str, msg: String) -> Error {
         Error::Config { path: self.path.clone(), key: key.to_string(), msg }
     }
+}
+
+/// The header (magic, counts, metadata, tensor infos), padded to the file's alignment.
+fn header_bytes(metadata: &[(String, GgufValue)], tensors: &[PendingTensor]) -> Vec<u8> {
+    let mut header = Vec::new();
+    header.extend_from_slice(&GGUF_MAGIC);
+    header.extend_from_slice(&3u32.to_le_bytes());
+    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_str(&mut header, k);
+        header.extend_from_slice(&v.type_id().to_le_bytes());
+        put_value(&mut header, v);
+    }
+    for t in tensors {
+        put_str(&mut header, &t.name);
+        header.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
+        for d in &t.ne {
+            header.extend_from_slice(&d.to_le_bytes());
+        }
+        header.extend_from_slice(&t.ty.id().to_le_bytes());
+        header.extend_from_slice(&t.offset.to_le_bytes());
+    }
+    let align = alignment_of(metadata) as usize;
+    header.resize(header.len().div_ceil(align) * align, 0);
+    header
+}
+
+fn alignment_of(metadata: &[(String, GgufValue)]) -> u64 {
+    metadata
+        .iter()
+        .find_map(|(k, v)| match (k.as_str(), v) {
+            ("general.alignment", GgufValue::U32(a)) => Some(u64::from(*a)),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_ALIGNMENT)
+}
+
+/// The exact size of the file [`GgufWriter`] writes for `metadata` and `tensors` (name, ggml
+/// dimensions innermost first, type, data bytes), computed without writing it: the same
+/// header bytes, each tensor's data at the next aligned offset.
+pub fn planned_file_bytes(metadata: &[(String, GgufValue)], tensors: &[(String, Vec<u64>, GgmlType, u64)]) -> u64 {
+    let align = alignment_of(metadata);
+    let mut data_len = 0u64;
+    let mut infos = Vec::with_capacity(tensors.len());
+    for (name, ne, ty, bytes) in tensors {
+        let offset = data_len.div_ceil(align) * align;
+        data_len = offset + bytes;
+        infos.push(PendingTensor { name: name.clone(), ne: ne.clone(), ty: *ty, offset });
+    }
+    header_bytes(metadata, &infos).len() as u64 + data_len
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {

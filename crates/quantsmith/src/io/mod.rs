@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::Path;
 
 pub use gguf::{GgufArray, GgufFile, GgufTensor, GgufValue};
-pub use gguf_write::GgufWriter;
+pub use gguf_write::{planned_file_bytes, GgufWriter};
 pub use hf::HfModel;
 
 use crate::tensor::{TensorInfo, TensorSource};

@@ -1,5 +1,6 @@
 //! The quantization pipeline: plan (preset + recipe), calibrate, solve, export, report.
 
+pub mod budget;
 pub mod imatrix;
 pub mod pipeline;
 pub mod plan;
@@ -55,6 +56,9 @@ pub struct QuantizeOptions {
     pub eval_text: Option<(PathBuf, String)>,
     /// Evaluation settings.
     pub eval: PerplexityOptions,
+    /// Plan every matrix's storage to fit a size budget (mixed precision) instead of the
+    /// preset's choice; the user's rules still pin what they match.
+    pub budget: Option<budget::BudgetOptions>,
 }
 
 /// What a run reports while it works: progress of its phases, and notices a user should
@@ -226,6 +230,31 @@ fn occupied(out: &std::path::Path) -> bool {
 
 /// As [`quantize`], with notices as well as progress.
 pub fn quantize_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -> Result<QuantizeReport> {
+    match run_job(input, opts, events, false)? {
+        Job::Quantized(r) => Ok(*r),
+        Job::Planned(_) => Err(Error::Other("internal: a quantization run only planned".into())),
+    }
+}
+
+/// Plans a size budget (`opts.budget`) without quantizing: the sensitivities, the chosen
+/// storage per tensor (as recipe rules) and the predicted size and KLD. The output path is
+/// not touched.
+pub fn plan_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -> Result<budget::BudgetReport> {
+    if opts.budget.is_none() {
+        return Err(Error::Other("planning needs --target-size, --target-bpw or --sweep".into()));
+    }
+    match run_job(input, opts, events, true)? {
+        Job::Planned(r) => Ok(*r),
+        Job::Quantized(_) => Err(Error::Other("internal: a planning run quantized".into())),
+    }
+}
+
+enum Job {
+    Quantized(Box<QuantizeReport>),
+    Planned(Box<budget::BudgetReport>),
+}
+
+fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: bool) -> Result<Job> {
     let start = Instant::now();
     let sampler = crate::memory::PeakSampler::start();
     let file = open_model(input)?;
@@ -253,13 +282,18 @@ pub fn quantize_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -
         }
     }
     let out = &opts.pipeline.out;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if plan_only {
+        // The output is not written: nothing to check about it.
+    } else if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             return Err(Error::Other(format!("{}: the output directory does not exist", dir.display())));
         }
     }
     let canon_in = std::fs::canonicalize(file.path()).ok();
-    if std::fs::canonicalize(out).ok().is_some_and(|o| canon_in.as_ref().is_some_and(|i| o == *i || i.starts_with(&o)))
+    if !plan_only
+        && std::fs::canonicalize(out)
+            .ok()
+            .is_some_and(|o| canon_in.as_ref().is_some_and(|i| o == *i || i.starts_with(&o)))
     {
         return Err(Error::Other(format!(
             "{}: the output would overwrite the input {} (choose another --out)",
@@ -267,7 +301,7 @@ pub fn quantize_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -
             file.path().display()
         )));
     }
-    if occupied(out) && !opts.force {
+    if !plan_only && occupied(out) && !opts.force {
         return Err(Error::Other(format!(
             "{}: already exists; pass --force to replace it (nothing was done)",
             out.display()
@@ -346,7 +380,7 @@ pub fn quantize_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -
     } else {
         tensors.iter().map(|t| (t.name.clone(), Storage::Ggml(preset::input_type(t.dtype)))).collect()
     };
-    let plan = plan::Plan::build(&tensors, &base, &opts.rules, &opts.method, &*exporter)?;
+    let mut plan = plan::Plan::build(&tensors, &base, &opts.rules, &opts.method, &*exporter)?;
     // A rule that names the tensor's type replaces the preset's choice: no fallback then.
     let fallbacks: Vec<Fallback> = preset_fallbacks
         .into_iter()
@@ -400,6 +434,56 @@ pub fn quantize_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -
     };
     if gguf_out {
         export.gguf_metadata = meta;
+    }
+
+    // A size budget: plan every matrix no rule pins, then rebuild the plan from the choice.
+    let mut budget_report = None;
+    if let Some(bo) = &opts.budget {
+        let side_bytes: u64 = export.side_files.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+            + serde_json::to_vec(&export.hf_config).map(|v| v.len() as u64).unwrap_or(0);
+        let pin = budget::PlanInputs {
+            arch: &*arch,
+            tokenizer: &tok,
+            tensors: &tensors,
+            base: &plan,
+            rules: &opts.rules,
+            exporter: &*exporter,
+            size: match opts.layout.split(':').next() {
+                _ if gguf_out => budget::SizeModel::Gguf(&export.gguf_metadata),
+                Some("fake-quant") => budget::SizeModel::Formats,
+                _ => budget::SizeModel::Dir,
+            },
+            side_bytes,
+            calib_texts: &opts.pipeline.calib_texts,
+            calib: &opts.pipeline.calib,
+        };
+        let br = budget::plan(&pin, bo, &|d, t| events.progress("plan", d, t))?;
+        if plan_only {
+            return Ok(Job::Planned(Box::new(br)));
+        }
+        let mut rules = opts.rules.clone();
+        rules.extend(br.rules());
+        plan = plan::Plan::build(&tensors, &base, &rules, &opts.method, &*exporter)?;
+        if let Some(a) = &br.chosen {
+            events.notice(&format!(
+                "planned {} of {} matrices for a budget of {} bytes: {} bytes exactly ({:.3} bits per weight), predicted mean KLD {:.5}; planning took {:.1} s",
+                a.choice.len(),
+                tensors.iter().filter(|t| t.shape.len() >= 2).count(),
+                a.budget_bytes,
+                a.file_bytes,
+                a.bits_per_weight,
+                a.predicted_kld,
+                br.seconds()
+            ));
+        }
+        export.recipe["budget"] = serde_json::json!({
+            "budget_bytes": br.chosen.as_ref().map(|a| a.budget_bytes),
+            "planned_bytes": br.chosen.as_ref().map(|a| a.file_bytes),
+            "predicted_kld": br.chosen.as_ref().map(|a| a.predicted_kld),
+        });
+        budget_report = Some(br);
+    } else if plan_only {
+        return Err(Error::Other("planning needs a budget".into()));
     }
 
     let run_inputs = pipeline::RunInputs {
@@ -460,7 +544,26 @@ pub fn quantize_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -
         tensors: pr.tensors,
         eval: None,
         eval_text: None,
+        plan: budget_report,
     };
+    if let Some(a) = report.plan.as_ref().and_then(|p| p.chosen.as_ref()) {
+        // GGUF sizes are exact; a packed directory's must be within the budget; a fake-quant
+        // directory holds dequantized weights: its budget is over the formats' bytes.
+        let (measured, exact) = if gguf_out {
+            (report.file_bytes, true)
+        } else if opts.layout.starts_with("fake-quant") {
+            (report.tensor_bytes(), false)
+        } else {
+            (report.file_bytes, false)
+        };
+        if (exact && measured != a.file_bytes) || measured > a.budget_bytes {
+            let _ = if out.is_dir() { std::fs::remove_dir_all(out) } else { std::fs::remove_file(out) };
+            return Err(Error::Other(format!(
+                "internal: the plan predicted {} bytes for a budget of {} bytes, but {measured} were written (output removed)",
+                a.file_bytes, a.budget_bytes
+            )));
+        }
+    }
     if let Some((path, text)) = &opts.eval_text {
         let base = arch::load_decoder(&file)?;
         let qfile = ModelFile::open(out)?;
@@ -471,5 +574,5 @@ pub fn quantize_with(input: &str, opts: &QuantizeOptions, events: &dyn Events) -
         report.eval = Some(r);
         report.eval_text = Some(path.clone());
     }
-    Ok(report)
+    Ok(Job::Quantized(Box::new(report)))
 }

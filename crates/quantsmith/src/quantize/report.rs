@@ -69,6 +69,9 @@ pub struct QuantizeReport {
     /// Text the evaluation ran on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_text: Option<PathBuf>,
+    /// The size-budget plan, when the run had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<super::budget::BudgetReport>,
 }
 
 impl QuantizeReport {

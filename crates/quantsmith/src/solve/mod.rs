@@ -60,6 +60,19 @@ pub struct LayerError {
     pub output_err: Option<f64>,
 }
 
+/// Σ over the rows r of `m` (`[rows, cols]`) of r H rᵀ, with `h` the `cols × cols` matrix
+/// (row-major, f32): tr(M H Mᵀ), a few thousand rows per GEMM (a head has 49k rows).
+pub fn quad_form(m: &[f32], h: &[f32], cols: usize) -> f64 {
+    let mut total = 0f64;
+    for chunk in m.chunks(4096 * cols) {
+        let r = chunk.len() / cols;
+        let mut mh = vec![0f32; r * cols];
+        crate::linalg::matmul_nn(chunk, h, r, cols, cols, &mut mh, true);
+        total += mh.iter().zip(chunk).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+    }
+    total
+}
+
 /// Measures how far `q` is from `w` (and, with `h`, the relative output error).
 pub fn layer_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: Option<&Hessian>) -> LayerError {
     debug_assert_eq!(w.len(), rows * cols);
@@ -72,17 +85,7 @@ pub fn layer_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: Option<&He
     // Diagonal-only statistics do not give tr(ΔW H ΔWᵀ): no output error then.
     let output_err = h.filter(|h| h.is_full()).map(|h| {
         let hf: Vec<f32> = h.mean().iter().map(|&v| v as f32).collect();
-        // Σ_rows m H mᵀ, a few thousand rows at a time (the head has 49k rows).
-        let quad = |m: &[f32]| -> f64 {
-            let mut total = 0f64;
-            for chunk in m.chunks(4096 * cols) {
-                let r = chunk.len() / cols;
-                let mut mh = vec![0f32; r * cols];
-                crate::linalg::matmul_nn(chunk, &hf, r, cols, cols, &mut mh, true);
-                total += mh.iter().zip(chunk).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
-            }
-            total
-        };
+        let quad = |m: &[f32]| quad_form(m, &hf, cols);
         let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
         let den = quad(w);
         if den > 0.0 {
