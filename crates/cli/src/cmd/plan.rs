@@ -260,6 +260,11 @@ fn print_plan(r: &BudgetReport, measured: &[(f64, f64)]) {
         r.max_bytes,
         8.0 * r.max_bytes as f64 / r.n_params as f64
     );
+    if !r.kld_units {
+        println!(
+            "no probes: predicted figures are the raw proxy, tr(ΔW H ΔWᵀ) per token summed over tensors, not a KLD"
+        );
+    }
     if let Some(a) = &r.chosen {
         println!();
         println!("{:<28} {:>8} {:>12} {:>13} {:>7}", "tensor", "type", "bytes", "pred. KLD", "probed");

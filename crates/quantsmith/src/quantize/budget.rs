@@ -264,6 +264,9 @@ pub struct BudgetReport {
     pub ranks: Option<RankAgreement>,
     /// Probe mode.
     pub probe: ProbeMode,
+    /// Whether probes turned the proxy into KL-divergence (else `predicted_kld` is the raw
+    /// proxy: no probes asked for, or a model without a language-model head).
+    pub kld_units: bool,
     /// Calibration tokens of the sensitivity pass, and of the probes.
     pub calib_tokens: usize,
     /// Probe tokens.
@@ -618,7 +621,8 @@ pub fn plan(inp: &PlanInputs, opts: &BudgetOptions, progress: &dyn Fn(usize, usi
     // 2. Probes.
     let t1 = Instant::now();
     let mut ranks = None;
-    if opts.probe != ProbeMode::None && head.is_some() {
+    let kld_units = opts.probe != ProbeMode::None && head.is_some();
+    if kld_units {
         let vocab = arch.vocab();
         let head_name = head.clone().expect("head");
         let logits = |globals: &Globals, x: &[f32]| -> Vec<f32> {
@@ -740,25 +744,30 @@ pub fn plan(inp: &PlanInputs, opts: &BudgetOptions, progress: &dyn Fn(usize, usi
         v.into_iter().map(|(_, s)| s).collect()
     };
     let allocate_at = |budget: u64| -> Result<Allocation> {
-        let pick = knapsack(&sens, budget.saturating_sub(fixed_bytes))
-            .ok_or_else(|| Error::Other(format!("budget {budget} bytes: no allocation fits")))?;
-        let choice: Vec<(String, String)> =
-            sens.iter().zip(&pick).map(|(s, &j)| (s.name.clone(), s.candidates[j].format.clone())).collect();
-        let map: HashMap<&str, &str> = choice.iter().map(|(n, f)| (n.as_str(), f.as_str())).collect();
-        let file_bytes = size_with(&map)?;
-        if file_bytes > budget {
-            return Err(Error::Other(format!(
-                "internal: the planned file ({file_bytes} bytes) exceeds the budget ({budget} bytes)"
-            )));
+        // The grid works on aligned bytes; the exact size can differ by the last tensor's
+        // padding: should it exceed the budget, plan again with that much less room.
+        let mut room = budget.saturating_sub(fixed_bytes);
+        for _ in 0..4 {
+            let pick = knapsack(&sens, room)
+                .ok_or_else(|| Error::Other(format!("budget {budget} bytes: no allocation fits")))?;
+            let choice: Vec<(String, String)> =
+                sens.iter().zip(&pick).map(|(s, &j)| (s.name.clone(), s.candidates[j].format.clone())).collect();
+            let map: HashMap<&str, &str> = choice.iter().map(|(n, f)| (n.as_str(), f.as_str())).collect();
+            let file_bytes = size_with(&map)?;
+            if file_bytes > budget {
+                room = room.saturating_sub(file_bytes - budget);
+                continue;
+            }
+            let predicted_kld = sens.iter().zip(&pick).map(|(s, &j)| s.candidates[j].predicted_kld).sum();
+            return Ok(Allocation {
+                budget_bytes: budget,
+                file_bytes,
+                bits_per_weight: 8.0 * file_bytes as f64 / n_params as f64,
+                predicted_kld,
+                choice,
+            });
         }
-        let predicted_kld = sens.iter().zip(&pick).map(|(s, &j)| s.candidates[j].predicted_kld).sum();
-        Ok(Allocation {
-            budget_bytes: budget,
-            file_bytes,
-            bits_per_weight: 8.0 * file_bytes as f64 / n_params as f64,
-            predicted_kld,
-            choice,
-        })
+        Err(Error::Other(format!("budget {budget} bytes: no allocation fits once the file's padding is counted")))
     };
     let chosen = budget_bytes.map(allocate_at).transpose()?;
     let mut sweep = Vec::new();
@@ -779,6 +788,7 @@ pub fn plan(inp: &PlanInputs, opts: &BudgetOptions, progress: &dyn Fn(usize, usi
         sweep,
         ranks,
         probe: opts.probe,
+        kld_units,
         calib_tokens: n_tokens,
         probe_tokens,
         seconds_sensitivity,
@@ -794,7 +804,10 @@ fn sampled_blocks(n: usize) -> Vec<usize> {
     v
 }
 
-/// Scores every candidate of a linear with input statistics `hmean` (E[x xᵀ]) and importance.
+/// Scores every candidate of a linear with input statistics `hmean` (E[x xᵀ]), rounding with
+/// the importance diag(H) whatever the run's own weighting: measured on SmolLM2 at the
+/// Q3_K_M size, plans from importance-weighted rounding gave GPTQ files of lower KLD (0.0172)
+/// than plans from plain rounding (0.0203), the solver's H doing what the importance does.
 fn score(
     it: &mut Item,
     w: &[f32],

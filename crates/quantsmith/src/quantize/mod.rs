@@ -407,7 +407,9 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         .cloned()
         .collect();
     meta.push(("general.quantization_version".into(), GgufValue::U32(2)));
-    meta.push(("general.file_type".into(), GgufValue::U32(preset.file_type())));
+    let file_type = preset.file_type();
+    let mut preset_label = preset.name().to_string();
+    meta.push(("general.file_type".into(), GgufValue::U32(file_type)));
     let imatrix_desc = match &opts.pipeline.imatrix {
         ImatrixSource::None => "none".to_string(),
         ImatrixSource::Calibrate => {
@@ -464,6 +466,9 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         let mut rules = opts.rules.clone();
         rules.extend(br.rules());
         plan = plan::Plan::build(&tensors, &base, &rules, &opts.method, &*exporter)?;
+        // The file type stays the preset's (llama.cpp only displays it), so that the plan
+        // written as a recipe and run with `--recipe` gives the same bytes.
+        preset_label = format!("{} file type; every matrix planned for a size budget", preset.name());
         if let Some(a) = &br.chosen {
             events.notice(&format!(
                 "planned {} of {} matrices for a budget of {} bytes: {} bytes exactly ({:.3} bits per weight), predicted mean KLD {:.5}; planning took {:.1} s",
@@ -521,8 +526,8 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
     let mut report = QuantizeReport {
         input: file.path().to_path_buf(),
         output: out.clone(),
-        preset: if gguf_out { preset.name().to_string() } else { format!("none ({} layout)", opts.layout) },
-        file_type: if gguf_out { preset.file_type() } else { 0 },
+        preset: if gguf_out { preset_label } else { format!("none ({} layout)", opts.layout) },
+        file_type: if gguf_out { file_type } else { 0 },
         method: opts.method.name().to_string(),
         imatrix: imatrix_desc,
         calib_tokens: pr.calib_tokens,

@@ -164,6 +164,51 @@ impl QuantizeReport {
                 let _ = writeln!(s, "- {line}");
             }
         }
+        if let Some(p) = &self.plan {
+            let _ = writeln!(s, "\n## Size budget\n");
+            let units = if p.kld_units { "mean KLD" } else { "proxy units (no probes)" };
+            if let Some(a) = &p.chosen {
+                let _ = writeln!(
+                    s,
+                    "Budget {} bytes; planned {} bytes exactly ({:.4} bits per weight), {} written. Predicted error {:.6} ({units}){}.\n",
+                    a.budget_bytes,
+                    a.file_bytes,
+                    a.bits_per_weight,
+                    self.file_bytes,
+                    a.predicted_kld,
+                    self.eval.as_ref().and_then(|e| e.kld_mean).map(|k| format!("; measured mean KLD {k:.6}")).unwrap_or_default()
+                );
+                let mut counts: Vec<(&str, usize)> = Vec::new();
+                for (_, f) in &a.choice {
+                    match counts.iter_mut().find(|c| c.0 == f) {
+                        Some(c) => c.1 += 1,
+                        None => counts.push((f, 1)),
+                    }
+                }
+                counts.sort_by(|a, b| b.1.cmp(&a.1));
+                let list: Vec<String> = counts.iter().map(|(f, n)| format!("{f} ×{n}")).collect();
+                let _ = writeln!(s, "Types chosen: {}.\n", list.join(", "));
+            }
+            let _ = writeln!(
+                s,
+                "Planning {:.1} s ({:.0} % of this run): sensitivity of every candidate on {} calibration tokens {:.1} s, probes on {} tokens {:.1} s, allocation {:.2} s.{}",
+                p.seconds(),
+                100.0 * p.seconds() / self.seconds.max(1e-9),
+                p.calib_tokens,
+                p.seconds_sensitivity,
+                p.probe_tokens,
+                p.seconds_probes,
+                p.seconds_allocate,
+                p.ranks
+                    .as_ref()
+                    .map(|r| format!(" Proxy vs measured KLD over {} probed tensors: Spearman {:.3}.", r.n, r.proxy))
+                    .unwrap_or_default()
+            );
+            let _ = writeln!(
+                s,
+                "\nThe prediction adds per-tensor errors measured one tensor at a time on the float model (cross terms neglected); the solver then quantizes sequentially, each layer on the inputs the quantized layers before it produce, which GPTQ partly compensates — compare the measured KLD, not the prediction."
+            );
+        }
         if let Some(e) = &self.eval {
             let _ = writeln!(s, "\n## Evaluation against the input model\n");
             if let Some(t) = &self.eval_text {
