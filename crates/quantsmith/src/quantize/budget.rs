@@ -921,8 +921,9 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
-/// Grid cells of the knapsack: fine enough that rounding every tensor's bytes up to a cell
-/// loses under 0.1 % of a 200-tensor model's budget, coarse enough to stay well under a second.
+/// Grid cells of the knapsack: rounding every tensor's bytes up to a cell gives away at most
+/// n/2¹⁷ of the budget for n planned tensors (0.16 % for SmolLM2's 211), and the program
+/// stays well under a second.
 const GRID_CELLS: u64 = 1 << 17;
 
 /// One candidate per tensor minimising the total predicted KLD with Σ bytes ≤ `capacity`:
