@@ -138,3 +138,42 @@ fn bad_budget_input_is_one_clear_error_and_nothing_written() {
         &["bad.csv", "line 1", "name,bytes,kld"],
     );
 }
+
+/// On SmolLM2 (576-wide rows), the preset's k-quant types would fall back to 32-blocks; a
+/// budget run chooses every type itself, so no fallback is said or reported.
+#[test]
+fn a_budget_run_reports_no_preset_fallbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fb.gguf");
+    let o = out.to_str().unwrap();
+    let (stdout, stderr) = ok(&[
+        "quantize",
+        "smollm2",
+        "--allow-requantize",
+        "--target-bpw",
+        "6",
+        "--method",
+        "rtn",
+        "--probe",
+        "none",
+        "--plan-samples",
+        "1",
+        "--calib-len",
+        "64",
+        "--candidates",
+        "q8_0,q4_0",
+        "--out",
+        o,
+        "--json",
+        "--progress",
+        "none",
+    ]);
+    assert!(!stderr.contains("fallback"), "{stderr}");
+    assert!(stderr.contains("planned 211 of 211 matrices") && stderr.contains("proxy units, no probes"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["fallbacks"].as_array().unwrap().len(), 0);
+    assert!(r["file_bytes"].as_u64().unwrap() <= r["plan"]["chosen"]["budget_bytes"].as_u64().unwrap());
+    let types: std::collections::BTreeSet<&str> =
+        r["tensors"].as_array().unwrap().iter().filter_map(|t| t["format"].as_str()).collect();
+    assert!(types.contains("q8_0") && types.contains("q4_0"), "{types:?}");
+}

@@ -193,7 +193,8 @@ pub fn run(args: Args) -> Result<()> {
             o.rules = r;
             o.budget = None;
             o.pipeline.out = out.clone();
-            o.pipeline.calib.samples = 128.min(o.pipeline.calib.samples.max(128));
+            // The quantization's own calibration: quantize's default 128 windows.
+            o.pipeline.calib.samples = 128;
             o.eval_text = Some(text.clone());
             o.eval = PerplexityOptions { ctx: 512, max_chunks: Some(args.eval_chunks), ..Default::default() };
             let q = quantize_with(&args.model, &o, &events)?;

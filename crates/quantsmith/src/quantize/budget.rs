@@ -357,8 +357,10 @@ pub struct PlanInputs<'a> {
 struct Item {
     index: usize,
     sens: TensorSensitivity,
-    /// Encoded bytes of the probe candidate (the smallest), kept for the probe.
+    /// The dequantized weights of the probe candidate (the smallest), kept for the probe.
     probe_dequant: Option<Vec<f32>>,
+    /// Whether the sensitivity pass scored it.
+    scored: bool,
 }
 
 fn role_of(name: &str) -> (String, Option<usize>) {
@@ -402,12 +404,15 @@ pub fn plan(inp: &PlanInputs, opts: &BudgetOptions, progress: &dyn Fn(usize, usi
         }
     }
 
-    // Which tensors the plan chooses: matrices no user rule names.
+    // Which tensors the plan chooses: the blocks' matrices, the token embedding and the
+    // head, unless a user rule names them. Other tables (position or token-type embeddings)
+    // keep their base storage: the proxy has no measure for them.
+    let plannable = |name: &str| role_of(name).1.is_some() || name == "token_embd.weight" || name == "output.weight";
     let free: Vec<usize> = inp
         .tensors
         .iter()
         .enumerate()
-        .filter(|(_, t)| t.shape.len() >= 2 && !inp.rules.iter().any(|r| r.matches(&t.name)))
+        .filter(|(_, t)| t.shape.len() >= 2 && plannable(&t.name) && !inp.rules.iter().any(|r| r.matches(&t.name)))
         .map(|(i, _)| i)
         .collect();
     if free.is_empty() {
@@ -473,7 +478,7 @@ pub fn plan(inp: &PlanInputs, opts: &BudgetOptions, progress: &dyn Fn(usize, usi
                 .map(|s| CandidateScore { format: s.name(), bytes: bytes_of(t, s), proxy: 0.0, predicted_kld: 0.0 })
                 .collect(),
         };
-        items.push(Item { index: i, sens, probe_dequant: None });
+        items.push(Item { index: i, sens, probe_dequant: None, scored: false });
     }
     let by_name: HashMap<String, usize> = items.iter().enumerate().map(|(k, it)| (it.sens.name.clone(), k)).collect();
 
@@ -615,6 +620,12 @@ pub fn plan(inp: &PlanInputs, opts: &BudgetOptions, progress: &dyn Fn(usize, usi
         score_lookup(&mut items[k], w, rows, cols, &counts, n_tokens, want)?;
     }
     drop(x);
+    if let Some(it) = items.iter().find(|it| !it.scored) {
+        return Err(Error::Other(format!(
+            "tensor `{}`: the sensitivity pass found no input statistics for it (not a linear of its block, nor the head or embedding); pin it with a rule",
+            it.sens.name
+        )));
+    }
     progress(total_steps, total_steps);
     let seconds_sensitivity = t0.elapsed().as_secs_f64();
 
@@ -837,6 +848,7 @@ fn score(
             it.probe_dequant = Some(dq);
         }
     }
+    it.scored = true;
     Ok(())
 }
 
@@ -869,6 +881,7 @@ fn score_lookup(
             it.probe_dequant = Some(dq);
         }
     }
+    it.scored = true;
     Ok(())
 }
 

@@ -382,11 +382,10 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
     };
     let mut plan = plan::Plan::build(&tensors, &base, &opts.rules, &opts.method, &*exporter)?;
     // A rule that names the tensor's type replaces the preset's choice: no fallback then.
-    let fallbacks: Vec<Fallback> = preset_fallbacks
+    let mut fallbacks: Vec<Fallback> = preset_fallbacks
         .into_iter()
         .filter(|f| plan.entry(&f.tensor).is_some_and(|e| !e.from_rule && e.storage.name() == f.to))
         .collect();
-    notices.extend(describe_fallbacks(&fallbacks));
     let transforms = opts.transforms.iter().map(|t| crate::transform::transform(t)).collect::<Result<Vec<_>>>()?;
     let mut export = export_model(&file, &*arch, opts)?;
     export.recipe = serde_json::json!({
@@ -466,17 +465,20 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         let mut rules = opts.rules.clone();
         rules.extend(br.rules());
         plan = plan::Plan::build(&tensors, &base, &rules, &opts.method, &*exporter)?;
+        // The plan chose the types: no preset type fell back.
+        fallbacks.retain(|f| plan.entry(&f.tensor).is_some_and(|e| !e.from_rule));
         // The file type stays the preset's (llama.cpp only displays it), so that the plan
         // written as a recipe and run with `--recipe` gives the same bytes.
         preset_label = format!("{} file type; every matrix planned for a size budget", preset.name());
         if let Some(a) = &br.chosen {
-            events.notice(&format!(
-                "planned {} of {} matrices for a budget of {} bytes: {} bytes exactly ({:.3} bits per weight), predicted mean KLD {:.5}; planning took {:.1} s",
+            notices.push(format!(
+                "planned {} of {} matrices for a budget of {} bytes: {} bytes exactly ({:.3} bits per weight), predicted {} {:.5}; planning took {:.1} s",
                 a.choice.len(),
                 tensors.iter().filter(|t| t.shape.len() >= 2).count(),
                 a.budget_bytes,
                 a.file_bytes,
                 a.bits_per_weight,
+                if br.kld_units { "mean KLD" } else { "error (proxy units, no probes)" },
                 a.predicted_kld,
                 br.seconds()
             ));
@@ -500,6 +502,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         exporter: &*exporter,
         export: &export,
     };
+    notices.extend(describe_fallbacks(&fallbacks));
     for n in &notices {
         events.notice(n);
     }
