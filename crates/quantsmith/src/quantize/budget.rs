@@ -1070,9 +1070,9 @@ pub fn write_pareto_svg(
         all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1.log10()), b.max(p.1.log10())));
     let (xpad, ypad) = (((x1 - x0) * 0.06).max(0.1), ((y1 - y0) * 0.08).max(0.05));
     let err = |e: String| Error::Other(format!("{}: drawing the chart: {e}", path.display()));
-    let root = SVGBackend::new(path, (980, 520)).into_drawing_area();
+    let root = SVGBackend::new(path, (1060, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let (plot_area, legend_area) = root.split_horizontally(800);
+    let (plot_area, legend_area) = root.split_horizontally(800); // the legend strip: 260 px
     let mut chart = ChartBuilder::on(&plot_area)
         .caption("mean KL-divergence against bits per weight (whole file)", ("sans-serif", 18))
         .margin(12)
