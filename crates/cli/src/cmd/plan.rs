@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use quantsmith::calib::CalibOptions;
 use quantsmith::eval::perplexity::PerplexityOptions;
 use quantsmith::quantize::budget::{parse_sweep, read_reference, write_pareto_svg, BudgetReport};
-use quantsmith::quantize::pipeline::{ImatrixSource, PipelineOptions};
+use quantsmith::quantize::pipeline::PipelineOptions;
 use quantsmith::quantize::preset::Preset;
-use quantsmith::quantize::recipe::{parse_solver, read_recipe, Rule};
-use quantsmith::quantize::{plan_with, quantize_with, QuantizeOptions, DEFAULT_CALIB_NAME, DEFAULT_CALIB_TEXT};
+use quantsmith::quantize::recipe::{parse_solver, Rule};
+use quantsmith::quantize::{plan_with, quantize_with, QuantizeOptions};
 use quantsmith::{Error, Result};
 
 use crate::cmd::eval::read_text;
-use crate::cmd::quantize::{BudgetArgs, Events};
+use crate::cmd::quantize::{calib_texts_of, imatrix_of, rules_of, BudgetArgs, Events};
 
 /// Arguments of `quantsmith plan`.
 #[derive(clap::Args)]
@@ -113,20 +113,9 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     let preset = args.preset.as_deref().map(Preset::parse).transpose()?;
     let method = parse_solver(&args.method)?;
-    let mut rules: Vec<Rule> = args.scheme.iter().map(|s| Rule::parse_scheme(s)).collect::<Result<_>>()?;
-    if let Some(r) = &args.recipe {
-        rules.extend(read_recipe(r)?);
-    }
-    let calib_texts = if args.calib.is_empty() {
-        vec![(PathBuf::from(DEFAULT_CALIB_NAME), DEFAULT_CALIB_TEXT.to_string())]
-    } else {
-        args.calib.iter().map(|p| Ok((p.clone(), read_text(p)?))).collect::<Result<Vec<_>>>()?
-    };
-    let imatrix = match args.imatrix.as_deref() {
-        None => ImatrixSource::None,
-        Some("") => ImatrixSource::Calibrate,
-        Some(f) => ImatrixSource::File(PathBuf::from(f)),
-    };
+    let rules = rules_of(&args.scheme, args.recipe.as_deref())?;
+    let calib_texts = calib_texts_of(&args.calib)?;
+    let imatrix = imatrix_of(args.imatrix.as_deref());
     let eval_text = match &args.eval {
         Some(p) => {
             if sweep.is_empty() {

@@ -148,6 +148,32 @@ impl BudgetArgs {
     }
 }
 
+/// `--scheme` rules, then the `--recipe` file's.
+pub fn rules_of(scheme: &[String], recipe: Option<&std::path::Path>) -> Result<Vec<Rule>> {
+    let mut rules: Vec<Rule> = scheme.iter().map(|s| Rule::parse_scheme(s)).collect::<Result<_>>()?;
+    if let Some(r) = recipe {
+        rules.extend(read_recipe(r)?);
+    }
+    Ok(rules)
+}
+
+/// The `--calib` files' texts, or the built-in novel.
+pub fn calib_texts_of(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
+    if files.is_empty() {
+        return Ok(vec![(PathBuf::from(DEFAULT_CALIB_NAME), DEFAULT_CALIB_TEXT.to_string())]);
+    }
+    files.iter().map(|p| Ok((p.clone(), read_text(p)?))).collect()
+}
+
+/// `--imatrix` absent (none), bare (calibrate) or with a file.
+pub fn imatrix_of(arg: Option<&str>) -> ImatrixSource {
+    match arg {
+        None => ImatrixSource::None,
+        Some("") => ImatrixSource::Calibrate,
+        Some(f) => ImatrixSource::File(PathBuf::from(f)),
+    }
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
     let preset = args.preset.as_deref().map(Preset::parse).transpose()?;
@@ -163,20 +189,9 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let method = parse_solver(&args.method)?;
-    let mut rules: Vec<Rule> = args.scheme.iter().map(|s| Rule::parse_scheme(s)).collect::<Result<_>>()?;
-    if let Some(r) = &args.recipe {
-        rules.extend(read_recipe(r)?);
-    }
-    let calib_texts = if args.calib.is_empty() {
-        vec![(PathBuf::from(DEFAULT_CALIB_NAME), DEFAULT_CALIB_TEXT.to_string())]
-    } else {
-        args.calib.iter().map(|p| Ok((p.clone(), read_text(p)?))).collect::<Result<Vec<_>>>()?
-    };
-    let imatrix = match args.imatrix.as_deref() {
-        None => ImatrixSource::None,
-        Some("") => ImatrixSource::Calibrate,
-        Some(f) => ImatrixSource::File(PathBuf::from(f)),
-    };
+    let rules = rules_of(&args.scheme, args.recipe.as_deref())?;
+    let calib_texts = calib_texts_of(&args.calib)?;
+    let imatrix = imatrix_of(args.imatrix.as_deref());
     let eval_text = match &args.eval {
         Some(p) => Some((p.clone(), read_text(p)?)),
         None => None,

@@ -832,16 +832,7 @@ fn score(
         return Err(Error::Other(format!("tensor `{}`: non-finite weight {} at index {i}", it.sens.name, w[i])));
     }
     for (j, c) in it.sens.candidates.iter_mut().enumerate() {
-        let s = Storage::parse(&c.format)?;
-        let dq = if s.is_float() {
-            match s.ggml() {
-                Some(formats::ggml::GgmlType::F16) => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
-                Some(formats::ggml::GgmlType::Bf16) => w.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
-                _ => w.to_vec(),
-            }
-        } else {
-            target::rtn(&s.target()?, &it.sens.name, w, rows, cols, Some(imp))?.dequant
-        };
+        let dq = candidate_weights(&c.format, &it.sens.name, w, rows, cols, Some(imp))?;
         let delta: Vec<f32> = w.iter().zip(&dq).map(|(a, b)| a - b).collect();
         c.proxy = quad_form(&delta, hmean, cols).max(0.0);
         if j == 0 && keep_probe {
@@ -850,6 +841,25 @@ fn score(
     }
     it.scored = true;
     Ok(())
+}
+
+/// The weights `w` as candidate `format` leaves them: rounded to nearest (with importance
+/// `imp`, where given) for quantized formats, through the float type for f16/bf16/f32.
+fn candidate_weights(
+    format: &str,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    imp: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    let s = Storage::parse(format)?;
+    Ok(match s.ggml() {
+        Some(formats::ggml::GgmlType::F16) => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+        Some(formats::ggml::GgmlType::Bf16) => w.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
+        _ if s.is_float() => w.to_vec(),
+        _ => target::rtn(&s.target()?, name, w, rows, cols, imp)?.dequant,
+    })
 }
 
 /// Scores an embedding lookup: Σ_v count(v)·‖ΔE_v‖² per token.
@@ -863,12 +873,7 @@ fn score_lookup(
     keep_probe: bool,
 ) -> Result<()> {
     for (j, c) in it.sens.candidates.iter_mut().enumerate() {
-        let s = Storage::parse(&c.format)?;
-        let dq = if s.is_float() {
-            w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect::<Vec<f32>>()
-        } else {
-            target::rtn(&s.target()?, &it.sens.name, w, rows, cols, None)?.dequant
-        };
+        let dq = candidate_weights(&c.format, &it.sens.name, w, rows, cols, None)?;
         let mut e = 0f64;
         for r in 0..rows {
             if counts[r] > 0.0 {
