@@ -59,4 +59,9 @@ pub trait TensorSource: Send + Sync {
     fn info(&self, name: &str) -> Option<TensorInfo>;
     /// Materializes one tensor as f32, row-major with `info(name).shape`.
     fn load_f32(&self, name: &str) -> Result<Vec<f32>>;
+    /// Why `name` has no [`TensorSource::info`] although the checkpoint has an entry of that
+    /// name (an unsupported dtype, say); `None` when it is simply absent.
+    fn absent_reason(&self, _name: &str) -> Option<String> {
+        None
+    }
 }

@@ -44,6 +44,10 @@ pub fn read_text(path: &PathBuf) -> Result<String> {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
+    crate::cmd::check_range("--ctx", args.ctx, 4, crate::cmd::MAX_LEN, "tokens per chunk")?;
+    if let Some(c) = args.chunks {
+        crate::cmd::check_range("--chunks", c, 1, usize::MAX, "chunks to evaluate")?;
+    }
     let text = read_text(&args.text)?;
     let file = open_model(&args.models[0])?;
     match arch::model_kind(&file)? {

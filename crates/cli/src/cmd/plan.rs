@@ -107,6 +107,7 @@ fn refuse_existing(p: &Path, force: bool) -> Result<()> {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
+    crate::cmd::quantize::check_calib(args.budget.plan_samples.max(1), args.calib_len)?;
     let sweep = args.sweep.as_deref().map(parse_sweep).transpose()?.unwrap_or_default();
     let budget = args.budget.options(sweep.clone())?.ok_or_else(|| {
         Error::Other("quantsmith plan needs --target-size SIZE, --target-bpw BPW or --sweep FROM:TO:STEP".into())

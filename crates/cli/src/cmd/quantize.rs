@@ -162,7 +162,19 @@ pub fn calib_texts_of(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     if files.is_empty() {
         return Ok(vec![(PathBuf::from(DEFAULT_CALIB_NAME), DEFAULT_CALIB_TEXT.to_string())]);
     }
-    files.iter().map(|p| Ok((p.clone(), read_text(p)?))).collect()
+    files
+        .iter()
+        .map(|p| {
+            let t = read_text(p)?;
+            if t.trim().is_empty() {
+                return Err(Error::Text {
+                    path: p.clone(),
+                    msg: "is empty: there is no calibration text in it".into(),
+                });
+            }
+            Ok((p.clone(), t))
+        })
+        .collect()
 }
 
 /// `--imatrix` absent (none), bare (calibrate) or with a file.
@@ -174,8 +186,19 @@ pub fn imatrix_of(arg: Option<&str>) -> ImatrixSource {
     }
 }
 
+/// Bounds of the calibration options (checked before anything is read).
+pub fn check_calib(samples: usize, len: usize) -> Result<()> {
+    crate::cmd::check_range("--calib-samples", samples, 1, 1 << 20, "calibration windows")?;
+    crate::cmd::check_range("--calib-len", len, 2, crate::cmd::MAX_LEN, "tokens per calibration window")
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
+    check_calib(args.calib_samples, args.calib_len)?;
+    if args.eval.is_some() {
+        crate::cmd::check_range("--eval-ctx", args.eval_ctx, 4, crate::cmd::MAX_LEN, "tokens per evaluation chunk")?;
+        crate::cmd::check_range("--eval-chunks", args.eval_chunks, 1, usize::MAX, "evaluation chunks")?;
+    }
     let preset = args.preset.as_deref().map(Preset::parse).transpose()?;
     let layout = match (&args.layout, quantsmith::quantize::default_layout(&args.out)) {
         (Some(l), _) => l.clone(),

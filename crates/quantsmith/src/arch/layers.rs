@@ -653,8 +653,8 @@ pub fn missing(path: &Path, name: &str) -> Error {
 
 /// Loads tensor `name` as f32 and checks its shape (and that the source gave every value).
 pub fn load_checked(src: &dyn TensorSource, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let info = src.info(name).ok_or_else(|| missing(path, name))?;
     let err = |msg: String| Error::Tensor { path: path.to_path_buf(), tensor: name.into(), msg };
+    let info = src.info(name).ok_or_else(|| src.absent_reason(name).map(err).unwrap_or_else(|| missing(path, name)))?;
     if info.shape != shape {
         return Err(err(format!("expected shape {shape:?}, found {:?}", info.shape)));
     }
@@ -662,7 +662,20 @@ pub fn load_checked(src: &dyn TensorSource, path: &Path, name: &str, shape: &[us
     if data.len() != info.numel() {
         return Err(err(format!("{} values read, expected {}", data.len(), info.numel())));
     }
+    check_finite(&data, shape).map_err(err)?;
     Ok(data)
+}
+
+/// An error message for the first value of `data` (of `shape`) that is NaN or infinite:
+/// such a weight makes every result NaN, so it is refused where it is read.
+pub fn check_finite(data: &[f32], shape: &[usize]) -> std::result::Result<(), String> {
+    let Some(i) = data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let row = shape.last().copied().filter(|&c| c > 0 && shape.len() > 1);
+    let at = match row {
+        Some(c) => format!("row {}, column {}", i / c, i % c),
+        None => format!("index {i}"),
+    };
+    Err(format!("value {} at {at}: weights must be finite", data[i]))
 }
 
 /// Loads `{base}.weight` `[out, inp]` and, with `bias`, `{base}.bias` `[out]`.

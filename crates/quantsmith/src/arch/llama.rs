@@ -153,6 +153,8 @@ pub struct LlamaConfig {
     pub qkv_bias: bool,
     /// Tensor naming convention of the checkpoint.
     pub naming: Naming,
+    /// Context length the model was trained for (`context_length`, `max_position_embeddings`).
+    pub n_ctx: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -192,8 +194,10 @@ impl LlamaConfig {
             rope,
             qkv_bias: g.info("blk.0.attn_q.bias").is_some(),
             naming: Naming::Gguf,
+            n_ctx: g.opt_u32(&k("context_length"))?.map(|v| v as usize),
             arch: arch.clone(),
         };
+        cfg.validate(g.path(), &|f| k(gguf_key(f)))?;
         if let Some(rd) = g.opt_u32(&k("rope.dimension_count"))? {
             if rd as usize != cfg.head_dim {
                 return Err(Error::Config {
@@ -203,7 +207,17 @@ impl LlamaConfig {
                 });
             }
         }
-        cfg.validate(g.path())?;
+        // Blocks past `block_count` would be silently ignored: a file that has them is not
+        // what its metadata says.
+        if let Some(t) =
+            g.gguf_tensors().iter().find(|t| block_index(&t.name, "blk.").is_some_and(|b| b >= cfg.n_layer))
+        {
+            return Err(Error::Config {
+                path: g.path().to_path_buf(),
+                key: k("block_count"),
+                msg: format!("is {}, but the file has tensor `{}` of a block past it", cfg.n_layer, t.name),
+            });
+        }
         Ok(cfg)
     }
 
@@ -333,28 +347,95 @@ impl LlamaConfig {
             rope: RopeLayout::Halves,
             qkv_bias,
             naming: Naming::Hf,
+            n_ctx: c.get("max_position_embeddings").and_then(|v| v.as_u64()).map(|v| v as usize),
             arch,
         };
-        cfg.validate(&path)?;
+        cfg.validate(&path, &|f| hf_key(f).to_string())?;
+        if let Some(t) = m
+            .file_entries()
+            .into_iter()
+            .map(|e| e.name.as_str())
+            .find(|t| block_index(t, "model.layers.").is_some_and(|b| b >= cfg.n_layer))
+        {
+            return Err(err(
+                "num_hidden_layers",
+                format!("is {}, but the checkpoint has tensor `{t}` of a layer past it", cfg.n_layer),
+            ));
+        }
         Ok(cfg)
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config { path: path.to_path_buf(), key: "attention".into(), msg });
-        if self.n_head == 0 || self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
-            return bad(format!(
-                "{} query heads cannot be grouped over {} key/value heads",
-                self.n_head, self.n_head_kv
-            ));
+    /// Checks the hyper-parameters; `key(field)` names a field as the checkpoint spells it
+    /// (`head_count`, `head_count_kv`, `embedding_length`, `feed_forward_length`,
+    /// `block_count`, `key_length`, `epsilon`, `rope_base`).
+    fn validate(&self, path: &Path, key: &dyn Fn(&str) -> String) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::Config { path: path.to_path_buf(), key: key(field), msg });
+        for (field, v) in [
+            ("head_count", self.n_head),
+            ("embedding_length", self.d_model),
+            ("feed_forward_length", self.d_ff),
+            ("block_count", self.n_layer),
+        ] {
+            if v == 0 {
+                return bad(field, "is 0: the model would have no weights there".into());
+            }
+            // Far past any real model, and past what the forward pass can index.
+            if v > 1 << 20 {
+                return bad(field, format!("{v} is absurdly large"));
+            }
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad(format!("head width {} must be even and positive", self.head_dim));
+        if self.vocab == 0 {
+            return bad("embedding_length", "the token embedding has no rows".into());
         }
-        if self.n_layer == 0 || self.d_model == 0 || self.d_ff == 0 || self.vocab == 0 {
-            return bad("zero-sized model dimensions".into());
+        if self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
+            return bad(
+                "head_count_kv",
+                format!("{} query heads cannot be grouped over {} key/value heads", self.n_head, self.n_head_kv),
+            );
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 1 << 16 {
+            return bad("key_length", format!("head width {} must be even, positive and sane", self.head_dim));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rms_eps < 1.0) {
+            return bad("epsilon", format!("RMSNorm epsilon {} must be a small positive number", self.rms_eps));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad("rope_base", format!("RoPE base {} must be a positive number", self.rope_theta));
         }
         Ok(())
     }
+}
+
+/// The GGUF key (after `{arch}.`) of a [`LlamaConfig::validate`] field.
+fn gguf_key(field: &str) -> &str {
+    match field {
+        "head_count" => "attention.head_count",
+        "head_count_kv" => "attention.head_count_kv",
+        "key_length" => "attention.key_length",
+        "epsilon" => "attention.layer_norm_rms_epsilon",
+        "rope_base" => "rope.freq_base",
+        f => f,
+    }
+}
+
+/// The `config.json` key of a [`LlamaConfig::validate`] field.
+fn hf_key(field: &str) -> &str {
+    match field {
+        "head_count" => "num_attention_heads",
+        "head_count_kv" => "num_key_value_heads",
+        "key_length" => "head_dim",
+        "epsilon" => "rms_norm_eps",
+        "rope_base" => "rope_theta",
+        "embedding_length" => "hidden_size",
+        "feed_forward_length" => "intermediate_size",
+        "block_count" => "num_hidden_layers",
+        f => f,
+    }
+}
+
+/// The block number of a tensor named `{prefix}N.…`.
+fn block_index(name: &str, prefix: &str) -> Option<usize> {
+    name.strip_prefix(prefix)?.split('.').next()?.parse().ok()
 }
 
 /// One decoder block's weights.
@@ -759,6 +840,9 @@ impl super::Arch for LlamaArch<'_> {
     }
     fn vocab(&self) -> usize {
         self.cfg.vocab
+    }
+    fn max_len(&self) -> Option<usize> {
+        self.cfg.n_ctx.filter(|&n| n > 0)
     }
     fn load_block(&self, i: usize, max_len: usize) -> Result<Box<dyn super::Block>> {
         let block = Block::load(self.file.source(), self.file.path(), &self.cfg, i)?;

@@ -32,10 +32,17 @@ pub fn kind_of(arch: &str) -> Option<ModelKind> {
 pub fn model_kind(file: &ModelFile) -> Result<ModelKind> {
     let arch = file.architecture()?;
     kind_of(arch).ok_or_else(|| {
-        Error::Other(format!(
-            "{}: architecture `{arch}` is not supported (decoders: llama, mistral, qwen2; encoders: bert, mpnet)",
-            file.path().display()
-        ))
+        let (path, key) = match file {
+            ModelFile::Gguf(g) => (g.path().to_path_buf(), "general.architecture"),
+            ModelFile::Hf(h) => (h.dir().join("config.json"), "model_type"),
+        };
+        Error::Config {
+            path,
+            key: key.into(),
+            msg: format!(
+                "architecture `{arch}` is not supported (decoders: llama, mistral, qwen2; encoders: bert, mpnet)"
+            ),
+        }
     })
 }
 
@@ -158,6 +165,10 @@ pub trait Arch: Send + Sync {
     fn d_model(&self) -> usize;
     /// Rows of the token embedding.
     fn vocab(&self) -> usize;
+    /// The longest sequence the model was made for, when the checkpoint says.
+    fn max_len(&self) -> Option<usize> {
+        None
+    }
     /// Loads block `i` (f32 in memory), ready to run sequences of up to `max_len` positions.
     fn load_block(&self, i: usize, max_len: usize) -> Result<Box<dyn Block>>;
     /// Loads the tensors outside the blocks.

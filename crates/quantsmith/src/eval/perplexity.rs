@@ -244,6 +244,39 @@ struct Accum {
     agree: usize,
 }
 
+/// The evaluation's tokens and the number of chunks of `opts.ctx` it scores, or the error
+/// that `opts` or a text too short gives.
+pub fn eval_tokens(
+    tok: &Tokenizer,
+    text: &str,
+    text_path: &Path,
+    opts: &PerplexityOptions,
+) -> Result<(Vec<u32>, usize)> {
+    let ctx = opts.ctx;
+    if ctx < 4 {
+        return Err(Error::Other(format!("a context of {ctx} tokens is too small: at least 4 tokens are needed")));
+    }
+    if opts.max_chunks == Some(0) {
+        return Err(Error::Other("0 chunks evaluate nothing".into()));
+    }
+    let tokens = perplexity_tokens(tok, text)?;
+    if tokens.len() < 2 * ctx {
+        return Err(Error::Text {
+            path: text_path.to_path_buf(),
+            msg: format!(
+                "{} tokens is too short for perplexity at a context of {ctx} tokens: at least {} tokens (2 × the context) are needed",
+                tokens.len(),
+                2 * ctx
+            ),
+        });
+    }
+    let mut n_chunks = tokens.len() / ctx;
+    if let Some(m) = opts.max_chunks {
+        n_chunks = n_chunks.min(m);
+    }
+    Ok((tokens, n_chunks))
+}
+
 /// Evaluates several models on the same chunks, running the base only once per chunk.
 pub fn evaluate_decoders(
     models: &[&Llama],
@@ -255,9 +288,6 @@ pub fn evaluate_decoders(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<DecoderReport>> {
     let ctx = opts.ctx;
-    if ctx < 4 {
-        return Err(Error::Other(format!("--ctx {ctx} is too small: at least 4 tokens are needed")));
-    }
     let Some(first_model) = models.first() else {
         return Err(Error::Other("no model to evaluate".into()));
     };
@@ -273,24 +303,7 @@ pub fn evaluate_decoders(
             )));
         }
     }
-    let tokens = perplexity_tokens(tok, text)?;
-    if tokens.len() < 2 * ctx {
-        return Err(Error::Text {
-            path: text_path.to_path_buf(),
-            msg: format!(
-                "{} tokens is too short for perplexity at --ctx {ctx}: at least {} tokens (2 × ctx) are needed",
-                tokens.len(),
-                2 * ctx
-            ),
-        });
-    }
-    let mut n_chunks = tokens.len() / ctx;
-    if let Some(m) = opts.max_chunks {
-        n_chunks = n_chunks.min(m);
-    }
-    if n_chunks == 0 {
-        return Err(Error::Other("--chunks 0 evaluates nothing".into()));
-    }
+    let (tokens, n_chunks) = eval_tokens(tok, text, text_path, opts)?;
     let first = ctx / 2;
     let scored = ctx - 1 - first;
     let mut acc: Vec<Accum> = models.iter().map(|_| Accum::default()).collect();
@@ -342,6 +355,19 @@ pub fn evaluate_decoders(
                     row_stats(m, b, target)
                 })
                 .collect();
+            // A result is never NaN: a model that computes non-finite logits is an error.
+            if let Some(j) =
+                rows.iter().position(|r| !(r.nll.is_finite() && r.base_nll.is_finite() && r.kld.is_finite()))
+            {
+                let who =
+                    if rows[j].nll.is_finite() { base.map(|b| &b.path).unwrap_or(&model.path) } else { &model.path };
+                return Err(Error::Other(format!(
+                    "{}: the forward pass gave non-finite logits in chunk {} of {} (its weights or hyper-parameters overflow)",
+                    who.display(),
+                    c0 + j / scored + 1,
+                    text_path.display()
+                )));
+            }
             for r in rows {
                 a.nll.push(r.nll);
                 if base.is_some() {

@@ -652,6 +652,9 @@ impl GgufFile {
                 Some(n) if n <= usize::MAX as u64 / 4 => n as usize,
                 _ => return Err(tensor_err(&path, &name, format!("dimensions {ne:?} overflow"))),
             };
+            if ne.contains(&0) {
+                return Err(tensor_err(&path, &name, format!("dimensions {ne:?}: a dimension of 0 (an empty tensor)")));
+            }
             if ne[0] % ty.block_size() as u64 != 0 {
                 return Err(tensor_err(
                     &path,

@@ -302,4 +302,13 @@ impl TensorSource for HfModel {
             }
         }
     }
+
+    fn absent_reason(&self, name: &str) -> Option<String> {
+        let e = self.entry(name)?;
+        let file = self.shard_of(name).ok().map(|s| s.path().display().to_string()).unwrap_or_default();
+        Some(format!(
+            "stored as {} in {file}: a dtype quantsmith does not read as weights (F32, F16 and BF16 are; quantized checkpoints are read through their quantization_config)",
+            e.dtype
+        ))
+    }
 }

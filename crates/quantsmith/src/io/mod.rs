@@ -40,9 +40,14 @@ impl ModelFile {
             return GgufFile::open(path).map(ModelFile::Gguf);
         }
         let hint = if path.extension().is_some_and(|e| e == "safetensors") {
-            "; for safetensors weights pass the directory holding config.json and the .safetensors file"
+            "; for safetensors weights pass the directory holding config.json and the .safetensors file".to_string()
+        } else if n == 0 {
+            " (the file is empty)".to_string()
         } else {
-            ""
+            format!(
+                " (a GGUF file starts with the magic bytes \"GGUF\"; this one starts with {})",
+                magic[..n].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+            )
         };
         Err(Error::corrupt(path, format!("not a model: neither a GGUF file nor a Hugging Face model directory{hint}")))
     }

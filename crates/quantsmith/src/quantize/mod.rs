@@ -386,6 +386,21 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         .into_iter()
         .filter(|f| plan.entry(&f.tensor).is_some_and(|e| !e.from_rule && e.storage.name() == f.to))
         .collect();
+    let calibrates = opts.budget.is_some()
+        || opts.pipeline.imatrix == ImatrixSource::Calibrate
+        || plan.entries.iter().any(|e| !e.storage.is_float() && e.method.needs_hessian());
+    if calibrates {
+        if let Some(n) = arch.max_len().filter(|&n| opts.pipeline.calib.len > n) {
+            return Err(Error::Other(format!(
+                "--calib-len {}: calibration windows longer than the model's context of {n} tokens (its checkpoint says so) would calibrate positions it never runs at",
+                opts.pipeline.calib.len
+            )));
+        }
+    }
+    if let Some((path, text)) = &opts.eval_text {
+        // Checked now, so that a text too short fails before anything is written.
+        crate::eval::perplexity::eval_tokens(&tok, text, path, &opts.eval)?;
+    }
     let transforms = opts.transforms.iter().map(|t| crate::transform::transform(t)).collect::<Result<Vec<_>>>()?;
     let mut export = export_model(&file, &*arch, opts)?;
     export.recipe = serde_json::json!({
