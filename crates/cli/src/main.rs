@@ -53,6 +53,12 @@ fn set_threads(n: Option<usize>) -> quantsmith::Result<()> {
 }
 
 fn main() {
+    // A file-size limit (`ulimit -f`) then makes a write fail with an error the run reports
+    // and cleans up after, instead of killing the process with SIGXFSZ mid-write.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     cmd::progress::set_mode(cli.progress);
     if let Err(e) = set_threads(cli.threads) {
@@ -70,7 +76,8 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        // One line, whatever a file's names and strings hold.
+        eprintln!("error: {}", cmd::printable(&e.to_string()));
         std::process::exit(2);
     }
 }

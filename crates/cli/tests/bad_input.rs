@@ -885,3 +885,26 @@ fn texts_options_and_outputs() {
     write_matrix("io");
     check(problems);
 }
+
+#[test]
+fn calibration_options_that_change_nothing_are_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny::Tiny::default().gguf_in(dir.path());
+    let out = dir.path().join("x.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_quantsmith"))
+        .args(["quantize", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn"])
+        .args(["--preset", "Q8_0", "--calib-samples", "7", "--calib-len", "99", "--progress", "none"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("note: --calib-samples, --calib-len have no effect: --method rtn without --imatrix"), "{e}");
+    // With --imatrix they calibrate: nothing to say.
+    let o = Command::new(env!("CARGO_BIN_EXE_quantsmith"))
+        .args(["quantize", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn", "--imatrix"])
+        .args(["--preset", "Q8_0", "--calib-samples", "2", "--calib-len", "64", "--progress", "none", "--force"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !e.contains("no effect"), "{e}");
+}

@@ -10,6 +10,8 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod linalg;
 pub mod memory;

@@ -56,9 +56,10 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
         return Ok(());
     }
 
-    println!("model:           {}", file.path().display());
+    let p = crate::cmd::printable;
+    println!("model:           {}", p(&file.path().display().to_string()));
     println!("format:          {}", inv.format);
-    println!("architecture:    {}", inv.architecture);
+    println!("architecture:    {}", p(&inv.architecture));
     println!("parameters:      {} ({:.1} M)", inv.parameters, inv.parameters as f64 / 1e6);
     println!("weight bytes:    {} ({:.1} MiB)", inv.bytes, inv.bytes as f64 / (1024.0 * 1024.0));
     println!("size on disk:    {} ({:.1} MiB)", on_disk, on_disk as f64 / (1024.0 * 1024.0));
@@ -70,7 +71,7 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
     );
     println!("metadata:");
     for (k, v) in &metadata {
-        println!("  {k} = {v}");
+        println!("  {} = {}", p(k), p(v));
     }
     let mut by_type: Vec<(&str, usize, usize, usize)> = Vec::new();
     for t in &inv.tensors {
@@ -87,17 +88,17 @@ pub fn run(args: Args) -> quantsmith::Result<()> {
     for (name, n, params, bytes) in &by_type {
         println!("  {name:<8} {n:>5} tensors {params:>12} weights {bytes:>12} bytes");
     }
-    let w = inv.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    let w = inv.tensors.iter().map(|t| p(&t.name).chars().count()).max().unwrap_or(4).max(4);
     println!("tensors ({}):", inv.tensors.len());
     println!("  {:<w$}  {:<20}  {:<7}  {:>12}", "name", "shape", "type", "bytes");
     for t in &inv.tensors {
         let shape = format!("{:?}", t.shape);
-        println!("  {:<w$}  {:<20}  {:<7}  {:>12}", t.name, shape, t.dtype.name(), t.n_bytes);
+        println!("  {:<w$}  {:<20}  {:<7}  {:>12}", p(&t.name), shape, t.dtype.name(), t.n_bytes);
     }
     if !inv.other.is_empty() {
         println!("not weights (not counted above):");
         for (name, dtype, shape, bytes) in &inv.other {
-            println!("  {:<w$}  {:<20}  {:<7}  {:>12}", name, format!("{shape:?}"), dtype.to_lowercase(), bytes);
+            println!("  {:<w$}  {:<20}  {:<7}  {:>12}", p(name), format!("{shape:?}"), p(&dtype.to_lowercase()), bytes);
         }
     }
     Ok(())

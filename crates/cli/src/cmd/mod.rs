@@ -21,3 +21,15 @@ pub fn check_range(flag: &str, v: usize, lo: usize, hi: usize, what: &str) -> qu
 /// The largest sequence length any option accepts: far past every model's context, small
 /// enough that its tables stay small.
 pub const MAX_LEN: usize = 1 << 20;
+
+/// `s` safe to print on a terminal: control characters (escape sequences, carriage returns,
+/// newlines) and the bidirectional overrides are shown as `\u{..}` escapes, never sent raw.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars().map(|c| if bad(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect(),
+    )
+}

@@ -135,5 +135,5 @@ impl Progress {
 
 /// A line for the user on stderr, above any bar.
 pub fn notice(msg: &str) {
-    eprintln!("note: {msg}");
+    eprintln!("note: {}", crate::cmd::printable(msg));
 }

@@ -213,6 +213,34 @@ pub fn run(args: Args) -> Result<()> {
     };
     let method = parse_solver(&args.method)?;
     let rules = rules_of(&args.scheme, args.recipe.as_deref())?;
+    // Calibration options that change nothing are said (once the options are checked), not
+    // silently dropped.
+    let mut unused_note = None;
+    let calibrates = method.needs_hessian()
+        || args.imatrix.as_deref() == Some("")
+        || args.budget.target_size.is_some()
+        || args.budget.target_bpw.is_some()
+        || rules.iter().any(|r| r.solver.as_deref().is_some_and(|s| s != "rtn"));
+    if !calibrates {
+        let d = CalibOptions::default();
+        let unused: Vec<&str> = [
+            (!args.calib.is_empty(), "--calib"),
+            (args.calib_samples != d.samples, "--calib-samples"),
+            (args.calib_len != d.len, "--calib-len"),
+            (args.seed != d.seed, "--seed"),
+        ]
+        .iter()
+        .filter_map(|&(given, flag)| given.then_some(flag))
+        .collect();
+        if !unused.is_empty() {
+            unused_note = Some(format!(
+                "{} {} no effect: --method {} without --imatrix does not calibrate (add --imatrix to weight the rounding by calibration statistics, or --method gptq)",
+                unused.join(", "),
+                if unused.len() == 1 { "has" } else { "have" },
+                args.method
+            ));
+        }
+    }
     let calib_texts = calib_texts_of(&args.calib)?;
     let imatrix = imatrix_of(args.imatrix.as_deref());
     let eval_text = match &args.eval {
@@ -250,6 +278,9 @@ pub fn run(args: Args) -> Result<()> {
         if !d.is_dir() {
             return Err(Error::Other(format!("--report {}: not a directory", d.display())));
         }
+    }
+    if let Some(n) = unused_note {
+        crate::cmd::progress::notice(&n);
     }
     let events = Events::new();
     let report = quantize_with(&args.model, &opts, &events)?;

@@ -239,7 +239,8 @@ impl HfDirWriter {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "the output's parent directory does not exist"),
             ));
         }
-        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        // A fixed name: a killed run's leftover is removed by the next run.
+        let tmp = parent.join(format!(".{name}.writing"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
@@ -443,7 +444,7 @@ impl HfDirWriter {
         let old = if self.out.exists() {
             let parent = self.tmp.parent().unwrap_or(Path::new("."));
             let name = self.out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            let old = parent.join(format!(".{name}.old"));
             if old.exists() {
                 std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
             }

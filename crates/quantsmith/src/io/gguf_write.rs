@@ -116,11 +116,11 @@ impl GgufWriter {
             _ => PathBuf::from("."),
         };
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{file_name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
+        // A fixed temporary name beside the output: a killed run's leftover is replaced by the
+        // next run's; an error removes it. Created as any new file is (the umask applies).
+        let tmp_path = dir.join(format!(".{file_name}.tmp"));
+        let guard = RemoveOnDrop(Some(tmp_path.clone()));
+        let tmp = std::fs::File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
         let mut out = BufWriter::new(tmp);
 
         let header = header_bytes(&metadata, &tensors);
@@ -130,13 +130,32 @@ impl GgufWriter {
         spool.seek(SeekFrom::Start(0)).map_err(|e| Error::io(std::env::temp_dir(), e))?;
         std::io::copy(&mut spool, &mut out).map_err(io_err)?;
         let tmp = out.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
-        tmp.as_file().sync_all().map_err(io_err)?;
-        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        tmp.sync_all().map_err(io_err)?;
+        drop(tmp);
+        std::fs::rename(&tmp_path, &path).map_err(io_err)?;
+        guard.disarm();
         Ok(())
     }
 
     fn err(&self, key: &str, msg: String) -> Error {
         Error::Config { path: self.path.clone(), key: key.to_string(), msg }
+    }
+}
+
+/// Removes a file when dropped, unless disarmed: an error leaves no temporary file behind.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

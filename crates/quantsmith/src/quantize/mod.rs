@@ -301,6 +301,12 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
             file.path().display()
         )));
     }
+    if !plan_only && gguf_out && out.is_dir() {
+        return Err(Error::Other(format!(
+            "{}: is a directory, but the gguf layout writes one file (name a .gguf file, or choose a directory layout with --layout)",
+            out.display()
+        )));
+    }
     if !plan_only && occupied(out) && !opts.force {
         return Err(Error::Other(format!(
             "{}: already exists; pass --force to replace it (nothing was done)",

@@ -127,6 +127,29 @@ struct Checkpoint {
     /// Wall-clock seconds spent on the checkpointed blocks, over every run that worked on them.
     #[serde(default)]
     seconds: f64,
+    /// CRC-32 of every file of the checkpoint (`blk.N.bin`, `x.bin`) as written: a damaged
+    /// checkpoint is never resumed from.
+    #[serde(default)]
+    crc32: BTreeMap<String, u32>,
+}
+
+impl Checkpoint {
+    /// Why the files in `work` are not the ones this state recorded, if they are not.
+    fn damage(&self, work: &Path, calibrate: bool) -> Option<String> {
+        let mut files: Vec<String> = (0..self.next_block).map(|i| format!("blk.{i}.bin")).collect();
+        if calibrate {
+            files.push("x.bin".into());
+        }
+        for f in files {
+            let Some(&want) = self.crc32.get(&f) else { return Some(format!("{f} has no recorded checksum")) };
+            match std::fs::read(work.join(&f)) {
+                Err(e) => return Some(format!("{f}: {e}")),
+                Ok(b) if crc32fast::hash(&b) != want => return Some(format!("{f} differs from what was written")),
+                Ok(_) => {}
+            }
+        }
+        None
+    }
 }
 
 /// What the pipeline runs on besides its options: the model, the plan, the rewrites and
@@ -163,7 +186,7 @@ pub fn partial_dir(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write_spill(path: &Path, tensors: &[QuantTensor]) -> Result<()> {
+fn write_spill(path: &Path, tensors: &[QuantTensor]) -> Result<u32> {
     let mut buf = Vec::new();
     for t in tensors {
         t.write_spill(&mut buf);
@@ -184,13 +207,14 @@ fn read_spill(path: &Path, plan: &Plan) -> Result<Vec<QuantTensor>> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` via a temporary name in the same directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` via a temporary name in the same directory; returns their CRC-32.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<u32> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(crc32fast::hash(bytes))
 }
 
 /// Everything a group's solve needs besides the block.
@@ -284,15 +308,28 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let work = partial_dir(&opts.out);
     let transforms: Vec<String> = inp.transforms.iter().map(|t| format!("{t:?}")).collect();
     let fingerprint = plan.fingerprint(inp.input, opts, &format!("{}|{}", inp.exporter.name(), transforms.join(";")));
-    let mut state = Checkpoint { fingerprint: fingerprint.clone(), next_block: 0, tensors: Vec::new(), seconds: 0.0 };
+    let fresh = || Checkpoint {
+        fingerprint: fingerprint.clone(),
+        next_block: 0,
+        tensors: Vec::new(),
+        seconds: 0.0,
+        crc32: BTreeMap::new(),
+    };
+    let mut state = fresh();
     let mut resumed_blocks = 0;
+    let mut damaged = None;
     if opts.resume {
         if let Ok(text) = std::fs::read_to_string(work.join("state.json")) {
-            if let Ok(s) = serde_json::from_str::<Checkpoint>(&text) {
-                if s.fingerprint == fingerprint && (!calibrate || work.join("x.bin").exists()) {
-                    resumed_blocks = s.next_block;
-                    state = s;
-                }
+            match serde_json::from_str::<Checkpoint>(&text) {
+                Ok(s) if s.fingerprint == fingerprint && s.next_block <= n_blocks => match s.damage(&work, calibrate) {
+                    None => {
+                        resumed_blocks = s.next_block;
+                        state = s;
+                    }
+                    Some(why) => damaged = Some(why),
+                },
+                Ok(_) => {}
+                Err(e) => damaged = Some(format!("state.json: {e}")),
             }
         }
     }
@@ -305,6 +342,8 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             work.display(),
             resumed_seconds
         ));
+    } else if let Some(why) = damaged {
+        events.notice(&format!("{} holds a damaged checkpoint ({why}): starting afresh", work.display()));
     } else if opts.resume && work.join("state.json").exists() {
         events.notice(&format!(
             "{} holds a checkpoint of a different run (other input, plan or options): starting afresh",
@@ -445,9 +484,11 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         drop(blk);
 
         let t = Instant::now();
-        write_spill(&work.join(format!("blk.{i}.bin")), &spill)?;
+        let crc = write_spill(&work.join(format!("blk.{i}.bin")), &spill)?;
+        state.crc32.insert(format!("blk.{i}.bin"), crc);
         if calibrate {
-            write_atomic(&work.join("x.bin"), &f32_bytes(&x))?;
+            let crc = write_atomic(&work.join("x.bin"), &f32_bytes(&x))?;
+            state.crc32.insert("x.bin".into(), crc);
         }
         state.next_block = i + 1;
         phases.write += t.elapsed().as_secs_f64();
@@ -455,6 +496,10 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         let json = serde_json::to_vec(&state).map_err(|e| Error::Other(e.to_string()))?;
         write_atomic(&work.join("state.json"), &json)?;
         events.progress("blocks", i + 1, n_blocks);
+        // Fault injection for the crash tests: die here as a kill -9 would (no cleanup).
+        if std::env::var("QUANTSMITH_FAULT_AFTER_BLOCK").ok().and_then(|v| v.parse::<usize>().ok()) == Some(i) {
+            std::process::abort();
+        }
     }
 
     // The output head (or the tied embedding), with the statistics of the head's input.
