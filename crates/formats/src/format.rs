@@ -480,6 +480,9 @@ impl Format {
             if self.asym {
                 zeros = vec![p.zero];
             }
+            if per_group_choice {
+                choices = vec![p.choice];
+            }
         }
         Ok(Quantized {
             rows,
@@ -630,6 +633,17 @@ impl Format {
             return Err(FormatError::Invalid(format!("quantized metadata does not match format {}", self.spec())));
         }
         let per_group_choice = self.elements.len() > 1 && self.choice == Choice::PerGroup;
+        let needed_choices = match gran {
+            Granularity::None | Granularity::Tensor => 1,
+            _ => expected_scales,
+        };
+        if per_group_choice && q.choices.len() != needed_choices {
+            return Err(FormatError::Invalid(format!(
+                "{} grid choices for format {} ({needed_choices} expected)",
+                q.choices.len(),
+                self.spec()
+            )));
+        }
         // Decode tables padded to 256 entries for codes of at most 8 bits.
         let small: Vec<[f32; 256]> = if bits <= 8 {
             tables

@@ -122,3 +122,30 @@ fn descriptions_print_large_maxima_in_scientific_notation() {
     let d = Format::parse("fp8_e5m2").unwrap().describe();
     assert!(d.contains("max 57344"), "{d}");
 }
+
+/// Found by the `format_spec` fuzz target: a per-group choice among grids without groups
+/// (a bare element, or one scale per tensor) indexed an empty choice list on dequantization.
+#[test]
+fn grid_choices_without_groups_round_trip() {
+    let data: Vec<f32> = (0..512).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0).collect();
+    for spec in [
+        "bitmod4",
+        "bitmod3",
+        "bitmod4:t",
+        "bitmod3:ch",
+        "fp4",
+        "fp4:t",
+        "fp6:ch",
+        "bitmod4:choose=group",
+        "fp4:choose=group:t",
+    ] {
+        let Ok(f) = formats::spec::parse(spec) else { continue };
+        let r = std::panic::catch_unwind(|| {
+            let q = f.quantize(&data, 2, 256, None).unwrap();
+            f.dequantize(&q).unwrap()
+        });
+        assert!(r.is_ok(), "{spec} panicked");
+        let d = r.unwrap();
+        assert!(d.iter().all(|v| v.is_finite()), "{spec}");
+    }
+}

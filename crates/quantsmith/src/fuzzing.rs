@@ -24,7 +24,17 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 /// checks still see every header).
 const MAX_LOAD: usize = 1 << 22;
 
+/// One thread: a panic then happens on the fuzzer's own thread, which saves the input that
+/// caused it (a panic on a pool thread aborts the process before libFuzzer can).
+fn single_thread() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+    });
+}
+
 fn scratch() -> tempfile::TempDir {
+    single_thread();
     tempfile::tempdir().expect("a temporary directory")
 }
 
@@ -124,6 +134,7 @@ pub fn imatrix(data: &[u8]) {
 
 /// A format spec string; a valid one quantizes and dequantizes a small matrix.
 pub fn format_spec(data: &[u8]) {
+    single_thread();
     let Ok(s) = std::str::from_utf8(data) else { return };
     let Ok(f) = formats::spec::parse(s) else { return };
     let cols = 256;
