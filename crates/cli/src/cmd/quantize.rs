@@ -35,7 +35,8 @@ pub struct Args {
     /// (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, ...; GGUF only, default Q4_K_M).
     #[arg(long)]
     pub preset: Option<String>,
-    /// Default solver: rtn (round to nearest) or gptq.
+    /// Default solver: rtn (round to nearest), gptq, or quantease (GPTQ then coordinate
+    /// descent on the same objective; quantease:sweeps=N, default 8).
     #[arg(long, default_value = "gptq")]
     pub method: String,
     /// Importance weighting as llama.cpp's imatrix: computed from the calibration text, or

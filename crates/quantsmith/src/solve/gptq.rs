@@ -14,7 +14,7 @@ use faer::linalg::solvers::DenseSolveCore;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
 
-use super::target::{grid, Encoded, Target};
+use super::target::{grid, Encoded, Grid, Target};
 use super::{LayerProblem, Solver};
 use crate::{Error, Result};
 
@@ -98,25 +98,15 @@ impl Solver for Gptq {
 
 /// Quantizes `p.w` into `target` with GPTQ. Needs `p.hessian`.
 pub fn solve(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<Encoded> {
-    let h = p.hessian.ok_or_else(|| Error::Other(format!("tensor `{}`: GPTQ needs calibration statistics", p.name)))?;
+    let (g, q) = solve_on_grid(p, target, opts)?;
+    g.encode(&q)
+}
+
+/// GPTQ's result before encoding: the fixed grid it rounded onto, and the quantized weights
+/// `[rows, cols]` (every value on that grid) — the start of solvers that refine it.
+pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<(Box<dyn Grid>, Vec<f32>)> {
+    let h = checked_hessian(p, "GPTQ")?;
     let (rows, cols) = (p.rows, p.cols);
-    if h.n != cols {
-        return Err(Error::Other(format!(
-            "tensor `{}`: Hessian is {}×{} but the layer has {cols} input columns",
-            p.name, h.n, h.n
-        )));
-    }
-    if p.w.len() != rows * cols || h.sum_xxt.len() != cols * cols {
-        return Err(Error::Other(format!(
-            "tensor `{}`: {} weights and {} Hessian entries for a {rows}×{cols} layer",
-            p.name,
-            p.w.len(),
-            h.sum_xxt.len()
-        )));
-    }
-    if h.sum_xxt.iter().any(|v| !v.is_finite()) {
-        return Err(Error::Other(format!("tensor `{}`: the calibration statistics contain NaN or infinity", p.name)));
-    }
     // Importance for the grid's scale choice: the given imatrix, else the Hessian diagonal.
     let diag_imp: Vec<f32>;
     let importance = match p.importance {
@@ -200,7 +190,32 @@ pub fn solve(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<En
             q[r * cols + c] = qt[k * rows + r];
         }
     }
-    g.encode(&q)
+    Ok((g, q))
+}
+
+/// The checks every Hessian solver makes of its problem; returns the Hessian.
+pub fn checked_hessian<'a>(p: &LayerProblem<'a>, solver: &str) -> Result<&'a crate::calib::Hessian> {
+    let h =
+        p.hessian.ok_or_else(|| Error::Other(format!("tensor `{}`: {solver} needs calibration statistics", p.name)))?;
+    let (rows, cols) = (p.rows, p.cols);
+    if h.n != cols {
+        return Err(Error::Other(format!(
+            "tensor `{}`: Hessian is {}×{} but the layer has {cols} input columns",
+            p.name, h.n, h.n
+        )));
+    }
+    if p.w.len() != rows * cols || h.sum_xxt.len() != cols * cols {
+        return Err(Error::Other(format!(
+            "tensor `{}`: {} weights and {} Hessian entries for a {rows}×{cols} layer",
+            p.name,
+            p.w.len(),
+            h.sum_xxt.len()
+        )));
+    }
+    if h.sum_xxt.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Other(format!("tensor `{}`: the calibration statistics contain NaN or infinity", p.name)));
+    }
+    Ok(h)
 }
 
 #[cfg(test)]

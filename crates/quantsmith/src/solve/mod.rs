@@ -2,6 +2,7 @@
 //! codes? One file per solver; targets (what a weight can be rounded to) in `target.rs`.
 
 pub mod gptq;
+pub mod quantease;
 pub mod rtn;
 pub mod target;
 
@@ -46,7 +47,23 @@ pub fn solver(name: &str) -> Result<Method> {
     Ok(match name {
         "rtn" => std::sync::Arc::new(rtn::Rtn),
         "gptq" => std::sync::Arc::new(gptq::Gptq::default()),
-        other => return Err(crate::Error::Other(format!("unknown solver `{other}` (known: rtn, gptq)"))),
+        "quantease" => std::sync::Arc::new(quantease::QuantEase::default()),
+        other if other.starts_with("quantease:sweeps=") => {
+            let n = other["quantease:sweeps=".len()..]
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    crate::Error::Other(format!("solver `{other}`: sweeps must be a whole number from 1 to 1000"))
+                })?;
+            let opts = quantease::QuantEaseOptions { sweeps: n, ..Default::default() };
+            std::sync::Arc::new(quantease::QuantEase { opts })
+        }
+        other => {
+            return Err(crate::Error::Other(format!(
+                "unknown solver `{other}` (known: rtn, gptq, quantease, quantease:sweeps=N)"
+            )))
+        }
     })
 }
 
