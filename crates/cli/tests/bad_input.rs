@@ -877,6 +877,36 @@ fn texts_options_and_outputs() {
     run_v("--eval on a text too short", with(&rtn, &["--eval", short]), &["short.txt", "too short"]);
     run_v("--threads 0", with(&rtn, &["--threads", "0"]), &["--threads"]);
     run_v("--out is the input", with(&["quantize", m, "--out", m, "--method", "rtn", "--force"], &[]), &["input"]);
+    run_v("--outliers into GGUF", with(&gptq, &["--outliers", "0.01"]), &["fake-quant", "gptq:outliers=0.01"]);
+    run_v(
+        "--outliers 0.5",
+        with(
+            &[
+                "quantize",
+                m,
+                "--out",
+                &format!("{o}/fq"),
+                "--layout",
+                "fake-quant",
+                "--scheme",
+                "blk.*=int4:g64",
+                "--calib",
+                c,
+                "--calib-samples",
+                "2",
+                "--calib-len",
+                "32",
+            ],
+            &["--outliers", "0.5"],
+        ),
+        &["--outliers", "(0, 0.2]"],
+    );
+    run_v("--outliers with rtn", with(&rtn, &["--outliers", "0.01"]), &["--outliers", "gptq"]);
+    run_v(
+        "--method quantease:sweeps=0",
+        with(&["quantize", m, "--out", &x, "--method", "quantease:sweeps=0"], &[]),
+        &["sweeps=0"],
+    );
     // An existing (empty) directory where a GGUF file should go: refused before any work.
     let adir = dir.path().join("adir.gguf");
     std::fs::create_dir_all(&adir).unwrap();

@@ -39,6 +39,12 @@ pub struct Args {
     /// descent on the same objective; quantease:sweeps=N, default 8).
     #[arg(long, default_value = "gptq")]
     pub method: String,
+    /// Keep this fraction of each matrix's weights apart in f16 (SpQR-style outliers, chosen
+    /// by w² / [H⁻¹]_cc; the rest quantized by --method, gptq or quantease, with a grid fitted
+    /// without them). The sparse table (6 bytes a weight) is counted in the size; only the
+    /// fake-quant layout stores it.
+    #[arg(long, value_name = "FRACTION")]
+    pub outliers: Option<f64>,
     /// Importance weighting as llama.cpp's imatrix: computed from the calibration text, or
     /// read from FILE (llama.cpp's GGUF or .dat imatrix).
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "FILE")]
@@ -212,7 +218,16 @@ pub fn run(args: Args) -> Result<()> {
             )))
         }
     };
-    let method = parse_solver(&args.method)?;
+    let method = match args.outliers {
+        None => parse_solver(&args.method)?,
+        Some(_) if args.method == "rtn" => {
+            return Err(Error::Other(
+                "--outliers needs a solver that compensates with the Hessian: --method gptq or quantease".into(),
+            ))
+        }
+        Some(f) => parse_solver(&format!("{}:outliers={f}", args.method))
+            .map_err(|e| Error::Other(format!("--outliers {f}: {e}")))?,
+    };
     let rules = rules_of(&args.scheme, args.recipe.as_deref())?;
     // Calibration options that change nothing are said (once the options are checked), not
     // silently dropped.

@@ -26,6 +26,9 @@ pub struct FakeQuant {
 }
 
 impl Exporter for FakeQuant {
+    fn stores_kept_weights(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         "fake-quant"
     }

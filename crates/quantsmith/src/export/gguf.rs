@@ -74,6 +74,12 @@ impl Exporter for Gguf {
                 TensorData::Codes(_) => {
                     return Err(Error::Other(format!("tensor `{}`: codes of a non-ggml format reached GGUF", t.name)))
                 }
+                TensorData::Sparse { .. } => {
+                    return Err(Error::Other(format!(
+                        "tensor `{}`: GGUF has no place for weights kept apart (outliers); use the fake-quant layout",
+                        t.name
+                    )))
+                }
             }
         }
         w.finish()?;

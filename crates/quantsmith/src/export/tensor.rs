@@ -83,7 +83,21 @@ pub enum TensorData {
     Ggml(Vec<u8>),
     /// Codes, scales and zero points of a [`Storage::Format`] (see [`formats::format::Quantized`]).
     Codes(Quantized),
+    /// A quantized tensor with a few weights kept apart in f16 (SpQR-style outliers): the dense
+    /// part (ggml blocks or codes of the storage), and a sparse table of flat row-major
+    /// indices (ascending) and f16 values that replace the dense values there.
+    Sparse {
+        /// The dense part.
+        dense: Box<TensorData>,
+        /// Flat indices `row · cols + col`, ascending.
+        idx: Vec<u32>,
+        /// f16 bits of the kept values.
+        val: Vec<u16>,
+    },
 }
+
+/// Bytes one kept weight takes in the sparse table: a 32-bit index and an f16 value.
+pub const SPARSE_ENTRY_BYTES: usize = 6;
 
 /// One tensor for an exporter.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,6 +114,24 @@ pub struct QuantTensor {
 }
 
 impl QuantTensor {
+    /// The tensor's name, shape and storage with empty float data (to rebuild a part).
+    fn clone_header(&self) -> QuantTensor {
+        QuantTensor {
+            name: self.name.clone(),
+            shape: self.shape.clone(),
+            storage: self.storage.clone(),
+            data: TensorData::Float(Vec::new()),
+        }
+    }
+
+    /// The number of weights kept apart in a sparse table (0 without one).
+    pub fn kept_weights(&self) -> usize {
+        match &self.data {
+            TensorData::Sparse { idx, .. } => idx.len(),
+            _ => 0,
+        }
+    }
+
     /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -122,6 +154,17 @@ impl QuantTensor {
                 Ok(out)
             }
             (TensorData::Codes(q), Storage::Format(f)) => f.dequantize(q).map_err(bad),
+            (TensorData::Sparse { dense, idx, val }, _) => {
+                let d = QuantTensor { data: (**dense).clone(), ..self.clone_header() };
+                let mut out = d.dequantize()?;
+                for (&i, &v) in idx.iter().zip(val) {
+                    let slot = out.get_mut(i as usize).ok_or_else(|| {
+                        Error::Other(format!("tensor `{}`: kept weight index {i} is out of range", self.name))
+                    })?;
+                    *slot = half::f16::from_bits(v).to_f32();
+                }
+                Ok(out)
+            }
             _ => Err(Error::Other(format!(
                 "tensor `{}`: data does not match storage {}",
                 self.name,
@@ -136,6 +179,10 @@ impl QuantTensor {
         let (rows, cols) = self.matrix();
         match &self.data {
             TensorData::Ggml(b) => b.len(),
+            TensorData::Sparse { dense, idx, .. } => {
+                QuantTensor { data: (**dense).clone(), ..self.clone_header() }.stored_bytes()
+                    + SPARSE_ENTRY_BYTES * idx.len()
+            }
             _ => self.storage.storage_bits(rows, cols).map(|b| b.div_ceil(8) as usize).unwrap_or(4 * self.numel()),
         }
     }
@@ -194,13 +241,36 @@ impl QuantTensor {
                 self.shape
             )));
         }
-        match &mut self.data {
+        let cols = self.numel() / rows.max(1);
+        permute_data(&mut self.data, &self.storage, rows, cols, perm);
+        Ok(())
+    }
+}
+
+fn permute_data(data: &mut TensorData, storage: &Storage, rows: usize, cols: usize, perm: &[usize]) {
+    {
+        match data {
+            TensorData::Sparse { dense, idx, val } => {
+                permute_data(dense, storage, rows, cols, perm);
+                let inv = invert(perm);
+                let mut pairs: Vec<(u32, u16)> = idx
+                    .iter()
+                    .zip(val.iter())
+                    .map(|(&i, &v)| {
+                        let (r, c) = (i as usize / cols, i as usize % cols);
+                        ((inv[r] * cols + c) as u32, v)
+                    })
+                    .collect();
+                pairs.sort_unstable();
+                *idx = pairs.iter().map(|p| p.0).collect();
+                *val = pairs.iter().map(|p| p.1).collect();
+            }
             TensorData::Float(v) => permute_chunks(v, rows, perm),
             TensorData::Ggml(b) => permute_chunks(b, rows, perm),
             TensorData::Codes(q) => {
                 permute_chunks(&mut q.codes, rows, perm);
                 let per_row = matches!(
-                    self.storage,
+                    storage,
                     Storage::Format(ref f) if matches!(f.granularity, formats::Granularity::Channel | formats::Granularity::Group(_))
                 );
                 if per_row {
@@ -211,42 +281,16 @@ impl QuantTensor {
                 }
             }
         }
-        Ok(())
     }
+}
 
+impl QuantTensor {
     /// Appends the tensor to a checkpoint spill (its storage is the plan's, not stored).
     pub fn write_spill(&self, out: &mut Vec<u8>) {
-        fn put(out: &mut Vec<u8>, b: &[u8]) {
-            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-            out.extend_from_slice(b);
-        }
-        fn f32s(v: &[f32]) -> Vec<u8> {
-            v.iter().flat_map(|x| x.to_le_bytes()).collect()
-        }
+        let put = spill_put;
         put(out, self.name.as_bytes());
         put(out, &self.shape.iter().flat_map(|&d| (d as u64).to_le_bytes()).collect::<Vec<u8>>());
-        match &self.data {
-            TensorData::Float(v) => {
-                out.push(0);
-                put(out, &f32s(v));
-            }
-            TensorData::Ggml(b) => {
-                out.push(1);
-                put(out, b);
-            }
-            TensorData::Codes(q) => {
-                out.push(2);
-                let dims = [q.rows as u64, q.cols as u64, q.code_bits as u64, q.row_bytes as u64];
-                put(out, &dims.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>());
-                put(out, &q.codes);
-                put(out, &f32s(&q.scales));
-                put(out, &f32s(&q.zeros));
-                put(out, &q.choices);
-                put(out, &f32s(&q.super_scales));
-                put(out, &q.tensor_scale.to_le_bytes());
-                put(out, &q.ggml);
-            }
-        }
+        write_data(&self.data, out);
     }
 
     /// Reads one tensor written by [`QuantTensor::write_spill`] at `*pos`; `storage_of` gives
@@ -267,48 +311,113 @@ impl QuantTensor {
             *pos = end;
             Ok(&buf[start..end])
         }
-        fn f32s(b: &[u8]) -> Vec<f32> {
-            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-        }
         fn u64s(b: &[u8]) -> Vec<usize> {
             b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect()
         }
         let name = String::from_utf8(take(buf, pos)?.to_vec()).map_err(|_| "bad name")?;
         let shape = u64s(take(buf, pos)?);
-        let tag = *buf.get(*pos).ok_or("truncated")?;
-        *pos += 1;
-        let data = match tag {
-            0 => TensorData::Float(f32s(take(buf, pos)?)),
-            1 => TensorData::Ggml(take(buf, pos)?.to_vec()),
-            2 => {
-                let d = u64s(take(buf, pos)?);
-                if d.len() != 4 {
-                    return Err("bad dimensions".into());
-                }
-                let codes = take(buf, pos)?.to_vec();
-                let scales = f32s(take(buf, pos)?);
-                let zeros = f32s(take(buf, pos)?);
-                let choices = take(buf, pos)?.to_vec();
-                let super_scales = f32s(take(buf, pos)?);
-                let ts = f32s(take(buf, pos)?);
-                let ggml = take(buf, pos)?.to_vec();
-                TensorData::Codes(Quantized {
-                    rows: d[0],
-                    cols: d[1],
-                    code_bits: d[2] as u32,
-                    codes,
-                    row_bytes: d[3],
-                    scales,
-                    zeros,
-                    choices,
-                    super_scales,
-                    tensor_scale: *ts.first().ok_or("truncated")?,
-                    ggml,
-                })
-            }
-            _ => return Err("unknown record".into()),
-        };
+        let data = read_data(buf, pos, 0)?;
         let storage = storage_of(&name).ok_or_else(|| format!("tensor `{name}` is not in the plan"))?;
         Ok(Some(QuantTensor { name, shape, storage, data }))
     }
+}
+
+fn spill_put(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn write_data(data: &TensorData, out: &mut Vec<u8>) {
+    fn put(out: &mut Vec<u8>, b: &[u8]) {
+        spill_put(out, b)
+    }
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    match data {
+        TensorData::Float(v) => {
+            out.push(0);
+            put(out, &f32s(v));
+        }
+        TensorData::Ggml(b) => {
+            out.push(1);
+            put(out, b);
+        }
+        TensorData::Codes(q) => {
+            out.push(2);
+            let dims = [q.rows as u64, q.cols as u64, q.code_bits as u64, q.row_bytes as u64];
+            put(out, &dims.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>());
+            put(out, &q.codes);
+            put(out, &f32s(&q.scales));
+            put(out, &f32s(&q.zeros));
+            put(out, &q.choices);
+            put(out, &f32s(&q.super_scales));
+            put(out, &q.tensor_scale.to_le_bytes());
+            put(out, &q.ggml);
+        }
+        TensorData::Sparse { dense, idx, val } => {
+            out.push(3);
+            put(out, &idx.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>());
+            put(out, &val.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+            write_data(dense, out);
+        }
+    }
+}
+
+fn spill_take<'b>(buf: &'b [u8], pos: &mut usize) -> std::result::Result<&'b [u8], String> {
+    let n = buf.get(*pos..*pos + 8).ok_or("truncated")?;
+    let n = u64::from_le_bytes(n.try_into().map_err(|_| "truncated")?) as usize;
+    let start = *pos + 8;
+    let end = start.checked_add(n).filter(|&e| e <= buf.len()).ok_or("truncated")?;
+    *pos = end;
+    Ok(&buf[start..end])
+}
+
+fn read_data(buf: &[u8], pos: &mut usize, depth: u32) -> std::result::Result<TensorData, String> {
+    let take = spill_take;
+    fn f32s(b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+    fn u64s(b: &[u8]) -> Vec<usize> {
+        b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect()
+    }
+    let tag = *buf.get(*pos).ok_or("truncated")?;
+    *pos += 1;
+    let data = match tag {
+        0 => TensorData::Float(f32s(take(buf, pos)?)),
+        1 => TensorData::Ggml(take(buf, pos)?.to_vec()),
+        2 => {
+            let d = u64s(take(buf, pos)?);
+            if d.len() != 4 {
+                return Err("bad dimensions".into());
+            }
+            let codes = take(buf, pos)?.to_vec();
+            let scales = f32s(take(buf, pos)?);
+            let zeros = f32s(take(buf, pos)?);
+            let choices = take(buf, pos)?.to_vec();
+            let super_scales = f32s(take(buf, pos)?);
+            let ts = f32s(take(buf, pos)?);
+            let ggml = take(buf, pos)?.to_vec();
+            TensorData::Codes(Quantized {
+                rows: d[0],
+                cols: d[1],
+                code_bits: d[2] as u32,
+                codes,
+                row_bytes: d[3],
+                scales,
+                zeros,
+                choices,
+                super_scales,
+                tensor_scale: *ts.first().ok_or("truncated")?,
+                ggml,
+            })
+        }
+        3 if depth == 0 => {
+            let idx = take(buf, pos)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let val = take(buf, pos)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            TensorData::Sparse { dense: Box::new(read_data(buf, pos, depth + 1)?), idx, val }
+        }
+        _ => return Err("unknown record".into()),
+    };
+    Ok(data)
 }

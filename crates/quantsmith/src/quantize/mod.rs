@@ -411,7 +411,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
     let mut export = export_model(&file, &*arch, opts)?;
     export.recipe = serde_json::json!({
         "preset": if gguf_out { Some(preset.name()) } else { None },
-        "method": opts.method.name(),
+        "method": opts.method.spec(),
         "rules": opts.rules.iter().map(|r| serde_json::json!({"pattern": r.pattern, "format": r.format, "solver": r.solver})).collect::<Vec<_>>(),
         "transforms": opts.transforms,
         "calibration": {"samples": opts.pipeline.calib.samples, "len": opts.pipeline.calib.len, "seed": opts.pipeline.calib.seed},
@@ -552,7 +552,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         output: out.clone(),
         preset: if gguf_out { preset_label } else { format!("none ({} layout)", opts.layout) },
         file_type: if gguf_out { file_type } else { 0 },
-        method: opts.method.name().to_string(),
+        method: opts.method.spec(),
         imatrix: imatrix_desc,
         calib_tokens: pr.calib_tokens,
         n_params,

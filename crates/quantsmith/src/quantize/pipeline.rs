@@ -643,8 +643,15 @@ pub fn solve_entry(
     let enc = method.solve(&p, &fmt)?;
     let err = layer_error(w, &enc.dequant, rows, cols, h);
     let qt = QuantTensor { name: name.into(), shape: shape.to_vec(), storage, data: enc.data };
-    rep.solver =
-        method.name().to_string() + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" };
+    rep.solver = method.spec() + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" };
+    if qt.kept_weights() > 0 {
+        rep.note = Some(format!(
+            "{} weights ({:.2} %) kept apart in f16, {} bytes of sparse table counted",
+            qt.kept_weights(),
+            100.0 * qt.kept_weights() as f64 / (rows * cols) as f64,
+            crate::export::tensor::SPARSE_ENTRY_BYTES * qt.kept_weights()
+        ));
+    }
     rep.bytes = qt.stored_bytes();
     rep.bits_per_weight = 8.0 * rep.bytes as f64 / (rows * cols) as f64;
     rep.sqnr_db = Some(err.sqnr_db);

@@ -73,6 +73,14 @@ impl Plan {
             exporter.check(&t.name, &t.shape, &storage).map_err(|e| {
                 Error::Other(format!("tensor `{}` {:?} cannot be written as {}: {e}", t.name, t.shape, storage.name()))
             })?;
+            if m.keeps_weights() && !storage.is_float() && !exporter.stores_kept_weights() {
+                return Err(Error::Other(format!(
+                    "tensor `{}`: solver {} keeps some weights apart in f16 (a sparse table), which the {} layout has no place for; use --layout fake-quant",
+                    t.name,
+                    m.spec(),
+                    exporter.name()
+                )));
+            }
             entries.push(PlanEntry { name: t.name.clone(), storage, method: m, from_rule });
         }
         if let Some(i) = used.iter().position(|u| !u) {

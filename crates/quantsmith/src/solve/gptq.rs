@@ -27,11 +27,70 @@ pub struct GptqOptions {
     pub block: usize,
     /// Visit columns by decreasing Hessian diagonal.
     pub act_order: bool,
+    /// Fraction of the weights kept apart in f16 (SpQR-style outliers; 0: none): those of
+    /// largest w² / [H⁻¹]_cc, the output error zeroing them would cause. The grid is fitted to
+    /// the other weights, and the kept ones take their error-compensated value as GPTQ
+    /// reaches them.
+    pub outliers: f64,
 }
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        GptqOptions { damp: 0.01, block: 128, act_order: true }
+        GptqOptions { damp: 0.01, block: 128, act_order: true, outliers: 0.0 }
+    }
+}
+
+impl GptqOptions {
+    /// The settings after the solver's name, as recipes spell them (`:outliers=0.01`).
+    pub fn spec_suffix(&self) -> String {
+        let mut s = String::new();
+        if self.outliers > 0.0 {
+            s += &format!(":outliers={}", self.outliers);
+        }
+        if self.damp != GptqOptions::default().damp {
+            s += &format!(":damp={}", self.damp);
+        }
+        s
+    }
+}
+
+/// The weights of a layer, and the flat indices (ascending) of those kept apart in f16.
+pub struct OnGrid {
+    /// The grid every other weight lies on.
+    pub grid: Box<dyn Grid>,
+    /// `[rows, cols]`: grid values, and f16 values at the kept indices.
+    pub q: Vec<f32>,
+    /// Flat indices `row · cols + col` of the kept weights, ascending (empty without outliers).
+    pub kept: Vec<u32>,
+    /// Columns of the layer.
+    pub cols: usize,
+}
+
+impl OnGrid {
+    /// The encoded layer: the grid's encoding of the dense part (kept positions rounded onto
+    /// the grid there), plus the sparse table of kept weights when there are any.
+    pub fn encode(&self) -> Result<Encoded> {
+        if self.kept.is_empty() {
+            return self.grid.encode(&self.q);
+        }
+        let cols = self.cols;
+        let mut dense = self.q.clone();
+        for &i in &self.kept {
+            let i = i as usize;
+            dense[i] = self.grid.round(i / cols, i % cols, dense[i]);
+        }
+        let e = self.grid.encode(&dense)?;
+        let mut dequant = e.dequant;
+        let mut val = Vec::with_capacity(self.kept.len());
+        for &i in &self.kept {
+            let h = half::f16::from_f32(self.q[i as usize]);
+            dequant[i as usize] = h.to_f32();
+            val.push(h.to_bits());
+        }
+        Ok(Encoded {
+            data: crate::export::TensorData::Sparse { dense: Box::new(e.data), idx: self.kept.clone(), val },
+            dequant,
+        })
     }
 }
 
@@ -88,6 +147,12 @@ impl Solver for Gptq {
     fn name(&self) -> &'static str {
         "gptq"
     }
+    fn spec(&self) -> String {
+        format!("gptq{}", self.opts.spec_suffix())
+    }
+    fn keeps_weights(&self) -> bool {
+        self.opts.outliers > 0.0
+    }
     fn needs_hessian(&self) -> bool {
         true
     }
@@ -98,13 +163,12 @@ impl Solver for Gptq {
 
 /// Quantizes `p.w` into `target` with GPTQ. Needs `p.hessian`.
 pub fn solve(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<Encoded> {
-    let (g, q) = solve_on_grid(p, target, opts)?;
-    g.encode(&q)
+    solve_on_grid(p, target, opts)?.encode()
 }
 
 /// GPTQ's result before encoding: the fixed grid it rounded onto, and the quantized weights
 /// `[rows, cols]` (every value on that grid) — the start of solvers that refine it.
-pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<(Box<dyn Grid>, Vec<f32>)> {
+pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<OnGrid> {
     let h = checked_hessian(p, "GPTQ")?;
     let (rows, cols) = (p.rows, p.cols);
     // Importance for the grid's scale choice: the given imatrix, else the Hessian diagonal.
@@ -116,8 +180,6 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
             Some(diag_imp.as_slice())
         }
     };
-    let g = grid(target, p.name, p.w, rows, cols, importance)?;
-
     // Column order.
     let hmean = h.mean();
     let mut perm: Vec<usize> = (0..cols).collect();
@@ -135,6 +197,39 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
     };
     let u = inverse_hessian_factor(p.name, &hp, cols, opts.damp)?;
     let uf = Mat::<f32>::from_fn(cols, cols, |i, j| u[(i, j)] as f32);
+
+    // Weights kept apart: the largest w² / [H⁻¹]_cc (H⁻¹ = UᵀU, in permuted order).
+    let mut keep = vec![false; if opts.outliers > 0.0 { rows * cols } else { 0 }];
+    let mut kept: Vec<u32> = Vec::new();
+    if opts.outliers > 0.0 {
+        if rows * cols > u32::MAX as usize {
+            return Err(Error::Other(format!("tensor `{}`: too large to keep outliers", p.name)));
+        }
+        let mut hinv = vec![0f64; cols];
+        for (i, &c) in perm.iter().enumerate() {
+            hinv[c] = (0..=i).map(|k| u[(k, i)] * u[(k, i)]).sum::<f64>().max(1e-30);
+        }
+        let sal: Vec<f32> =
+            p.w.par_iter().enumerate().map(|(i, &w)| ((w as f64) * (w as f64) / hinv[i % cols]) as f32).collect();
+        let n = ((opts.outliers * (rows * cols) as f64).round() as usize).clamp(1, rows * cols);
+        let mut order: Vec<u32> = (0..(rows * cols) as u32).collect();
+        order.select_nth_unstable_by(n - 1, |&a, &b| sal[b as usize].total_cmp(&sal[a as usize]));
+        kept = order[..n].to_vec();
+        kept.sort_unstable();
+        for &i in &kept {
+            keep[i as usize] = true;
+        }
+    }
+    // The grid, fitted to the weights that are not kept apart.
+    let g = if kept.is_empty() {
+        grid(target, p.name, p.w, rows, cols, importance)?
+    } else {
+        let mut wg = p.w.to_vec();
+        for &i in &kept {
+            wg[i as usize] = 0.0;
+        }
+        grid(target, p.name, &wg, rows, cols, importance)?
+    };
 
     // Work on Wᵀ in permuted column order: wt[k] is (permuted) column k, contiguous over rows.
     // Dead channels (zero Hessian diagonal) carry no signal: their weights are zeroed, as in
@@ -160,8 +255,13 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
             let col = &head[i * rows..];
             let qcol = &mut qt[i * rows..(i + 1) * rows];
             let ecol = &mut err[(i - i1) * rows..(i - i1 + 1) * rows];
+            let keep = &keep;
             qcol.par_iter_mut().zip(ecol.par_iter_mut()).enumerate().for_each(|(r, (q, e))| {
-                *q = g.round(r, c, col[r]);
+                *q = if !keep.is_empty() && keep[r * cols + c] {
+                    half::f16::from_f32(col[r]).to_f32()
+                } else {
+                    g.round(r, c, col[r])
+                };
                 *e = (col[r] - *q) / d;
             });
             // Within the block, update the remaining columns right away.
@@ -190,7 +290,7 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
             q[r * cols + c] = qt[k * rows + r];
         }
     }
-    Ok((g, q))
+    Ok(OnGrid { grid: g, q, kept, cols })
 }
 
 /// The checks every Hessian solver makes of its problem; returns the Hessian.
@@ -263,6 +363,63 @@ mod tests {
         let no_order = solve(&p, &t, &GptqOptions { act_order: false, ..Default::default() }).unwrap();
         let en = layer_error(&w, &no_order.dequant, rows, cols, Some(&h)).output_err.unwrap();
         assert!(en < er, "{spec}: GPTQ without act-order {en} vs RTN {er}");
+    }
+
+    /// Weights kept apart in f16 (a few planted outliers among them) lower the output error,
+    /// are stored as a sorted sparse table that dequantizes, spills, reorders and counts its
+    /// bytes; QuantEase keeps them too.
+    #[test]
+    fn kept_outliers_lower_the_error_and_are_stored_apart() {
+        use crate::export::{QuantTensor, Storage, TensorData};
+        let (rows, cols, n) = (32, 128, 1024);
+        let mut s = 5u64;
+        let x: Vec<f32> = (0..n * cols).map(|i| lcg(&mut s) * if i % cols % 9 == 0 { 3.0 } else { 1.0 }).collect();
+        let mut h = Hessian::new(cols);
+        h.add(&x, n);
+        let mut w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s) * 0.05).collect();
+        for k in 0..20 {
+            w[(k * 389) % (rows * cols)] = 0.6 * if k % 2 == 0 { 1.0 } else { -1.0 };
+        }
+        let t = formats::format::Format::parse("int3:g32").unwrap();
+        let p = LayerProblem { name: "w", w: &w, rows, cols, hessian: Some(&h), importance: None };
+        let plain = solve(&p, &t, &GptqOptions::default()).unwrap();
+        let opts = GptqOptions { outliers: 0.01, ..Default::default() };
+        let kept = solve(&p, &t, &opts).unwrap();
+        let ep = layer_error(&w, &plain.dequant, rows, cols, Some(&h)).output_err.unwrap();
+        let ek = layer_error(&w, &kept.dequant, rows, cols, Some(&h)).output_err.unwrap();
+        assert!(ek < 0.8 * ep, "outliers {ek} vs plain {ep}");
+        let TensorData::Sparse { idx, val, .. } = &kept.data else { panic!("no sparse table") };
+        assert_eq!(idx.len(), (0.01 * (rows * cols) as f64).round() as usize);
+        assert!(idx.windows(2).all(|p| p[0] < p[1]) && val.len() == idx.len());
+        let storage = Storage::Format(Box::new(t.clone()));
+        let qt = QuantTensor {
+            name: "w".into(),
+            shape: vec![rows, cols],
+            storage: storage.clone(),
+            data: kept.data.clone(),
+        };
+        assert_eq!(qt.dequantize().unwrap(), kept.dequant);
+        let dense_bytes = storage.storage_bits(rows, cols).unwrap().div_ceil(8) as usize;
+        assert_eq!(qt.stored_bytes(), dense_bytes + 6 * idx.len());
+        let mut buf = Vec::new();
+        qt.write_spill(&mut buf);
+        let back = QuantTensor::read_spill(&buf, &mut 0, &|_| Some(storage.clone())).unwrap().unwrap();
+        assert_eq!(back, qt);
+        // Reordering rows moves the kept weights with them.
+        let perm: Vec<usize> = (0..rows).rev().collect();
+        let mut moved = qt.clone();
+        moved.permute_rows(&perm).unwrap();
+        let d = moved.dequantize().unwrap();
+        for r in 0..rows {
+            assert_eq!(&d[r * cols..(r + 1) * cols], &kept.dequant[perm[r] * cols..(perm[r] + 1) * cols]);
+        }
+        // QuantEase from the same start keeps the same weights and lowers the error further.
+        let qe = crate::solve::quantease::QuantEaseOptions { sweeps: 4, gptq: opts };
+        let e = crate::solve::quantease::solve(&p, &t, &qe).unwrap();
+        let TensorData::Sparse { idx: idx2, .. } = &e.data else { panic!("no sparse table") };
+        assert_eq!(idx2, idx);
+        let eq = layer_error(&w, &e.dequant, rows, cols, Some(&h)).output_err.unwrap();
+        assert!(eq <= ek * 1.0001, "QuantEase {eq} vs GPTQ {ek}");
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub trait Solver: std::fmt::Debug + Send + Sync {
     fn needs_hessian(&self) -> bool {
         false
     }
+    /// The solver with its settings, as recipes spell it (`gptq:outliers=0.01`).
+    fn spec(&self) -> String {
+        self.name().to_string()
+    }
+    /// Whether it keeps some weights apart from the format (a sparse f16 table).
+    fn keeps_weights(&self) -> bool {
+        false
+    }
     /// Quantizes one layer.
     fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded>;
 }
@@ -42,26 +50,51 @@ pub trait Solver: std::fmt::Debug + Send + Sync {
 /// A shared solver, as plans hold them.
 pub type Method = std::sync::Arc<dyn Solver>;
 
-/// The solvers by name, with default settings: the registry.
-pub fn solver(name: &str) -> Result<Method> {
-    Ok(match name {
-        "rtn" => std::sync::Arc::new(rtn::Rtn),
-        "gptq" => std::sync::Arc::new(gptq::Gptq::default()),
-        "quantease" => std::sync::Arc::new(quantease::QuantEase::default()),
-        other if other.starts_with("quantease:sweeps=") => {
-            let n = other["quantease:sweeps=".len()..]
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| {
-                    crate::Error::Other(format!("solver `{other}`: sweeps must be a whole number from 1 to 1000"))
-                })?;
-            let opts = quantease::QuantEaseOptions { sweeps: n, ..Default::default() };
-            std::sync::Arc::new(quantease::QuantEase { opts })
+/// The solvers by name, with settings after colons (`gptq:outliers=0.005`,
+/// `quantease:sweeps=16:outliers=0.01`): the registry.
+pub fn solver(spec: &str) -> Result<Method> {
+    let err = |m: String| crate::Error::Other(format!("solver `{spec}`: {m}"));
+    let mut parts = spec.split(':');
+    let name = parts.next().unwrap_or("");
+    let mut gptq_opts = gptq::GptqOptions::default();
+    let mut sweeps = quantease::QuantEaseOptions::default().sweeps;
+    for p in parts {
+        let (k, v) = p.split_once('=').ok_or_else(|| err(format!("setting `{p}` is not KEY=VALUE")))?;
+        match (name, k) {
+            ("gptq" | "quantease", "outliers") => {
+                gptq_opts.outliers = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| *f > 0.0 && *f <= 0.2)
+                    .ok_or_else(|| err(format!("outliers={v}: a fraction of the weights in (0, 0.2]")))?;
+            }
+            ("gptq" | "quantease", "damp") => {
+                gptq_opts.damp = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| *f > 0.0 && *f <= 1.0)
+                    .ok_or_else(|| err(format!("damp={v}: a fraction of the mean Hessian diagonal in (0, 1]")))?;
+            }
+            ("quantease", "sweeps") => {
+                sweeps = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| err(format!("sweeps={v}: a whole number from 1 to 1000")))?;
+            }
+            ("rtn" | "gptq" | "quantease", _) => return Err(err(format!("`{k}` is not a setting of {name}"))),
+            _ => break,
         }
-        other => {
+    }
+    Ok(match name {
+        "rtn" if spec == "rtn" => std::sync::Arc::new(rtn::Rtn),
+        "gptq" => std::sync::Arc::new(gptq::Gptq { opts: gptq_opts }),
+        "quantease" => {
+            std::sync::Arc::new(quantease::QuantEase { opts: quantease::QuantEaseOptions { sweeps, gptq: gptq_opts } })
+        }
+        _ => {
             return Err(crate::Error::Other(format!(
-                "unknown solver `{other}` (known: rtn, gptq, quantease, quantease:sweeps=N)"
+                "unknown solver `{spec}` (known: rtn, gptq[:outliers=F][:damp=D], quantease[:sweeps=N][:outliers=F][:damp=D])"
             )))
         }
     })

@@ -46,6 +46,17 @@ impl Solver for QuantEase {
     fn name(&self) -> &'static str {
         "quantease"
     }
+    fn spec(&self) -> String {
+        let sweeps = if self.opts.sweeps != QuantEaseOptions::default().sweeps {
+            format!(":sweeps={}", self.opts.sweeps)
+        } else {
+            String::new()
+        };
+        format!("quantease{sweeps}{}", self.opts.gptq.spec_suffix())
+    }
+    fn keeps_weights(&self) -> bool {
+        self.opts.gptq.outliers > 0.0
+    }
     fn needs_hessian(&self) -> bool {
         true
     }
@@ -57,9 +68,24 @@ impl Solver for QuantEase {
 /// Quantizes `p.w` into `target`: GPTQ, then `opts.sweeps` sweeps of coordinate descent.
 pub fn solve(p: &LayerProblem, target: &Target, opts: &QuantEaseOptions) -> Result<Encoded> {
     let h = checked_hessian(p, "QuantEase")?;
-    let (g, q) = solve_on_grid(p, target, &opts.gptq)?;
-    let q = refine(p.w, q, &h.mean(), p.rows, p.cols, opts.gptq.damp, opts.sweeps, &|r, c, x| g.round(r, c, x));
-    g.encode(&q)
+    let mut s = solve_on_grid(p, target, &opts.gptq)?;
+    let cols = p.cols;
+    let mut keep = vec![false; if s.kept.is_empty() { 0 } else { p.rows * cols }];
+    for &i in &s.kept {
+        keep[i as usize] = true;
+    }
+    // Kept weights are coordinates too, on f16's grid.
+    let g = &s.grid;
+    let round = |r: usize, c: usize, x: f32| {
+        if !keep.is_empty() && keep[r * cols + c] {
+            half::f16::from_f32(x).to_f32()
+        } else {
+            g.round(r, c, x)
+        }
+    };
+    let q = refine(p.w, std::mem::take(&mut s.q), &h.mean(), p.rows, cols, opts.gptq.damp, opts.sweeps, &round);
+    s.q = q;
+    s.encode()
 }
 
 /// `sweeps` sweeps of cyclic coordinate descent from `q` (`[rows, cols]`, on the grid

@@ -1,0 +1,60 @@
+//! The solvers beyond GPTQ through the binary on the tiny model: QuantEase and kept outliers
+//! into the fake-quant layout, read back by `eval`, with the sparse table counted.
+
+#[path = "../../quantsmith/tests/tiny/mod.rs"]
+mod tiny;
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_quantsmith")).args(args).output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
+    assert!(o.status.success(), "{args:?}: {err}");
+    (out, err)
+}
+
+#[test]
+fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny::Tiny::default().gguf_in(dir.path());
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, tiny::text(0, 40_000).1).unwrap();
+    let eval = dir.path().join("eval.txt");
+    std::fs::write(&eval, tiny::text(40_000, 20_000).1).unwrap();
+    let (m, c, e) = (model.to_str().unwrap(), calib.to_str().unwrap(), eval.to_str().unwrap());
+    let mut reports = Vec::new();
+    for (name, extra) in [
+        ("gptq", vec!["--method", "gptq"]),
+        ("quantease", vec!["--method", "quantease:sweeps=4"]),
+        ("outliers", vec!["--method", "gptq", "--outliers", "0.01"]),
+    ] {
+        let out = dir.path().join(name);
+        let mut args = vec!["quantize", m, "--out", out.to_str().unwrap(), "--layout", "fake-quant", "--scheme"];
+        args.extend(["blk.*=int3:g64", "--calib", c, "--calib-samples", "8", "--calib-len", "64", "--json"]);
+        args.extend(["--eval", e, "--eval-ctx", "64", "--eval-chunks", "8", "--progress", "none"]);
+        args.extend(extra);
+        let (stdout, _) = run(&args);
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        reports.push((name, r));
+        // eval reads the directory back as dense weights.
+        run(&["eval", out.to_str().unwrap(), "--text", e, "--ctx", "64", "--chunks", "2", "--base", m]);
+    }
+    let find = |n: &str| &reports.iter().find(|(k, _)| *k == n).unwrap().1;
+    let q = |r: &serde_json::Value| {
+        r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.ffn_down.weight").unwrap().clone()
+    };
+    assert_eq!(q(find("quantease"))["solver"], "quantease:sweeps=4");
+    let o = q(find("outliers"));
+    assert_eq!(o["solver"], "gptq:outliers=0.01");
+    // 1 % of 256 × 512 kept: 1311 weights, 6 bytes each on top of int3:g64's bytes.
+    assert!(o["note"].as_str().unwrap().contains("1311 weights"), "{o}");
+    let plain_bytes = q(find("gptq"))["bytes"].as_u64().unwrap();
+    assert_eq!(o["bytes"].as_u64().unwrap(), plain_bytes + 6 * 1311);
+    // The quantized layers' output error: QuantEase and outliers at or below GPTQ's.
+    let err = |n: &str| q(find(n))["output_err"].as_f64().unwrap();
+    assert!(err("quantease") <= err("gptq") * 1.0001, "{} vs {}", err("quantease"), err("gptq"));
+    assert!(err("outliers") < err("gptq"), "{} vs {}", err("outliers"), err("gptq"));
+    for (name, r) in &reports {
+        assert!(r["eval"]["kld_mean"].as_f64().unwrap().is_finite(), "{name}");
+    }
+}
