@@ -308,8 +308,18 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         )));
     }
     if !plan_only && occupied(out) && !opts.force {
+        // A run killed between installing its output and removing its checkpoint leaves both.
+        let work = pipeline::partial_dir(out);
+        let leftover = if work.is_dir() {
+            format!(
+                "; {} is the checkpoint of a run that was stopped after writing it (remove it, or pass --force to redo the run)",
+                work.display()
+            )
+        } else {
+            String::new()
+        };
         return Err(Error::Other(format!(
-            "{}: already exists; pass --force to replace it (nothing was done)",
+            "{}: already exists; pass --force to replace it (nothing was done){leftover}",
             out.display()
         )));
     }
