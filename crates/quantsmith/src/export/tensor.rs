@@ -303,19 +303,8 @@ impl QuantTensor {
         if *pos >= buf.len() {
             return Ok(None);
         }
-        fn take<'b>(buf: &'b [u8], pos: &mut usize) -> std::result::Result<&'b [u8], String> {
-            let n = buf.get(*pos..*pos + 8).ok_or("truncated")?;
-            let n = u64::from_le_bytes(n.try_into().map_err(|_| "truncated")?) as usize;
-            let start = *pos + 8;
-            let end = start.checked_add(n).filter(|&e| e <= buf.len()).ok_or("truncated")?;
-            *pos = end;
-            Ok(&buf[start..end])
-        }
-        fn u64s(b: &[u8]) -> Vec<usize> {
-            b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect()
-        }
-        let name = String::from_utf8(take(buf, pos)?.to_vec()).map_err(|_| "bad name")?;
-        let shape = u64s(take(buf, pos)?);
+        let name = String::from_utf8(spill_take(buf, pos)?.to_vec()).map_err(|_| "bad name")?;
+        let shape = spill_u64s(spill_take(buf, pos)?);
         let data = read_data(buf, pos, 0)?;
         let storage = storage_of(&name).ok_or_else(|| format!("tensor `{name}` is not in the plan"))?;
         Ok(Some(QuantTensor { name, shape, storage, data }))
@@ -328,9 +317,7 @@ fn spill_put(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 fn write_data(data: &TensorData, out: &mut Vec<u8>) {
-    fn put(out: &mut Vec<u8>, b: &[u8]) {
-        spill_put(out, b)
-    }
+    let put = spill_put;
     fn f32s(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
@@ -373,13 +360,14 @@ fn spill_take<'b>(buf: &'b [u8], pos: &mut usize) -> std::result::Result<&'b [u8
     Ok(&buf[start..end])
 }
 
+fn spill_u64s(b: &[u8]) -> Vec<usize> {
+    b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect()
+}
+
 fn read_data(buf: &[u8], pos: &mut usize, depth: u32) -> std::result::Result<TensorData, String> {
     let take = spill_take;
     fn f32s(b: &[u8]) -> Vec<f32> {
         b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-    }
-    fn u64s(b: &[u8]) -> Vec<usize> {
-        b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect()
     }
     let tag = *buf.get(*pos).ok_or("truncated")?;
     *pos += 1;
@@ -387,7 +375,7 @@ fn read_data(buf: &[u8], pos: &mut usize, depth: u32) -> std::result::Result<Ten
         0 => TensorData::Float(f32s(take(buf, pos)?)),
         1 => TensorData::Ggml(take(buf, pos)?.to_vec()),
         2 => {
-            let d = u64s(take(buf, pos)?);
+            let d = spill_u64s(take(buf, pos)?);
             if d.len() != 4 {
                 return Err("bad dimensions".into());
             }

@@ -402,9 +402,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         .into_iter()
         .filter(|f| plan.entry(&f.tensor).is_some_and(|e| !e.from_rule && e.storage.name() == f.to))
         .collect();
-    let calibrates = opts.budget.is_some()
-        || opts.pipeline.imatrix == ImatrixSource::Calibrate
-        || plan.entries.iter().any(|e| !e.storage.is_float() && e.method.needs_hessian());
+    let calibrates = opts.budget.is_some() || opts.pipeline.imatrix == ImatrixSource::Calibrate || plan.needs_hessian();
     if calibrates {
         if let Some(n) = arch.max_len().filter(|&n| opts.pipeline.calib.len > n) {
             return Err(Error::Other(format!(

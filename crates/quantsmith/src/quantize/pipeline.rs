@@ -295,7 +295,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let n_blocks = arch.n_blocks();
     let mut phases = PhaseTimes::default();
 
-    let needs_h = plan.entries.iter().any(|e| !e.storage.is_float() && e.method.needs_hessian());
+    let needs_h = plan.needs_hessian();
     let calibrate = needs_h || opts.imatrix == ImatrixSource::Calibrate;
     // GPTQ sees the activations of the quantized groups; an imatrix those of the original.
     let sequential = needs_h;
@@ -308,14 +308,13 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let work = partial_dir(&opts.out);
     let transforms: Vec<String> = inp.transforms.iter().map(|t| format!("{t:?}")).collect();
     let fingerprint = plan.fingerprint(inp.input, opts, &format!("{}|{}", inp.exporter.name(), transforms.join(";")));
-    let fresh = || Checkpoint {
+    let mut state = Checkpoint {
         fingerprint: fingerprint.clone(),
         next_block: 0,
         tensors: Vec::new(),
         seconds: 0.0,
         crc32: BTreeMap::new(),
     };
-    let mut state = fresh();
     let mut resumed_blocks = 0;
     let mut damaged = None;
     if opts.resume {

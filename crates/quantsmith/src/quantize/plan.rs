@@ -93,6 +93,11 @@ impl Plan {
         Ok(Plan { entries, index })
     }
 
+    /// Whether some tensor is solved with a Hessian (so the run calibrates).
+    pub fn needs_hessian(&self) -> bool {
+        self.entries.iter().any(|e| !e.storage.is_float() && e.method.needs_hessian())
+    }
+
     /// The entry of tensor `name`.
     pub fn entry(&self, name: &str) -> Option<&PlanEntry> {
         self.index.get(name).map(|&i| &self.entries[i])
