@@ -35,6 +35,8 @@ fn quantize_minilm(out: &Path, method: &str, scheme: &str) {
         rules: vec![Rule::parse_scheme(scheme).unwrap()],
         layout: "fake-quant".into(),
         transforms: vec![],
+        act: None,
+        kv: None,
         force: false,
         allow_requantize: false,
         max_shard_bytes: 0,

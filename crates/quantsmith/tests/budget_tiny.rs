@@ -28,6 +28,8 @@ fn opts(out: &Path, layout: &str, budget: Option<BudgetOptions>) -> QuantizeOpti
         rules: vec![],
         layout: layout.into(),
         transforms: vec![],
+        act: None,
+        kv: None,
         force: false,
         allow_requantize: false,
         max_shard_bytes: 0,

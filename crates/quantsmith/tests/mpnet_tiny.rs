@@ -291,6 +291,8 @@ fn options(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOpti
         rules: vec![Rule::parse_scheme(scheme).unwrap()],
         layout: layout.into(),
         transforms: vec![],
+        act: None,
+        kv: None,
         force: false,
         allow_requantize: false,
         max_shard_bytes: 0,

@@ -31,6 +31,8 @@ fn opts(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOptions
         rules: vec![Rule::parse_scheme(scheme).unwrap()],
         layout: layout.into(),
         transforms: vec![],
+        act: None,
+        kv: None,
         force: false,
         allow_requantize: false,
         max_shard_bytes: 0,

@@ -25,6 +25,8 @@ fn opts(out: &Path, preset: Option<&str>, method: &str, layout: &str) -> Quantiz
         rules: vec![],
         layout: layout.into(),
         transforms: vec![],
+        act: None,
+        kv: None,
         force: false,
         allow_requantize: false,
         max_shard_bytes: 0,

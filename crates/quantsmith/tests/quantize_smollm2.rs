@@ -29,6 +29,8 @@ fn options(
         rules: vec![],
         layout: "gguf".into(),
         transforms: vec![],
+        act: None,
+        kv: None,
         force: false,
         allow_requantize: false,
         max_shard_bytes: 0,

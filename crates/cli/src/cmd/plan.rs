@@ -152,6 +152,8 @@ pub fn run(args: Args) -> Result<()> {
         rules: rules.clone(),
         layout: args.layout.clone(),
         transforms: Vec::new(),
+        act: None,
+        kv: None,
         force: false,
         allow_requantize: true,
         max_shard_bytes: 5_000_000_000,

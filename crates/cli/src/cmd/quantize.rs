@@ -76,10 +76,23 @@ pub struct Args {
     /// Tokens per evaluation chunk.
     #[arg(long, default_value_t = 512)]
     pub eval_ctx: usize,
-    /// Transform applied to every linear group before it is solved, in order (repeatable),
-    /// e.g. `scale-fold:seed=1`.
+    /// Rotate the residual stream (QuaRot): `hadamard` (randomized Hadamard), `random`
+    /// (seeded random orthogonal) or `none`; `:seed=N` picks the signs/matrix, `:online` also
+    /// rotates ffn_down's input at inference (not for GGUF).
+    #[arg(long, value_name = "KIND[:seed=N][:online]")]
+    pub rotate: Option<String>,
+    /// Transform applied to every linear group before it is solved, in order (repeatable):
+    /// `smoothquant[:ALPHA][:all]`, `awq[:grid=N]`, `scale-fold:seed=1`.
     #[arg(long = "transform")]
     pub transforms: Vec<String>,
+    /// Quantize the input of every linear layer (per token) in this format at inference:
+    /// int8, int4, fp8_e4m3, fp4_e2m1, mxfp4, nvfp4, … (directory layouts only).
+    #[arg(long, value_name = "FORMAT")]
+    pub act: Option<String>,
+    /// Quantize the KV cache (per token and head, keys after RoPE) in this format at
+    /// inference (directory layouts only).
+    #[arg(long, value_name = "FORMAT")]
+    pub kv: Option<String>,
     /// Replace an existing output (file or directory); never the input.
     #[arg(long)]
     pub force: bool,
@@ -153,6 +166,31 @@ impl BudgetArgs {
             sweep,
         }))
     }
+}
+
+/// The run's transforms: the rotation first (it rewrites the model as it loads), then the
+/// command line's `--transform`s, else the recipe's.
+pub fn transforms_of(
+    rotate: Option<&str>,
+    cli: &[String],
+    recipe: &quantsmith::quantize::recipe::RecipeSettings,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    match rotate {
+        None | Some("none") => {}
+        Some(r) if r.starts_with("rotate:") => out.push(r.to_string()),
+        Some(r) => out.push(format!("rotate:{r}")),
+    }
+    out.extend(if cli.is_empty() { recipe.transforms.clone() } else { cli.to_vec() });
+    if let Some(t) = out.iter().skip(1).find(|t| t.starts_with("rotate")) {
+        return Err(Error::Other(format!(
+            "--transform `{t}`: name the rotation with --rotate (it runs before every other transform)"
+        )));
+    }
+    for t in &out {
+        quantsmith::transform::transform(t)?;
+    }
+    Ok(out)
 }
 
 /// `--scheme` rules, then the `--recipe` file's.
@@ -269,12 +307,21 @@ pub fn run(args: Args) -> Result<()> {
             return Err(Error::Text { path: p.clone(), msg: "is also calibration text: never evaluate on it".into() });
         }
     }
+    let settings = match &args.recipe {
+        Some(p) => quantsmith::quantize::recipe::read_recipe_file(p)?.1,
+        None => Default::default(),
+    };
+    let transforms = transforms_of(args.rotate.as_deref().or(settings.rotate.as_deref()), &args.transforms, &settings)?;
+    let act = args.act.clone().or(settings.act.clone());
+    let kv = args.kv.clone().or(settings.kv.clone());
     let opts = QuantizeOptions {
         preset,
         method,
         rules,
         layout,
-        transforms: args.transforms.clone(),
+        transforms,
+        act,
+        kv,
         force: args.force,
         allow_requantize: args.allow_requantize,
         max_shard_bytes: args.max_shard_bytes,

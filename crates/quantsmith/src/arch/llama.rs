@@ -155,6 +155,8 @@ pub struct LlamaConfig {
     pub naming: Naming,
     /// Context length the model was trained for (`context_length`, `max_position_embeddings`).
     pub n_ctx: Option<usize>,
+    /// What runs between the weights (activation / KV quantization, online rotations).
+    pub runtime: super::runtime::Runtime,
 }
 
 impl LlamaConfig {
@@ -196,6 +198,7 @@ impl LlamaConfig {
             naming: Naming::Gguf,
             n_ctx: g.opt_u32(&k("context_length"))?.map(|v| v as usize),
             arch: arch.clone(),
+            runtime: Default::default(),
         };
         cfg.validate(g.path(), &|f| k(gguf_key(f)))?;
         if let Some(rd) = g.opt_u32(&k("rope.dimension_count"))? {
@@ -349,7 +352,12 @@ impl LlamaConfig {
             naming: Naming::Hf,
             n_ctx: c.get("max_position_embeddings").and_then(|v| v.as_u64()).map(|v| v as usize),
             arch,
+            runtime: match c.get(super::runtime::RUNTIME_KEY) {
+                Some(v) => super::runtime::Runtime::from_json(v, &path)?,
+                None => Default::default(),
+            },
         };
+        cfg.runtime.validate(&LINEAR_NAMES)?;
         cfg.validate(&path, &|f| hf_key(f).to_string())?;
         if let Some(t) = m
             .file_entries()
@@ -472,7 +480,7 @@ impl Block {
         let lin = |role: LinearRole, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             load_linear(src, path, &n.linear(i, role), out, inp, bias)
         };
-        Ok(Block {
+        let mut b = Block {
             attn_norm: load_checked(src, path, &n.attn_norm(i), &[d])?,
             q: lin(LinearRole::Q, qd, d, cfg.qkv_bias)?,
             k: lin(LinearRole::K, kvd, d, cfg.qkv_bias)?,
@@ -483,7 +491,20 @@ impl Block {
             up: lin(LinearRole::Up, cfg.d_ff, d, false)?,
             down: lin(LinearRole::Down, d, cfg.d_ff, false)?,
             attn: Attention::new(cfg.n_head, cfg.n_head_kv, cfg.head_dim),
-        })
+        };
+        b.install_runtime(&cfg.runtime)?;
+        Ok(b)
+    }
+
+    /// Sets every linear's input hook and the attention's K/V hook as `rt` says (and clears
+    /// them where it says nothing).
+    pub fn install_runtime(&mut self, rt: &super::runtime::Runtime) -> Result<()> {
+        for (role, name) in LinearRole::ALL.into_iter().zip(LINEAR_NAMES) {
+            let l = self.linear_mut(role);
+            l.input_hook = rt.input_hook(name, l.inp)?;
+        }
+        self.attn.kv_hook = rt.kv_hook(self.attn.head_dim)?;
+        Ok(())
     }
 
     /// The linear layer of `role`.
@@ -685,6 +706,9 @@ pub const GROUPS: [super::LinearGroup; 4] = [
     super::LinearGroup { input: "activation", linears: &["ffn_down"], norm: None, producer: Some("ffn_up") },
 ];
 
+/// The block-local names of the linears, in [`LinearRole::ALL`]'s order.
+pub const LINEAR_NAMES: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
 fn role_of(name: &str) -> Option<LinearRole> {
     Some(match name {
         "attn_q" => LinearRole::Q,
@@ -743,6 +767,13 @@ impl super::Block for StagedBlock {
     }
     fn weight_name(&self, linear: &str) -> String {
         format!("blk.{}.{linear}.weight", self.index)
+    }
+    fn rotation_map(&self) -> Option<super::RotationMap> {
+        Some(super::RotationMap {
+            writers: &["attn_output", "ffn_down"],
+            value_output: Some(("attn_v", "attn_output")),
+            head_dim: self.cfg.head_dim,
+        })
     }
     fn group_input(&self, g: usize, st: &mut super::BlockState) -> Vec<f32> {
         match g {
@@ -906,6 +937,31 @@ impl super::Arch for LlamaArch<'_> {
     }
     fn gguf_qk_interleaved(&self) -> bool {
         matches!(self.cfg.arch.as_str(), "llama" | "mistral")
+    }
+    fn rotation_globals(&self) -> Option<super::RotationGlobals> {
+        let g = Naming::Gguf;
+        Some(super::RotationGlobals {
+            embed: g.embed().into(),
+            out_norm: g.out_norm().into(),
+            head: g.head().into(),
+            d_model: self.cfg.d_model,
+            head_dim: self.cfg.head_dim,
+            online: vec![("ffn_down", self.cfg.d_ff)],
+        })
+    }
+    fn set_runtime(&mut self, rt: super::runtime::Runtime) -> Result<()> {
+        rt.validate(&LINEAR_NAMES)?;
+        // Every hook built once for the real widths, so a format that does not fit fails here.
+        let c = &self.cfg;
+        let qd = c.n_head * c.head_dim;
+        for (name, inp) in
+            LINEAR_NAMES.into_iter().zip([c.d_model, c.d_model, c.d_model, qd, c.d_model, c.d_model, c.d_ff])
+        {
+            rt.input_hook(name, inp)?;
+        }
+        rt.kv_hook(c.head_dim)?;
+        self.cfg = std::sync::Arc::new(LlamaConfig { runtime: rt, ..(*self.cfg).clone() });
+        Ok(())
     }
     fn rope_heads(&self, name: &str) -> Option<usize> {
         let rest = name.strip_prefix("blk.")?;

@@ -4,6 +4,7 @@ pub mod bert;
 pub mod layers;
 pub mod llama;
 pub mod mpnet;
+pub mod runtime;
 
 use crate::io::ModelFile;
 use crate::tokenizer::Tokenizer;
@@ -127,6 +128,11 @@ pub trait Block: Send + Sync {
     /// Runs group `g`'s linears on `input` (what [`Block::group_input`] returned) and moves
     /// `st` on to the next group's input.
     fn advance(&self, g: usize, st: &mut BlockState, input: Vec<f32>);
+    /// How the block reads and writes the residual stream, when a rotation of that stream
+    /// commutes with it (pre-RMSNorm blocks); `None` otherwise.
+    fn rotation_map(&self) -> Option<RotationMap> {
+        None
+    }
     /// Runs the whole block over `x`.
     fn forward(&self, x: &mut [f32], seq_len: usize) {
         let mut st = BlockState { x, seq_len, carry: Vec::new() };
@@ -135,6 +141,36 @@ pub trait Block: Send + Sync {
             self.advance(g, &mut st, h);
         }
     }
+}
+
+/// Where a rotation of the residual stream touches a block (QuaRot): the groups fed by a norm
+/// read it (the norm's gain folds into their columns, which then rotate), `writers` add to it
+/// (their rows rotate), and the value/output pair can take a rotation per head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationMap {
+    /// Linears whose outputs are added to the residual stream.
+    pub writers: &'static [&'static str],
+    /// (value projection, attention output) whose heads can be rotated together.
+    pub value_output: Option<(&'static str, &'static str)>,
+    /// Width of one attention head.
+    pub head_dim: usize,
+}
+
+/// Where a rotation of the residual stream touches the tensors outside the blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationGlobals {
+    /// The token embedding (its rows rotate).
+    pub embed: String,
+    /// The final norm (its gain folds into the head, then becomes 1).
+    pub out_norm: String,
+    /// The output head's name when it is stored apart (a tied head is untied under it).
+    pub head: String,
+    /// Residual width.
+    pub d_model: usize,
+    /// Width of an attention head.
+    pub head_dim: usize,
+    /// Linears that may take an online Hadamard on their input, with their input width.
+    pub online: Vec<(&'static str, usize)>,
 }
 
 /// The tensors outside the blocks (embeddings, final norm, output head), held in memory by
@@ -202,6 +238,22 @@ pub trait Arch: Send + Sync {
     /// number of heads; `None` for every other tensor.
     fn rope_heads(&self, _name: &str) -> Option<usize> {
         None
+    }
+    /// Where a rotation of the residual stream applies, for families where it commutes with
+    /// the blocks (pre-RMSNorm decoders); `None` otherwise.
+    fn rotation_globals(&self) -> Option<RotationGlobals> {
+        None
+    }
+    /// Sets what runs between the weights (activation / KV quantization, online rotations) in
+    /// every block loaded from now on.
+    fn set_runtime(&mut self, rt: runtime::Runtime) -> Result<()> {
+        if rt.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "the {} architecture cannot run activation or KV-cache quantization or online rotations (decoders of the Llama family can)",
+            self.family()
+        )))
     }
 }
 

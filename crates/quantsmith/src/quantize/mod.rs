@@ -42,8 +42,12 @@ pub struct QuantizeOptions {
     pub rules: Vec<Rule>,
     /// Output layout (`gguf`, `fake-quant`, `compressed-tensors`, `gptq`).
     pub layout: String,
-    /// Transforms applied to every linear group before it is solved, in order.
+    /// Transforms (`rotate:hadamard`, `smoothquant:0.5`, `awq`, …), in order.
     pub transforms: Vec<String>,
+    /// Activation quantization of every linear's input (a format spec, per token).
+    pub act: Option<String>,
+    /// KV-cache quantization (a format spec, per token and head).
+    pub kv: Option<String>,
     /// Replace an existing output (file or non-empty directory).
     pub force: bool,
     /// Quantize an input that is already quantized (its rounding errors stay and add up).
@@ -162,9 +166,14 @@ pub fn default_layout(out: &std::path::Path) -> Option<&'static str> {
 }
 
 /// The metadata, configs and side files every layout may need, from either kind of input.
-fn export_model(file: &ModelFile, arch: &dyn arch::Arch, opts: &QuantizeOptions) -> Result<ExportModel> {
+fn export_model(
+    file: &ModelFile,
+    arch: &dyn arch::Arch,
+    opts: &QuantizeOptions,
+    added: &[crate::tensor::TensorInfo],
+) -> Result<ExportModel> {
     let mut m = ExportModel { max_shard_bytes: opts.max_shard_bytes, force: opts.force, ..Default::default() };
-    for name in arch.tensor_names() {
+    for name in arch.tensor_names().into_iter().chain(added.iter().map(|t| t.name.clone())) {
         let hf = arch.hf_name(&name);
         m.hf_names.insert(name, hf);
     }
@@ -266,7 +275,36 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
             opts.layout
         )));
     }
-    let arch = arch::arch_for(&file)?;
+    let mut arch = arch::arch_for(&file)?;
+    // Transforms and what runs between the weights: checked against the model up front.
+    let transforms = opts.transforms.iter().map(|t| crate::transform::transform(t)).collect::<Result<Vec<_>>>()?;
+    for t in &transforms {
+        t.check(&*arch)?;
+    }
+    let runtime = arch::runtime::Runtime {
+        act: opts.act.clone(),
+        kv: opts.kv.clone(),
+        online_hadamard: transforms.iter().flat_map(|t| t.online_hadamard()).collect(),
+    };
+    if !runtime.is_empty() {
+        if gguf_out {
+            let mut what = Vec::new();
+            if let Some(a) = &runtime.act {
+                what.push(format!("activation quantization ({a})"));
+            }
+            if let Some(k) = &runtime.kv {
+                what.push(format!("KV-cache quantization ({k})"));
+            }
+            if !runtime.online_hadamard.is_empty() {
+                what.push(format!("an online Hadamard rotation of {}'s input", runtime.online_hadamard.join(", ")));
+            }
+            return Err(Error::Other(format!(
+                "GGUF cannot carry {}: llama.cpp would run the model without it. Write a directory layout (--layout fake-quant, compressed-tensors or gptq; the runtime is recorded in its config.json and `quantsmith eval` applies it), or drop those options (a rotation without `online` gives a plain model GGUF can hold)",
+                what.join(" or ")
+            )));
+        }
+        arch.set_runtime(runtime.clone())?;
+    }
     if arch.kind() == arch::ModelKind::Encoder {
         if gguf_out {
             return Err(Error::Other(format!(
@@ -360,7 +398,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
     }
     // The checkpoint's tensors under their canonical names.
     let src = file.source();
-    let tensors: Vec<crate::tensor::TensorInfo> = arch
+    let mut tensors: Vec<crate::tensor::TensorInfo> = arch
         .tensor_names()
         .into_iter()
         .map(|n| {
@@ -369,6 +407,13 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
             info
         })
         .collect();
+    let mut added: Vec<crate::tensor::TensorInfo> = Vec::new();
+    for t in &transforms {
+        for a in t.added_tensors(&*arch, &tensors) {
+            tensors.push(a.clone());
+            added.push(a);
+        }
+    }
     let preset = opts.preset.unwrap_or(Preset::parse("Q4_K_M")?);
     let uses_imatrix = opts.pipeline.imatrix != ImatrixSource::None;
     let mut preset_fallbacks: Vec<Fallback> = Vec::new();
@@ -415,13 +460,22 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         // Checked now, so that a text too short fails before anything is written.
         crate::eval::perplexity::eval_tokens(&tok, text, path, &opts.eval)?;
     }
-    let transforms = opts.transforms.iter().map(|t| crate::transform::transform(t)).collect::<Result<Vec<_>>>()?;
-    let mut export = export_model(&file, &*arch, opts)?;
+    let mut export = export_model(&file, &*arch, opts, &added)?;
+    if let Some(o) = export.hf_config.as_object_mut() {
+        if added.iter().any(|t| t.name == "output.weight") {
+            o.insert("tie_word_embeddings".into(), serde_json::Value::Bool(false));
+        }
+        if !runtime.is_empty() {
+            o.insert(arch::runtime::RUNTIME_KEY.into(), runtime.to_json());
+        }
+    }
     export.recipe = serde_json::json!({
         "preset": if gguf_out { Some(preset.name()) } else { None },
         "method": opts.method.spec(),
         "rules": opts.rules.iter().map(|r| serde_json::json!({"pattern": r.pattern, "format": r.format, "solver": r.solver})).collect::<Vec<_>>(),
         "transforms": opts.transforms,
+        "act": opts.act,
+        "kv": opts.kv,
         "calibration": {"samples": opts.pipeline.calib.samples, "len": opts.pipeline.calib.len, "seed": opts.pipeline.calib.seed},
     });
 
@@ -528,6 +582,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         tokenizer: &tok,
         plan: &plan,
         transforms: &transforms,
+        online: &runtime.online_hadamard,
         exporter: &*exporter,
         export: &export,
     };

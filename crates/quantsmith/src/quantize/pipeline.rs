@@ -165,6 +165,8 @@ pub struct RunInputs<'a> {
     pub plan: &'a Plan,
     /// Rewrites applied to each linear group before it is solved, in order.
     pub transforms: &'a [Box<dyn Transform>],
+    /// Linears (block-local names) whose input the model rotates online.
+    pub online: &'a [String],
     /// The output layout.
     pub exporter: &'a dyn Exporter,
     /// Metadata, configs and side files for the exporter.
@@ -227,6 +229,21 @@ struct SolveCtx<'a> {
 impl SolveCtx<'_> {
     fn entry(&self, name: &str) -> Result<&PlanEntry> {
         self.plan.entry(name).ok_or_else(|| Error::Other(format!("no plan for tensor `{name}`")))
+    }
+
+    /// The storage format of each linear of a group (`None` for float storage).
+    fn formats(&self, blk: &dyn Block, linears: &[&str]) -> Result<Vec<Option<formats::format::Format>>> {
+        linears
+            .iter()
+            .map(|l| {
+                let e = self.entry(&blk.weight_name(l))?;
+                if e.storage.is_float() {
+                    Ok(None)
+                } else {
+                    e.storage.target().map(Some)
+                }
+            })
+            .collect()
     }
 
     /// The per-column importance of `name` (llama.cpp's imatrix meaning), if the run uses one.
@@ -296,7 +313,8 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let mut phases = PhaseTimes::default();
 
     let needs_h = plan.needs_hessian();
-    let calibrate = needs_h || opts.imatrix == ImatrixSource::Calibrate;
+    let transform_stats = inp.transforms.iter().any(|t| t.needs_hessian());
+    let calibrate = needs_h || transform_stats || opts.imatrix == ImatrixSource::Calibrate;
     // GPTQ sees the activations of the quantized groups; an imatrix those of the original.
     let sequential = needs_h;
     let file_imatrix = match &opts.imatrix {
@@ -358,6 +376,9 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
 
     let t = Instant::now();
     let mut globals = arch.load_globals()?;
+    for tr in inp.transforms {
+        tr.on_globals(arch, &mut globals)?;
+    }
     phases.load += t.elapsed().as_secs_f64();
 
     // Calibration activations: the residual stream entering the next block.
@@ -386,10 +407,54 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     for i in resumed_blocks..n_blocks {
         let t = Instant::now();
         let mut blk = arch.load_block(i, seq_len)?;
+        for tr in inp.transforms {
+            tr.on_block(arch, i, &mut *blk)?;
+        }
         phases.load += t.elapsed().as_secs_f64();
         let groups = blk.groups();
         let mut spill: Vec<QuantTensor> = Vec::new();
         let mut hs_seconds = 0f64;
+
+        // Group transforms (SmoothQuant, AWQ) choose their scales on the float block, as
+        // AutoAWQ does: every group's full input statistics in one pass, then each group is
+        // rewritten in turn. A fold changes only its own group's input (its norm or producer
+        // feeds nothing else), so the other groups' statistics stay valid; the solve below
+        // then sees the rewritten block.
+        if !inp.transforms.is_empty() {
+            let t = Instant::now();
+            let mut hs: Vec<Option<Hessian>> = vec![None; groups.len()];
+            if calibrate && transform_stats {
+                let widths = groups.iter().map(|grp| group_width(&*blk, grp.linears, i)).collect::<Result<Vec<_>>>()?;
+                let mut acc: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
+                let mut xb_copy = Vec::new();
+                for xb in x.chunks(batch_len) {
+                    xb_copy.clear();
+                    xb_copy.extend_from_slice(xb);
+                    let mut st = BlockState { x: &mut xb_copy, seq_len, carry: Vec::new() };
+                    for g in 0..groups.len() {
+                        let hin = blk.group_input(g, &mut st);
+                        add_seen(&mut acc[g], &*blk, groups[g].linears, &hin, widths[g]);
+                        blk.advance(g, &mut st, hin);
+                    }
+                }
+                hs = acc.into_iter().map(Some).collect();
+            }
+            for (g, grp) in groups.iter().enumerate() {
+                let formats = sctx.formats(&*blk, grp.linears)?;
+                let mut ctx = GroupCtx {
+                    block_index: i,
+                    group_index: g,
+                    group: grp,
+                    block: &mut *blk,
+                    hessian: hs[g].as_mut(),
+                    inputs: &mut [],
+                    formats,
+                    online_rotated: grp.linears.iter().any(|l| inp.online.iter().any(|o| o == l)),
+                };
+                apply_transforms(inp.transforms, &mut ctx)?;
+            }
+            phases.calibrate += t.elapsed().as_secs_f64();
+        }
 
         if calibrate && sequential {
             let n_batches = x.len().div_ceil(batch_len);
@@ -404,21 +469,12 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                     let hin = blk.group_input(g, &mut st);
                     carries[b] = st.carry;
                     let th = Instant::now();
-                    h.add(&hin, hin.len() / width);
+                    add_seen(&mut h, &*blk, grp.linears, &hin, width);
                     hs_seconds += th.elapsed().as_secs_f64();
                     inputs.push(hin);
                 }
                 phases.calibrate += t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                let mut ctx = GroupCtx {
-                    block_index: i,
-                    group_index: g,
-                    group: grp,
-                    block: &mut *blk,
-                    hessian: Some(&mut h),
-                    inputs: &mut inputs,
-                };
-                apply_transforms(inp.transforms, &mut ctx)?;
                 sctx.solve_group(&mut *blk, grp.linears, Some(&h), i, &mut spill, &mut state.tensors)?;
                 phases.solve += t.elapsed().as_secs_f64();
                 let t = Instant::now();
@@ -443,7 +499,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                     for g in 0..groups.len() {
                         let hin = blk.group_input(g, &mut st);
                         let th = Instant::now();
-                        acc[g].add(&hin, hin.len() / widths[g]);
+                        add_seen(&mut acc[g], &*blk, groups[g].linears, &hin, widths[g]);
                         hs_seconds += th.elapsed().as_secs_f64();
                         blk.advance(g, &mut st, hin);
                     }
@@ -453,15 +509,6 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             }
             let t = Instant::now();
             for (g, grp) in groups.iter().enumerate() {
-                let mut ctx = GroupCtx {
-                    block_index: i,
-                    group_index: g,
-                    group: grp,
-                    block: &mut *blk,
-                    hessian: hs[g].as_mut(),
-                    inputs: &mut [],
-                };
-                apply_transforms(inp.transforms, &mut ctx)?;
                 sctx.solve_group(&mut *blk, grp.linears, hs[g].as_ref(), i, &mut spill, &mut state.tensors)?;
             }
             phases.solve += t.elapsed().as_secs_f64();
@@ -544,7 +591,9 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let t = Instant::now();
     let mut reports: BTreeMap<String, TensorReport> = state.tensors.drain(..).map(|r| (r.name.clone(), r)).collect();
     let mut ordered = Vec::new();
-    let order = arch.tensor_names();
+    let mut order = arch.tensor_names();
+    // Tensors a transform added (an untied head) go after the checkpoint's own.
+    order.extend(tail.keys().filter(|n| !order.contains(n)).cloned().collect::<Vec<_>>());
     for n in &order {
         if let Some(r) = reports.remove(n) {
             ordered.push(r);
@@ -578,6 +627,19 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     phases.write += t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     Ok(PipelineReport { tensors: ordered, file_bytes, calib_tokens, phases, resumed_blocks, resumed_seconds })
+}
+
+/// Adds a group's input to its statistics as its linears see it: through their input hook
+/// (an online rotation, activation quantization) when they have one.
+fn add_seen(h: &mut Hessian, blk: &dyn Block, linears: &[&str], x: &[f32], width: usize) {
+    match linears.first().and_then(|l| blk.linear(l)).and_then(|l| l.input_hook.clone()) {
+        Some(hook) => {
+            let mut seen = x.to_vec();
+            hook(&mut seen);
+            h.add(&seen, seen.len() / width);
+        }
+        None => h.add(x, x.len() / width),
+    }
 }
 
 /// Runs the transforms, in order, on one group.

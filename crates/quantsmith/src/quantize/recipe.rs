@@ -12,6 +12,17 @@
 //! solver = "gptq"              # optional: rtn | gptq (default: the run's --method)
 //! ```
 //!
+//! A recipe file may also name the run's rewrites and what runs between the weights, the same
+//! settings as `--rotate`, `--transform`, `--act` and `--kv` (the command line's take
+//! precedence):
+//!
+//! ```toml
+//! rotate = "hadamard:online"
+//! transform = ["smoothquant:0.5"]
+//! act = "int8"
+//! kv = "int4"
+//! ```
+//!
 //! A pattern matches a tensor's full name or its name without the `.weight` suffix. Rules
 //! from `--scheme` come before those of the recipe file; tensors no rule matches keep the
 //! preset's choice. A rule that matches no tensor is an error (a typo, not a no-op).
@@ -41,6 +52,27 @@ pub struct Rule {
 struct RecipeFile {
     #[serde(default)]
     rule: Vec<Rule>,
+    #[serde(default)]
+    rotate: Option<String>,
+    #[serde(default)]
+    transform: Vec<String>,
+    #[serde(default)]
+    act: Option<String>,
+    #[serde(default)]
+    kv: Option<String>,
+}
+
+/// The run settings a recipe file may carry besides its rules.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecipeSettings {
+    /// `rotate = "KIND[:…]"`.
+    pub rotate: Option<String>,
+    /// `transform = [...]`.
+    pub transforms: Vec<String>,
+    /// `act = "FORMAT"`.
+    pub act: Option<String>,
+    /// `kv = "FORMAT"`.
+    pub kv: Option<String>,
 }
 
 impl Rule {
@@ -80,8 +112,13 @@ pub fn parse_solver(s: &str) -> Result<Method> {
     crate::solve::solver(s)
 }
 
-/// Reads a TOML recipe file.
+/// Reads a TOML recipe file's rules.
 pub fn read_recipe(path: &Path) -> Result<Vec<Rule>> {
+    Ok(read_recipe_file(path)?.0)
+}
+
+/// Reads a TOML recipe file: its rules and its run settings.
+pub fn read_recipe_file(path: &Path) -> Result<(Vec<Rule>, RecipeSettings)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let file: RecipeFile = toml::from_str(&text).map_err(|e| {
         // One line: where, and what (toml's own Display draws the source over several lines).
@@ -101,7 +138,8 @@ pub fn read_recipe(path: &Path) -> Result<Vec<Rule>> {
     for (i, r) in file.rule.iter().enumerate() {
         r.check(&format!("{}: rule {}", path.display(), i + 1))?;
     }
-    Ok(file.rule)
+    let settings = RecipeSettings { rotate: file.rotate, transforms: file.transform, act: file.act, kv: file.kv };
+    Ok((file.rule, settings))
 }
 
 /// Glob match with `*` (any run, possibly empty) and `?` (one character).

@@ -1,18 +1,26 @@
-//! Transforms: equivalent rewrites of a block that make it easier to quantize (SmoothQuant,
-//! AWQ scaling, rotations, bias correction). One file per transform, one registry line in
-//! [`transform`].
+//! Transforms: equivalent rewrites of a model that make it easier to quantize (rotations,
+//! SmoothQuant, AWQ scaling). One file per transform, one registry line in [`transform`].
 //!
-//! The pipeline calls every transform of a run, in order, for each linear group of each
+//! A transform acts at up to three points. [`Transform::on_globals`] rewrites the tensors
+//! outside the blocks once they are loaded, and [`Transform::on_block`] each block as it is
+//! loaded, before any calibration data runs through it (a rotation of the residual stream,
+//! which must hold for the whole model). [`Transform::on_group`] is called for each linear
+//! group of each
 //! block, after the group's input statistics were collected and before its linears are
 //! solved ([`GroupCtx`]). A transform may rewrite the block's norms and linears; when it
 //! changes what the group's linears read, it says so through [`GroupCtx::fold_input_scale`]
 //! (or keeps `hessian` and `inputs` consistent itself), so the solve and the propagation
 //! that follow see the rewritten model. Export takes every tensor from the rewritten block.
 
+pub mod awq;
+pub mod hadamard;
+pub mod rotate;
 pub mod scale_fold;
+pub mod smoothquant;
 
-use crate::arch::{Block, LinearGroup};
+use crate::arch::{Arch, Block, Globals, LinearGroup};
 use crate::calib::Hessian;
+use crate::tensor::TensorInfo;
 use crate::{Error, Result};
 
 /// What a transform may see and rewrite for one linear group.
@@ -30,6 +38,12 @@ pub struct GroupCtx<'a> {
     /// The group's recorded inputs per calibration batch (GPTQ's sequential mode; empty
     /// otherwise), `[rows, in]` each.
     pub inputs: &'a mut [Vec<f32>],
+    /// The format each of the group's linears will be stored in (`None`: kept in float), in
+    /// the order of [`LinearGroup::linears`].
+    pub formats: Vec<Option<formats::format::Format>>,
+    /// Whether the group's input is rotated online before the linears (a channel scale would
+    /// not commute with that rotation).
+    pub online_rotated: bool,
 }
 
 impl GroupCtx<'_> {
@@ -101,15 +115,47 @@ impl GroupCtx<'_> {
 pub trait Transform: std::fmt::Debug + Send + Sync {
     /// Name as recipes spell it.
     fn name(&self) -> &'static str;
+    /// Checks, before any work, that the transform applies to this model.
+    fn check(&self, _arch: &dyn Arch) -> Result<()> {
+        Ok(())
+    }
+    /// Tensors the transform adds to the checkpoint's (a rotation unties a tied head).
+    fn added_tensors(&self, _arch: &dyn Arch, _tensors: &[TensorInfo]) -> Vec<TensorInfo> {
+        Vec::new()
+    }
+    /// Linears (block-local names) whose input the rewritten model rotates online.
+    fn online_hadamard(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Whether the transform needs the full Σxxᵀ of each group's input (the run then collects
+    /// it, whatever the solver).
+    fn needs_hessian(&self) -> bool {
+        false
+    }
+    /// Rewrites the tensors outside the blocks, once they are loaded.
+    fn on_globals(&self, _arch: &dyn Arch, _globals: &mut Globals) -> Result<()> {
+        Ok(())
+    }
+    /// Rewrites block `index` as it is loaded, before calibration data runs through it.
+    fn on_block(&self, _arch: &dyn Arch, _index: usize, _block: &mut dyn Block) -> Result<()> {
+        Ok(())
+    }
     /// Rewrites one group (see [`GroupCtx`]).
-    fn on_group(&self, ctx: &mut GroupCtx) -> Result<()>;
+    fn on_group(&self, _ctx: &mut GroupCtx) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The transforms by name: the registry. `spec` is `NAME` or `NAME:ARGS`.
 pub fn transform(spec: &str) -> Result<Box<dyn Transform>> {
     let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
     match name {
+        "rotate" => Ok(Box::new(rotate::Rotate::parse(args)?)),
+        "smoothquant" => Ok(Box::new(smoothquant::SmoothQuant::parse(args)?)),
+        "awq" => Ok(Box::new(awq::Awq::parse(args)?)),
         "scale-fold" => Ok(Box::new(scale_fold::ScaleFold::parse(args)?)),
-        other => Err(Error::Other(format!("unknown transform `{other}` (known: scale-fold)"))),
+        other => Err(Error::Other(format!(
+            "unknown transform `{other}` (known: rotate, smoothquant[:ALPHA], awq[:grid=N], scale-fold)"
+        ))),
     }
 }

@@ -1,0 +1,246 @@
+//! Rotations, SmoothQuant and AWQ on tiny random decoders (Llama with a tied and an untied
+//! head, Qwen2 with q/k/v biases): every rewrite of the unquantized model keeps its logits to
+//! 1e-4 relative; activation and KV-cache quantization are recorded in the output and applied
+//! when it is loaded; what cannot be carried out is refused before any work.
+
+mod tiny;
+
+use std::path::Path;
+
+use quantsmith::arch::load_decoder;
+use quantsmith::calib::CalibOptions;
+use quantsmith::eval::perplexity::PerplexityOptions;
+use quantsmith::io::ModelFile;
+use quantsmith::quantize::pipeline::{ImatrixSource, PipelineOptions};
+use quantsmith::quantize::preset::Preset;
+use quantsmith::quantize::recipe::Rule;
+use quantsmith::quantize::{quantize, QuantizeOptions};
+use quantsmith::solve::solver;
+use quantsmith::tensor::TensorSource;
+use tiny::Tiny;
+
+fn opts(out: &Path, preset: Option<&str>, method: &str, layout: &str) -> QuantizeOptions {
+    QuantizeOptions {
+        preset: preset.map(|p| Preset::parse(p).unwrap()),
+        method: solver(method).unwrap(),
+        rules: vec![],
+        layout: layout.into(),
+        transforms: vec![],
+        act: None,
+        kv: None,
+        force: false,
+        allow_requantize: false,
+        max_shard_bytes: 0,
+        pipeline: PipelineOptions {
+            out: out.to_path_buf(),
+            calib_texts: vec![tiny::text(0, 40_000)],
+            calib: CalibOptions { samples: 8, len: 64, seed: 0 },
+            imatrix: ImatrixSource::None,
+            batch_seqs: 3,
+            resume: false,
+        },
+        eval_text: None,
+        eval: PerplexityOptions { ctx: 64, max_chunks: Some(4), ..Default::default() },
+        budget: None,
+    }
+}
+
+fn logits(path: &Path) -> Vec<f32> {
+    let f = ModelFile::open(path).unwrap();
+    let d = load_decoder(&f).unwrap();
+    let tokens: Vec<u32> = (0..64u32).map(|i| (i * 37 + 11) % 256).collect();
+    d.model.logits(&tokens, 32, 0..32).unwrap()
+}
+
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn quiet(_: &str, _: usize, _: usize) {}
+
+fn tensor(path: &Path, name: &str) -> Vec<f32> {
+    let f = ModelFile::open(path).unwrap();
+    f.source().load_f32(name).unwrap()
+}
+
+/// The three tiny models: Llama untied, Llama tied, Qwen2 (biases).
+fn models(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut v = Vec::new();
+    for (name, t) in [
+        ("llama", Tiny::default()),
+        ("llama-tied", Tiny { tied: true, ..Default::default() }),
+        ("qwen2", Tiny { qwen: true, ..Default::default() }),
+    ] {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        v.push((name.to_string(), t.gguf_in(&d)));
+    }
+    v
+}
+
+#[test]
+fn every_rewrite_keeps_the_unquantized_models_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, src) in models(dir.path()) {
+        let base = logits(&src);
+        for (k, transforms, layout) in [
+            ("hadamard", vec!["rotate:hadamard"], "gguf"),
+            ("random", vec!["rotate:random:seed=5"], "gguf"),
+            ("online", vec!["rotate:hadamard:online"], "fake-quant"),
+            ("smoothquant", vec!["smoothquant:0.5:all"], "gguf"),
+            ("awq", vec!["awq:grid=10:format=int3:g64"], "gguf"),
+            ("rotate+smoothquant", vec!["rotate:hadamard", "smoothquant:0.8"], "gguf"),
+        ] {
+            let out = dir.path().join(format!("{name}-{k}{}", if layout == "gguf" { ".gguf" } else { "" }));
+            let mut o = opts(&out, (layout == "gguf").then_some("F32"), "rtn", layout);
+            o.transforms = transforms.iter().map(|s| s.to_string()).collect();
+            quantize(src.to_str().unwrap(), &o, &quiet).unwrap_or_else(|e| panic!("{name} {k}: {e}"));
+            let rd = rel_diff(&base, &logits(&out));
+            eprintln!("{name} {k}: logits differ by {rd:.2e} relative");
+            assert!(rd < 1e-4, "{name} {k}: an equivalent rewrite changed the logits by {rd}");
+            // The file holds the rewritten weights, not the source's.
+            let w = "blk.1.ffn_gate.weight";
+            let hf = if layout == "gguf" { w } else { "model.layers.1.mlp.gate_proj.weight" };
+            let (a, b) = (tensor(&src, w), tensor(&out, hf));
+            let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+            assert!(moved > a.len() / 2, "{name} {k}: {w} was not rewritten ({moved} of {} changed)", a.len());
+        }
+    }
+}
+
+#[test]
+fn a_rotation_unties_a_tied_head_and_flattens_the_norms() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Tiny { tied: true, ..Default::default() }.gguf_in(dir.path());
+    let out = dir.path().join("rot.gguf");
+    let mut o = opts(&out, Some("Q8_0"), "gptq", "gguf");
+    o.transforms = vec!["rotate:hadamard".into()];
+    let r = quantize(src.to_str().unwrap(), &o, &quiet).unwrap();
+    assert!(r.tensors.iter().any(|t| t.name == "output.weight"), "the head was not untied");
+    let g = quantsmith::io::gguf::GgufFile::open(&out).unwrap();
+    assert!(g.info("output.weight").is_some());
+    for n in ["blk.0.attn_norm.weight", "blk.1.ffn_norm.weight", "output_norm.weight"] {
+        assert!(tensor(&out, n).iter().all(|&v| v == 1.0), "{n} was not folded");
+    }
+    // Quantized, it still computes nearly the same function.
+    let rd = rel_diff(&logits(&src), &logits(&out));
+    assert!(rd < 0.1, "{rd}");
+    // A directory layout says the head is untied.
+    let dirout = dir.path().join("rot-dir");
+    let mut o = opts(&dirout, None, "rtn", "fake-quant");
+    o.transforms = vec!["rotate:hadamard".into()];
+    quantize(src.to_str().unwrap(), &o, &quiet).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dirout.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["tie_word_embeddings"], serde_json::Value::Bool(false));
+    let rd = rel_diff(&logits(&src), &logits(&dirout));
+    assert!(rd < 1e-4, "{rd}");
+}
+
+#[test]
+fn activation_and_kv_quantization_are_recorded_and_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Tiny::default().gguf_in(dir.path());
+    let base = logits(&src);
+    let mut errs = Vec::new();
+    for (act, kv) in
+        [(Some("int8"), None), (Some("int4"), None), (None, Some("int4")), (Some("fp8_e4m3"), Some("fp8_e4m3"))]
+    {
+        let out = dir.path().join(format!("a{act:?}-k{kv:?}").replace(['"', '(', ')'], ""));
+        let mut o = opts(&out, None, "rtn", "fake-quant");
+        o.act = act.map(str::to_string);
+        o.kv = kv.map(str::to_string);
+        quantize(src.to_str().unwrap(), &o, &quiet).unwrap();
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let rt = &cfg["quantsmith_runtime"];
+        assert_eq!(rt["act"].as_str(), act, "{cfg}");
+        assert_eq!(rt["kv"].as_str(), kv, "{cfg}");
+        let rd = rel_diff(&base, &logits(&out));
+        eprintln!("act {act:?} kv {kv:?}: logits differ by {rd:.3e}");
+        assert!(rd > 1e-6, "act {act:?} kv {kv:?}: the loaded model ignores its runtime");
+        errs.push(rd);
+    }
+    assert!(errs[1] > errs[0], "int4 activations should cost more than int8: {errs:?}");
+    // With GPTQ the Hessians are taken on the quantized inputs; the run still works and rotation
+    // with an online Hadamard composes with it.
+    let out = dir.path().join("w4a4");
+    let mut o = opts(&out, None, "gptq", "fake-quant");
+    o.rules = vec![Rule::parse_scheme("blk.*=int4:g64").unwrap()];
+    o.act = Some("int4".into());
+    o.kv = Some("int4".into());
+    o.transforms = vec!["rotate:hadamard:online".into()];
+    quantize(src.to_str().unwrap(), &o, &quiet).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantsmith_runtime"]["online_hadamard"][0], "ffn_down");
+    assert!(rel_diff(&base, &logits(&out)).is_finite());
+}
+
+#[test]
+fn what_cannot_be_done_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Tiny::default().gguf_in(dir.path());
+    let out = dir.path().join("x.gguf");
+    let cases: Vec<(QuantizeOptions, &str)> = vec![
+        (
+            {
+                let mut o = opts(&out, Some("Q4_0"), "rtn", "gguf");
+                o.act = Some("int8".into());
+                o
+            },
+            "GGUF cannot carry activation quantization",
+        ),
+        (
+            {
+                let mut o = opts(&out, Some("Q4_0"), "rtn", "gguf");
+                o.kv = Some("int4".into());
+                o
+            },
+            "KV-cache quantization",
+        ),
+        (
+            {
+                let mut o = opts(&out, Some("Q4_0"), "rtn", "gguf");
+                o.transforms = vec!["rotate:hadamard:online".into()];
+                o
+            },
+            "online Hadamard",
+        ),
+        (
+            {
+                let mut o = opts(&dir.path().join("d"), None, "rtn", "fake-quant");
+                o.act = Some("q4_k".into());
+                o
+            },
+            "ggml block type",
+        ),
+        (
+            {
+                let mut o = opts(&dir.path().join("d"), None, "rtn", "fake-quant");
+                o.kv = Some("int4:g48".into());
+                o
+            },
+            "--kv",
+        ),
+        (
+            {
+                let mut o = opts(&out, Some("Q4_0"), "rtn", "gguf");
+                o.transforms = vec!["rotate:spiral".into()];
+                o
+            },
+            "not a rotation",
+        ),
+        (
+            {
+                let mut o = opts(&out, Some("Q4_0"), "rtn", "gguf");
+                o.transforms = vec!["smoothquant:1.5".into()];
+                o
+            },
+            "migration strength",
+        ),
+    ];
+    for (o, want) in cases {
+        let e = quantize(src.to_str().unwrap(), &o, &quiet).unwrap_err().to_string();
+        assert!(e.contains(want), "expected `{want}` in: {e}");
+        assert!(!out.exists() && !dir.path().join("d").exists(), "{want}: something was written");
+    }
+}
