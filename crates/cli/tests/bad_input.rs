@@ -946,3 +946,80 @@ fn calibration_options_that_change_nothing_are_said() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && !e.contains("no effect"), "{e}");
 }
+
+/// Issue 8's options: rotations, scale transforms, activation and KV-cache formats, and a
+/// recorded runtime that does not make sense.
+#[test]
+fn rotation_and_online_quantization_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny::Tiny::default().gguf_in(dir.path());
+    let m = model.to_str().unwrap();
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap().to_string();
+    let (x, d) = (format!("{o}/x.gguf"), format!("{o}/d"));
+    let mut problems = Vec::new();
+    let mut run = |case: &str, extra: &[&str], gguf: bool, needles: &[&str]| {
+        let mut v: Vec<String> = ["quantize", m, "--out"].iter().map(|s| s.to_string()).collect();
+        if gguf {
+            v.extend(["x".into(), "--preset".into(), "Q4_0".into()]);
+            v[3] = x.clone();
+        } else {
+            v.extend([d.clone(), "--layout".into(), "fake-quant".into()]);
+        }
+        v.extend(["--method", "rtn", "--progress", "none"].iter().map(|s| s.to_string()));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        problems.extend(must_fail(&format!("transforms:{case}"), "quantize", &v, &out, needles));
+    };
+    run("--act with a ggml block type", &["--act", "q4_k"], false, &["--act", "q4_k", "ggml block type"]);
+    run("--kv groups that do not divide a head", &["--kv", "int4:g48"], false, &["--kv", "int4:g48"]);
+    run("--act per tensor", &["--act", "int8:t"], false, &["--act", "per-tensor"]);
+    run("--act into GGUF", &["--act", "int8"], true, &["GGUF cannot carry", "fake-quant"]);
+    run("--kv into GGUF", &["--kv", "int4"], true, &["GGUF cannot carry", "KV-cache"]);
+    run("online rotation into GGUF", &["--rotate", "hadamard:online"], true, &["GGUF cannot carry", "online Hadamard"]);
+    run("unknown rotation", &["--rotate", "spiral"], true, &["not a rotation"]);
+    run(
+        "rotation among the transforms",
+        &["--transform", "smoothquant", "--transform", "rotate:hadamard"],
+        true,
+        &["--rotate"],
+    );
+    run("SmoothQuant strength past 1", &["--transform", "smoothquant:1.5"], true, &["migration strength"]);
+    run("AWQ grid of 0", &["--transform", "awq:grid=0"], true, &["grid"]);
+    run("unknown transform", &["--transform", "quarot"], true, &["unknown transform", "rotate"]);
+    // A directory whose recorded runtime is not one quantsmith can run.
+    let hf = dir.path().join("hf");
+    ok(&[
+        "quantize",
+        m,
+        "--out",
+        hf.to_str().unwrap(),
+        "--layout",
+        "fake-quant",
+        "--method",
+        "rtn",
+        "--act",
+        "int8",
+        "--progress",
+        "none",
+    ]);
+    let cfg_path = hf.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    assert_eq!(cfg["quantsmith_runtime"]["act"], "int8");
+    cfg["quantsmith_runtime"]["act"] = serde_json::json!("q4_k");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let t = texts(dir.path());
+    let v: Vec<String> =
+        ["eval", hf.to_str().unwrap(), "--text", t.0.to_str().unwrap(), "--ctx", "64", "--progress", "none"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    problems.extend(must_fail(
+        "transforms:recorded runtime with a ggml type",
+        "eval",
+        &v,
+        &out,
+        &["config.json", "quantsmith_runtime.act"],
+    ));
+    write_matrix("transforms");
+    check(problems);
+}

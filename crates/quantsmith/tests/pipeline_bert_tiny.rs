@@ -232,4 +232,14 @@ fn gguf_output_and_decoder_evaluation_are_refused_for_encoders() {
     let e = quantize(src.to_str().unwrap(), &o, &quiet).unwrap_err().to_string();
     assert!(e.contains("positions"), "{e}");
     assert!(!out.exists());
+    // A post-LN encoder has no rotation map, and no hooks for activation / KV quantization.
+    let mut o = opts(&out, "rtn", "fake-quant", "blk.*=int8");
+    o.transforms = vec!["rotate:hadamard".into()];
+    let e = quantize(src.to_str().unwrap(), &o, &quiet).unwrap_err().to_string();
+    assert!(e.contains("no rotation map") && e.contains("bert"), "{e}");
+    let mut o = opts(&out, "rtn", "fake-quant", "blk.*=int8");
+    o.act = Some("int8".into());
+    let e = quantize(src.to_str().unwrap(), &o, &quiet).unwrap_err().to_string();
+    assert!(e.contains("cannot run activation"), "{e}");
+    assert!(!out.exists());
 }

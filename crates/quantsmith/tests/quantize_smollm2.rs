@@ -177,3 +177,40 @@ fn hugging_face_directory_to_gguf_matches_the_gguf_path() {
         }
     }
 }
+
+/// Every rewrite of issue 8 keeps SmolLM2's function: its widths are not powers of two (576 =
+/// Paley II 36 ⊗ Walsh 16, 1536 = Paley I 12 ⊗ Walsh 128), its head is tied (the rotation unties
+/// it) and its attention is grouped-query (SmoothQuant/AWQ leave attn_output alone).
+#[test]
+fn rotations_and_scalings_keep_smollm2s_logits() {
+    use quantsmith::arch::load_decoder;
+    use quantsmith::io::ModelFile;
+    let base = common::dithered_base();
+    let dir = tempfile::tempdir().unwrap();
+    let logits = |p: &std::path::Path| {
+        let f = ModelFile::open(p).unwrap();
+        let d = load_decoder(&f).unwrap();
+        let tokens = d.tokenizer.encode("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.", false).unwrap();
+        d.model.logits(&tokens, tokens.len(), 0..tokens.len()).unwrap()
+    };
+    let want = logits(&base);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (k, transforms) in [
+        ("hadamard-online", vec!["rotate:hadamard:online"]),
+        ("random", vec!["rotate:random:seed=1"]),
+        ("smoothquant+awq", vec!["smoothquant:0.5:all", "awq:grid=4:format=int3:g64"]),
+    ] {
+        let out = dir.path().join(k);
+        let mut o =
+            options(out.clone(), Preset::parse("F32").unwrap(), solver("rtn").unwrap(), ImatrixSource::None, 4, 128);
+        o.preset = None;
+        o.layout = "fake-quant".into();
+        o.transforms = transforms.iter().map(|s| s.to_string()).collect();
+        quantize(base.to_str().unwrap(), &o, &|_, _, _| {}).unwrap_or_else(|e| panic!("{k}: {e}"));
+        let got = logits(&out);
+        let rd = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        eprintln!("{k}: logits differ by {rd:.2e} relative");
+        assert!(rd < 1e-4, "{k}: an equivalent rewrite changed SmolLM2's logits by {rd}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

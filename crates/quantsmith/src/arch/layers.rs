@@ -268,6 +268,9 @@ pub struct Attention {
     pub head_dim: usize,
     /// Applied to the keys and values before they are used, when set.
     pub kv_hook: Option<KvHook>,
+    /// An orthogonal map applied to every query and key head after RoPE, before the K/V hook
+    /// (QuaRot's online Hadamard: scores unchanged, keys easier to quantize).
+    pub qk_rotation: Option<Arc<crate::transform::hadamard::Orthogonal>>,
 }
 
 impl std::fmt::Debug for Attention {
@@ -284,7 +287,7 @@ impl std::fmt::Debug for Attention {
 impl Attention {
     /// Attention of this shape, without hook.
     pub fn new(n_head: usize, n_head_kv: usize, head_dim: usize) -> Attention {
-        Attention { n_head, n_head_kv, head_dim, kv_hook: None }
+        Attention { n_head, n_head_kv, head_dim, kv_hook: None, qk_rotation: None }
     }
 
     fn hook(&self, k: &mut [f32], v: &mut [f32]) {

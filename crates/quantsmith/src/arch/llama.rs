@@ -504,6 +504,7 @@ impl Block {
             l.input_hook = rt.input_hook(name, l.inp)?;
         }
         self.attn.kv_hook = rt.kv_hook(self.attn.head_dim)?;
+        self.attn.qk_rotation = rt.qk_rotation(self.attn.head_dim)?;
         Ok(())
     }
 
@@ -559,6 +560,10 @@ impl Block {
         let mut v = self.v.forward(h, rows);
         rope.apply(&mut q, cfg.n_head, seq_len);
         rope.apply(&mut k, cfg.n_head_kv, seq_len);
+        if let Some(r) = &self.attn.qk_rotation {
+            r.apply_rows(&mut q);
+            r.apply_rows(&mut k);
+        }
         self.attn.causal(&q, &mut k, &mut v, seq_len)
     }
 
@@ -960,6 +965,7 @@ impl super::Arch for LlamaArch<'_> {
             rt.input_hook(name, inp)?;
         }
         rt.kv_hook(c.head_dim)?;
+        rt.qk_rotation(c.head_dim)?;
         self.cfg = std::sync::Arc::new(LlamaConfig { runtime: rt, ..(*self.cfg).clone() });
         Ok(())
     }

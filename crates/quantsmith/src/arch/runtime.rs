@@ -29,9 +29,14 @@ pub struct Runtime {
     /// Format of the keys (after RoPE) and values, per token and head.
     pub kv: Option<String>,
     /// Linears (block-local names, `ffn_down`) whose input is multiplied by the plain
-    /// Hadamard matrix of its width before the layer (their weights carry the same rotation).
+    /// Hadamard matrix of its width before the layer (their weights carry the same rotation);
+    /// [`QK_HEADS`] rotates every query and key head after RoPE (q·kᵀ is unchanged, the cached
+    /// keys lose their outlier channels).
     pub online_hadamard: Vec<String>,
 }
+
+/// The entry of [`Runtime::online_hadamard`] that rotates query and key heads after RoPE.
+pub const QK_HEADS: &str = "qk_heads";
 
 /// A format as activation or KV-cache quantization uses it: ggml block types are weight
 /// storage, not dynamic activation formats; an unscaled element (`fp8_e4m3`) gets a per-row
@@ -90,7 +95,7 @@ impl Runtime {
             dynamic_format(k, "--kv")?;
         }
         for l in &self.online_hadamard {
-            if !linears.contains(&l.as_str()) {
+            if l != QK_HEADS && !linears.contains(&l.as_str()) {
                 return Err(Error::Other(format!(
                     "online Hadamard on `{l}`: not a linear of this family ({})",
                     linears.join(", ")
@@ -177,6 +182,16 @@ impl Runtime {
                 fake_quant_in_place(f, x, inp);
             }
         })))
+    }
+
+    /// The rotation of query and key heads after RoPE, if the runtime has one.
+    pub fn qk_rotation(&self, head_dim: usize) -> Result<Option<Arc<Orthogonal>>> {
+        if !self.online_hadamard.iter().any(|l| l == QK_HEADS) {
+            return Ok(None);
+        }
+        Orthogonal::hadamard(head_dim)
+            .map(|o| Some(Arc::new(o)))
+            .map_err(|e| Error::Other(format!("online rotation of query/key heads ({head_dim} wide): {e}")))
     }
 
     /// The KV hook for heads of width `head_dim`, if the runtime quantizes the cache.

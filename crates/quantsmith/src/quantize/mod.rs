@@ -296,7 +296,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
                 what.push(format!("KV-cache quantization ({k})"));
             }
             if !runtime.online_hadamard.is_empty() {
-                what.push(format!("an online Hadamard rotation of {}'s input", runtime.online_hadamard.join(", ")));
+                what.push(format!("online Hadamard rotations ({})", runtime.online_hadamard.join(", ")));
             }
             return Err(Error::Other(format!(
                 "GGUF cannot carry {}: llama.cpp would run the model without it. Write a directory layout (--layout fake-quant, compressed-tensors or gptq; the runtime is recorded in its config.json and `quantsmith eval` applies it), or drop those options (a rotation without `online` gives a plain model GGUF can hold)",

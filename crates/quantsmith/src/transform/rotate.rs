@@ -11,7 +11,8 @@
 //!
 //! With `online`, ffn_down's input is also rotated by the plain Hadamard matrix of its width
 //! at inference (its weight carries the same rotation): the activation outliers of the MLP go
-//! too, which activation quantization needs. That is recorded in the model's runtime
+//! too, which activation quantization needs; and every query and key head is rotated by the
+//! head-width Hadamard after RoPE (scores unchanged), so the cached keys quantize better. That is recorded in the model's runtime
 //! ([`crate::arch::runtime`]) and GGUF cannot carry it.
 //!
 //! Spec: `rotate:hadamard|random[:seed=N][:online]`. `hadamard` is QuaRot's randomized
@@ -104,7 +105,11 @@ impl Rotate {
     pub fn describe(&self, d_model: usize) -> String {
         match self.residual(d_model) {
             Ok(q) => {
-                format!("{}{}", q.describe(), if self.online { "; online Hadamard on ffn_down's input" } else { "" })
+                format!(
+                    "{}{}",
+                    q.describe(),
+                    if self.online { "; online Hadamard on ffn_down's input and on query/key heads" } else { "" }
+                )
             }
             Err(e) => e.to_string(),
         }
@@ -127,6 +132,8 @@ impl Transform for Rotate {
         let g = arch.rotation_globals().ok_or_else(|| no_map(arch))?;
         self.residual(g.d_model)?;
         if self.online {
+            Orthogonal::hadamard(g.head_dim)
+                .map_err(|e| Error::Other(format!("--rotate …:online: query/key heads ({} wide): {e}", g.head_dim)))?;
             for (name, width) in &g.online {
                 Orthogonal::hadamard(*width)
                     .map_err(|e| Error::Other(format!("--rotate …:online: the input of {name} ({width} wide): {e}")))?;
@@ -148,7 +155,7 @@ impl Transform for Rotate {
 
     fn online_hadamard(&self) -> Vec<String> {
         if self.online {
-            vec!["ffn_down".into()]
+            vec!["ffn_down".into(), crate::arch::runtime::QK_HEADS.into()]
         } else {
             Vec::new()
         }
