@@ -973,6 +973,7 @@ fn rotation_and_online_quantization_mistakes() {
     run("--act with a ggml block type", &["--act", "q4_k"], false, &["--act", "q4_k", "ggml block type"]);
     run("--kv groups that do not divide a head", &["--kv", "int4:g48"], false, &["--kv", "int4:g48"]);
     run("--act per tensor", &["--act", "int8:t"], false, &["--act", "per-tensor"]);
+    run("--act static with groups", &["--act", "int8:g32:static"], false, &["--act", "static"]);
     run("--act into GGUF", &["--act", "int8"], true, &["GGUF cannot carry", "fake-quant"]);
     run("--kv into GGUF", &["--kv", "int4"], true, &["GGUF cannot carry", "KV-cache"]);
     run("online rotation into GGUF", &["--rotate", "hadamard:online"], true, &["GGUF cannot carry", "online Hadamard"]);

@@ -161,6 +161,21 @@ fn activation_and_kv_quantization_are_recorded_and_applied() {
         errs.push(rd);
     }
     assert!(errs[1] > errs[0], "int4 activations should cost more than int8: {errs:?}");
+    // Static ranges: calibrated once per linear input, recorded, and applied on load.
+    let out = dir.path().join("static");
+    let mut o = opts(&out, None, "rtn", "fake-quant");
+    o.act = Some("int8:static".into());
+    let r = quantize(src.to_str().unwrap(), &o, &quiet).unwrap();
+    assert!(r.calib_tokens > 0, "static ranges need calibration");
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let ranges = cfg["quantsmith_runtime"]["act_scales"].as_object().unwrap();
+    assert_eq!(ranges.len(), 7 * tiny::N_LAYER, "{cfg}");
+    assert!(ranges.values().all(|v| v.as_f64().unwrap() > 0.0));
+    // q, k and v read one input: one range.
+    assert_eq!(ranges["blk.1.attn_q"], ranges["blk.1.attn_v"]);
+    let rd = rel_diff(&base, &logits(&out));
+    eprintln!("act int8:static: logits differ by {rd:.3e}");
+    assert!(rd > 1e-6 && rd < 0.5, "{rd}");
     // With GPTQ the Hessians are taken on the quantized inputs; the run still works and rotation
     // with an online Hadamard composes with it.
     let out = dir.path().join("w4a4");

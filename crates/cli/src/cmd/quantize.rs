@@ -269,8 +269,17 @@ pub fn run(args: Args) -> Result<()> {
     let rules = rules_of(&args.scheme, args.recipe.as_deref())?;
     // Calibration options that change nothing are said (once the options are checked), not
     // silently dropped.
+    let settings = match &args.recipe {
+        Some(p) => quantsmith::quantize::recipe::read_recipe_file(p)?.1,
+        None => Default::default(),
+    };
+    let transforms = transforms_of(args.rotate.as_deref().or(settings.rotate.as_deref()), &args.transforms, &settings)?;
+    let act = args.act.clone().or(settings.act.clone());
+    let kv = args.kv.clone().or(settings.kv.clone());
     let mut unused_note = None;
     let calibrates = method.needs_hessian()
+        || act.as_deref().is_some_and(|a| quantsmith::arch::runtime::split_static(a).1)
+        || transforms.iter().any(|t| quantsmith::transform::transform(t).is_ok_and(|t| t.needs_hessian()))
         || args.imatrix.as_deref() == Some("")
         || args.budget.target_size.is_some()
         || args.budget.target_bpw.is_some()
@@ -307,13 +316,6 @@ pub fn run(args: Args) -> Result<()> {
             return Err(Error::Text { path: p.clone(), msg: "is also calibration text: never evaluate on it".into() });
         }
     }
-    let settings = match &args.recipe {
-        Some(p) => quantsmith::quantize::recipe::read_recipe_file(p)?.1,
-        None => Default::default(),
-    };
-    let transforms = transforms_of(args.rotate.as_deref().or(settings.rotate.as_deref()), &args.transforms, &settings)?;
-    let act = args.act.clone().or(settings.act.clone());
-    let kv = args.kv.clone().or(settings.kv.clone());
     let opts = QuantizeOptions {
         preset,
         method,

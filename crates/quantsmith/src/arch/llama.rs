@@ -492,16 +492,16 @@ impl Block {
             down: lin(LinearRole::Down, d, cfg.d_ff, false)?,
             attn: Attention::new(cfg.n_head, cfg.n_head_kv, cfg.head_dim),
         };
-        b.install_runtime(&cfg.runtime)?;
+        b.install_runtime(&cfg.runtime, i)?;
         Ok(b)
     }
 
     /// Sets every linear's input hook and the attention's K/V hook as `rt` says (and clears
     /// them where it says nothing).
-    pub fn install_runtime(&mut self, rt: &super::runtime::Runtime) -> Result<()> {
+    pub fn install_runtime(&mut self, rt: &super::runtime::Runtime, index: usize) -> Result<()> {
         for (role, name) in LinearRole::ALL.into_iter().zip(LINEAR_NAMES) {
             let l = self.linear_mut(role);
-            l.input_hook = rt.input_hook(name, l.inp)?;
+            l.input_hook = rt.input_hook(index, name, l.inp)?;
         }
         self.attn.kv_hook = rt.kv_hook(self.attn.head_dim)?;
         self.attn.qk_rotation = rt.qk_rotation(self.attn.head_dim)?;
@@ -962,7 +962,7 @@ impl super::Arch for LlamaArch<'_> {
         for (name, inp) in
             LINEAR_NAMES.into_iter().zip([c.d_model, c.d_model, c.d_model, qd, c.d_model, c.d_model, c.d_ff])
         {
-            rt.input_hook(name, inp)?;
+            rt.input_hook(0, name, inp)?;
         }
         rt.kv_hook(c.head_dim)?;
         rt.qk_rotation(c.head_dim)?;

@@ -6,8 +6,10 @@
 //! what was measured is what the file means.
 //!
 //! Activations are quantized per token (one scale per row of a layer's input) unless the
-//! format names its own groups (`mxfp4`: blocks of 32); the KV cache per token and head
-//! (keys after RoPE), or in groups within a head.
+//! format names its own groups (`mxfp4`: blocks of 32), or, with `FORMAT:static`, with one
+//! scale per layer input fixed from calibration (the largest |x| the calibration tokens gave
+//! it, recorded per linear in `act_scales`); the KV cache per token and head (keys after
+//! RoPE), or in groups within a head.
 
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use crate::{Error, Result};
 pub const RUNTIME_KEY: &str = "quantsmith_runtime";
 
 /// Online operations a model needs at inference.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Runtime {
     /// Format of every linear layer's input (not the output head), per token.
     pub act: Option<String>,
@@ -33,6 +35,17 @@ pub struct Runtime {
     /// [`QK_HEADS`] rotates every query and key head after RoPE (q·kᵀ is unchanged, the cached
     /// keys lose their outlier channels).
     pub online_hadamard: Vec<String>,
+    /// Static activation ranges (`--act FORMAT:static`): the calibrated max |x| of each
+    /// linear's input, by `blk.N.linear`.
+    pub act_scales: std::collections::BTreeMap<String, f32>,
+}
+
+/// The `:static` suffix of an activation spec, split off: (format spec, static).
+pub fn split_static(spec: &str) -> (&str, bool) {
+    match spec.strip_suffix(":static") {
+        Some(s) => (s, true),
+        None => (spec, false),
+    }
 }
 
 /// The entry of [`Runtime::online_hadamard`] that rotates query and key heads after RoPE.
@@ -42,6 +55,17 @@ pub const QK_HEADS: &str = "qk_heads";
 /// storage, not dynamic activation formats; an unscaled element (`fp8_e4m3`) gets a per-row
 /// f32 scale.
 pub fn dynamic_format(spec: &str, what: &str) -> Result<Format> {
+    let (spec, is_static) = split_static(spec);
+    if is_static {
+        let mut f = dynamic_format(spec, what)?;
+        if f.granularity != Granularity::Channel || f.asym {
+            return Err(Error::Other(format!(
+                "{what} `{spec}:static`: a static scale is one per layer input; name a bare symmetric element (int8, fp8_e4m3, …)"
+            )));
+        }
+        f.granularity = Granularity::Tensor;
+        return Ok(f);
+    }
     let mut f = Format::parse(spec).map_err(|e| Error::Other(format!("{what} `{spec}`: {e}")))?;
     if f.ggml.is_some() {
         return Err(Error::Other(format!(
@@ -63,7 +87,7 @@ pub fn dynamic_format(spec: &str, what: &str) -> Result<Format> {
     }
     if f.granularity == Granularity::Tensor {
         return Err(Error::Other(format!(
-            "{what} `{spec}`: a per-tensor scale would be computed per batch (not a static calibrated scale); use per-token scales (the default) or groups"
+            "{what} `{spec}`: a per-tensor scale would be computed per batch; use per-token scales (the default), groups, or `{spec}:static` for a scale calibrated once"
         )));
     }
     Ok(f)
@@ -84,6 +108,11 @@ impl Runtime {
     /// Whether nothing runs online.
     pub fn is_empty(&self) -> bool {
         self.act.is_none() && self.kv.is_none() && self.online_hadamard.is_empty()
+    }
+
+    /// Whether activations take static scales, calibrated once per linear input.
+    pub fn static_act(&self) -> bool {
+        self.act.as_deref().is_some_and(|a| split_static(a).1)
     }
 
     /// Checks the formats (and that every rotated linear is one the family has).
@@ -107,11 +136,15 @@ impl Runtime {
 
     /// As recorded in config.json.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "act": self.act,
             "kv": self.kv,
             "online_hadamard": self.online_hadamard,
-        })
+        });
+        if !self.act_scales.is_empty() {
+            v["act_scales"] = serde_json::json!(self.act_scales);
+        }
+        v
     }
 
     /// Reads a recorded runtime; `path` names config.json in errors.
@@ -142,10 +175,24 @@ impl Runtime {
                 .collect::<Result<_>>()?,
             Some(v) => return Err(err("online_hadamard", format!("expected an array of linear names, found {v}"))),
         };
-        if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "act" | "kv" | "online_hadamard")) {
-            return Err(err(k, "unknown setting (known: act, kv, online_hadamard)".into()));
+        if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "act" | "kv" | "online_hadamard" | "act_scales")) {
+            return Err(err(k, "unknown setting (known: act, kv, online_hadamard, act_scales)".into()));
         }
-        let r = Runtime { act: text("act")?, kv: text("kv")?, online_hadamard: online };
+        let mut act_scales = std::collections::BTreeMap::new();
+        if let Some(v) = obj.get("act_scales") {
+            let o = v.as_object().ok_or_else(|| err("act_scales", format!("expected an object, found {v}")))?;
+            for (k, v) in o {
+                let m = v
+                    .as_f64()
+                    .filter(|m| m.is_finite() && *m >= 0.0)
+                    .ok_or_else(|| err("act_scales", format!("`{k}`: expected a finite range ≥ 0, found {v}")))?;
+                act_scales.insert(k.clone(), m as f32);
+            }
+        }
+        let r = Runtime { act: text("act")?, kv: text("kv")?, online_hadamard: online, act_scales };
+        if r.static_act() && r.act_scales.is_empty() {
+            return Err(err("act_scales", "static activation quantization without calibrated ranges".into()));
+        }
         for (key, spec) in [("act", &r.act), ("kv", &r.kv)] {
             if let Some(s) = spec {
                 dynamic_format(s, key).map_err(|e| err(key, e.to_string()))?;
@@ -154,9 +201,11 @@ impl Runtime {
         Ok(r)
     }
 
-    /// The input hook of linear `name` (width `inp`): the online Hadamard, then activation
-    /// quantization, as the runtime says; `None` when neither applies.
-    pub fn input_hook(&self, name: &str, inp: usize) -> Result<Option<InputHook>> {
+    /// The input hook of linear `name` of block `block` (width `inp`): the online Hadamard,
+    /// then activation quantization, as the runtime says; `None` when neither applies. With
+    /// static scales and no range recorded yet for this input (calibration still to come),
+    /// only the rotation.
+    pub fn input_hook(&self, block: usize, name: &str, inp: usize) -> Result<Option<InputHook>> {
         let rot = if self.online_hadamard.iter().any(|l| l == name) {
             Some(Orthogonal::hadamard(inp).map_err(|e| Error::Other(format!("online rotation of `{name}`: {e}")))?)
         } else {
@@ -167,7 +216,14 @@ impl Runtime {
                 let f = dynamic_format(spec, "--act")?;
                 f.group_len(inp)
                     .map_err(|e| Error::Other(format!("--act `{spec}` on `{name}` ({inp} inputs): {e}")))?;
-                Some(f)
+                if self.static_act() {
+                    self.act_scales.get(&format!("blk.{block}.{name}")).map(|&m| {
+                        let p = f.group_params(&[-m, m], None, 1.0);
+                        (f, Some(p))
+                    })
+                } else {
+                    Some((f, None))
+                }
             }
             None => None,
         };
@@ -178,8 +234,10 @@ impl Runtime {
             if let Some(r) = &rot {
                 r.apply_rows(x);
             }
-            if let Some(f) = &act {
-                fake_quant_in_place(f, x, inp);
+            match &act {
+                Some((f, Some(p))) => x.iter_mut().for_each(|v| *v = f.quantize_value(*v, p)),
+                Some((f, None)) => fake_quant_in_place(f, x, inp),
+                None => {}
             }
         })))
     }
@@ -221,7 +279,12 @@ mod tests {
 
     #[test]
     fn json_round_trip_and_bad_keys() {
-        let r = Runtime { act: Some("int4".into()), kv: Some("int8".into()), online_hadamard: vec!["ffn_down".into()] };
+        let r = Runtime {
+            act: Some("int4".into()),
+            kv: Some("int8".into()),
+            online_hadamard: vec!["ffn_down".into()],
+            ..Default::default()
+        };
         let p = std::path::Path::new("config.json");
         assert_eq!(Runtime::from_json(&r.to_json(), p).unwrap(), r);
         let bad = serde_json::json!({"act": "q4_k"});
@@ -233,11 +296,22 @@ mod tests {
     #[test]
     fn act_hook_quantizes_per_token() {
         let r = Runtime { act: Some("int4".into()), ..Default::default() };
-        let hook = r.input_hook("attn_q", 4).unwrap().unwrap();
+        let hook = r.input_hook(0, "attn_q", 4).unwrap().unwrap();
         let mut x = vec![0.1, 0.2, 0.3, 7.0, 100.0, 1.0, 2.0, 3.0];
         hook(&mut x);
         // Row 0's scale is 7/7 = 1: 0.1..0.3 round to 0; row 1's is 100/7.
         assert_eq!(&x[..4], &[0.0, 0.0, 0.0, 7.0]);
         assert!((x[4] - 100.0).abs() < 1e-4, "{}", x[4]);
+        // Static: one calibrated range; values past it saturate.
+        let mut r = Runtime { act: Some("int8:static".into()), ..Default::default() };
+        assert!(r.input_hook(0, "attn_q", 4).unwrap().is_none(), "no range yet: nothing to do");
+        r.act_scales.insert("blk.0.attn_q".into(), 12.7);
+        let hook = r.input_hook(0, "attn_q", 4).unwrap().unwrap();
+        let mut x = vec![0.05, 0.16, 100.0, -100.0];
+        hook(&mut x);
+        assert!((x[0] - 0.0).abs() < 1e-6 && (x[1] - 0.2).abs() < 1e-5, "{x:?}");
+        // int8 is -128..127: the negative side saturates one step further.
+        assert!((x[2] - 12.7).abs() < 1e-4 && (x[3] + 12.8).abs() < 1e-4, "{x:?}");
+        assert!(dynamic_format("int8:g32:static", "--act").is_err());
     }
 }

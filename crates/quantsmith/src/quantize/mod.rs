@@ -285,6 +285,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         act: opts.act.clone(),
         kv: opts.kv.clone(),
         online_hadamard: transforms.iter().flat_map(|t| t.online_hadamard()).collect(),
+        act_scales: Default::default(),
     };
     if !runtime.is_empty() {
         if gguf_out {
@@ -582,7 +583,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         tokenizer: &tok,
         plan: &plan,
         transforms: &transforms,
-        online: &runtime.online_hadamard,
+        runtime: &runtime,
         exporter: &*exporter,
         export: &export,
     };

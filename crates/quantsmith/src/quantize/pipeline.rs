@@ -131,6 +131,9 @@ struct Checkpoint {
     /// checkpoint is never resumed from.
     #[serde(default)]
     crc32: BTreeMap<String, u32>,
+    /// Static activation ranges calibrated so far.
+    #[serde(default)]
+    act_scales: BTreeMap<String, f32>,
 }
 
 impl Checkpoint {
@@ -165,8 +168,9 @@ pub struct RunInputs<'a> {
     pub plan: &'a Plan,
     /// Rewrites applied to each linear group before it is solved, in order.
     pub transforms: &'a [Box<dyn Transform>],
-    /// Linears (block-local names) whose input the model rotates online.
-    pub online: &'a [String],
+    /// What runs between the weights (online rotations, activation / KV quantization); the
+    /// pipeline fills in static activation ranges as it calibrates them.
+    pub runtime: &'a crate::arch::runtime::Runtime,
     /// The output layout.
     pub exporter: &'a dyn Exporter,
     /// Metadata, configs and side files for the exporter.
@@ -314,7 +318,8 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
 
     let needs_h = plan.needs_hessian();
     let transform_stats = inp.transforms.iter().any(|t| t.needs_hessian());
-    let calibrate = needs_h || transform_stats || opts.imatrix == ImatrixSource::Calibrate;
+    let static_act = inp.runtime.static_act();
+    let calibrate = needs_h || transform_stats || static_act || opts.imatrix == ImatrixSource::Calibrate;
     // GPTQ sees the activations of the quantized groups; an imatrix those of the original.
     let sequential = needs_h;
     let file_imatrix = match &opts.imatrix {
@@ -332,6 +337,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         tensors: Vec::new(),
         seconds: 0.0,
         crc32: BTreeMap::new(),
+        act_scales: BTreeMap::new(),
     };
     let mut resumed_blocks = 0;
     let mut damaged = None;
@@ -449,7 +455,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                     hessian: hs[g].as_mut(),
                     inputs: &mut [],
                     formats,
-                    online_rotated: grp.linears.iter().any(|l| inp.online.iter().any(|o| o == l)),
+                    online_rotated: grp.linears.iter().any(|l| inp.runtime.online_hadamard.iter().any(|o| o == l)),
                 };
                 apply_transforms(inp.transforms, &mut ctx)?;
             }
@@ -474,6 +480,9 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                     inputs.push(hin);
                 }
                 phases.calibrate += t.elapsed().as_secs_f64();
+                if static_act {
+                    set_static_ranges(inp.runtime, &mut state.act_scales, &mut *blk, i, grp.linears, &h)?;
+                }
                 let t = Instant::now();
                 sctx.solve_group(&mut *blk, grp.linears, Some(&h), i, &mut spill, &mut state.tensors)?;
                 phases.solve += t.elapsed().as_secs_f64();
@@ -506,6 +515,13 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                 }
                 hs = acc.into_iter().map(Some).collect();
                 phases.calibrate += t.elapsed().as_secs_f64();
+            }
+            if static_act {
+                for (g, grp) in groups.iter().enumerate() {
+                    if let Some(h) = &hs[g] {
+                        set_static_ranges(inp.runtime, &mut state.act_scales, &mut *blk, i, grp.linears, h)?;
+                    }
+                }
             }
             let t = Instant::now();
             for (g, grp) in groups.iter().enumerate() {
@@ -623,10 +639,48 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         }
         Ok(t)
     });
-    let file_bytes = inp.exporter.write(&opts.out, inp.export, &mut iter)?;
+    let export_with_ranges;
+    let export = if state.act_scales.is_empty() {
+        inp.export
+    } else {
+        // The calibrated static ranges join the runtime recorded in config.json.
+        let mut e = inp.export.clone();
+        let mut rt = inp.runtime.clone();
+        rt.act_scales = state.act_scales.clone();
+        if let Some(o) = e.hf_config.as_object_mut() {
+            o.insert(crate::arch::runtime::RUNTIME_KEY.into(), rt.to_json());
+        }
+        export_with_ranges = e;
+        &export_with_ranges
+    };
+    let file_bytes = inp.exporter.write(&opts.out, export, &mut iter)?;
     phases.write += t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     Ok(PipelineReport { tensors: ordered, file_bytes, calib_tokens, phases, resumed_blocks, resumed_seconds })
+}
+
+/// Records the calibrated range (max |x| over the calibration tokens, after any online rotation)
+/// of a group's input as the static activation range of each of its linears, and installs
+/// the quantizing hook, so the solve's propagation runs quantized activations.
+fn set_static_ranges(
+    rt: &crate::arch::runtime::Runtime,
+    ranges: &mut BTreeMap<String, f32>,
+    blk: &mut dyn Block,
+    i: usize,
+    linears: &[&str],
+    h: &Hessian,
+) -> Result<()> {
+    let m = h.max_abs.iter().fold(0f32, |m, &v| m.max(v));
+    for l in linears {
+        ranges.insert(format!("blk.{i}.{l}"), m);
+    }
+    let mut rt = rt.clone();
+    rt.act_scales = ranges.clone();
+    for l in linears {
+        let lin = blk.linear_mut(l).ok_or_else(|| Error::Other(format!("block {i} has no linear `{l}`")))?;
+        lin.input_hook = rt.input_hook(i, l, lin.inp)?;
+    }
+    Ok(())
 }
 
 /// Adds a group's input to its statistics as its linears see it: through their input hook
