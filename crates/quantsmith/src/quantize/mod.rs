@@ -523,6 +523,12 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
 
     // A size budget: plan every matrix no rule pins, then rebuild the plan from the choice.
     let mut budget_report = None;
+    if opts.budget.is_some() && (!opts.transforms.is_empty() || !runtime.is_empty()) {
+        return Err(Error::Other(
+            "a size budget is planned on the model as it is: it cannot be combined with --rotate, --transform, --act or --kv (a rotation unties the head and changes every tensor's sensitivity); plan without them, or quantize with a recipe"
+                .into(),
+        ));
+    }
     if let Some(bo) = &opts.budget {
         let side_bytes: u64 = export.side_files.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
             + serde_json::to_vec(&export.hf_config).map(|v| v.len() as u64).unwrap_or(0);

@@ -330,7 +330,11 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
 
     let work = partial_dir(&opts.out);
     let transforms: Vec<String> = inp.transforms.iter().map(|t| format!("{t:?}")).collect();
-    let fingerprint = plan.fingerprint(inp.input, opts, &format!("{}|{}", inp.exporter.name(), transforms.join(";")));
+    let fingerprint = plan.fingerprint(
+        inp.input,
+        opts,
+        &format!("{}|{}|{}", inp.exporter.name(), transforms.join(";"), inp.runtime.to_json()),
+    );
     let mut state = Checkpoint {
         fingerprint: fingerprint.clone(),
         next_block: 0,
@@ -453,7 +457,6 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                     group: grp,
                     block: &mut *blk,
                     hessian: hs[g].as_mut(),
-                    inputs: &mut [],
                     formats,
                     online_rotated: grp.linears.iter().any(|l| inp.runtime.online_hadamard.iter().any(|o| o == l)),
                 };

@@ -5,12 +5,12 @@
 //! outside the blocks once they are loaded, and [`Transform::on_block`] each block as it is
 //! loaded, before any calibration data runs through it (a rotation of the residual stream,
 //! which must hold for the whole model). [`Transform::on_group`] is called for each linear
-//! group of each
-//! block, after the group's input statistics were collected and before its linears are
-//! solved ([`GroupCtx`]). A transform may rewrite the block's norms and linears; when it
-//! changes what the group's linears read, it says so through [`GroupCtx::fold_input_scale`]
-//! (or keeps `hessian` and `inputs` consistent itself), so the solve and the propagation
-//! that follow see the rewritten model. Export takes every tensor from the rewritten block.
+//! group of each block, with the full statistics of every group's input taken on the float
+//! block in one pass, before any of the block's linears is solved ([`GroupCtx`]). A transform
+//! may rewrite the block's norms and linears; when it changes what the group's linears read,
+//! it says so through [`GroupCtx::fold_input_scale`] (or keeps `hessian` consistent itself),
+//! so the solve and the propagation that follow see the rewritten model. Export takes every
+//! tensor from the rewritten block.
 
 pub mod awq;
 pub mod hadamard;
@@ -35,9 +35,6 @@ pub struct GroupCtx<'a> {
     pub block: &'a mut dyn Block,
     /// Statistics of the group's input (when calibrated).
     pub hessian: Option<&'a mut Hessian>,
-    /// The group's recorded inputs per calibration batch (GPTQ's sequential mode; empty
-    /// otherwise), `[rows, in]` each.
-    pub inputs: &'a mut [Vec<f32>],
     /// The format each of the group's linears will be stored in (`None`: kept in float), in
     /// the order of [`LinearGroup::linears`].
     pub formats: Vec<Option<formats::format::Format>>,
@@ -50,7 +47,7 @@ impl GroupCtx<'_> {
     /// Divides input channel `c` of the group by `s[c]`, where it is produced (the norm's gain,
     /// or the producing linear's rows and bias), and multiplies column `c` of every linear of
     /// the group by `s[c]`: the block computes the same function, and the group's statistics
-    /// and recorded inputs follow the rewrite.
+    /// follow the rewrite.
     pub fn fold_input_scale(&mut self, s: &[f32]) -> Result<()> {
         let bad = |msg: String| Error::Other(format!("block {}: {msg}", self.block_index));
         if let Some(i) = s.iter().position(|v| !v.is_finite() || *v == 0.0) {
@@ -100,11 +97,6 @@ impl GroupCtx<'_> {
         }
         if let Some(h) = self.hessian.as_deref_mut() {
             h.divide_channels(s);
-        }
-        for x in self.inputs.iter_mut() {
-            for row in x.chunks_mut(n) {
-                row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
-            }
         }
         Ok(())
     }
