@@ -41,15 +41,18 @@ fn chi(a: usize, q: usize) -> i32 {
     }
 }
 
+/// The largest dense factor built (64 MiB of ±1 entries); larger orders are refused.
+pub const MAX_DENSE: usize = 8192;
+
 /// A ±1 Hadamard matrix of order `m` (row-major) for `m` ∈ {1, 2} or a Paley order, if the
-/// constructions here reach it.
+/// constructions here reach it (and `m` ≤ [`MAX_DENSE`]).
 fn dense_order(m: usize) -> Option<Vec<i8>> {
     match m {
         1 => return Some(vec![1]),
         2 => return Some(vec![1, 1, 1, -1]),
         _ => {}
     }
-    if m % 4 != 0 {
+    if m % 4 != 0 || m > MAX_DENSE {
         return None;
     }
     // Paley I: q = m − 1 prime, q ≡ 3 (mod 4). H = I + S, S = [[0, 1ᵀ], [−1, Q]] with Q the
@@ -97,6 +100,14 @@ fn dense_order(m: usize) -> Option<Vec<i8>> {
     None
 }
 
+fn paley1(m: usize) -> bool {
+    is_prime(m - 1) && (m - 1) % 4 == 3
+}
+
+fn paley2(m: usize) -> bool {
+    m >= 4 && is_prime(m / 2 - 1) && (m / 2 - 1) % 4 == 1
+}
+
 /// A Hadamard matrix `H_m ⊗ H_{2ᵏ}` of order `n`, applied by a fast transform.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hadamard {
@@ -125,7 +136,7 @@ impl Hadamard {
                     .map(|k| k.to_string())
                     .collect();
                 Err(Error::Other(format!(
-                    "no Hadamard matrix of order {n} is built here (orders 2ᵏ·m with m = 1, 2, p + 1 for a prime p ≡ 3 mod 4, or 2(p + 1) for a prime p ≡ 1 mod 4){}; use --rotate random for this width",
+                    "no Hadamard matrix of order {n} is built here (orders 2ᵏ·m with m = 1, 2, p + 1 for a prime p ≡ 3 mod 4, or 2(p + 1) for a prime p ≡ 1 mod 4, m ≤ {MAX_DENSE}){}; use --rotate random for this width",
                     if near.is_empty() { String::new() } else { format!("; nearby orders that work: {}", near.join(", ")) }
                 )))
             }
@@ -136,7 +147,8 @@ impl Hadamard {
     pub fn reachable(n: usize) -> bool {
         let mut p = 1;
         while p <= n && n % p == 0 {
-            if dense_order(n / p).is_some() {
+            let m = n / p;
+            if m <= 2 || (m % 4 == 0 && m <= MAX_DENSE && (paley1(m) || paley2(m))) {
                 return true;
             }
             p *= 2;
@@ -424,6 +436,12 @@ mod tests {
         }
         // LLaMA's 11008 = 2 · 5504, 5503 a prime ≡ 3 mod 4: reached, with a large dense factor.
         assert_eq!(Hadamard::new(11008).unwrap().dense_order(), 5504);
+        // A dense factor past the limit is refused, not allocated (p = 1048571 is prime, ≡ 3 mod 4).
+        assert!(!Hadamard::reachable(1048572));
+        assert!(Hadamard::new(1048572).is_err());
+        for n in 1..400 {
+            assert_eq!(Hadamard::reachable(n), Hadamard::new(n).is_ok(), "order {n}");
+        }
     }
 
     #[test]
