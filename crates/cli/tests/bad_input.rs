@@ -901,6 +901,31 @@ fn texts_options_and_outputs() {
         ),
         &["--outliers", "(0, 0.2]"],
     );
+    run_v("--lowrank into GGUF", with(&gptq, &["--lowrank", "8"]), &["fake-quant", "gptq:lowrank=8", "rank-8"]);
+    let fq = format!("{o}/fq");
+    let fq_int4 = [
+        "quantize",
+        m,
+        "--out",
+        &fq,
+        "--layout",
+        "fake-quant",
+        "--scheme",
+        "blk.*=int4:g64",
+        "--calib",
+        c,
+        "--calib-samples",
+        "2",
+        "--calib-len",
+        "32",
+    ];
+    run_v(
+        "--lowrank larger than the layer",
+        with(&fq_int4, &["--lowrank", "300"]),
+        &["blk.0.attn_q.weight", "rank-300", "from 1 to 255"],
+    );
+    run_v("--lowrank 0", with(&fq_int4, &["--lowrank", "0"]), &["--lowrank 0", "rank"]);
+    run_v("--lowrank 8:int4", with(&fq_int4, &["--lowrank", "8:int4"]), &["--lowrank 8:int4", "int8"]);
     run_v("--outliers with rtn", with(&rtn, &["--outliers", "0.01"]), &["--outliers", "gptq"]);
     run_v(
         "--method quantease:sweeps=0",

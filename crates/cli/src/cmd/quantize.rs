@@ -45,6 +45,13 @@ pub struct Args {
     /// fake-quant layout stores it.
     #[arg(long, value_name = "FRACTION")]
     pub outliers: Option<f64>,
+    /// Add a rank-R correction of the quantization error to every quantized matrix (LoRC),
+    /// fitted in the output metric of the calibration statistics; `:int8` stores the factors
+    /// in int8 (default f16), `:absorb` takes the top-R part of the weights first and
+    /// quantizes the rest (SVDQuant's order; a plain SVD unless `:whiten`), `:plain` fits the
+    /// error unweighted. The factors count in the size; only the fake-quant layout stores them.
+    #[arg(long, value_name = "R[:int8][:absorb][:plain|:whiten]")]
+    pub lowrank: Option<String>,
     /// Importance weighting as llama.cpp's imatrix: computed from the calibration text, or
     /// read from FILE (llama.cpp's GGUF or .dat imatrix).
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "FILE")]
@@ -237,6 +244,29 @@ pub fn check_calib(samples: usize, len: usize) -> Result<()> {
     crate::cmd::check_range("--calib-len", len, 2, crate::cmd::MAX_LEN, "tokens per calibration window")
 }
 
+/// `--lowrank R[:int8][:absorb][:plain]` as solver settings (`:lowrank=R:lowrank-store=int8…`).
+fn lowrank_settings(spec: &str) -> std::result::Result<String, String> {
+    let mut parts = spec.split(':');
+    let rank = parts.next().unwrap_or("");
+    let rank: usize = rank
+        .parse()
+        .ok()
+        .filter(|r| *r >= 1)
+        .ok_or_else(|| format!("`{rank}` is not a rank (a whole number from 1)"))?;
+    let mut s = format!(":lowrank={rank}");
+    for p in parts {
+        s += match p {
+            "int8" => ":lowrank-store=int8",
+            "f16" => ":lowrank-store=f16",
+            "absorb" => ":lowrank-order=absorb",
+            "plain" => ":lowrank-whiten=no",
+            "whiten" => ":lowrank-whiten=yes",
+            _ => return Err(format!("`{p}` is not a low-rank option (int8, f16, absorb, plain, whiten)")),
+        };
+    }
+    Ok(s)
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> Result<()> {
     check_calib(args.calib_samples, args.calib_len)?;
@@ -256,16 +286,25 @@ pub fn run(args: Args) -> Result<()> {
             )))
         }
     };
-    let method = match args.outliers {
-        None => parse_solver(&args.method)?,
+    let mut method_spec = match args.outliers {
+        None => args.method.clone(),
         Some(_) if args.method == "rtn" => {
             return Err(Error::Other(
                 "--outliers needs a solver that compensates with the Hessian: --method gptq or quantease".into(),
             ))
         }
-        Some(f) => parse_solver(&format!("{}:outliers={f}", args.method))
-            .map_err(|e| Error::Other(format!("--outliers {f}: {e}")))?,
+        Some(f) => {
+            parse_solver(&format!("{}:outliers={f}", args.method))
+                .map_err(|e| Error::Other(format!("--outliers {f}: {e}")))?;
+            format!("{}:outliers={f}", args.method)
+        }
     };
+    if let Some(lr) = &args.lowrank {
+        let settings = lowrank_settings(lr).map_err(|e| Error::Other(format!("--lowrank {lr}: {e}")))?;
+        method_spec += &settings;
+        parse_solver(&method_spec).map_err(|e| Error::Other(format!("--lowrank {lr}: {e}")))?;
+    }
+    let method = parse_solver(&method_spec)?;
     let rules = rules_of(&args.scheme, args.recipe.as_deref())?;
     // Calibration options that change nothing are said (once the options are checked), not
     // silently dropped.

@@ -26,7 +26,7 @@ pub struct FakeQuant {
 }
 
 impl Exporter for FakeQuant {
-    fn stores_kept_weights(&self) -> bool {
+    fn stores_side_data(&self) -> bool {
         true
     }
     fn name(&self) -> &'static str {

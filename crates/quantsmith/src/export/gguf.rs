@@ -74,9 +74,9 @@ impl Exporter for Gguf {
                 TensorData::Codes(_) => {
                     return Err(Error::Other(format!("tensor `{}`: codes of a non-ggml format reached GGUF", t.name)))
                 }
-                TensorData::Sparse { .. } => {
+                TensorData::Sparse { .. } | TensorData::LowRank { .. } => {
                     return Err(Error::Other(format!(
-                        "tensor `{}`: GGUF has no place for weights kept apart (outliers); use the fake-quant layout",
+                        "tensor `{}`: GGUF has no place for weights kept apart (outliers) or low-rank factors; use the fake-quant layout",
                         t.name
                     )))
                 }

@@ -52,9 +52,10 @@ pub trait Exporter: Send + Sync {
     /// Whether this layout can store tensor `name` of `shape` as `storage`; the error says
     /// what it can store instead.
     fn check(&self, name: &str, shape: &[usize], storage: &Storage) -> Result<()>;
-    /// Whether the layout stores weights kept apart from the format in a sparse table
-    /// ([`TensorData::Sparse`], a solver's outliers): only layouts of dense values can.
-    fn stores_kept_weights(&self) -> bool {
+    /// Whether the layout stores what a solver adds beside the format's codes: weights kept
+    /// apart in a sparse table ([`TensorData::Sparse`], outliers) and low-rank factors
+    /// ([`TensorData::LowRank`]). Only layouts of dense values can.
+    fn stores_side_data(&self) -> bool {
         false
     }
     /// Writes the model to `out` (a file or a directory, as the layout is), through a

@@ -94,6 +94,104 @@ pub enum TensorData {
         /// f16 bits of the kept values.
         val: Vec<u16>,
     },
+    /// A quantized tensor plus a low-rank term (LoRC / SVDQuant): the values are
+    /// `base + Aᵀ·B`, with `at` = Aᵀ `[rank, rows]` and `b` = B `[rank, cols]`.
+    LowRank {
+        /// The quantized part (dense, or with kept weights).
+        base: Box<TensorData>,
+        /// Rank of the correction.
+        rank: usize,
+        /// Aᵀ, `[rank, rows]`.
+        at: Factor,
+        /// B, `[rank, cols]`.
+        b: Factor,
+    },
+}
+
+/// A low-rank factor as stored: row-major `[rank, len]`, f16, or int8 codes with one f16
+/// scale per row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Factor {
+    /// f16 bits.
+    F16(Vec<u16>),
+    /// Symmetric int8: value = code · scale of its row.
+    Int8 {
+        /// Codes, row-major.
+        codes: Vec<i8>,
+        /// f16 bits of each row's scale.
+        scales: Vec<u16>,
+    },
+}
+
+impl Factor {
+    /// The stored values, row-major f32.
+    pub fn values(&self) -> Vec<f32> {
+        match self {
+            Factor::F16(v) => v.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
+            Factor::Int8 { codes, scales } => {
+                let len = if scales.is_empty() { 0 } else { codes.len() / scales.len() };
+                codes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| c as f32 * half::f16::from_bits(scales[i / len.max(1)]).to_f32())
+                    .collect()
+            }
+        }
+    }
+
+    /// Number of stored values.
+    pub fn len(&self) -> usize {
+        match self {
+            Factor::F16(v) => v.len(),
+            Factor::Int8 { codes, .. } => codes.len(),
+        }
+    }
+
+    /// Whether it holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes as stored (codes and scales).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Factor::F16(v) => 2 * v.len(),
+            Factor::Int8 { codes, scales } => codes.len() + 2 * scales.len(),
+        }
+    }
+
+    /// `f16` or `int8`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Factor::F16(_) => "f16",
+            Factor::Int8 { .. } => "int8",
+        }
+    }
+
+    /// Whether it is a well-formed `[rank, len]` factor.
+    fn check(&self, rank: usize, len: usize) -> bool {
+        match self {
+            Factor::F16(v) => v.len() == rank * len,
+            Factor::Int8 { codes, scales } => codes.len() == rank * len && scales.len() == rank,
+        }
+    }
+}
+
+/// Adds `Aᵀ·B` to `out` (`[rows, cols]`), row by row in a fixed order, so the values are the
+/// same whatever the thread count (the solver's and the reader's sum agree bit for bit).
+pub fn add_low_rank(out: &mut [f32], rows: usize, cols: usize, rank: usize, at: &[f32], b: &[f32]) {
+    use rayon::prelude::*;
+    debug_assert_eq!(out.len(), rows * cols);
+    out.par_chunks_mut(cols.max(1)).enumerate().for_each(|(i, row)| {
+        for k in 0..rank {
+            let a = at[k * rows + i];
+            if a != 0.0 {
+                for (o, &bv) in row.iter_mut().zip(&b[k * cols..(k + 1) * cols]) {
+                    *o += a * bv;
+                }
+            }
+        }
+    });
 }
 
 /// Bytes one kept weight takes in the sparse table: a 32-bit index and an f16 value.
@@ -128,7 +226,18 @@ impl QuantTensor {
     pub fn kept_weights(&self) -> usize {
         match &self.data {
             TensorData::Sparse { idx, .. } => idx.len(),
+            TensorData::LowRank { base, .. } => {
+                QuantTensor { data: (**base).clone(), ..self.clone_header() }.kept_weights()
+            }
             _ => 0,
+        }
+    }
+
+    /// The rank and storage of a low-rank correction, if the tensor has one.
+    pub fn low_rank(&self) -> Option<(usize, &'static str, usize)> {
+        match &self.data {
+            TensorData::LowRank { rank, at, b, .. } => Some((*rank, at.kind(), at.bytes() + b.bytes())),
+            _ => None,
         }
     }
 
@@ -165,6 +274,18 @@ impl QuantTensor {
                 }
                 Ok(out)
             }
+            (TensorData::LowRank { base, rank, at, b }, _) => {
+                let (rows, cols) = self.matrix();
+                if !at.check(*rank, rows) || !b.check(*rank, cols) {
+                    return Err(Error::Other(format!(
+                        "tensor `{}`: low-rank factors do not fit a rank-{rank} correction of {rows}×{cols}",
+                        self.name
+                    )));
+                }
+                let mut out = QuantTensor { data: (**base).clone(), ..self.clone_header() }.dequantize()?;
+                add_low_rank(&mut out, rows, cols, *rank, &at.values(), &b.values());
+                Ok(out)
+            }
             _ => Err(Error::Other(format!(
                 "tensor `{}`: data does not match storage {}",
                 self.name,
@@ -182,6 +303,9 @@ impl QuantTensor {
             TensorData::Sparse { dense, idx, .. } => {
                 QuantTensor { data: (**dense).clone(), ..self.clone_header() }.stored_bytes()
                     + SPARSE_ENTRY_BYTES * idx.len()
+            }
+            TensorData::LowRank { base, at, b, .. } => {
+                QuantTensor { data: (**base).clone(), ..self.clone_header() }.stored_bytes() + at.bytes() + b.bytes()
             }
             _ => self.storage.storage_bits(rows, cols).map(|b| b.div_ceil(8) as usize).unwrap_or(4 * self.numel()),
         }
@@ -247,6 +371,15 @@ impl QuantTensor {
     }
 }
 
+fn permute_within_rows<T: Copy>(v: &mut [T], n: usize, len: usize, perm: &[usize]) {
+    for row in v.chunks_exact_mut(len).take(n) {
+        let old = row.to_vec();
+        for (new, &o) in perm.iter().enumerate() {
+            row[new] = old[o];
+        }
+    }
+}
+
 fn permute_data(data: &mut TensorData, storage: &Storage, rows: usize, cols: usize, perm: &[usize]) {
     {
         match data {
@@ -264,6 +397,14 @@ fn permute_data(data: &mut TensorData, storage: &Storage, rows: usize, cols: usi
                 pairs.sort_unstable();
                 *idx = pairs.iter().map(|p| p.0).collect();
                 *val = pairs.iter().map(|p| p.1).collect();
+            }
+            TensorData::LowRank { base, rank, at, .. } => {
+                permute_data(base, storage, rows, cols, perm);
+                // Aᵀ holds one value per output row in each of its rows: permute within rows.
+                match at {
+                    Factor::F16(v) => permute_within_rows(v, *rank, rows, perm),
+                    Factor::Int8 { codes, .. } => permute_within_rows(codes, *rank, rows, perm),
+                }
             }
             TensorData::Float(v) => permute_chunks(v, rows, perm),
             TensorData::Ggml(b) => permute_chunks(b, rows, perm),
@@ -348,6 +489,39 @@ fn write_data(data: &TensorData, out: &mut Vec<u8>) {
             put(out, &val.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
             write_data(dense, out);
         }
+        TensorData::LowRank { base, rank, at, b } => {
+            out.push(4);
+            put(out, &(*rank as u64).to_le_bytes());
+            for f in [at, b] {
+                match f {
+                    Factor::F16(v) => {
+                        out.push(0);
+                        put(out, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+                    }
+                    Factor::Int8 { codes, scales } => {
+                        out.push(1);
+                        put(out, &codes.iter().map(|&c| c as u8).collect::<Vec<u8>>());
+                        put(out, &scales.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+                    }
+                }
+            }
+            write_data(base, out);
+        }
+    }
+}
+
+fn read_factor(buf: &[u8], pos: &mut usize) -> std::result::Result<Factor, String> {
+    let u16s = |b: &[u8]| b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<u16>>();
+    let tag = *buf.get(*pos).ok_or("truncated")?;
+    *pos += 1;
+    match tag {
+        0 => Ok(Factor::F16(u16s(spill_take(buf, pos)?))),
+        1 => {
+            let codes = spill_take(buf, pos)?.iter().map(|&c| c as i8).collect();
+            let scales = u16s(spill_take(buf, pos)?);
+            Ok(Factor::Int8 { codes, scales })
+        }
+        _ => Err("unknown factor record".into()),
     }
 }
 
@@ -400,10 +574,19 @@ fn read_data(buf: &[u8], pos: &mut usize, depth: u32) -> std::result::Result<Ten
                 ggml,
             })
         }
-        3 if depth == 0 => {
+        3 if depth <= 1 => {
             let idx = take(buf, pos)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             let val = take(buf, pos)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-            TensorData::Sparse { dense: Box::new(read_data(buf, pos, depth + 1)?), idx, val }
+            let dense = read_data(buf, pos, 2)?;
+            TensorData::Sparse { dense: Box::new(dense), idx, val }
+        }
+        // A low-rank term wraps a dense or a sparse part, never another low-rank term.
+        4 if depth == 0 => {
+            let rank = spill_u64s(take(buf, pos)?).first().copied().ok_or("truncated")?;
+            let at = read_factor(buf, pos)?;
+            let b = read_factor(buf, pos)?;
+            let base = read_data(buf, pos, 1)?;
+            TensorData::LowRank { base: Box::new(base), rank, at, b }
         }
         _ => return Err("unknown record".into()),
     };

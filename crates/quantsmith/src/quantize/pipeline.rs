@@ -762,13 +762,23 @@ pub fn solve_entry(
     let err = layer_error(w, &enc.dequant, rows, cols, h);
     let qt = QuantTensor { name: name.into(), shape: shape.to_vec(), storage, data: enc.data };
     rep.solver = method.spec() + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" };
+    let mut notes = Vec::new();
     if qt.kept_weights() > 0 {
-        rep.note = Some(format!(
+        notes.push(format!(
             "{} weights ({:.2} %) kept apart in f16, {} bytes of sparse table counted",
             qt.kept_weights(),
             100.0 * qt.kept_weights() as f64 / (rows * cols) as f64,
             crate::export::tensor::SPARSE_ENTRY_BYTES * qt.kept_weights()
         ));
+    }
+    if let Some((rank, kind, bytes)) = qt.low_rank() {
+        notes.push(format!(
+            "rank-{rank} {kind} correction, {bytes} bytes ({:.2} bits per weight) counted",
+            8.0 * bytes as f64 / (rows * cols) as f64
+        ));
+    }
+    if !notes.is_empty() {
+        rep.note = Some(notes.join("; "));
     }
     rep.bytes = qt.stored_bytes();
     rep.bits_per_weight = 8.0 * rep.bytes as f64 / (rows * cols) as f64;

@@ -73,9 +73,14 @@ impl Plan {
             exporter.check(&t.name, &t.shape, &storage).map_err(|e| {
                 Error::Other(format!("tensor `{}` {:?} cannot be written as {}: {e}", t.name, t.shape, storage.name()))
             })?;
-            if m.keeps_weights() && !storage.is_float() && !exporter.stores_kept_weights() {
+            if !storage.is_float() {
+                m.check_shape(rows, cols).map_err(|e| {
+                    Error::Other(format!("tensor `{}` {:?}: solver {}: {e}", t.name, t.shape, m.spec()))
+                })?;
+            }
+            if let Some(side) = m.side_data().filter(|_| !storage.is_float() && !exporter.stores_side_data()) {
                 return Err(Error::Other(format!(
-                    "tensor `{}`: solver {} keeps some weights apart in f16 (a sparse table), which the {} layout has no place for; use --layout fake-quant",
+                    "tensor `{}`: solver {} {side}, which the {} layout has no place for; use --layout fake-quant",
                     t.name,
                     m.spec(),
                     exporter.name()

@@ -41,6 +41,12 @@ impl Default for GptqOptions {
 }
 
 impl GptqOptions {
+    /// What the settings store beside the format: kept weights, with outliers.
+    pub fn side_data(&self) -> Option<String> {
+        (self.outliers > 0.0)
+            .then(|| format!("keeps {} % of the weights apart in f16 (a sparse table)", 100.0 * self.outliers))
+    }
+
     /// The settings after the solver's name, as recipes spell them (`:outliers=0.01`).
     pub fn spec_suffix(&self) -> String {
         let mut s = String::new();
@@ -150,8 +156,8 @@ impl Solver for Gptq {
     fn spec(&self) -> String {
         format!("gptq{}", self.opts.spec_suffix())
     }
-    fn keeps_weights(&self) -> bool {
-        self.opts.outliers > 0.0
+    fn side_data(&self) -> Option<String> {
+        self.opts.side_data()
     }
     fn needs_hessian(&self) -> bool {
         true

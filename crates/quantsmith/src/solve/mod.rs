@@ -2,6 +2,7 @@
 //! codes? One file per solver; targets (what a weight can be rounded to) in `target.rs`.
 
 pub mod gptq;
+pub mod lowrank;
 pub mod quantease;
 pub mod rtn;
 pub mod target;
@@ -39,9 +40,15 @@ pub trait Solver: std::fmt::Debug + Send + Sync {
     fn spec(&self) -> String {
         self.name().to_string()
     }
-    /// Whether it keeps some weights apart from the format (a sparse f16 table).
-    fn keeps_weights(&self) -> bool {
-        false
+    /// What it stores beside the format's codes, in words (`keeps 1 % of the weights apart in
+    /// f16`, `adds rank-8 f16 factors`), or `None`: only some layouts have a place for it.
+    fn side_data(&self) -> Option<String> {
+        None
+    }
+    /// Whether it can solve a `rows × cols` layer (checked when the run is planned, before any
+    /// work); the error says why not.
+    fn check_shape(&self, _rows: usize, _cols: usize) -> std::result::Result<(), String> {
+        Ok(())
     }
     /// Quantizes one layer.
     fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded>;
@@ -53,8 +60,74 @@ pub type Method = std::sync::Arc<dyn Solver>;
 /// The solvers by name, with settings after colons (`gptq:outliers=0.005`,
 /// `quantease:sweeps=16:outliers=0.01`): the registry.
 pub fn solver(spec: &str) -> Result<Method> {
+    // Low-rank settings wrap whichever solver the rest of the spec names.
+    let mut lr: Option<lowrank::LowRankOptions> = None;
+    let mut lr_settings = Vec::new();
+    let mut rest = Vec::new();
+    for (i, p) in spec.split(':').enumerate() {
+        if i > 0 && p.starts_with("lowrank") {
+            lr_settings.push(p);
+        } else {
+            rest.push(p);
+        }
+    }
+    if !lr_settings.is_empty() {
+        let err = |m: String| crate::Error::Other(format!("solver `{spec}`: {m}"));
+        let mut o = lowrank::LowRankOptions::default();
+        let mut rank = None;
+        for p in lr_settings {
+            let (k, v) = p.split_once('=').ok_or_else(|| err(format!("setting `{p}` is not KEY=VALUE")))?;
+            match k {
+                "lowrank" => {
+                    rank = Some(
+                        v.parse::<usize>()
+                            .ok()
+                            .filter(|r| (1..=65536).contains(r))
+                            .ok_or_else(|| err(format!("lowrank={v}: a rank from 1 to 65536")))?,
+                    )
+                }
+                "lowrank-store" => {
+                    o.int8 = match v {
+                        "f16" => false,
+                        "int8" => true,
+                        _ => return Err(err(format!("lowrank-store={v}: f16 or int8"))),
+                    }
+                }
+                "lowrank-whiten" => {
+                    o.whiten = match v {
+                        "yes" | "true" | "1" => Some(true),
+                        "no" | "false" | "0" => Some(false),
+                        _ => return Err(err(format!("lowrank-whiten={v}: yes or no"))),
+                    }
+                }
+                "lowrank-order" => {
+                    o.order = match v {
+                        "residual" => lowrank::Order::Residual,
+                        "absorb" => lowrank::Order::Absorb,
+                        _ => return Err(err(format!("lowrank-order={v}: residual (LoRC) or absorb (SVDQuant)"))),
+                    }
+                }
+                _ => {
+                    return Err(err(format!(
+                        "`{k}` is not a low-rank setting (lowrank, lowrank-store, lowrank-whiten, lowrank-order)"
+                    )))
+                }
+            }
+        }
+        o.rank = rank.ok_or_else(|| err("low-rank settings without `lowrank=RANK`".into()))?;
+        lr = Some(o);
+    }
+    let inner = plain_solver(spec, &rest.join(":"))?;
+    Ok(match lr {
+        Some(opts) => std::sync::Arc::new(lowrank::LowRank { inner, opts }),
+        None => inner,
+    })
+}
+
+/// The solvers without a low-rank term (`inner` is `spec` less its low-rank settings).
+fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
     let err = |m: String| crate::Error::Other(format!("solver `{spec}`: {m}"));
-    let mut parts = spec.split(':');
+    let mut parts = inner.split(':');
     let name = parts.next().unwrap_or("");
     let mut gptq_opts = gptq::GptqOptions::default();
     let mut sweeps = quantease::QuantEaseOptions::default().sweeps;
@@ -87,14 +160,15 @@ pub fn solver(spec: &str) -> Result<Method> {
         }
     }
     Ok(match name {
-        "rtn" if spec == "rtn" => std::sync::Arc::new(rtn::Rtn),
+        "rtn" if inner == "rtn" => std::sync::Arc::new(rtn::Rtn),
         "gptq" => std::sync::Arc::new(gptq::Gptq { opts: gptq_opts }),
         "quantease" => {
             std::sync::Arc::new(quantease::QuantEase { opts: quantease::QuantEaseOptions { sweeps, gptq: gptq_opts } })
         }
         _ => {
             return Err(crate::Error::Other(format!(
-                "unknown solver `{spec}` (known: rtn, gptq[:outliers=F][:damp=D], quantease[:sweeps=N][:outliers=F][:damp=D])"
+                "unknown solver `{spec}` (known: rtn, gptq[:outliers=F][:damp=D], quantease[:sweeps=N][:outliers=F][:damp=D]; \
+                 each with [:lowrank=R][:lowrank-store=f16|int8][:lowrank-whiten=yes|no][:lowrank-order=residual|absorb])"
             )))
         }
     })

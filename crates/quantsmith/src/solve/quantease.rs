@@ -54,8 +54,8 @@ impl Solver for QuantEase {
         };
         format!("quantease{sweeps}{}", self.opts.gptq.spec_suffix())
     }
-    fn keeps_weights(&self) -> bool {
-        self.opts.gptq.outliers > 0.0
+    fn side_data(&self) -> Option<String> {
+        self.opts.gptq.side_data()
     }
     fn needs_hessian(&self) -> bool {
         true
