@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The solvers beyond GPTQ on SmolLM2's dithered base: weight-only int3:g64 and int2:g64 (f16
+# scales) on every block linear, the token embedding / tied head int8 per channel, fake-quant
+# layout, each evaluated against the base on 40 chunks of Pride and Prejudice (calibration: the
+# built-in text, 128 × 512 tokens). Prints one table row per configuration: the block linears'
+# bits per weight (side tables counted), PPL, mean KLD ± s.e., top-1.
+#
+# usage: scripts/solvers_smollm2.sh BASE.gguf [OUTDIR] [NAME...]   (BASE: README "Measuring quality")
+# With NAMEs, only those configurations run. Each run writes a ~0.5 GB directory under OUTDIR
+# (default target/solvers), removed once its report is kept.
+set -euo pipefail
+set -f   # the tensor-name patterns below are not file globs
+cd "$(dirname "$0")/.."
+base=${1:?usage: $0 BASE.gguf [OUTDIR] [NAME...]}
+o=${2:-target/solvers}
+shift $(( $# >= 2 ? 2 : 1 ))
+only=" $* "
+text=data/text/austen_prideprejudice.txt
+mkdir -p "$o"
+cargo build --release -q
+q=./target/release/quantsmith
+embd="--scheme token_embd=int8:ch:scale=f16"
+run() { # name, format, quantize args...
+  local name=$1 fmt=$2; shift 2
+  [ "$only" = "  " ] || [[ "$only" == *" $name "* ]] || return 0
+  if [ ! -e "$o/$name.json" ]; then
+    "$q" quantize "$base" --out "$o/$name" --layout fake-quant --scheme "blk.*=$fmt:scale=f16" $embd \
+      --eval "$text" --eval-chunks 40 --progress none --json --force "$@" > "$o/$name.json.tmp"
+    mv "$o/$name.json.tmp" "$o/$name.json"
+    rm -rf "${o:?}/$name"
+  fi
+  python3 - "$o/$name.json" "$name" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+lin = [t for t in r["tensors"] if t["name"].startswith("blk.") and t["name"].endswith(".weight") and len(t.get("shape", [0, 0])) == 2]
+bits = sum(8 * t["bytes"] for t in lin) / sum(t["shape"][0] * t["shape"][1] for t in lin)
+e = r["eval"]
+print(f"| {sys.argv[2]} | {bits:.3f} | {e['ppl']:.2f} | {e['kld_mean']:.4f} ± {e['kld_stderr']:.4f} | {e['top1_agree']:.3f} |")
+EOF
+}
+echo "| configuration | bits/weight (block linears) | PPL | mean KLD ± s.e. | top-1 |"
+echo "|---|---|---|---|---|"
+for fmt in int3:g64 int2:g64; do
+  f=i${fmt:3:1}
+  run $f-rtn $fmt --method rtn
+  run $f-gptq $fmt --method gptq
+  run $f-gptq-lr8 $fmt --method gptq --lowrank 8
+  run $f-gptq-lr8-int8 $fmt --method gptq --lowrank 8:int8
+  run $f-gptq-lr32 $fmt --method gptq --lowrank 32
+  run $f-gptq-lr8-plain $fmt --method gptq --lowrank 8:plain
+  run $f-gptq-lr8-absorb $fmt --method gptq --lowrank 8:absorb
+  run $f-quantease $fmt --method quantease
+  run $f-gptq-out0.5 $fmt --method gptq --outliers 0.005
+  run $f-gptq-out1 $fmt --method gptq --outliers 0.01
+done
+# Combinations at about 3.5 bits per weight.
+run i3-qe-lr8-int8 int3:g64 --method quantease --lowrank 8:int8
+run i3-qe-out0.1-lr8-int8 int3:g64 --method quantease --outliers 0.001 --lowrank 8:int8
+run i3-gptq-out0.25-lr4-int8 int3:g64 --method gptq --outliers 0.0025 --lowrank 4:int8
