@@ -49,6 +49,7 @@ for fmt in int3:g64 int2:g64; do
   run $f-gptq-lr32 $fmt --method gptq --lowrank 32
   run $f-gptq-lr8-plain $fmt --method gptq --lowrank 8:plain
   run $f-gptq-lr8-absorb $fmt --method gptq --lowrank 8:absorb
+  run $f-gptq-asym $fmt --method gptq-asym
   run $f-quantease $fmt --method quantease
   run $f-gptq-out0.5 $fmt --method gptq --outliers 0.005
   run $f-gptq-out1 $fmt --method gptq --outliers 0.01
@@ -57,3 +58,5 @@ done
 run i3-qe-lr8-int8 int3:g64 --method quantease --lowrank 8:int8
 run i3-qe-out0.1-lr8-int8 int3:g64 --method quantease --outliers 0.001 --lowrank 8:int8
 run i3-gptq-out0.25-lr4-int8 int3:g64 --method gptq --outliers 0.0025 --lowrank 4:int8
+run i3-asym-lr8-int8 int3:g64 --method gptq-asym --lowrank 8:int8
+run i3-qe-asym-out0.1-lr8-int8 int3:g64 --method quantease:asym=yes --outliers 0.001 --lowrank 8:int8

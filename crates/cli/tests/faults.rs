@@ -142,6 +142,45 @@ fn a_crash_after_any_block_resumes_to_the_same_bytes_in_every_layout() {
 }
 
 #[test]
+fn asymmetric_and_low_rank_runs_resume_to_the_same_bytes() {
+    // Asymmetric calibration checkpoints a second (float) stream, and low-rank terms spill
+    // their factors: a crash after each block resumes to the same bytes, and a flipped byte in
+    // the float stream's checkpoint is never resumed from.
+    let s = setup();
+    let mut args_of = |out: &Path| {
+        let mut a = quantize_args(&s, "fake-quant", out, 6);
+        a.extend(["--method", "gptq-asym", "--lowrank", "4:int8"].iter().map(|s| s.to_string()));
+        a
+    };
+    let r = s.root.join("asym-ref");
+    let o = run(&args_of(&r));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = contents(&r);
+    for crash_after in 0..tiny::N_LAYER - 1 {
+        let out = s.root.join(format!("asym-{crash_after}"));
+        let args = args_of(&out);
+        let o = bin().args(&args).env("QUANTSMITH_FAULT_AFTER_BLOCK", crash_after.to_string()).output().unwrap();
+        assert!(!o.status.success(), "the injected crash did not happen");
+        let xf = s.root.join(format!("asym-{crash_after}.partial/xf.bin"));
+        assert!(xf.exists(), "no float-stream checkpoint");
+        if crash_after == 0 {
+            // Damaged: started afresh, same bytes.
+            let mut b = std::fs::read(&xf).unwrap();
+            b[100] ^= 0x40;
+            std::fs::write(&xf, b).unwrap();
+            let o = run(&args);
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert!(stderr(&o).contains("damaged checkpoint (xf.bin"), "{}", stderr(&o));
+        } else {
+            let o = run(&args);
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert!(stderr(&o).contains(&format!("resuming at block {}", crash_after + 2)), "{}", stderr(&o));
+        }
+        assert!(contents(&out) == want, "the resumed output differs after a crash after block {crash_after}");
+    }
+}
+
+#[test]
 fn kills_at_random_moments_resume_to_the_same_bytes() {
     let s = setup();
     for layout in ["gguf", "compressed-tensors"] {

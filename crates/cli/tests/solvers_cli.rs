@@ -31,6 +31,7 @@ fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
         ("lowrank-f16", vec!["--method", "gptq", "--lowrank", "8"]),
         ("lowrank-absorb", vec!["--method", "gptq", "--lowrank", "8:absorb"]),
         ("combined", vec!["--method", "quantease:sweeps=2", "--outliers", "0.01", "--lowrank", "4:int8"]),
+        ("asym", vec!["--method", "gptq-asym"]),
     ] {
         let out = dir.path().join(name);
         let mut args = vec!["quantize", m, "--out", out.to_str().unwrap(), "--layout", "fake-quant", "--scheme"];
@@ -85,6 +86,12 @@ fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
     let note = all["note"].as_str().unwrap();
     assert!(note.contains("1311 weights") && note.contains("rank-4 int8"), "{note}");
     assert!(err("combined") < err("outliers"), "{} vs {}", err("combined"), err("outliers"));
+    // Asymmetric calibration: its own solver spec, the plain layout's bytes, and a different
+    // solution (block 0's first group sees the same input in both streams; later ones do not).
+    let asym = q(find("asym"));
+    assert_eq!(asym["solver"], "gptq:asym=yes");
+    assert_eq!(asym["bytes"].as_u64().unwrap(), plain_bytes);
+    assert_ne!(asym["sqnr_db"], q(find("gptq"))["sqnr_db"]);
     for (name, r) in &reports {
         assert!(r["eval"]["kld_mean"].as_f64().unwrap().is_finite(), "{name}");
     }

@@ -35,8 +35,10 @@ pub struct Args {
     /// (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, ...; GGUF only, default Q4_K_M).
     #[arg(long)]
     pub preset: Option<String>,
-    /// Default solver: rtn (round to nearest), gptq, or quantease (GPTQ then coordinate
-    /// descent on the same objective; quantease:sweeps=N, default 8).
+    /// Default solver: rtn (round to nearest), gptq, quantease (GPTQ then coordinate
+    /// descent on the same objective; quantease:sweeps=N, default 8), or gptq-asym (GPTQ
+    /// fitted to the float model's output on the quantized model's input, GPTAQ's
+    /// asymmetric calibration; `:asym=yes` does the same for quantease).
     #[arg(long, default_value = "gptq")]
     pub method: String,
     /// Keep this fraction of each matrix's weights apart in f16 (SpQR-style outliers, chosen

@@ -153,6 +153,62 @@ impl Hessian {
     }
 }
 
+/// The cross term of asymmetric calibration: Σ (x_f − x_q) x_qᵀ over the calibration tokens,
+/// where x_q is a linear's input in the partly quantized model (what its Hessian is taken on)
+/// and x_f the same input in the model with float weights. `n × n` row-major, f64.
+#[derive(Clone, Debug)]
+pub struct Cross {
+    /// Input width.
+    pub n: usize,
+    /// Σ (x_f − x_q) x_qᵀ.
+    pub sum: Vec<f64>,
+    /// Number of input rows (tokens) seen.
+    pub count: usize,
+}
+
+impl Cross {
+    /// Empty statistics for inputs of width `n`.
+    pub fn new(n: usize) -> Cross {
+        Cross { n, sum: vec![0.0; n * n], count: 0 }
+    }
+
+    /// Adds `rows` rows of both inputs (`[rows, n]` each, row-major).
+    pub fn add(&mut self, xf: &[f32], xq: &[f32], rows: usize) {
+        let n = self.n;
+        debug_assert_eq!(xf.len(), rows * n);
+        debug_assert_eq!(xq.len(), rows * n);
+        let mut p = Mat::<f32>::zeros(n, n);
+        for start in (0..rows).step_by(BATCH_ROWS) {
+            let r = BATCH_ROWS.min(rows - start);
+            let (a, b) = (start * n, (start + r) * n);
+            let delta: Vec<f32> = xf[a..b].iter().zip(&xq[a..b]).map(|(f, q)| f - q).collect();
+            if delta.iter().all(|v| *v == 0.0) {
+                continue;
+            }
+            let dm = MatRef::from_row_major_slice(&delta, r, n);
+            let qm = MatRef::from_row_major_slice(&xq[a..b], r, n);
+            faer::linalg::matmul::matmul(p.as_mut(), Accum::Replace, dm.transpose(), qm, 1.0f32, Par::rayon(0));
+            for i in 0..n {
+                for j in 0..n {
+                    self.sum[i * n + j] += p[(i, j)] as f64;
+                }
+            }
+        }
+        self.count += rows;
+    }
+
+    /// The mean, (1/count) Σ (x_f − x_q) x_qᵀ.
+    pub fn mean(&self) -> Vec<f64> {
+        let c = self.count.max(1) as f64;
+        self.sum.iter().map(|v| v / c).collect()
+    }
+
+    /// Whether both inputs were the same on every token (nothing quantized before them).
+    pub fn is_zero(&self) -> bool {
+        self.sum.iter().all(|v| *v == 0.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

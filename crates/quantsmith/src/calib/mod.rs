@@ -3,5 +3,5 @@
 pub mod hessian;
 pub mod windows;
 
-pub use hessian::Hessian;
+pub use hessian::{Cross, Hessian};
 pub use windows::{calibration_windows, CalibOptions};

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{matrix_of, Plan, PlanEntry};
 use crate::arch::{Arch, Block, BlockState};
-use crate::calib::{calibration_windows, CalibOptions, Hessian};
+use crate::calib::{calibration_windows, CalibOptions, Cross, Hessian};
 use crate::export::{ExportModel, Exporter, QuantTensor, TensorData};
 use crate::solve::{layer_error, LayerProblem};
 use crate::tokenizer::Tokenizer;
@@ -142,6 +142,9 @@ impl Checkpoint {
         let mut files: Vec<String> = (0..self.next_block).map(|i| format!("blk.{i}.bin")).collect();
         if calibrate {
             files.push("x.bin".into());
+        }
+        if self.crc32.contains_key("xf.bin") {
+            files.push("xf.bin".into());
         }
         for f in files {
             let Some(&want) = self.crc32.get(&f) else { return Some(format!("{f} has no recorded checksum")) };
@@ -269,6 +272,7 @@ impl SolveCtx<'_> {
         blk: &mut dyn Block,
         linears: &[&str],
         h: Option<&Hessian>,
+        cross: Option<&Cross>,
         i: usize,
         out: &mut Vec<QuantTensor>,
         reports: &mut Vec<TensorReport>,
@@ -280,7 +284,9 @@ impl SolveCtx<'_> {
             let lin =
                 blk.linear_mut(lname).ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?;
             let shape = vec![lin.out, lin.inp];
-            let (rep, t, dq) = solve_entry(entry, &name, &lin.w, &shape, h, importance.as_deref(), Some(i))?;
+            let target = asymmetric_target_of(entry, &name, &lin.w, &shape, h, cross)?;
+            let w = target.as_deref().unwrap_or(&lin.w);
+            let (rep, t, dq) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i))?;
             if let Some(dq) = dq {
                 lin.w = dq;
             }
@@ -412,6 +418,21 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         phases.load += t.elapsed().as_secs_f64();
     }
     let batch_len = opts.batch_seqs.max(1) * seq_len * d;
+    // Asymmetric calibration: a second stream through the blocks with their float weights,
+    // whose group inputs are the targets' (checkpointed beside `x`).
+    let asym = sequential && plan.has_asymmetric();
+    let mut xf: Vec<f32> = Vec::new();
+    if asym {
+        if resumed_blocks > 0 {
+            let p = work.join("xf.bin");
+            xf = bytes_f32(&std::fs::read(&p).map_err(|e| Error::io(&p, e))?);
+            if xf.len() != x.len() {
+                return Err(Error::corrupt(p, "checkpointed activations have the wrong size"));
+            }
+        } else {
+            xf = x.clone();
+        }
+    }
 
     events.progress("blocks", resumed_blocks, n_blocks);
     for i in resumed_blocks..n_blocks {
@@ -468,6 +489,18 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         if calibrate && sequential {
             let n_batches = x.len().div_ceil(batch_len);
             let mut carries: Vec<Vec<f32>> = vec![Vec::new(); n_batches];
+            let mut carries_f: Vec<Vec<f32>> = vec![Vec::new(); if asym { n_batches } else { 0 }];
+            // The float weights of the block (after its transforms), for the float stream.
+            let mut float_w: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+            if asym {
+                for grp in groups.iter() {
+                    for &l in grp.linears {
+                        if let Some(lin) = blk.linear(l) {
+                            float_w.insert(l, lin.w.clone());
+                        }
+                    }
+                }
+            }
             for (g, grp) in groups.iter().enumerate() {
                 let t = Instant::now();
                 let width = group_width(&*blk, grp.linears, i)?;
@@ -482,18 +515,42 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                     hs_seconds += th.elapsed().as_secs_f64();
                     inputs.push(hin);
                 }
+                // The same inputs in the float stream, and the cross term against them.
+                let mut cross = None;
+                let mut inputs_f = Vec::new();
+                if asym {
+                    let mut c = Cross::new(width);
+                    for (b, xb) in xf.chunks_mut(batch_len).enumerate() {
+                        let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries_f[b]) };
+                        let hin = blk.group_input(g, &mut st);
+                        carries_f[b] = st.carry;
+                        add_cross(&mut c, &*blk, grp.linears, &hin, &inputs[b], width);
+                        inputs_f.push(hin);
+                    }
+                    cross = Some(c);
+                }
                 phases.calibrate += t.elapsed().as_secs_f64();
                 if static_act {
                     set_static_ranges(inp.runtime, &mut state.act_scales, &mut *blk, i, grp.linears, &h)?;
                 }
                 let t = Instant::now();
-                sctx.solve_group(&mut *blk, grp.linears, Some(&h), i, &mut spill, &mut state.tensors)?;
+                sctx.solve_group(&mut *blk, grp.linears, Some(&h), cross.as_ref(), i, &mut spill, &mut state.tensors)?;
                 phases.solve += t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 for (b, xb) in x.chunks_mut(batch_len).enumerate() {
                     let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries[b]) };
                     blk.advance(g, &mut st, std::mem::take(&mut inputs[b]));
                     carries[b] = st.carry;
+                }
+                if asym {
+                    // The float stream runs the group with its float weights.
+                    swap_weights(&mut *blk, grp.linears, &mut float_w);
+                    for (b, xb) in xf.chunks_mut(batch_len).enumerate() {
+                        let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries_f[b]) };
+                        blk.advance(g, &mut st, std::mem::take(&mut inputs_f[b]));
+                        carries_f[b] = st.carry;
+                    }
+                    swap_weights(&mut *blk, grp.linears, &mut float_w);
                 }
                 phases.propagate += t.elapsed().as_secs_f64();
             }
@@ -528,7 +585,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             }
             let t = Instant::now();
             for (g, grp) in groups.iter().enumerate() {
-                sctx.solve_group(&mut *blk, grp.linears, hs[g].as_ref(), i, &mut spill, &mut state.tensors)?;
+                sctx.solve_group(&mut *blk, grp.linears, hs[g].as_ref(), None, i, &mut spill, &mut state.tensors)?;
             }
             phases.solve += t.elapsed().as_secs_f64();
         }
@@ -555,6 +612,10 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             let crc = write_atomic(&work.join("x.bin"), &f32_bytes(&x))?;
             state.crc32.insert("x.bin".into(), crc);
         }
+        if asym {
+            let crc = write_atomic(&work.join("xf.bin"), &f32_bytes(&xf))?;
+            state.crc32.insert("xf.bin".into(), crc);
+        }
         state.next_block = i + 1;
         phases.write += t.elapsed().as_secs_f64();
         state.seconds = resumed_seconds + started.elapsed().as_secs_f64();
@@ -571,16 +632,24 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let t = Instant::now();
     let head = arch.head_weight(&globals);
     let mut head_stats = None;
+    let mut head_cross = None;
     if calibrate && head.is_some() {
         let mut h = if needs_h { Hessian::new(d) } else { Hessian::diagonal(d) };
-        for xb in x.chunks(batch_len) {
+        let mut c = Cross::new(if asym { d } else { 0 });
+        for (b, xb) in x.chunks(batch_len).enumerate() {
             let normed = arch.head_input(&globals, xb);
             h.add(&normed, normed.len() / d);
+            if asym {
+                let normed_f = arch.head_input(&globals, &xf[b * batch_len..(b * batch_len + xb.len())]);
+                c.add(&normed_f, &normed, normed.len() / d);
+            }
         }
         head_stats = Some(h);
+        head_cross = asym.then_some(c);
     }
     phases.calibrate += t.elapsed().as_secs_f64();
     drop(x);
+    drop(xf);
 
     let t = Instant::now();
     let mut tail: BTreeMap<String, QuantTensor> = BTreeMap::new();
@@ -593,7 +662,11 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         let h = if is_head { head_stats.as_ref() } else { None };
         // A separate embedding is a lookup table: no input statistics apply.
         let importance = if is_head { sctx.importance(&name, h, &["output.weight"]) } else { None };
-        let (mut rep, qt, _) = solve_entry(entry, &name, &values, &shape, h, importance.as_deref(), None)?;
+        // A tied head is also the embedding table: it keeps its own target.
+        let cross = if is_head && !tied { head_cross.as_ref() } else { None };
+        let target = asymmetric_target_of(entry, &name, &values, &shape, h, cross)?;
+        let w = target.as_deref().unwrap_or(&values);
+        let (mut rep, qt, _) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), None)?;
         if is_head && tied {
             rep.note = Some(if h.is_some() {
                 "tied to the output head: quantized once, with the statistics of the head's input".into()
@@ -697,6 +770,48 @@ fn add_seen(h: &mut Hessian, blk: &dyn Block, linears: &[&str], x: &[f32], width
         }
         None => h.add(x, x.len() / width),
     }
+}
+
+/// Adds a group's input in the float and the quantized stream to the cross term, both as the
+/// linears see them (through their input hook).
+fn add_cross(c: &mut Cross, blk: &dyn Block, linears: &[&str], xf: &[f32], xq: &[f32], width: usize) {
+    match linears.first().and_then(|l| blk.linear(l)).and_then(|l| l.input_hook.clone()) {
+        Some(hook) => {
+            let (mut f, mut q) = (xf.to_vec(), xq.to_vec());
+            hook(&mut f);
+            hook(&mut q);
+            c.add(&f, &q, q.len() / width);
+        }
+        None => c.add(xf, xq, xq.len() / width),
+    }
+}
+
+/// Exchanges the weights of a group's linears with those kept in `store`.
+fn swap_weights(blk: &mut dyn Block, linears: &[&str], store: &mut BTreeMap<&str, Vec<f32>>) {
+    for &l in linears {
+        if let (Some(lin), Some(w)) = (blk.linear_mut(l), store.get_mut(l)) {
+            std::mem::swap(&mut lin.w, w);
+        }
+    }
+}
+
+/// The weights an asymmetric solver fits ([`crate::solve::gptq::asymmetric_target`]), when the
+/// entry's solver is one and the cross term was collected; `None` means the weights as they are.
+fn asymmetric_target_of(
+    entry: &PlanEntry,
+    name: &str,
+    w: &[f32],
+    shape: &[usize],
+    h: Option<&Hessian>,
+    cross: Option<&Cross>,
+) -> Result<Option<Vec<f32>>> {
+    let (Some(h), Some(c)) = (h, cross) else { return Ok(None) };
+    if entry.storage.is_float() || !entry.method.asymmetric() || c.is_zero() || !h.is_full() {
+        return Ok(None);
+    }
+    let (rows, cols) = matrix_of(shape);
+    let damp = crate::solve::gptq::GptqOptions::default().damp;
+    crate::solve::gptq::asymmetric_target(name, w, rows, cols, h, &c.mean(), damp).map(Some)
 }
 
 /// Runs the transforms, in order, on one group.

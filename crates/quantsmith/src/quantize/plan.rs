@@ -98,6 +98,11 @@ impl Plan {
         Ok(Plan { entries, index })
     }
 
+    /// Whether some tensor is solved against the float model's output (asymmetric calibration).
+    pub fn has_asymmetric(&self) -> bool {
+        self.entries.iter().any(|e| !e.storage.is_float() && e.method.asymmetric())
+    }
+
     /// Whether some tensor is solved with a Hessian (so the run calibrates).
     pub fn needs_hessian(&self) -> bool {
         self.entries.iter().any(|e| !e.storage.is_float() && e.method.needs_hessian())

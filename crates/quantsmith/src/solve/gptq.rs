@@ -32,11 +32,15 @@ pub struct GptqOptions {
     /// the other weights, and the kept ones take their error-compensated value as GPTQ
     /// reaches them.
     pub outliers: f64,
+    /// Asymmetric calibration (GPTAQ's objective): fit the float model's output on the
+    /// quantized model's input, ‖W·X_f − Q·X_q‖², rather than ‖(W − Q)·X_q‖². The pipeline
+    /// collects the cross term and hands the solver the target of [`asymmetric_target`].
+    pub asym: bool,
 }
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        GptqOptions { damp: 0.01, block: 128, act_order: true, outliers: 0.0 }
+        GptqOptions { damp: 0.01, block: 128, act_order: true, outliers: 0.0, asym: false }
     }
 }
 
@@ -55,6 +59,9 @@ impl GptqOptions {
         }
         if self.damp != GptqOptions::default().damp {
             s += &format!(":damp={}", self.damp);
+        }
+        if self.asym {
+            s += ":asym=yes";
         }
         s
     }
@@ -162,9 +169,62 @@ impl Solver for Gptq {
     fn needs_hessian(&self) -> bool {
         true
     }
+    fn asymmetric(&self) -> bool {
+        self.opts.asym
+    }
     fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded> {
         solve(p, target, &self.opts)
     }
+}
+
+/// The target of asymmetric calibration. With X_q the layer's input in the partly quantized
+/// model (H = X_q X_qᵀ) and X_f the float model's, ‖W X_f − Q X_q‖² = ‖(W* − Q) X_q‖² + const
+/// for W* = W X_f X_qᵀ H⁻¹ = W + W·D·H⁻¹, D = (X_f − X_q) X_qᵀ: so GPTQ (or any solver of the
+/// Hessian objective) run on W* with H minimises the asymmetric objective. `d` is D's mean
+/// (`cols × cols`), H is damped as GPTQ damps it (so W* = W exactly where D = 0).
+pub fn asymmetric_target(
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &crate::calib::Hessian,
+    d: &[f64],
+    damp: f64,
+) -> Result<Vec<f32>> {
+    if d.len() != cols * cols || h.n != cols || !h.is_full() {
+        return Err(Error::Other(format!(
+            "tensor `{name}`: asymmetric statistics do not fit a layer of {cols} inputs"
+        )));
+    }
+    if let Some(v) = d.iter().find(|v| !v.is_finite()) {
+        return Err(Error::Other(format!("tensor `{name}`: the asymmetric calibration statistics contain {v}")));
+    }
+    let hmean = h.mean();
+    let mut hm = Mat::<f64>::from_fn(cols, cols, |i, j| hmean[i * cols + j]);
+    for i in 0..cols {
+        if hm[(i, i)] <= 0.0 {
+            hm[(i, i)] = 1.0;
+        }
+    }
+    let mean_diag = (0..cols).map(|i| hm[(i, i)]).sum::<f64>() / cols as f64;
+    let dm = Mat::<f64>::from_fn(cols, cols, |i, j| d[i * cols + j]);
+    let wm = Mat::<f64>::from_fn(rows, cols, |r, c| w[r * cols + c] as f64);
+    // (W·D)ᵀ = Dᵀ·Wᵀ, `cols × rows`; then H⁻¹ from the left: (W·D·H⁻¹)ᵀ = H⁻¹·(W·D)ᵀ.
+    let mut wdt = Mat::<f64>::zeros(cols, rows);
+    matmul(wdt.as_mut(), Accum::Replace, dm.transpose(), wm.transpose(), 1.0, Par::rayon(0));
+    for k in 0..6 {
+        let mut a = hm.clone();
+        for i in 0..cols {
+            a[(i, i)] += damp.max(1e-8) * 10f64.powi(k) * mean_diag;
+        }
+        if let Ok(llt) = a.llt(Side::Lower) {
+            let shift = faer::linalg::solvers::Solve::solve(&llt, wdt.as_ref());
+            if shift.col_iter().all(|c| c.iter().all(|v| v.is_finite())) {
+                return Ok((0..rows * cols).map(|i| (w[i] as f64 + shift[(i % cols, i / cols)]) as f32).collect());
+            }
+        }
+    }
+    Err(Error::Other(format!("tensor `{name}`: the calibration statistics do not factor (not positive definite)")))
 }
 
 /// Quantizes `p.w` into `target` with GPTQ. Needs `p.hessian`.
@@ -327,6 +387,59 @@ pub fn checked_hessian<'a>(p: &LayerProblem<'a>, solver: &str) -> Result<&'a cra
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asymmetric_target_fits_the_float_output() {
+        // X_q = X_f + noise: GPTQ's target W* makes W* X_q the least-squares fit of W X_f (the
+        // residual is orthogonal to X_q's rows, up to the damping), and beats W itself.
+        let (rows, cols, n) = (12, 24, 400);
+        let mut s = 17u64;
+        let mut rnd = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 33) as f32 / (1u64 << 31) as f32 - 0.5
+        };
+        let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        let xf: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
+        let xq: Vec<f32> = xf.iter().map(|v| v + 0.2 * rnd() + 0.05).collect();
+        let mut h = crate::calib::Hessian::new(cols);
+        h.add(&xq, n);
+        let mut c = crate::calib::Cross::new(cols);
+        c.add(&xf, &xq, n);
+        // The cross term against a direct sum.
+        let naive = |i: usize, j: usize| {
+            (0..n).map(|t| ((xf[t * cols + i] - xq[t * cols + i]) * xq[t * cols + j]) as f64).sum::<f64>()
+        };
+        for (i, j) in [(0, 0), (3, 7), (23, 1)] {
+            assert!((c.sum[i * cols + j] - naive(i, j)).abs() < 1e-3 * (1.0 + naive(i, j).abs()));
+        }
+        let ws = asymmetric_target("t", &w, rows, cols, &h, &c.mean(), 1e-6).unwrap();
+        let out = |m: &[f32], x: &[f32]| {
+            let mut y = vec![0f64; rows * n];
+            for r in 0..rows {
+                for t in 0..n {
+                    y[r * n + t] = (0..cols).map(|k| (m[r * cols + k] * x[t * cols + k]) as f64).sum();
+                }
+            }
+            y
+        };
+        let yf = out(&w, &xf);
+        let err = |m: &[f32]| out(m, &xq).iter().zip(&yf).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+        assert!(err(&ws) < 0.8 * err(&w), "{} vs {}", err(&ws), err(&w));
+        // Orthogonality: (W X_f − W* X_q) X_qᵀ ≈ 0.
+        let res: Vec<f64> = out(&ws, &xq).iter().zip(&yf).map(|(a, b)| b - a).collect();
+        let scale = yf.iter().map(|v| v * v).sum::<f64>().sqrt() * (n as f64).sqrt();
+        for r in 0..rows {
+            for k in 0..cols {
+                let g: f64 = (0..n).map(|t| res[r * n + t] * xq[t * cols + k] as f64).sum();
+                assert!(g.abs() < 1e-3 * scale, "gradient {g} at ({r}, {k})");
+            }
+        }
+        // No difference between the streams: the target is W.
+        let mut same = crate::calib::Cross::new(cols);
+        same.add(&xq, &xq, n);
+        assert!(same.is_zero());
+        assert_eq!(asymmetric_target("t", &w, rows, cols, &h, &same.mean(), 0.01).unwrap(), w);
+    }
     use crate::calib::Hessian;
     use crate::solve::{layer_error, rtn, LayerProblem};
 

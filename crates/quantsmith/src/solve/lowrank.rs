@@ -112,6 +112,9 @@ impl Solver for LowRank {
     fn needs_hessian(&self) -> bool {
         self.inner.needs_hessian() || self.opts.whitened()
     }
+    fn asymmetric(&self) -> bool {
+        self.inner.asymmetric()
+    }
     fn side_data(&self) -> Option<String> {
         let lr = format!(
             "adds rank-{} {} factors (LoRC{})",

@@ -45,6 +45,12 @@ pub trait Solver: std::fmt::Debug + Send + Sync {
     fn side_data(&self) -> Option<String> {
         None
     }
+    /// Whether it fits the float model's output (asymmetric calibration): the pipeline then
+    /// runs a float stream beside the quantized one and solves for
+    /// [`gptq::asymmetric_target`].
+    fn asymmetric(&self) -> bool {
+        false
+    }
     /// Whether it can solve a `rows × cols` layer (checked when the run is planned, before any
     /// work); the error says why not.
     fn check_shape(&self, _rows: usize, _cols: usize) -> std::result::Result<(), String> {
@@ -128,8 +134,13 @@ pub fn solver(spec: &str) -> Result<Method> {
 fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
     let err = |m: String| crate::Error::Other(format!("solver `{spec}`: {m}"));
     let mut parts = inner.split(':');
-    let name = parts.next().unwrap_or("");
+    let mut name = parts.next().unwrap_or("");
     let mut gptq_opts = gptq::GptqOptions::default();
+    // `gptq-asym` is GPTQ with asymmetric calibration (`gptq:asym=yes`).
+    if name == "gptq-asym" {
+        name = "gptq";
+        gptq_opts.asym = true;
+    }
     let mut sweeps = quantease::QuantEaseOptions::default().sweeps;
     for p in parts {
         let (k, v) = p.split_once('=').ok_or_else(|| err(format!("setting `{p}` is not KEY=VALUE")))?;
@@ -147,6 +158,13 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
                     .ok()
                     .filter(|f| *f > 0.0 && *f <= 1.0)
                     .ok_or_else(|| err(format!("damp={v}: a fraction of the mean Hessian diagonal in (0, 1]")))?;
+            }
+            ("gptq" | "quantease", "asym") => {
+                gptq_opts.asym = match v {
+                    "yes" | "true" | "1" => true,
+                    "no" | "false" | "0" => false,
+                    _ => return Err(err(format!("asym={v}: yes or no"))),
+                }
             }
             ("quantease", "sweeps") => {
                 sweeps = v
@@ -167,7 +185,7 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
         }
         _ => {
             return Err(crate::Error::Other(format!(
-                "unknown solver `{spec}` (known: rtn, gptq[:outliers=F][:damp=D], quantease[:sweeps=N][:outliers=F][:damp=D]; \
+                "unknown solver `{spec}` (known: rtn, gptq[:outliers=F][:damp=D][:asym=yes], gptq-asym, quantease[:sweeps=N][:outliers=F][:damp=D][:asym=yes]; \
                  each with [:lowrank=R][:lowrank-store=f16|int8][:lowrank-whiten=yes|no][:lowrank-order=residual|absorb])"
             )))
         }

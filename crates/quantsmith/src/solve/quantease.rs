@@ -60,6 +60,9 @@ impl Solver for QuantEase {
     fn needs_hessian(&self) -> bool {
         true
     }
+    fn asymmetric(&self) -> bool {
+        self.opts.gptq.asym
+    }
     fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded> {
         solve(p, target, &self.opts)
     }
