@@ -925,6 +925,11 @@ fn texts_options_and_outputs() {
         &["blk.0.attn_q.weight", "rank-300", "from 1 to 255"],
     );
     run_v("--lowrank 0", with(&fq_int4, &["--lowrank", "0"]), &["--lowrank 0", "rank"]);
+    run_v(
+        "--lowrank with a size budget",
+        with(&fq_int4, &["--lowrank", "4", "--target-bpw", "5"]),
+        &["size budget", "lowrank=4"],
+    );
     run_v("--lowrank 8:int4", with(&fq_int4, &["--lowrank", "8:int4"]), &["--lowrank 8:int4", "int8"]);
     run_v("--outliers with rtn", with(&rtn, &["--outliers", "0.01"]), &["--outliers", "gptq"]);
     run_v(

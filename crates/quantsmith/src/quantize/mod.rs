@@ -529,6 +529,15 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
                 .into(),
         ));
     }
+    if let Some(side) =
+        opts.budget.as_ref().and_then(|_| plan.entries.iter().find_map(|e| e.method.side_data().map(|s| (e, s))))
+    {
+        return Err(Error::Other(format!(
+            "a size budget plans the formats' bytes: solver {} {}, which it does not count; plan without --outliers / --lowrank",
+            side.0.method.spec(),
+            side.1
+        )));
+    }
     if let Some(bo) = &opts.budget {
         let side_bytes: u64 = export.side_files.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
             + serde_json::to_vec(&export.hf_config).map(|v| v.len() as u64).unwrap_or(0);
