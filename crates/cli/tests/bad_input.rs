@@ -925,6 +925,7 @@ fn texts_options_and_outputs() {
         &["blk.0.attn_q.weight", "rank-300", "from 1 to 255"],
     );
     run_v("--lowrank 0", with(&fq_int4, &["--lowrank", "0"]), &["--lowrank 0", "rank"]);
+    run_v("--calib-weighting foo", with(&fq_int4, &["--calib-weighting", "foo"]), &["--calib-weighting foo", "rsq"]);
     run_v(
         "--lowrank with a size budget",
         with(&fq_int4, &["--lowrank", "4", "--target-bpw", "5"]),

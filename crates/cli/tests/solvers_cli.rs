@@ -32,6 +32,7 @@ fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
         ("lowrank-absorb", vec!["--method", "gptq", "--lowrank", "8:absorb"]),
         ("combined", vec!["--method", "quantease:sweeps=2", "--outliers", "0.01", "--lowrank", "4:int8"]),
         ("asym", vec!["--method", "gptq-asym"]),
+        ("rsq", vec!["--method", "gptq", "--calib-weighting", "rsq"]),
     ] {
         let out = dir.path().join(name);
         let mut args = vec!["quantize", m, "--out", out.to_str().unwrap(), "--layout", "fake-quant", "--scheme"];
@@ -92,6 +93,10 @@ fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
     assert_eq!(asym["solver"], "gptq:asym=yes");
     assert_eq!(asym["bytes"].as_u64().unwrap(), plain_bytes);
     assert_ne!(asym["sqnr_db"], q(find("gptq"))["sqnr_db"]);
+    // Token weighting changes the statistics, not the layout.
+    let rsq = q(find("rsq"));
+    assert_eq!(rsq["bytes"].as_u64().unwrap(), plain_bytes);
+    assert_ne!(rsq["sqnr_db"], q(find("gptq"))["sqnr_db"]);
     for (name, r) in &reports {
         assert!(r["eval"]["kld_mean"].as_f64().unwrap().is_finite(), "{name}");
     }

@@ -44,7 +44,7 @@ fn quantize_minilm(out: &Path, method: &str, scheme: &str) {
             out: out.to_path_buf(),
             calib_texts: vec![text("austen_emma.txt")],
             // Sentence-sized windows: they calibrate a sentence encoder best (see BertArch::embed).
-            calib: CalibOptions { samples: 256, len: 32, seed: 0 },
+            calib: CalibOptions { samples: 256, len: 32, seed: 0, ..Default::default() },
             imatrix: ImatrixSource::None,
             batch_seqs: 8,
             resume: false,

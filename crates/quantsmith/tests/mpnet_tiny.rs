@@ -299,7 +299,7 @@ fn options(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOpti
         pipeline: PipelineOptions {
             out: out.to_path_buf(),
             calib_texts: vec![(PathBuf::from("austen_emma.txt"), emma[..60_000].to_string())],
-            calib: CalibOptions { samples: 24, len: 32, seed: 0 },
+            calib: CalibOptions { samples: 24, len: 32, seed: 0, ..Default::default() },
             imatrix: ImatrixSource::None,
             batch_seqs: 5,
             resume: false,

@@ -39,7 +39,7 @@ fn opts(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOptions
         pipeline: PipelineOptions {
             out: out.to_path_buf(),
             calib_texts: vec![calib_text()],
-            calib: CalibOptions { samples: 24, len: 48, seed: 0 },
+            calib: CalibOptions { samples: 24, len: 48, seed: 0, ..Default::default() },
             imatrix: ImatrixSource::None,
             batch_seqs: 5,
             resume: true,

@@ -37,7 +37,7 @@ fn options(
         pipeline: PipelineOptions {
             out,
             calib_texts: vec![common::repo_text("austen_emma.txt")],
-            calib: CalibOptions { samples, len, seed: 0 },
+            calib: CalibOptions { samples, len, seed: 0, ..Default::default() },
             imatrix,
             batch_seqs: 8,
             resume: true,

@@ -34,7 +34,7 @@ fn opts(out: &Path, preset: Option<&str>, method: &str, layout: &str) -> Quantiz
         pipeline: PipelineOptions {
             out: out.to_path_buf(),
             calib_texts: vec![tiny::text(0, 40_000)],
-            calib: CalibOptions { samples: 8, len: 64, seed: 0 },
+            calib: CalibOptions { samples: 8, len: 64, seed: 0, ..Default::default() },
             imatrix: ImatrixSource::None,
             batch_seqs: 3,
             resume: false,

@@ -160,7 +160,7 @@ pub fn run(args: Args) -> Result<()> {
         pipeline: PipelineOptions {
             out: PathBuf::from("plan.out"),
             calib_texts,
-            calib: CalibOptions { samples: budget.samples, len: args.calib_len, seed: args.seed },
+            calib: CalibOptions { samples: budget.samples, len: args.calib_len, seed: args.seed, ..Default::default() },
             imatrix,
             batch_seqs: 8,
             resume: false,

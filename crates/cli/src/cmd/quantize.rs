@@ -76,6 +76,11 @@ pub struct Args {
     /// Seed of the calibration windows.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How much each calibration token counts in the Hessians: `uniform`, or `rsq` (RSQ's
+    /// attention concentration: in proportion to the attention the token receives in the
+    /// block being solved; Llama-family decoders).
+    #[arg(long, default_value = "uniform", value_name = "uniform|rsq")]
+    pub calib_weighting: String,
     /// Evaluate the result against the input on this text (perplexity, KL-divergence).
     #[arg(long)]
     pub eval: Option<PathBuf>,
@@ -332,6 +337,7 @@ pub fn run(args: Args) -> Result<()> {
             (args.calib_samples != d.samples, "--calib-samples"),
             (args.calib_len != d.len, "--calib-len"),
             (args.seed != d.seed, "--seed"),
+            (args.calib_weighting != "uniform", "--calib-weighting"),
         ]
         .iter()
         .filter_map(|&(given, flag)| given.then_some(flag))
@@ -371,7 +377,17 @@ pub fn run(args: Args) -> Result<()> {
         pipeline: PipelineOptions {
             out: args.out.clone(),
             calib_texts,
-            calib: CalibOptions { samples: args.calib_samples, len: args.calib_len, seed: args.seed },
+            calib: CalibOptions {
+                samples: args.calib_samples,
+                len: args.calib_len,
+                seed: args.seed,
+                weighting: quantsmith::calib::TokenWeighting::parse(&args.calib_weighting).ok_or_else(|| {
+                    Error::Other(format!(
+                        "--calib-weighting {}: uniform, or rsq (tokens weighted by the attention they receive)",
+                        args.calib_weighting
+                    ))
+                })?,
+            },
             imatrix,
             batch_seqs: 8,
             resume: !args.no_resume,

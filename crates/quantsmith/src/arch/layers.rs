@@ -271,7 +271,14 @@ pub struct Attention {
     /// An orthogonal map applied to every query and key head after RoPE, before the K/V hook
     /// (QuaRot's online Hadamard: scores unchanged, keys easier to quantize).
     pub qk_rotation: Option<Arc<crate::transform::hadamard::Orthogonal>>,
+    /// When set, causal attention adds to it, per row (token), the attention that token
+    /// receives: the probabilities of every query and head on it (RSQ's attention
+    /// concentration). Sized to the rows of the batch by the caller.
+    pub probe: Option<AttnProbe>,
 }
+
+/// Attention received per token, summed over queries and heads (see [`Attention::probe`]).
+pub type AttnProbe = Arc<std::sync::Mutex<Vec<f64>>>;
 
 impl std::fmt::Debug for Attention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -287,7 +294,7 @@ impl std::fmt::Debug for Attention {
 impl Attention {
     /// Attention of this shape, without hook.
     pub fn new(n_head: usize, n_head_kv: usize, head_dim: usize) -> Attention {
-        Attention { n_head, n_head_kv, head_dim, kv_hook: None, qk_rotation: None }
+        Attention { n_head, n_head_kv, head_dim, kv_hook: None, qk_rotation: None, probe: None }
     }
 
     fn hook(&self, k: &mut [f32], v: &mut [f32]) {
@@ -332,6 +339,7 @@ impl Attention {
                 }
                 let mut out = vec![0f32; seq_len * hd];
                 let mut scores = vec![0f32; CAUSAL_BLOCK.min(seq_len) * seq_len];
+                let mut received = vec![0f64; if self.probe.is_some() { seq_len } else { 0 }];
                 let mut t0 = 0;
                 while t0 < seq_len {
                     let t1 = (t0 + CAUSAL_BLOCK).min(seq_len);
@@ -339,8 +347,23 @@ impl Attention {
                     let sc = &mut scores[..m * t1];
                     matmul_nt(&qh[t0 * hd..t1 * hd], &kh[..t1 * hd], m, t1, hd, sc, false);
                     causal_softmax(sc, t0, t1, scale);
+                    if !received.is_empty() {
+                        for row in sc.chunks_exact(t1) {
+                            for (r, &p) in received.iter_mut().zip(row) {
+                                *r += p as f64;
+                            }
+                        }
+                    }
                     matmul_nn(sc, &vh[..t1 * hd], m, hd, t1, &mut out[t0 * hd..t1 * hd], false);
                     t0 = t1;
+                }
+                if let Some(probe) = &self.probe {
+                    let mut acc = probe.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(dst) = acc.get_mut(base..base + seq_len) {
+                        for (d, r) in dst.iter_mut().zip(&received) {
+                            *d += r;
+                        }
+                    }
                 }
                 out
             })
@@ -840,6 +863,51 @@ mod tests {
                 assert!((ca[s * 6 * qw + i] as f64 - want).abs() < 1e-5, "causal seq {s} at {i}");
             }
         }
+    }
+
+    #[test]
+    fn the_probe_sums_the_attention_each_token_receives() {
+        // Every query's probabilities sum to 1: per sequence, the probe totals heads × length;
+        // the last token is seen only by itself; output unchanged by the probe.
+        let mut a = Attention::new(4, 2, 8);
+        let (qw, kw, len) = (32, 16, 70);
+        let q = rand_vec(2 * len * qw, 7);
+        let k = rand_vec(2 * len * kw, 8);
+        let v = rand_vec(2 * len * kw, 9);
+        let plain = a.causal(&q, &mut k.clone(), &mut v.clone(), len);
+        let probe: AttnProbe = Arc::new(std::sync::Mutex::new(vec![0f64; 2 * len]));
+        a.probe = Some(probe.clone());
+        assert_eq!(a.causal(&q, &mut k.clone(), &mut v.clone(), len), plain);
+        let got = probe.lock().unwrap().clone();
+        for s in 0..2 {
+            let total: f64 = got[s * len..(s + 1) * len].iter().sum();
+            assert!((total - 4.0 * len as f64).abs() < 1e-3, "sequence {s}: {total}");
+            // The first token is seen by every query of its sequence, with weight 1 by the first.
+            assert!(got[s * len] >= 4.0 - 1e-4);
+        }
+        let r = attention_probs_last(&q, &k, &a, len);
+        assert!((got[len - 1] - r).abs() < 1e-4, "{} vs {r}", got[len - 1]);
+    }
+
+    /// The attention the last token of sequence 0 receives: its own query's probability on it,
+    /// summed over heads.
+    fn attention_probs_last(q: &[f32], k: &[f32], a: &Attention, len: usize) -> f64 {
+        let (hd, qw, kw) = (a.head_dim, a.n_head * a.head_dim, a.n_head_kv * a.head_dim);
+        let t = len - 1;
+        (0..a.n_head)
+            .map(|h| {
+                let g = h / (a.n_head / a.n_head_kv);
+                let s: Vec<f64> = (0..len)
+                    .map(|j| {
+                        (0..hd).map(|x| (q[t * qw + h * hd + x] * k[j * kw + g * hd + x]) as f64).sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                (s[t] - m).exp() / z
+            })
+            .sum()
     }
 
     #[test]

@@ -773,6 +773,10 @@ impl super::Block for StagedBlock {
     fn weight_name(&self, linear: &str) -> String {
         format!("blk.{}.{linear}.weight", self.index)
     }
+    fn set_attention_probe(&mut self, probe: Option<super::layers::AttnProbe>) -> bool {
+        self.block.attn.probe = probe;
+        true
+    }
     fn rotation_map(&self) -> Option<super::RotationMap> {
         Some(super::RotationMap {
             writers: &["attn_output", "ffn_down"],

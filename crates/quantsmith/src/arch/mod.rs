@@ -128,6 +128,11 @@ pub trait Block: Send + Sync {
     /// Runs group `g`'s linears on `input` (what [`Block::group_input`] returned) and moves
     /// `st` on to the next group's input.
     fn advance(&self, g: usize, st: &mut BlockState, input: Vec<f32>);
+    /// Makes the block's attention add the attention each token receives to `probe` (or
+    /// stops it, with `None`); `false` if the block has no such attention.
+    fn set_attention_probe(&mut self, _probe: Option<layers::AttnProbe>) -> bool {
+        false
+    }
     /// How the block reads and writes the residual stream, when a rotation of that stream
     /// commutes with it (pre-RMSNorm blocks); `None` otherwise.
     fn rotation_map(&self) -> Option<RotationMap> {

@@ -4,4 +4,4 @@ pub mod hessian;
 pub mod windows;
 
 pub use hessian::{Cross, Hessian};
-pub use windows::{calibration_windows, CalibOptions};
+pub use windows::{calibration_windows, CalibOptions, TokenWeighting};

@@ -14,11 +14,37 @@ pub struct CalibOptions {
     pub len: usize,
     /// Seed of the window positions.
     pub seed: u64,
+    /// How much each token counts in the input statistics.
+    pub weighting: TokenWeighting,
 }
 
 impl Default for CalibOptions {
     fn default() -> Self {
-        CalibOptions { samples: 128, len: 512, seed: 0 }
+        CalibOptions { samples: 128, len: 512, seed: 0, weighting: TokenWeighting::Uniform }
+    }
+}
+
+/// How much each calibration token counts in a layer's input statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenWeighting {
+    /// Every token alike.
+    #[default]
+    Uniform,
+    /// RSQ's attention concentration: in each block, a token counts in proportion to the
+    /// attention it receives in that block (over queries and heads, on the block as it is
+    /// before its solve), relative to the mean, clipped to [1/20, 20] so that an attention sink
+    /// does not take the whole Hessian.
+    AttnCon,
+}
+
+impl TokenWeighting {
+    /// Parses `uniform` or `rsq` (also `attncon`).
+    pub fn parse(s: &str) -> Option<TokenWeighting> {
+        match s {
+            "uniform" | "none" => Some(TokenWeighting::Uniform),
+            "rsq" | "attncon" => Some(TokenWeighting::AttnCon),
+            _ => None,
+        }
     }
 }
 

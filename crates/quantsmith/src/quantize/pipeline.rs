@@ -501,6 +501,18 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                     }
                 }
             }
+            let token_w = match opts.calib.weighting {
+                crate::calib::TokenWeighting::Uniform => None,
+                crate::calib::TokenWeighting::AttnCon => {
+                    let t = Instant::now();
+                    let w = attention_weights(&mut *blk, &x, batch_len, seq_len, d, i)?;
+                    phases.calibrate += t.elapsed().as_secs_f64();
+                    Some(w)
+                }
+            };
+            let rows_per_batch = batch_len / d;
+            let batch_weights =
+                |b: usize| token_w.as_deref().map(|w| &w[b * rows_per_batch..((b + 1) * rows_per_batch).min(w.len())]);
             for (g, grp) in groups.iter().enumerate() {
                 let t = Instant::now();
                 let width = group_width(&*blk, grp.linears, i)?;
@@ -511,7 +523,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                     let hin = blk.group_input(g, &mut st);
                     carries[b] = st.carry;
                     let th = Instant::now();
-                    add_seen(&mut h, &*blk, grp.linears, &hin, width);
+                    add_seen_weighted(&mut h, &*blk, grp.linears, &hin, width, batch_weights(b));
                     hs_seconds += th.elapsed().as_secs_f64();
                     inputs.push(hin);
                 }
@@ -524,7 +536,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                         let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries_f[b]) };
                         let hin = blk.group_input(g, &mut st);
                         carries_f[b] = st.carry;
-                        add_cross(&mut c, &*blk, grp.linears, &hin, &inputs[b], width);
+                        add_cross(&mut c, &*blk, grp.linears, &hin, &inputs[b], width, batch_weights(b));
                         inputs_f.push(hin);
                     }
                     cross = Some(c);
@@ -762,28 +774,110 @@ fn set_static_ranges(
 /// Adds a group's input to its statistics as its linears see it: through their input hook
 /// (an online rotation, activation quantization) when they have one.
 fn add_seen(h: &mut Hessian, blk: &dyn Block, linears: &[&str], x: &[f32], width: usize) {
-    match linears.first().and_then(|l| blk.linear(l)).and_then(|l| l.input_hook.clone()) {
-        Some(hook) => {
-            let mut seen = x.to_vec();
-            hook(&mut seen);
-            h.add(&seen, seen.len() / width);
-        }
-        None => h.add(x, x.len() / width),
+    add_seen_weighted(h, blk, linears, x, width, None)
+}
+
+/// [`add_seen`] with each token's row counted `weights[t]` times (rows scaled by √w).
+fn add_seen_weighted(
+    h: &mut Hessian,
+    blk: &dyn Block,
+    linears: &[&str],
+    x: &[f32],
+    width: usize,
+    weights: Option<&[f32]>,
+) {
+    let hook = linears.first().and_then(|l| blk.linear(l)).and_then(|l| l.input_hook.clone());
+    if hook.is_none() && weights.is_none() {
+        return h.add(x, x.len() / width);
     }
+    let mut seen = x.to_vec();
+    if let Some(hook) = hook {
+        hook(&mut seen);
+    }
+    if let Some(w) = weights {
+        scale_rows(&mut seen, width, w);
+    }
+    h.add(&seen, seen.len() / width);
+}
+
+fn scale_rows(x: &mut [f32], width: usize, w: &[f32]) {
+    for (row, &wt) in x.chunks_exact_mut(width).zip(w) {
+        let s = wt.sqrt();
+        row.iter_mut().for_each(|v| *v *= s);
+    }
+}
+
+/// RSQ's token importance for one block: the attention each calibration token receives in
+/// it (summed over queries and heads, on the block before its solve), over its mean, clipped
+/// to [1/20, 20] and brought back to mean 1.
+fn attention_weights(
+    blk: &mut dyn Block,
+    x: &[f32],
+    batch_len: usize,
+    seq_len: usize,
+    d: usize,
+    i: usize,
+) -> Result<Vec<f32>> {
+    let rows = x.len() / d;
+    let mut scores: Vec<f64> = Vec::with_capacity(rows);
+    let mut copy = Vec::new();
+    let groups = blk.groups().len();
+    for xb in x.chunks(batch_len) {
+        let probe: crate::arch::layers::AttnProbe =
+            std::sync::Arc::new(std::sync::Mutex::new(vec![0f64; xb.len() / d]));
+        if !blk.set_attention_probe(Some(probe.clone())) {
+            return Err(Error::Other(format!(
+                "block {i}: --calib-weighting rsq weights tokens by the attention they receive, which this architecture's blocks do not report (Llama-family decoders do)"
+            )));
+        }
+        copy.clear();
+        copy.extend_from_slice(xb);
+        let mut st = BlockState { x: &mut copy, seq_len, carry: Vec::new() };
+        // Run the block's groups only until its attention has run.
+        for g in 0..groups {
+            let hin = blk.group_input(g, &mut st);
+            blk.advance(g, &mut st, hin);
+            if probe.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|v| *v > 0.0) {
+                break;
+            }
+        }
+        blk.set_attention_probe(None);
+        scores.extend(probe.lock().unwrap_or_else(|e| e.into_inner()).iter());
+    }
+    let mean = scores.iter().sum::<f64>() / rows.max(1) as f64;
+    if !(mean > 0.0 && mean.is_finite()) {
+        return Ok(vec![1.0; rows]);
+    }
+    let clipped: Vec<f64> = scores.iter().map(|s| (s / mean).clamp(0.05, 20.0)).collect();
+    let m2 = clipped.iter().sum::<f64>() / rows.max(1) as f64;
+    Ok(clipped.iter().map(|w| (w / m2) as f32).collect())
 }
 
 /// Adds a group's input in the float and the quantized stream to the cross term, both as the
 /// linears see them (through their input hook).
-fn add_cross(c: &mut Cross, blk: &dyn Block, linears: &[&str], xf: &[f32], xq: &[f32], width: usize) {
-    match linears.first().and_then(|l| blk.linear(l)).and_then(|l| l.input_hook.clone()) {
-        Some(hook) => {
-            let (mut f, mut q) = (xf.to_vec(), xq.to_vec());
-            hook(&mut f);
-            hook(&mut q);
-            c.add(&f, &q, q.len() / width);
-        }
-        None => c.add(xf, xq, xq.len() / width),
+fn add_cross(
+    c: &mut Cross,
+    blk: &dyn Block,
+    linears: &[&str],
+    xf: &[f32],
+    xq: &[f32],
+    width: usize,
+    weights: Option<&[f32]>,
+) {
+    let hook = linears.first().and_then(|l| blk.linear(l)).and_then(|l| l.input_hook.clone());
+    if hook.is_none() && weights.is_none() {
+        return c.add(xf, xq, xq.len() / width);
     }
+    let (mut f, mut q) = (xf.to_vec(), xq.to_vec());
+    if let Some(hook) = hook {
+        hook(&mut f);
+        hook(&mut q);
+    }
+    if let Some(w) = weights {
+        scale_rows(&mut f, width, w);
+        scale_rows(&mut q, width, w);
+    }
+    c.add(&f, &q, q.len() / width);
 }
 
 /// Exchanges the weights of a group's linears with those kept in `store`.
