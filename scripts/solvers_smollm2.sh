@@ -50,6 +50,7 @@ for fmt in int3:g64 int2:g64; do
   run $f-gptq-lr8-plain $fmt --method gptq --lowrank 8:plain
   run $f-gptq-lr8-absorb $fmt --method gptq --lowrank 8:absorb
   run $f-gptq-asym $fmt --method gptq-asym
+  run $f-gptq-rsq $fmt --method gptq --calib-weighting rsq
   run $f-quantease $fmt --method quantease
   run $f-gptq-out0.5 $fmt --method gptq --outliers 0.005
   run $f-gptq-out1 $fmt --method gptq --outliers 0.01
