@@ -14,15 +14,22 @@ cd "$(dirname "$0")/.."
 base=${1:?usage: $0 BASE.gguf [OUTDIR] [NAME...]}
 o=${2:-target/solvers}
 shift $(( $# >= 2 ? 2 : 1 ))
-only=" $* "
+names=("$@")
 text=data/text/austen_prideprejudice.txt
 mkdir -p "$o"
 cargo build --release -q
 q=./target/release/quantsmith
 embd="--scheme token_embd=int8:ch:scale=f16"
+# Configurations are declared first (`run` records them), then run: in the order given on the
+# command line, or in the order below.
+declare -A conf
+order=()
 run() { # name, format, quantize args...
+  conf[$1]="${*:2}"
+  order+=("$1")
+}
+go() { # name, format, quantize args...
   local name=$1 fmt=$2; shift 2
-  [ "$only" = "  " ] || [[ "$only" == *" $name "* ]] || return 0
   if [ ! -e "$o/$name.json" ]; then
     "$q" quantize "$base" --out "$o/$name" --layout fake-quant --scheme "blk.*=$fmt:scale=f16" $embd \
       --eval "$text" --eval-chunks 40 --progress none --json --force "$@" > "$o/$name.json.tmp"
@@ -61,3 +68,10 @@ run i3-qe-out0.1-lr8-int8 int3:g64 --method quantease --outliers 0.001 --lowrank
 run i3-gptq-out0.25-lr4-int8 int3:g64 --method gptq --outliers 0.0025 --lowrank 4:int8
 run i3-asym-lr8-int8 int3:g64 --method gptq-asym --lowrank 8:int8
 run i3-qe-asym-out0.1-lr8-int8 int3:g64 --method quantease:asym=yes --outliers 0.001 --lowrank 8:int8
+
+[ ${#names[@]} -gt 0 ] || names=("${order[@]}")
+for n in "${names[@]}"; do
+  [ -n "${conf[$n]:-}" ] || { echo "unknown configuration $n" >&2; exit 2; }
+  # shellcheck disable=SC2086
+  go "$n" ${conf[$n]}
+done
