@@ -680,10 +680,15 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         let w = target.as_deref().unwrap_or(&values);
         let (mut rep, qt, _) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), None)?;
         if is_head && tied {
-            rep.note = Some(if h.is_some() {
-                "tied to the output head: quantized once, with the statistics of the head's input".into()
+            let tied_note = if h.is_some() {
+                "tied to the output head: quantized once, with the statistics of the head's input"
             } else {
-                "tied to the output head: quantized once".into()
+                "tied to the output head: quantized once"
+            };
+            // The solver's own note (kept weights, a low-rank term) stays.
+            rep.note = Some(match rep.note.take() {
+                Some(n) => format!("{tied_note}; {n}"),
+                None => tied_note.to_string(),
             });
         }
         state.tensors.push(rep);
