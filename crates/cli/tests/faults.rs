@@ -147,7 +147,7 @@ fn asymmetric_and_low_rank_runs_resume_to_the_same_bytes() {
     // their factors: a crash after each block resumes to the same bytes, and a flipped byte in
     // the float stream's checkpoint is never resumed from.
     let s = setup();
-    let mut args_of = |out: &Path| {
+    let args_of = |out: &Path| {
         let mut a = quantize_args(&s, "fake-quant", out, 6);
         a.extend(["--method", "gptq-asym", "--lowrank", "4:int8"].iter().map(|s| s.to_string()));
         a
