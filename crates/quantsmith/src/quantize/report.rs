@@ -266,9 +266,8 @@ impl QuantizeReport {
     pub fn write_files(&self, dir: Option<&Path>) -> Result<(PathBuf, Option<PathBuf>)> {
         let (md, svg) = match dir {
             Some(d) => {
-                let stem = self.output.file_stem().map(|s| s.to_os_string()).unwrap_or_else(|| "report".into());
-                let base = d.join(stem);
-                (base.with_extension("md"), base.with_extension("svg"))
+                let name = report_name(&self.output);
+                (d.join(format!("{name}.md")), d.join(format!("{name}.svg")))
             }
             None => (sibling(&self.output, "md"), sibling(&self.output, "svg")),
         };
@@ -370,7 +369,27 @@ impl QuantizeReport {
 /// What the per-tensor columns mean.
 pub const LEGEND: &str = "SQNR: the weights' signal-to-quantization-noise ratio, 10·log10(Σw² / Σ(w − q(w))²) in dB, higher is better. Output error: the layer's relative output error on the calibration inputs, tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with H = Σ x xᵀ, lower is better (only when the run calibrated). bits/weight: the tensor's stored bits (codes, scales, zero points) per weight.";
 
-/// `out.gguf` → `out.EXT` (the extension replaced), beside it.
+/// `out.gguf` → `out.EXT` beside it; a directory `out` → `out.EXT`.
 pub fn sibling(out: &Path, ext: &str) -> PathBuf {
-    out.with_extension(ext)
+    out.with_file_name(format!("{}.{ext}", report_name(out)))
+}
+
+/// The name reports take after an output: a `.gguf` file's stem, a directory's whole name
+/// (`int3.g64-lr8` gives `int3.g64-lr8.md`, not `int3.md`).
+fn report_name(out: &Path) -> String {
+    let is_gguf = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let name = if is_gguf { out.file_stem() } else { out.file_name() };
+    name.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_named_after_the_whole_output() {
+        assert_eq!(sibling(Path::new("/o/m.Q4_K_M.gguf"), "md"), Path::new("/o/m.Q4_K_M.md"));
+        assert_eq!(sibling(Path::new("/o/int3.g64-lr8"), "svg"), Path::new("/o/int3.g64-lr8.svg"));
+        assert_eq!(sibling(Path::new("/o/fq"), "md"), Path::new("/o/fq.md"));
+    }
 }
