@@ -28,13 +28,17 @@ run() { # name, format, quantize args...
   conf[$1]="${*:2}"
   order+=("$1")
 }
-go() { # name, format, quantize args...
+go() { # name, format (or a GGUF preset: Q4_K_M, ...), quantize args...
   local name=$1 fmt=$2; shift 2
   if [ ! -e "$o/$name.json" ]; then
-    "$q" quantize "$base" --out "$o/$name" --layout fake-quant --scheme "blk.*=$fmt:scale=f16" $embd \
+    case $fmt in
+      Q*) local out=$o/$name.gguf; local how=(--preset "$fmt") ;;
+      *) local out=$o/$name; local how=(--layout fake-quant --scheme "blk.*=$fmt:scale=f16" $embd) ;;
+    esac
+    "$q" quantize "$base" --out "$out" "${how[@]}" \
       --eval "$text" --eval-chunks 40 --progress none --json --force "$@" > "$o/$name.json.tmp"
     mv "$o/$name.json.tmp" "$o/$name.json"
-    rm -rf "${o:?}/$name"
+    rm -rf "${out:?}"
   fi
   python3 - "$o/$name.json" "$name" <<'EOF'
 import json, sys
@@ -57,16 +61,21 @@ for fmt in int3:g64 int2:g64; do
   run $f-gptq-lr8-plain $fmt --method gptq --lowrank 8:plain
   run $f-gptq-lr8-absorb $fmt --method gptq --lowrank 8:absorb
   run $f-gptq-asym $fmt --method gptq-asym
+  run $f-asym-lr8-int8 $fmt --method gptq-asym --lowrank 8:int8
   run $f-gptq-rsq $fmt --method gptq --calib-weighting rsq
   run $f-quantease $fmt --method quantease
   run $f-gptq-out0.5 $fmt --method gptq --outliers 0.005
   run $f-gptq-out1 $fmt --method gptq --outliers 0.01
 done
+# GGUF presets (llama.cpp's types, same bytes): does asymmetric calibration help there too?
+for p in Q4_K_M Q3_K_M Q2_K; do
+  run $p-gptq $p --method gptq
+  run $p-gptq-asym $p --method gptq-asym
+done
 # Combinations at about 3.5 bits per weight.
 run i3-qe-lr8-int8 int3:g64 --method quantease --lowrank 8:int8
 run i3-qe-out0.1-lr8-int8 int3:g64 --method quantease --outliers 0.001 --lowrank 8:int8
 run i3-gptq-out0.25-lr4-int8 int3:g64 --method gptq --outliers 0.0025 --lowrank 4:int8
-run i3-asym-lr8-int8 int3:g64 --method gptq-asym --lowrank 8:int8
 run i3-qe-asym-out0.1-lr8-int8 int3:g64 --method quantease:asym=yes --outliers 0.001 --lowrank 8:int8
 
 [ ${#names[@]} -gt 0 ] || names=("${order[@]}")
