@@ -62,6 +62,7 @@ for fmt in int3:g64 int2:g64; do
   run $f-gptq-lr8-absorb $fmt --method gptq --lowrank 8:absorb
   run $f-gptq-asym $fmt --method gptq-asym
   run $f-asym-lr8-int8 $fmt --method gptq-asym --lowrank 8:int8
+  run $f-asym-rsq $fmt --method gptq-asym --calib-weighting rsq
   run $f-gptq-rsq $fmt --method gptq --calib-weighting rsq
   run $f-quantease $fmt --method quantease
   run $f-gptq-out0.5 $fmt --method gptq --outliers 0.005
