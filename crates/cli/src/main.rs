@@ -1,6 +1,8 @@
 //! The `quantsmith` binary: argument parsing, progress and printing; the work is in the library.
 
 mod cmd;
+#[cfg(feature = "mpi")]
+mod mpi_world;
 
 use clap::{Parser, Subcommand};
 
@@ -60,7 +62,26 @@ fn main() {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = Cli::parse();
+    #[cfg(feature = "mpi")]
+    let _universe = match mpi_world::start() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let group = quantsmith::dist::world();
+    if group.rank() != 0 {
+        // Every rank runs the same command; rank 0 reports.
+        cmd::progress::set_mode(cmd::progress::Mode::None);
+    }
     cmd::progress::set_mode(cli.progress);
+    if group.size() > 1 && !matches!(cli.cmd, Command::Quantize(_)) {
+        if group.rank() == 0 {
+            eprintln!("error: only `quantize` runs across MPI ranks ({} here); run other commands in one process", group.size());
+        }
+        group.abort(2);
+    }
     if let Err(e) = set_threads(cli.threads) {
         eprintln!("error: {e}");
         std::process::exit(2);
@@ -77,7 +98,12 @@ fn main() {
     };
     if let Err(e) = result {
         // One line, whatever a file's names and strings hold.
-        eprintln!("error: {}", cmd::printable(&e.to_string()));
+        let rank = if group.size() > 1 { format!(" (MPI rank {})", group.rank()) } else { String::new() };
+        eprintln!("error{rank}: {}", cmd::printable(&e.to_string()));
+        if group.size() > 1 {
+            // The other ranks may be waiting for this one in a collective.
+            group.abort(2);
+        }
         std::process::exit(2);
     }
 }

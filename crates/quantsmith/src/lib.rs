@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod bench;
 pub mod calib;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod export;

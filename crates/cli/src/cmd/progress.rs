@@ -135,5 +135,9 @@ impl Progress {
 
 /// A line for the user on stderr, above any bar.
 pub fn notice(msg: &str) {
+    // Under MPI every rank runs the same command: rank 0 speaks for all.
+    if !quantsmith::dist::is_root() {
+        return;
+    }
     eprintln!("note: {}", crate::cmd::printable(msg));
 }

@@ -406,6 +406,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     let events = Events::new();
     let report = quantize_with(&args.model, &opts, &events)?;
+    if !quantsmith::dist::is_root() {
+        // Under MPI, rank 0 wrote the output and reports it.
+        return Ok(());
+    }
     events.plan.finish();
     events.blocks.finish();
     events.tokens.finish();

@@ -49,42 +49,36 @@ impl Hessian {
         !self.sum_xxt.is_empty() || self.n == 0
     }
 
-    /// Adds `rows` input rows `x` (`[rows, n]`, row-major).
+    /// Adds `rows` input rows `x` (`[rows, n]`, row-major): one batch, as [`HessianPart`]
+    /// computes it, folded in ([`Hessian::fold`]).
     pub fn add(&mut self, x: &[f32], rows: usize) {
-        let n = self.n;
-        debug_assert_eq!(x.len(), rows * n);
-        if !self.is_full() {
-            for row in x.chunks_exact(n) {
-                for (((q, s), m), &v) in
-                    self.sum_x2.iter_mut().zip(self.sum_abs.iter_mut()).zip(self.max_abs.iter_mut()).zip(row)
-                {
-                    *q += v as f64 * v as f64;
-                    *s += v.abs() as f64;
-                    *m = m.max(v.abs());
-                }
-            }
-            self.count += rows;
-            return;
+        let mut p = self.part();
+        p.add(x, rows);
+        self.fold(&p);
+    }
+
+    /// An empty batch contribution of the same kind (full or diagonal) and width.
+    pub fn part(&self) -> HessianPart {
+        if self.is_full() {
+            HessianPart::full(self.n)
+        } else {
+            HessianPart::diagonal(self.n)
         }
-        let mut g = Mat::<f32>::zeros(n, n);
-        for chunk in x.chunks(BATCH_ROWS * n) {
-            let r = chunk.len() / n;
-            let xm = MatRef::from_row_major_slice(chunk, r, n);
-            // XᵀX is symmetric: compute its lower triangle only (half the work of a GEMM).
-            matmul(
-                g.as_mut(),
-                BlockStructure::TriangularLower,
-                Accum::Replace,
-                xm.transpose(),
-                BlockStructure::Rectangular,
-                xm,
-                BlockStructure::Rectangular,
-                1.0f32,
-                Par::rayon(0),
-            );
+    }
+
+    /// Adds one batch's contribution. The sum is a sequence of f64 additions in batch order:
+    /// folding the same parts in the same order gives the same bits wherever they were
+    /// computed (another thread, another MPI rank; [`crate::dist`]).
+    pub fn fold(&mut self, p: &HessianPart) {
+        let n = self.n;
+        debug_assert_eq!(p.n, n);
+        for g in &p.grams {
+            // The lower triangle, row by row; mirrored.
+            let mut k = 0;
             for i in 0..n {
                 for j in 0..=i {
-                    let v = g[(i, j)] as f64;
+                    let v = g[k] as f64;
+                    k += 1;
                     self.sum_xxt[i * n + j] += v;
                     if i != j {
                         self.sum_xxt[j * n + i] += v;
@@ -92,13 +86,16 @@ impl Hessian {
                 }
             }
         }
-        for row in x.chunks_exact(n) {
-            for ((s, m), &v) in self.sum_abs.iter_mut().zip(self.max_abs.iter_mut()).zip(row) {
-                *s += v.abs() as f64;
-                *m = m.max(v.abs());
-            }
+        for (a, b) in self.sum_x2.iter_mut().zip(&p.sum_x2) {
+            *a += b;
         }
-        self.count += rows;
+        for (a, b) in self.sum_abs.iter_mut().zip(&p.sum_abs) {
+            *a += b;
+        }
+        for (a, b) in self.max_abs.iter_mut().zip(&p.max_abs) {
+            *a = a.max(*b);
+        }
+        self.count += p.count;
     }
 
     /// llama.cpp's importance matrix: per input column, the mean of x² over the tokens.
@@ -153,6 +150,162 @@ impl Hessian {
     }
 }
 
+/// What one batch of input rows adds to a [`Hessian`]: the f32 Gram matrices of its row
+/// chunks (lower triangles, not yet added into the f64 sum) or, for diagonal statistics, Σx²;
+/// and the moments. Kept apart from the sum so that batches computed anywhere fold into it in
+/// batch order ([`Hessian::fold`], [`crate::dist::Reduce`]).
+#[derive(Clone, Debug)]
+pub struct HessianPart {
+    n: usize,
+    full: bool,
+    grams: Vec<Vec<f32>>,
+    sum_x2: Vec<f64>,
+    sum_abs: Vec<f64>,
+    max_abs: Vec<f32>,
+    count: usize,
+}
+
+impl HessianPart {
+    /// An empty contribution to a full Hessian of width `n`.
+    pub fn full(n: usize) -> HessianPart {
+        HessianPart {
+            n,
+            full: true,
+            grams: Vec::new(),
+            sum_x2: Vec::new(),
+            sum_abs: vec![0.0; n],
+            max_abs: vec![0.0; n],
+            count: 0,
+        }
+    }
+
+    /// An empty contribution to diagonal statistics of width `n` ([`Hessian::diagonal`]).
+    pub fn diagonal(n: usize) -> HessianPart {
+        HessianPart { full: false, sum_x2: vec![0.0; n], ..HessianPart::full(n) }
+    }
+
+    /// Adds `rows` input rows `x` (`[rows, n]`, row-major).
+    pub fn add(&mut self, x: &[f32], rows: usize) {
+        let n = self.n;
+        debug_assert_eq!(x.len(), rows * n);
+        if !self.full {
+            for row in x.chunks_exact(n) {
+                for (((q, s), m), &v) in
+                    self.sum_x2.iter_mut().zip(self.sum_abs.iter_mut()).zip(self.max_abs.iter_mut()).zip(row)
+                {
+                    *q += v as f64 * v as f64;
+                    *s += v.abs() as f64;
+                    *m = m.max(v.abs());
+                }
+            }
+            self.count += rows;
+            return;
+        }
+        let mut g = Mat::<f32>::zeros(n, n);
+        for chunk in x.chunks(BATCH_ROWS * n) {
+            let r = chunk.len() / n;
+            let xm = MatRef::from_row_major_slice(chunk, r, n);
+            // XᵀX is symmetric: compute its lower triangle only (half the work of a GEMM).
+            matmul(
+                g.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Replace,
+                xm.transpose(),
+                BlockStructure::Rectangular,
+                xm,
+                BlockStructure::Rectangular,
+                1.0f32,
+                Par::rayon(0),
+            );
+            let mut tri = Vec::with_capacity(n * (n + 1) / 2);
+            for i in 0..n {
+                for j in 0..=i {
+                    tri.push(g[(i, j)]);
+                }
+            }
+            self.grams.push(tri);
+        }
+        for row in x.chunks_exact(n) {
+            for ((s, m), &v) in self.sum_abs.iter_mut().zip(self.max_abs.iter_mut()).zip(row) {
+                *s += v.abs() as f64;
+                *m = m.max(v.abs());
+            }
+        }
+        self.count += rows;
+    }
+}
+
+impl crate::dist::Stat for Hessian {
+    type Part = HessianPart;
+
+    fn fold(&mut self, part: &HessianPart) {
+        Hessian::fold(self, part)
+    }
+
+    fn part_bytes(p: &HessianPart) -> Vec<u8> {
+        use crate::dist::wire::*;
+        let mut out = Vec::new();
+        put_u64(&mut out, p.n as u64);
+        put_u64(&mut out, p.full as u64);
+        put_u64(&mut out, p.count as u64);
+        put_u64(&mut out, p.grams.len() as u64);
+        for g in &p.grams {
+            put_f32s(&mut out, g);
+        }
+        put_f64s(&mut out, &p.sum_x2);
+        put_f64s(&mut out, &p.sum_abs);
+        put_f32s(&mut out, &p.max_abs);
+        out
+    }
+
+    fn part_from_bytes(b: &[u8]) -> Result<HessianPart, String> {
+        let mut r = crate::dist::wire::Reader::new(b);
+        let n = r.u64()? as usize;
+        let full = r.u64()? != 0;
+        let count = r.u64()? as usize;
+        let k = r.u64()? as usize;
+        let mut grams = Vec::new();
+        for _ in 0..k {
+            let g = r.f32s()?;
+            if g.len() != n * (n + 1) / 2 {
+                return Err(format!("a Gram matrix of {} entries for width {n}", g.len()));
+            }
+            grams.push(g);
+        }
+        let (sum_x2, sum_abs, max_abs) = (r.f64s()?, r.f64s()?, r.f32s()?);
+        r.done()?;
+        if sum_abs.len() != n || max_abs.len() != n || sum_x2.len() != if full { 0 } else { n } {
+            return Err(format!("moments of the wrong width (expected {n})"));
+        }
+        Ok(HessianPart { n, full, grams, sum_x2, sum_abs, max_abs, count })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        use crate::dist::wire::*;
+        let mut out = Vec::new();
+        put_u64(&mut out, self.n as u64);
+        put_u64(&mut out, self.count as u64);
+        put_f64s(&mut out, &self.sum_xxt);
+        put_f64s(&mut out, &self.sum_x2);
+        put_f64s(&mut out, &self.sum_abs);
+        put_f32s(&mut out, &self.max_abs);
+        out
+    }
+
+    fn from_bytes(b: &[u8]) -> Result<Hessian, String> {
+        let mut r = crate::dist::wire::Reader::new(b);
+        let n = r.u64()? as usize;
+        let count = r.u64()? as usize;
+        let h = Hessian { n, count, sum_xxt: r.f64s()?, sum_x2: r.f64s()?, sum_abs: r.f64s()?, max_abs: r.f32s()? };
+        r.done()?;
+        let full_ok = h.sum_xxt.len() == n * n || h.sum_xxt.is_empty();
+        if !full_ok || h.sum_abs.len() != n || h.max_abs.len() != n {
+            return Err(format!("statistics of the wrong width (expected {n})"));
+        }
+        Ok(h)
+    }
+}
+
 /// The cross term of asymmetric calibration: Σ (x_f − x_q) x_qᵀ over the calibration tokens,
 /// where x_q is a linear's input in the partly quantized model (what its Hessian is taken on)
 /// and x_f the same input in the model with float weights. `n × n` row-major, f64.
@@ -172,29 +325,27 @@ impl Cross {
         Cross { n, sum: vec![0.0; n * n], count: 0 }
     }
 
-    /// Adds `rows` rows of both inputs (`[rows, n]` each, row-major).
+    /// Adds `rows` rows of both inputs (`[rows, n]` each, row-major): one batch, as
+    /// [`CrossPart`] computes it, folded in.
     pub fn add(&mut self, xf: &[f32], xq: &[f32], rows: usize) {
-        let n = self.n;
-        debug_assert_eq!(xf.len(), rows * n);
-        debug_assert_eq!(xq.len(), rows * n);
-        let mut p = Mat::<f32>::zeros(n, n);
-        for start in (0..rows).step_by(BATCH_ROWS) {
-            let r = BATCH_ROWS.min(rows - start);
-            let (a, b) = (start * n, (start + r) * n);
-            let delta: Vec<f32> = xf[a..b].iter().zip(&xq[a..b]).map(|(f, q)| f - q).collect();
-            if delta.iter().all(|v| *v == 0.0) {
-                continue;
-            }
-            let dm = MatRef::from_row_major_slice(&delta, r, n);
-            let qm = MatRef::from_row_major_slice(&xq[a..b], r, n);
-            faer::linalg::matmul::matmul(p.as_mut(), Accum::Replace, dm.transpose(), qm, 1.0f32, Par::rayon(0));
-            for i in 0..n {
-                for j in 0..n {
-                    self.sum[i * n + j] += p[(i, j)] as f64;
-                }
+        let mut p = self.part();
+        p.add(xf, xq, rows);
+        self.fold(&p);
+    }
+
+    /// An empty batch contribution of this width.
+    pub fn part(&self) -> CrossPart {
+        CrossPart::new(self.n)
+    }
+
+    /// Adds one batch's contribution (in batch order, as [`Hessian::fold`]).
+    pub fn fold(&mut self, p: &CrossPart) {
+        for m in &p.mats {
+            for (s, &v) in self.sum.iter_mut().zip(m) {
+                *s += v as f64;
             }
         }
-        self.count += rows;
+        self.count += p.count;
     }
 
     /// The mean, (1/count) Σ (x_f − x_q) x_qᵀ.
@@ -255,5 +406,106 @@ mod tests {
         }
         let im = h.imatrix();
         assert!((im[3] as f64 - h.sum_xxt[3 * n + 3] / rows as f64).abs() < 1e-5);
+    }
+}
+
+/// What one batch adds to a [`Cross`]: the f32 products of its row chunks (chunks where both
+/// streams agree add nothing and are left out).
+#[derive(Clone, Debug)]
+pub struct CrossPart {
+    n: usize,
+    mats: Vec<Vec<f32>>,
+    count: usize,
+}
+
+impl CrossPart {
+    /// An empty contribution to a cross term of width `n`.
+    pub fn new(n: usize) -> CrossPart {
+        CrossPart { n, mats: Vec::new(), count: 0 }
+    }
+
+    /// Adds `rows` rows of both inputs (`[rows, n]` each, row-major).
+    pub fn add(&mut self, xf: &[f32], xq: &[f32], rows: usize) {
+        let n = self.n;
+        debug_assert_eq!(xf.len(), rows * n);
+        debug_assert_eq!(xq.len(), rows * n);
+        for start in (0..rows).step_by(BATCH_ROWS) {
+            let r = BATCH_ROWS.min(rows - start);
+            let (a, b) = (start * n, (start + r) * n);
+            let delta: Vec<f32> = xf[a..b].iter().zip(&xq[a..b]).map(|(f, q)| f - q).collect();
+            if delta.iter().all(|v| *v == 0.0) {
+                continue;
+            }
+            let mut p = Mat::<f32>::zeros(n, n);
+            let dm = MatRef::from_row_major_slice(&delta, r, n);
+            let qm = MatRef::from_row_major_slice(&xq[a..b], r, n);
+            faer::linalg::matmul::matmul(p.as_mut(), Accum::Replace, dm.transpose(), qm, 1.0f32, Par::rayon(0));
+            let mut m = Vec::with_capacity(n * n);
+            for i in 0..n {
+                for j in 0..n {
+                    m.push(p[(i, j)]);
+                }
+            }
+            self.mats.push(m);
+        }
+        self.count += rows;
+    }
+}
+
+impl crate::dist::Stat for Cross {
+    type Part = CrossPart;
+
+    fn fold(&mut self, part: &CrossPart) {
+        Cross::fold(self, part)
+    }
+
+    fn part_bytes(p: &CrossPart) -> Vec<u8> {
+        use crate::dist::wire::*;
+        let mut out = Vec::new();
+        put_u64(&mut out, p.n as u64);
+        put_u64(&mut out, p.count as u64);
+        put_u64(&mut out, p.mats.len() as u64);
+        for m in &p.mats {
+            put_f32s(&mut out, m);
+        }
+        out
+    }
+
+    fn part_from_bytes(b: &[u8]) -> Result<CrossPart, String> {
+        let mut r = crate::dist::wire::Reader::new(b);
+        let n = r.u64()? as usize;
+        let count = r.u64()? as usize;
+        let k = r.u64()? as usize;
+        let mut mats = Vec::new();
+        for _ in 0..k {
+            let m = r.f32s()?;
+            if m.len() != n * n {
+                return Err(format!("a cross term of {} entries for width {n}", m.len()));
+            }
+            mats.push(m);
+        }
+        r.done()?;
+        Ok(CrossPart { n, mats, count })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        use crate::dist::wire::*;
+        let mut out = Vec::new();
+        put_u64(&mut out, self.n as u64);
+        put_u64(&mut out, self.count as u64);
+        put_f64s(&mut out, &self.sum);
+        out
+    }
+
+    fn from_bytes(b: &[u8]) -> Result<Cross, String> {
+        let mut r = crate::dist::wire::Reader::new(b);
+        let n = r.u64()? as usize;
+        let count = r.u64()? as usize;
+        let sum = r.f64s()?;
+        r.done()?;
+        if sum.len() != n * n {
+            return Err(format!("a cross term of {} entries for width {n}", sum.len()));
+        }
+        Ok(Cross { n, sum, count })
     }
 }

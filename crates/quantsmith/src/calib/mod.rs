@@ -3,5 +3,5 @@
 pub mod hessian;
 pub mod windows;
 
-pub use hessian::{Cross, Hessian};
+pub use hessian::{Cross, CrossPart, Hessian, HessianPart};
 pub use windows::{calibration_windows, CalibOptions, TokenWeighting};

@@ -654,6 +654,10 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         eval_text: None,
         plan: budget_report,
     };
+    if !crate::dist::is_root() {
+        // Under MPI, rank 0 wrote the output and measures it.
+        return Ok(Job::Quantized(Box::new(report)));
+    }
     if let Some(a) = report.plan.as_ref().and_then(|p| p.chosen.as_ref()) {
         // GGUF sizes are exact; a packed directory's must be within the budget; a fake-quant
         // directory holds dequantized weights: its budget is over the formats' bytes.

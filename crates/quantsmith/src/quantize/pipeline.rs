@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{matrix_of, Plan, PlanEntry};
 use crate::arch::{Arch, Block, BlockState};
-use crate::calib::{calibration_windows, CalibOptions, Cross, Hessian};
+use crate::calib::{calibration_windows, CalibOptions, Cross, CrossPart, Hessian, HessianPart};
+use crate::dist::Reduce;
 use crate::export::{ExportModel, Exporter, QuantTensor, TensorData};
 use crate::solve::{layer_error, LayerProblem};
 use crate::tokenizer::Tokenizer;
@@ -306,7 +307,7 @@ impl SolveCtx<'_> {
 /// the same input fails the same way); a killed run leaves it, and the same command resumes.
 pub fn run(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super::Events) -> Result<PipelineReport> {
     let r = run_checkpointed(inp, opts, events);
-    if r.is_err() {
+    if r.is_err() && crate::dist::is_root() {
         let work = partial_dir(&opts.out);
         if work.is_dir() {
             let _ = std::fs::remove_dir_all(&work);
@@ -333,13 +334,25 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         _ => None,
     };
     let sctx = SolveCtx { plan, opts, file_imatrix: file_imatrix.as_ref() };
+    // Under MPI (crate::dist): rank 0 writes; every rank calibrates and propagates its own
+    // batches. Checkpoints hold rank 0's activations only, so such runs do not resume.
+    let comm = crate::dist::world();
+    let root = comm.rank() == 0;
+    let solo = comm.size() == 1;
+    if !solo && opts.calib.weighting != crate::calib::TokenWeighting::Uniform && needs_h {
+        return Err(Error::Other(format!(
+            "--calib-weighting rsq: not supported across MPI ranks yet (its weights are normalised over every rank's tokens); run it in one process ({} ranks here)",
+            comm.size()
+        )));
+    }
 
     let work = partial_dir(&opts.out);
     let transforms: Vec<String> = inp.transforms.iter().map(|t| format!("{t:?}")).collect();
+    let ranks = if solo { String::new() } else { format!("|ranks={}", comm.size()) };
     let fingerprint = plan.fingerprint(
         inp.input,
         opts,
-        &format!("{}|{}|{}", inp.exporter.name(), transforms.join(";"), inp.runtime.to_json()),
+        &format!("{}|{}|{}{ranks}", inp.exporter.name(), transforms.join(";"), inp.runtime.to_json()),
     );
     let mut state = Checkpoint {
         fingerprint: fingerprint.clone(),
@@ -351,7 +364,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     };
     let mut resumed_blocks = 0;
     let mut damaged = None;
-    if opts.resume {
+    if opts.resume && solo {
         if let Ok(text) = std::fs::read_to_string(work.join("state.json")) {
             match serde_json::from_str::<Checkpoint>(&text) {
                 Ok(s) if s.fingerprint == fingerprint && s.next_block <= n_blocks => match s.damage(&work, calibrate) {
@@ -377,13 +390,13 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         ));
     } else if let Some(why) = damaged {
         events.notice(&format!("{} holds a damaged checkpoint ({why}): starting afresh", work.display()));
-    } else if opts.resume && work.join("state.json").exists() {
+    } else if opts.resume && root && work.join("state.json").exists() {
         events.notice(&format!(
             "{} holds a checkpoint of a different run (other input, plan or options): starting afresh",
             work.display()
         ));
     }
-    if resumed_blocks == 0 {
+    if resumed_blocks == 0 && root {
         if work.exists() {
             std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
         }
@@ -404,8 +417,17 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let mut calib_tokens = 0;
     if calibrate {
         let t = Instant::now();
-        let tokens = calibration_windows(inp.tokenizer, &opts.calib_texts, &opts.calib)?;
+        let mut tokens = calibration_windows(inp.tokenizer, &opts.calib_texts, &opts.calib)?;
         calib_tokens = tokens.len();
+        if !solo {
+            // This rank's batches only.
+            let per_batch = opts.batch_seqs.max(1) * seq_len;
+            let n_batches = tokens.len().div_ceil(per_batch);
+            tokens = crate::dist::my_batches(n_batches, comm)
+                .into_iter()
+                .flat_map(|b| tokens[b * per_batch..((b + 1) * per_batch).min(tokens.len())].to_vec())
+                .collect();
+        }
         if resumed_blocks > 0 {
             let p = work.join("x.bin");
             x = bytes_f32(&std::fs::read(&p).map_err(|e| Error::io(&p, e))?);
@@ -418,6 +440,10 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         phases.load += t.elapsed().as_secs_f64();
     }
     let batch_len = opts.batch_seqs.max(1) * seq_len * d;
+    // Rounds of every statistics reduction: each round folds one batch of each rank.
+    let n_rounds = crate::dist::rounds(calib_tokens.div_ceil(opts.batch_seqs.max(1) * seq_len), comm);
+    // This rank's batch of round j, if it has one.
+    let local_batches = x.len().div_ceil(batch_len);
     // Asymmetric calibration: a second stream through the blocks with their float weights,
     // whose group inputs are the targets' (checkpointed beside `x`).
     let asym = sequential && plan.has_asymmetric();
@@ -456,19 +482,28 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             let mut hs: Vec<Option<Hessian>> = vec![None; groups.len()];
             if calibrate && transform_stats {
                 let widths = groups.iter().map(|grp| group_width(&*blk, grp.linears, i)).collect::<Result<Vec<_>>>()?;
-                let mut acc: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
+                let mut acc: Vec<Reduce<Hessian>> =
+                    widths.iter().map(|&w| Reduce::new(Hessian::new(w), comm)).collect();
                 let mut xb_copy = Vec::new();
-                for xb in x.chunks(batch_len) {
-                    xb_copy.clear();
-                    xb_copy.extend_from_slice(xb);
-                    let mut st = BlockState { x: &mut xb_copy, seq_len, carry: Vec::new() };
-                    for g in 0..groups.len() {
-                        let hin = blk.group_input(g, &mut st);
-                        add_seen(&mut acc[g], &*blk, groups[g].linears, &hin, widths[g]);
-                        blk.advance(g, &mut st, hin);
+                for j in 0..n_rounds {
+                    let mut parts: Vec<Option<HessianPart>> = vec![None; groups.len()];
+                    if let Some(xb) = x.chunks(batch_len).nth(j) {
+                        xb_copy.clear();
+                        xb_copy.extend_from_slice(xb);
+                        let mut st = BlockState { x: &mut xb_copy, seq_len, carry: Vec::new() };
+                        for g in 0..groups.len() {
+                            let hin = blk.group_input(g, &mut st);
+                            let mut p = HessianPart::full(widths[g]);
+                            add_seen(&mut p, &*blk, groups[g].linears, &hin, widths[g]);
+                            parts[g] = Some(p);
+                            blk.advance(g, &mut st, hin);
+                        }
+                    }
+                    for (r, p) in acc.iter_mut().zip(parts) {
+                        r.round(p)?;
                     }
                 }
-                hs = acc.into_iter().map(Some).collect();
+                hs = acc.into_iter().map(|r| r.finish().map(Some)).collect::<Result<Vec<_>>>()?;
             }
             for (g, grp) in groups.iter().enumerate() {
                 let formats = sctx.formats(&*blk, grp.linears)?;
@@ -487,7 +522,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         }
 
         if calibrate && sequential {
-            let n_batches = x.len().div_ceil(batch_len);
+            let n_batches = local_batches;
             let mut carries: Vec<Vec<f32>> = vec![Vec::new(); n_batches];
             let mut carries_f: Vec<Vec<f32>> = vec![Vec::new(); if asym { n_batches } else { 0 }];
             // The float weights of the block (after its transforms), for the float stream.
@@ -516,30 +551,45 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             for (g, grp) in groups.iter().enumerate() {
                 let t = Instant::now();
                 let width = group_width(&*blk, grp.linears, i)?;
-                let mut h = Hessian::new(width);
+                let mut h = Reduce::new(Hessian::new(width), comm);
                 let mut inputs = Vec::with_capacity(n_batches);
-                for (b, xb) in x.chunks_mut(batch_len).enumerate() {
-                    let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries[b]) };
-                    let hin = blk.group_input(g, &mut st);
-                    carries[b] = st.carry;
-                    let th = Instant::now();
-                    add_seen_weighted(&mut h, &*blk, grp.linears, &hin, width, batch_weights(b));
-                    hs_seconds += th.elapsed().as_secs_f64();
-                    inputs.push(hin);
+                let mut chunks = x.chunks_mut(batch_len);
+                for b in 0..n_rounds {
+                    let mut part = None;
+                    if let Some(xb) = chunks.next() {
+                        let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries[b]) };
+                        let hin = blk.group_input(g, &mut st);
+                        carries[b] = st.carry;
+                        let th = Instant::now();
+                        let mut p = HessianPart::full(width);
+                        add_seen_weighted(&mut p, &*blk, grp.linears, &hin, width, batch_weights(b));
+                        hs_seconds += th.elapsed().as_secs_f64();
+                        inputs.push(hin);
+                        part = Some(p);
+                    }
+                    h.round(part)?;
                 }
+                let h = h.finish()?;
                 // The same inputs in the float stream, and the cross term against them.
                 let mut cross = None;
                 let mut inputs_f = Vec::new();
                 if asym {
-                    let mut c = Cross::new(width);
-                    for (b, xb) in xf.chunks_mut(batch_len).enumerate() {
-                        let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries_f[b]) };
-                        let hin = blk.group_input(g, &mut st);
-                        carries_f[b] = st.carry;
-                        add_cross(&mut c, &*blk, grp.linears, &hin, &inputs[b], width, batch_weights(b));
-                        inputs_f.push(hin);
+                    let mut c = Reduce::new(Cross::new(width), comm);
+                    let mut chunks = xf.chunks_mut(batch_len);
+                    for b in 0..n_rounds {
+                        let mut part = None;
+                        if let Some(xb) = chunks.next() {
+                            let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries_f[b]) };
+                            let hin = blk.group_input(g, &mut st);
+                            carries_f[b] = st.carry;
+                            let mut p = CrossPart::new(width);
+                            add_cross(&mut p, &*blk, grp.linears, &hin, &inputs[b], width, batch_weights(b));
+                            inputs_f.push(hin);
+                            part = Some(p);
+                        }
+                        c.round(part)?;
                     }
-                    cross = Some(c);
+                    cross = Some(c.finish()?);
                 }
                 phases.calibrate += t.elapsed().as_secs_f64();
                 if static_act {
@@ -574,18 +624,28 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                 let t = Instant::now();
                 let widths = groups.iter().map(|grp| group_width(&*blk, grp.linears, i)).collect::<Result<Vec<_>>>()?;
                 // No solver here needs a Hessian: the diagonal (the importance matrix) is enough.
-                let mut acc: Vec<Hessian> = widths.iter().map(|&w| Hessian::diagonal(w)).collect();
-                for xb in x.chunks_mut(batch_len) {
-                    let mut st = BlockState { x: xb, seq_len, carry: Vec::new() };
-                    for g in 0..groups.len() {
-                        let hin = blk.group_input(g, &mut st);
-                        let th = Instant::now();
-                        add_seen(&mut acc[g], &*blk, groups[g].linears, &hin, widths[g]);
-                        hs_seconds += th.elapsed().as_secs_f64();
-                        blk.advance(g, &mut st, hin);
+                let mut acc: Vec<Reduce<Hessian>> =
+                    widths.iter().map(|&w| Reduce::new(Hessian::diagonal(w), comm)).collect();
+                let mut chunks = x.chunks_mut(batch_len);
+                for _ in 0..n_rounds {
+                    let mut parts: Vec<Option<HessianPart>> = vec![None; groups.len()];
+                    if let Some(xb) = chunks.next() {
+                        let mut st = BlockState { x: xb, seq_len, carry: Vec::new() };
+                        for g in 0..groups.len() {
+                            let hin = blk.group_input(g, &mut st);
+                            let th = Instant::now();
+                            let mut p = HessianPart::diagonal(widths[g]);
+                            add_seen(&mut p, &*blk, groups[g].linears, &hin, widths[g]);
+                            hs_seconds += th.elapsed().as_secs_f64();
+                            parts[g] = Some(p);
+                            blk.advance(g, &mut st, hin);
+                        }
+                    }
+                    for (r, p) in acc.iter_mut().zip(parts) {
+                        r.round(p)?;
                     }
                 }
-                hs = acc.into_iter().map(Some).collect();
+                hs = acc.into_iter().map(|r| r.finish().map(Some)).collect::<Result<Vec<_>>>()?;
                 phases.calibrate += t.elapsed().as_secs_f64();
             }
             if static_act {
@@ -618,21 +678,25 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         drop(blk);
 
         let t = Instant::now();
-        let crc = write_spill(&work.join(format!("blk.{i}.bin")), &spill)?;
-        state.crc32.insert(format!("blk.{i}.bin"), crc);
-        if calibrate {
+        if root {
+            let crc = write_spill(&work.join(format!("blk.{i}.bin")), &spill)?;
+            state.crc32.insert(format!("blk.{i}.bin"), crc);
+        }
+        if calibrate && solo {
             let crc = write_atomic(&work.join("x.bin"), &f32_bytes(&x))?;
             state.crc32.insert("x.bin".into(), crc);
         }
-        if asym {
+        if asym && solo {
             let crc = write_atomic(&work.join("xf.bin"), &f32_bytes(&xf))?;
             state.crc32.insert("xf.bin".into(), crc);
         }
         state.next_block = i + 1;
         phases.write += t.elapsed().as_secs_f64();
         state.seconds = resumed_seconds + started.elapsed().as_secs_f64();
-        let json = serde_json::to_vec(&state).map_err(|e| Error::Other(e.to_string()))?;
-        write_atomic(&work.join("state.json"), &json)?;
+        if root {
+            let json = serde_json::to_vec(&state).map_err(|e| Error::Other(e.to_string()))?;
+            write_atomic(&work.join("state.json"), &json)?;
+        }
         events.progress("blocks", i + 1, n_blocks);
         // Fault injection for the crash tests: die here as a kill -9 would (no cleanup).
         if std::env::var("QUANTSMITH_FAULT_AFTER_BLOCK").ok().and_then(|v| v.parse::<usize>().ok()) == Some(i) {
@@ -646,22 +710,44 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let mut head_stats = None;
     let mut head_cross = None;
     if calibrate && head.is_some() {
-        let mut h = if needs_h { Hessian::new(d) } else { Hessian::diagonal(d) };
-        let mut c = Cross::new(if asym { d } else { 0 });
-        for (b, xb) in x.chunks(batch_len).enumerate() {
-            let normed = arch.head_input(&globals, xb);
-            h.add(&normed, normed.len() / d);
+        let mut h = Reduce::new(if needs_h { Hessian::new(d) } else { Hessian::diagonal(d) }, comm);
+        let mut c = Reduce::new(Cross::new(if asym { d } else { 0 }), comm);
+        for b in 0..n_rounds {
+            let (mut hp, mut cp) = (None, None);
+            if let Some(xb) = x.chunks(batch_len).nth(b) {
+                let normed = arch.head_input(&globals, xb);
+                let mut p = if needs_h { HessianPart::full(d) } else { HessianPart::diagonal(d) };
+                p.add(&normed, normed.len() / d);
+                hp = Some(p);
+                if asym {
+                    let normed_f = arch.head_input(&globals, &xf[b * batch_len..(b * batch_len + xb.len())]);
+                    let mut p = CrossPart::new(d);
+                    p.add(&normed_f, &normed, normed.len() / d);
+                    cp = Some(p);
+                }
+            }
+            h.round(hp)?;
             if asym {
-                let normed_f = arch.head_input(&globals, &xf[b * batch_len..(b * batch_len + xb.len())]);
-                c.add(&normed_f, &normed, normed.len() / d);
+                c.round(cp)?;
             }
         }
-        head_stats = Some(h);
-        head_cross = asym.then_some(c);
+        head_stats = Some(h.finish()?);
+        head_cross = if asym { Some(c.finish()?) } else { None };
     }
     phases.calibrate += t.elapsed().as_secs_f64();
     drop(x);
     drop(xf);
+    if !root {
+        // Rank 0 solves the globals and writes; this rank's part is done.
+        return Ok(PipelineReport {
+            tensors: state.tensors,
+            file_bytes: 0,
+            calib_tokens,
+            phases,
+            resumed_blocks: 0,
+            resumed_seconds: 0.0,
+        });
+    }
 
     let t = Instant::now();
     let mut tail: BTreeMap<String, QuantTensor> = BTreeMap::new();
@@ -778,13 +864,13 @@ fn set_static_ranges(
 
 /// Adds a group's input to its statistics as its linears see it: through their input hook
 /// (an online rotation, activation quantization) when they have one.
-fn add_seen(h: &mut Hessian, blk: &dyn Block, linears: &[&str], x: &[f32], width: usize) {
+fn add_seen(h: &mut HessianPart, blk: &dyn Block, linears: &[&str], x: &[f32], width: usize) {
     add_seen_weighted(h, blk, linears, x, width, None)
 }
 
 /// [`add_seen`] with each token's row counted `weights[t]` times (rows scaled by √w).
 fn add_seen_weighted(
-    h: &mut Hessian,
+    h: &mut HessianPart,
     blk: &dyn Block,
     linears: &[&str],
     x: &[f32],
@@ -861,7 +947,7 @@ fn attention_weights(
 /// Adds a group's input in the float and the quantized stream to the cross term, both as the
 /// linears see them (through their input hook).
 fn add_cross(
-    c: &mut Cross,
+    c: &mut CrossPart,
     blk: &dyn Block,
     linears: &[&str],
     xf: &[f32],
