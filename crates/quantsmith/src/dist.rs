@@ -85,6 +85,21 @@ pub fn rounds(n_batches: usize, comm: &dyn Collective) -> usize {
     n_batches.div_ceil(comm.size().max(1))
 }
 
+/// Shares out jobs of the given costs among `ranks`: largest first, each onto the least
+/// loaded rank (the lowest on a tie). Returns each job's rank; the same on every rank.
+pub fn share_out(costs: &[f64], ranks: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..costs.len()).collect();
+    order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]).then(a.cmp(&b)));
+    let mut load = vec![0f64; ranks.max(1)];
+    let mut owner = vec![0; costs.len()];
+    for j in order {
+        let r = (0..load.len()).min_by(|&a, &b| load[a].total_cmp(&load[b]).then(a.cmp(&b))).unwrap_or(0);
+        owner[j] = r;
+        load[r] += costs[j];
+    }
+    owner
+}
+
 /// A sum over batches that can take a batch's part and travel between processes.
 pub trait Stat: Sized {
     /// What one batch adds.
@@ -159,7 +174,7 @@ impl<'c, S: Stat> Reduce<'c, S> {
 }
 
 /// Little-endian writer/reader of the statistics' messages.
-pub(crate) mod wire {
+pub mod wire {
     /// Appends a u64.
     pub fn put_u64(out: &mut Vec<u8>, v: u64) {
         out.extend_from_slice(&v.to_le_bytes());
@@ -177,6 +192,12 @@ pub(crate) mod wire {
         for x in v {
             out.extend_from_slice(&x.to_le_bytes());
         }
+    }
+
+    /// Appends a length-prefixed byte string.
+    pub fn put_bytes(out: &mut Vec<u8>, v: &[u8]) {
+        put_u64(out, v.len() as u64);
+        out.extend_from_slice(v);
     }
 
     /// Reads what the `put_*` functions wrote, in the same order.
@@ -218,7 +239,16 @@ pub(crate) mod wire {
             let n = self.len(4)?;
             Ok(self.take(n * 4)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())
         }
+        /// A length-prefixed byte string.
+        pub fn bytes(&mut self) -> Result<&'a [u8], String> {
+            let n = self.len(1)?;
+            self.take(n)
+        }
         /// Whether everything was read.
+        pub fn is_empty(&self) -> bool {
+            self.b.is_empty()
+        }
+        /// Whether everything was read (an error naming what is left otherwise).
         pub fn done(&self) -> Result<(), String> {
             if self.b.is_empty() {
                 Ok(())

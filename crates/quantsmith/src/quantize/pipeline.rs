@@ -268,6 +268,7 @@ impl SolveCtx<'_> {
     /// Solves the linears of `group` in block `blk` (index `i`) with the statistics `h` of
     /// their shared input; the dequantized weights replace the originals (they feed what
     /// follows) and the encoded tensors go to `out`.
+    #[allow(clippy::too_many_arguments)]
     fn solve_group(
         &self,
         blk: &mut dyn Block,
@@ -278,6 +279,10 @@ impl SolveCtx<'_> {
         out: &mut Vec<QuantTensor>,
         reports: &mut Vec<TensorReport>,
     ) -> Result<()> {
+        let comm = crate::dist::world();
+        if comm.size() > 1 && linears.len() > 1 {
+            return self.solve_group_across_ranks(blk, linears, h, cross, i, out, reports, comm);
+        }
         for &lname in linears {
             let name = blk.weight_name(lname);
             let entry = self.entry(&name)?;
@@ -289,6 +294,90 @@ impl SolveCtx<'_> {
             let w = target.as_deref().unwrap_or(&lin.w);
             let (rep, t, dq) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i))?;
             if let Some(dq) = dq {
+                lin.w = dq;
+            }
+            out.push(t);
+            reports.push(rep);
+        }
+        Ok(())
+    }
+}
+
+impl SolveCtx<'_> {
+    /// [`SolveCtx::solve_group`] with the group's linears shared out among the ranks (by
+    /// their solve cost, rows·cols² + cols³, largest first onto the least loaded rank); every
+    /// rank then receives every result, in the group's order: the dequantized weights (every
+    /// rank propagates with them) and, on rank 0, the encoded tensors and reports.
+    #[allow(clippy::too_many_arguments)]
+    fn solve_group_across_ranks(
+        &self,
+        blk: &mut dyn Block,
+        linears: &[&str],
+        h: Option<&Hessian>,
+        cross: Option<&Cross>,
+        i: usize,
+        out: &mut Vec<QuantTensor>,
+        reports: &mut Vec<TensorReport>,
+        comm: &dyn crate::dist::Collective,
+    ) -> Result<()> {
+        use crate::dist::wire;
+        let costs: Vec<f64> = linears
+            .iter()
+            .map(|l| blk.linear(l).map_or(0.0, |x| x.out as f64 * (x.inp as f64).powi(2) + (x.inp as f64).powi(3)))
+            .collect();
+        let owner = crate::dist::share_out(&costs, comm.size());
+        let mut mine = Vec::new();
+        for (k, &lname) in linears.iter().enumerate() {
+            if owner[k] != comm.rank() {
+                continue;
+            }
+            let name = blk.weight_name(lname);
+            let entry = self.entry(&name)?;
+            let importance = self.importance(&name, h, &[]);
+            let lin = blk.linear(lname).ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?;
+            let shape = vec![lin.out, lin.inp];
+            let target = asymmetric_target_of(entry, &name, &lin.w, &shape, h, cross)?;
+            let w = target.as_deref().unwrap_or(&lin.w);
+            let (rep, t, dq) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i))?;
+            wire::put_u64(&mut mine, k as u64);
+            wire::put_bytes(&mut mine, &serde_json::to_vec(&rep).map_err(|e| Error::Other(e.to_string()))?);
+            let mut spill = Vec::new();
+            t.write_spill(&mut spill);
+            wire::put_bytes(&mut mine, &spill);
+            wire::put_u64(&mut mine, dq.is_some() as u64);
+            wire::put_f32s(&mut mine, dq.as_deref().unwrap_or(&[]));
+        }
+        let gathered = comm.gather(&mine)?;
+        drop(mine);
+        let all = comm.broadcast(gathered.map(|g| g.concat()).unwrap_or_default())?;
+        let storage_of = |n: &str| self.plan.entry(n).map(|e| e.storage.clone());
+        let bad = |m: String| Error::Other(format!("block {i}: a solved layer from another rank: {m}"));
+        type Solved = (TensorReport, QuantTensor, Option<Vec<f32>>);
+        let mut solved: Vec<Option<Solved>> = vec![None; linears.len()];
+        let mut r = wire::Reader::new(&all);
+        while !r.is_empty() {
+            let k = r.u64().map_err(bad)? as usize;
+            let rep: TensorReport =
+                serde_json::from_slice(r.bytes().map_err(bad)?).map_err(|e| bad(e.to_string()))?;
+            let spill = r.bytes().map_err(bad)?;
+            let mut pos = 0;
+            let t = QuantTensor::read_spill(spill, &mut pos, &storage_of)
+                .map_err(bad)?
+                .ok_or_else(|| bad("an empty tensor".into()))?;
+            let has_dq = r.u64().map_err(bad)? != 0;
+            let dq = r.f32s().map_err(bad)?;
+            if k >= linears.len() || solved[k].is_some() {
+                return Err(bad(format!("layer {k} out of place")));
+            }
+            solved[k] = Some((rep, t, has_dq.then_some(dq)));
+        }
+        for (k, &lname) in linears.iter().enumerate() {
+            let (rep, t, dq) = solved[k].take().ok_or_else(|| bad(format!("layer `{lname}` missing")))?;
+            if let Some(dq) = dq {
+                let lin = blk.linear_mut(lname).ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?;
+                if dq.len() != lin.w.len() {
+                    return Err(bad(format!("layer `{lname}` of the wrong size")));
+                }
                 lin.w = dq;
             }
             out.push(t);
