@@ -410,6 +410,7 @@ mod lanes {
     macro_rules! dispatch {
         ($name:ident, ($($a:ident: $t:ty),*)) => {
             #[inline]
+            #[allow(clippy::too_many_arguments)]
             pub(super) fn $name($($a: $t),*) {
                 #[cfg(target_arch = "x86_64")]
                 {
