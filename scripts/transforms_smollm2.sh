@@ -79,5 +79,5 @@ if [ -x "$bin/llama-perplexity" ]; then
   done
   rm -f "$o/base.kld"
 else
-  echo "llama.cpp not built in $bin: run ../shared/tools/build_llamacpp.sh (or scripts/bench_vs_llamacpp.sh) first"
+  echo "llama.cpp not built in $bin: run scripts/bench_vs_llamacpp.sh once (it builds llama.cpp 0c1e570 into that cache)"
 fi

@@ -78,7 +78,10 @@ fn main() {
     cmd::progress::set_mode(cli.progress);
     if group.size() > 1 && !matches!(cli.cmd, Command::Quantize(_)) {
         if group.rank() == 0 {
-            eprintln!("error: only `quantize` runs across MPI ranks ({} here); run other commands in one process", group.size());
+            eprintln!(
+                "error: only `quantize` runs across MPI ranks ({} here); run other commands in one process",
+                group.size()
+            );
         }
         group.abort(2);
     }

@@ -91,7 +91,16 @@ fn every_rank_count_writes_the_single_process_bytes() {
         (
             "ct-smoothquant",
             "ct",
-            &["--layout", "compressed-tensors", "--scheme", "blk.*=int4:g64", "--method", "gptq", "--transform", "smoothquant"],
+            &[
+                "--layout",
+                "compressed-tensors",
+                "--scheme",
+                "blk.*=int4:g64",
+                "--method",
+                "gptq",
+                "--transform",
+                "smoothquant",
+            ],
         ),
         (
             "gptq-awq",
@@ -130,7 +139,8 @@ fn what_mpi_cannot_run_and_failures_on_a_rank_are_clear_errors() {
     let d = s.root.join("err");
     std::fs::create_dir_all(&d).unwrap();
     // Only quantize is split across ranks.
-    let o = mpirun(2, &["eval".to_string(), s.model.display().to_string(), "--text".into(), s.calib.display().to_string()]);
+    let o =
+        mpirun(2, &["eval".to_string(), s.model.display().to_string(), "--text".into(), s.calib.display().to_string()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("only `quantize` runs across MPI ranks"), "{}", stderr(&o));
     // RSQ's weights are normalised over every token: refused across ranks.

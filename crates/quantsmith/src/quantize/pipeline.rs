@@ -357,8 +357,7 @@ impl SolveCtx<'_> {
         let mut r = wire::Reader::new(&all);
         while !r.is_empty() {
             let k = r.u64().map_err(bad)? as usize;
-            let rep: TensorReport =
-                serde_json::from_slice(r.bytes().map_err(bad)?).map_err(|e| bad(e.to_string()))?;
+            let rep: TensorReport = serde_json::from_slice(r.bytes().map_err(bad)?).map_err(|e| bad(e.to_string()))?;
             let spill = r.bytes().map_err(bad)?;
             let mut pos = 0;
             let t = QuantTensor::read_spill(spill, &mut pos, &storage_of)
@@ -374,7 +373,8 @@ impl SolveCtx<'_> {
         for (k, &lname) in linears.iter().enumerate() {
             let (rep, t, dq) = solved[k].take().ok_or_else(|| bad(format!("layer `{lname}` missing")))?;
             if let Some(dq) = dq {
-                let lin = blk.linear_mut(lname).ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?;
+                let lin =
+                    blk.linear_mut(lname).ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?;
                 if dq.len() != lin.w.len() {
                     return Err(bad(format!("layer `{lname}` of the wrong size")));
                 }
