@@ -379,7 +379,7 @@ impl Format {
         self.check_input(data, rows, cols, importance)?;
         self.group_len(cols)?;
         if let Some(t) = self.ggml {
-            check_finite(data)?;
+            // ggml::quantize rejects non-finite input itself.
             let bytes = crate::ggml::quantize(t, data, cols, importance)?;
             return Ok(Quantized {
                 rows,
@@ -762,15 +762,24 @@ impl Format {
 
 /// The first non-finite value of `data`, as an error.
 fn check_finite(data: &[f32]) -> Result<()> {
-    // Chunked so the common all-finite case is a vectorised scan.
-    const CHUNK: usize = 1 << 16;
-    if let Some(c) = data.par_chunks(CHUNK).position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite())) {
-        let start = c * CHUNK;
-        if let Some(i) = data[start..].iter().position(|v| !v.is_finite()) {
-            return Err(FormatError::NonFinite { index: start + i, value: data[start + i] });
-        }
+    match first_non_finite(data) {
+        Some(i) => Err(FormatError::NonFinite { index: i, value: data[i] }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Index of the first NaN or infinity in `data`, if any. The common all-finite case is a
+/// vectorised scan in parallel chunks; only a chunk that fails is searched element by element.
+pub fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 1 << 16;
+    let all_finite = |c: &[f32]| c.iter().fold(true, |ok, v| ok & v.is_finite());
+    let c = if data.len() <= CHUNK {
+        (!all_finite(data)).then_some(0)
+    } else {
+        data.par_chunks(CHUNK).position_first(|c| !all_finite(c))
+    }?;
+    let start = c * CHUNK;
+    data[start..].iter().position(|v| !v.is_finite()).map(|i| start + i)
 }
 
 /// Elements per scale group in a row.

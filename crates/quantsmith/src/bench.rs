@@ -86,3 +86,151 @@ pub fn bench_eval(m: &Llama, ctx: usize, chunks: usize, batch: usize) -> crate::
         fraction_of_gemm: gflop / secs / gemm,
     })
 }
+
+/// Figures of the Hessian benchmark at one input width.
+#[derive(Clone, Debug, Serialize)]
+pub struct HessianBench {
+    /// Input width n.
+    pub width: usize,
+    /// Input rows (tokens) per batch.
+    pub rows: usize,
+    /// Seconds to add one batch (the f32 Gram's lower triangle, its copy out and the
+    /// moments) and fold it into the f64 sum, as calibration does.
+    pub seconds_per_batch: f64,
+    /// Useful work: rows · n · (n + 1) flops (the lower triangle of XᵀX).
+    pub gflops: f64,
+    /// The same seconds with the fold left out.
+    pub gflops_without_fold: f64,
+    /// faer's full f32 GEMM on the same shapes (XᵀX as a plain GEMM), measured alongside.
+    pub gemm_gflops: f64,
+    /// gflops / gemm_gflops.
+    pub fraction_of_gemm: f64,
+}
+
+fn seeded(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // Uniform in [-1, 1): activation-like magnitudes do not matter to the rate.
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Times Hessian accumulation for inputs of each width in `widths` over batches of `rows`
+/// tokens against faer's GEMM on the same product, measured in the same run.
+pub fn bench_hessian(widths: &[usize], rows: usize, reps: usize) -> Vec<HessianBench> {
+    use crate::calib::hessian::Hessian;
+    let reps = reps.max(1);
+    widths
+        .iter()
+        .map(|&n| {
+            let x = seeded(rows * n, n as u64);
+            let mut h = Hessian::new(n);
+            h.add(&x, rows); // warm-up
+            let t = Instant::now();
+            let mut parts = Vec::with_capacity(reps);
+            for _ in 0..reps {
+                let mut p = h.part();
+                p.add(&x, rows);
+                parts.push(p);
+            }
+            let add = t.elapsed().as_secs_f64();
+            for p in &parts {
+                h.fold(p);
+            }
+            let total = t.elapsed().as_secs_f64();
+            // XᵀX as a full GEMM: A = Xᵀ ([n, rows]), B = Xᵀ as matmul_nt's [n, rows] too.
+            let xt: Vec<f32> = {
+                let mut v = vec![0f32; rows * n];
+                for r in 0..rows {
+                    for c in 0..n {
+                        v[c * rows + r] = x[r * n + c];
+                    }
+                }
+                v
+            };
+            let mut c = vec![0f32; n * n];
+            matmul_nt(&xt, &xt, n, n, rows, &mut c, true);
+            let tg = Instant::now();
+            for _ in 0..reps {
+                matmul_nt(&xt, &xt, n, n, rows, &mut c, true);
+            }
+            let gemm = reps as f64 * 2.0 * (n * n * rows) as f64 / tg.elapsed().as_secs_f64() / 1e9;
+            let flop = reps as f64 * (rows * n * (n + 1)) as f64;
+            HessianBench {
+                width: n,
+                rows,
+                seconds_per_batch: total / reps as f64,
+                gflops: flop / total / 1e9,
+                gflops_without_fold: flop / add / 1e9,
+                gemm_gflops: gemm,
+                fraction_of_gemm: flop / total / 1e9 / gemm,
+            }
+        })
+        .collect()
+}
+
+/// Figures of the encoder benchmark for one format.
+#[derive(Clone, Debug, Serialize)]
+pub struct EncodeBench {
+    /// The format's spec.
+    pub format: String,
+    /// Input f32 bytes encoded per second, GB/s (10⁹).
+    pub encode_gbps: f64,
+    /// Input-sized f32 bytes decoded per second, GB/s.
+    pub decode_gbps: f64,
+    /// The parallel read of the same matrix, GB/s, measured alongside.
+    pub read_gbps: f64,
+    /// encode_gbps / read_gbps.
+    pub encode_fraction_of_read: f64,
+}
+
+/// Times encoding and decoding of a `rows × cols` f32 matrix in each format against a parallel
+/// read of the same matrix (memory bandwidth), measured in the same run.
+pub fn bench_encode(specs: &[String], rows: usize, cols: usize, reps: usize) -> crate::Result<Vec<EncodeBench>> {
+    use formats::Format;
+    use rayon::prelude::*;
+    let reps = reps.max(1);
+    // Weight-like: a smooth spread with a few larger values per row.
+    let data: Vec<f32> = seeded(rows * cols, 7).iter().map(|v| 0.02 * v * (1.0 + 3.0 * v * v * v * v)).collect();
+    let bytes = (rows * cols * 4) as f64;
+    let read = || {
+        let t = Instant::now();
+        for _ in 0..reps {
+            let m = data.par_chunks(1 << 16).map(|c| formats::format::min_max(c).1).reduce(|| 0.0, f32::max);
+            std::hint::black_box(m);
+        }
+        reps as f64 * bytes / t.elapsed().as_secs_f64() / 1e9
+    };
+    read();
+    let mut out = Vec::new();
+    for spec in specs {
+        let f = Format::parse(spec).map_err(|e| crate::Error::Other(format!("{spec}: {e}")))?;
+        let q = f.quantize(&data, rows, cols, None).map_err(|e| crate::Error::Other(format!("{spec}: {e}")))?;
+        let before = read();
+        let t = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(f.quantize(&data, rows, cols, None).map_err(|e| crate::Error::Other(e.to_string()))?);
+        }
+        let enc = reps as f64 * bytes / t.elapsed().as_secs_f64() / 1e9;
+        let mut deq = vec![0f32; rows * cols];
+        let t = Instant::now();
+        for _ in 0..reps {
+            f.dequantize_into(&q, &mut deq).map_err(|e| crate::Error::Other(e.to_string()))?;
+        }
+        let dec = reps as f64 * bytes / t.elapsed().as_secs_f64() / 1e9;
+        let rd = 0.5 * (before + read());
+        out.push(EncodeBench {
+            format: spec.clone(),
+            encode_gbps: enc,
+            decode_gbps: dec,
+            read_gbps: rd,
+            encode_fraction_of_read: enc / rd,
+        });
+    }
+    Ok(out)
+}

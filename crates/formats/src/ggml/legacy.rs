@@ -77,18 +77,35 @@ impl Decode for BlockQ8_1 {
 // Encoders. `*_ref` mirror ggml's `quantize_row_*_ref`; `*_weighted` mirror the
 // importance-weighted `quantize_row_*_impl` (one call per row: sigma2 is a row statistic).
 
-/// Value with the largest magnitude (the first one on ties), as the legacy encoders pick it.
-#[inline]
+/// Value with the largest magnitude (the first one on ties), as the legacy encoders pick it
+/// (ggml scans keeping the first strictly larger |v|; 0 when every value is zero). Computed as
+/// the largest |v| in eight lanes (a maximum does not depend on the order), then the first
+/// value that reaches it: the same value, and vectorisable.
+#[inline(always)]
 fn signed_absmax(x: &[f32]) -> f32 {
-    let mut amax = 0f32;
-    let mut max = 0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+    let amax = abs_max(x);
+    if amax == 0.0 {
+        return 0.0;
+    }
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+}
+
+/// The largest |v| (0 for an empty slice), in eight lanes.
+#[inline(always)]
+fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for k in 0..8 {
+            let a = c[k].abs();
+            lanes[k] = if lanes[k] > a { lanes[k] } else { a };
         }
     }
-    max
+    let mut m = 0f32;
+    for a in lanes.into_iter().chain(chunks.remainder().iter().map(|v| v.abs())) {
+        m = if m > a { m } else { a };
+    }
+    m
 }
 
 #[inline]
@@ -111,6 +128,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 /// that case (undefined behaviour in C) when a block's scale underflows so that 1/d is
 /// infinite; mirroring it keeps the bytes identical even for such blocks. Narrowing the result
 /// to 8 bits then keeps the low byte, as `as i8` / `as u8` do.
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
 #[inline(always)]
 fn c_f32_to_i32(x: f32) -> i32 {
     // Written as a select (false for NaN) so that the hot loops stay branch-free.
@@ -126,6 +144,7 @@ fn c_f32_to_i32(x: f32) -> i32 {
 /// C's `roundf` (ties away from zero) converted as [`c_f32_to_i32`] does, without a libm
 /// call: for |x| < 2^23, x - trunc(x) is exact in f32, so comparing it with ±0.5 decides
 /// exactly as `roundf` does; larger values (and inf/NaN) are already integral.
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
 #[inline(always)]
 fn c_roundf_to_i32(x: f32) -> i32 {
     let t = c_f32_to_i32(x);
@@ -138,14 +157,83 @@ fn c_roundf_to_i32(x: f32) -> i32 {
     }
 }
 
+/// `c_f32_to_i32((x[j] - sub) * mul + add)` for a block of 32 (without `sub` when it is
+/// `None`), the f32 operations in that order. On x86-64 four lanes at a time with SSE2's
+/// truncating conversion, which is `cvttss2si`'s own rule (i32::MIN for NaN and out-of-range
+/// values), so the codes are those of the scalar expression; the saturating `as` of Rust does
+/// not vectorise.
+#[inline(always)]
+fn trunc_affine(x: &[f32], sub: Option<f32>, mul: f32, add: f32) -> [i32; 32] {
+    let x: &[f32; 32] = x.try_into().expect("a block of 32");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let mut out = [0i32; 32];
+        // SAFETY: SSE2 is part of the x86-64 baseline; loads and stores are unaligned and in
+        // bounds (eight groups of four within arrays of 32).
+        unsafe {
+            let (vm, va) = (_mm_set1_ps(mul), _mm_set1_ps(add));
+            for k in 0..8 {
+                let mut v = _mm_loadu_ps(x.as_ptr().add(4 * k));
+                if let Some(s) = sub {
+                    v = _mm_sub_ps(v, _mm_set1_ps(s));
+                }
+                let r = _mm_add_ps(_mm_mul_ps(v, vm), va);
+                _mm_storeu_si128(out.as_mut_ptr().add(4 * k) as *mut __m128i, _mm_cvttps_epi32(r));
+            }
+        }
+        out
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::array::from_fn(|j| c_f32_to_i32(sub.map_or(x[j], |s| x[j] - s) * mul + add))
+    }
+}
+
+/// `c_roundf_to_i32(x[j] * mul)` for a block of 32, four lanes at a time on x86-64 (see
+/// [`trunc_affine`]; the rounding adjustment is [`c_roundf_to_i32`]'s, lane by lane).
+#[inline(always)]
+fn round_scaled(x: &[f32], mul: f32) -> [i32; 32] {
+    let x: &[f32; 32] = x.try_into().expect("a block of 32");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let mut out = [0i32; 32];
+        // SAFETY: as in `trunc_affine`.
+        unsafe {
+            let vm = _mm_set1_ps(mul);
+            let (half, neg_half) = (_mm_set1_ps(0.5), _mm_set1_ps(-0.5));
+            let limit = _mm_set1_ps(8_388_608.0);
+            let sign = _mm_set1_ps(-0.0);
+            for k in 0..8 {
+                let v = _mm_mul_ps(_mm_loadu_ps(x.as_ptr().add(4 * k)), vm);
+                let t = _mm_cvttps_epi32(v);
+                let frac = _mm_sub_ps(v, _mm_cvtepi32_ps(t));
+                // Masks are -1 where true: adjust = (frac >= 0.5) - (frac <= -0.5).
+                let up = _mm_castps_si128(_mm_cmpge_ps(frac, half));
+                let down = _mm_castps_si128(_mm_cmple_ps(frac, neg_half));
+                let adjust = _mm_sub_epi32(down, up);
+                let small = _mm_castps_si128(_mm_cmplt_ps(_mm_andnot_ps(sign, v), limit));
+                let r = _mm_add_epi32(t, _mm_and_si128(adjust, small));
+                _mm_storeu_si128(out.as_mut_ptr().add(4 * k) as *mut __m128i, r);
+            }
+        }
+        out
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::array::from_fn(|j| c_roundf_to_i32(x[j] * mul))
+    }
+}
+
 /// Packs 32 codes (< 16) as ggml does: element j in the low nibble, j + 16 in the high one.
-#[inline]
+#[inline(always)]
 fn pack_nibbles(codes: &[u8; 32]) -> [u8; 16] {
     std::array::from_fn(|j| (codes[j] & 0x0F) | ((codes[j + 16] & 0x0F) << 4))
 }
 
 /// Splits 32 5-bit codes into nibbles and the u32 of fifth bits.
-#[inline]
+#[inline(always)]
 fn pack_5bit(codes: &[u8; 32]) -> ([u8; 16], [u8; 4]) {
     let mut qh = 0u32;
     for (j, &c) in codes.iter().enumerate() {
@@ -170,57 +258,66 @@ fn imatrix_weights(x: &[f32], qw: &[f32], sigma2: f32) -> [f32; 32] {
 }
 
 /// Q4_0 scale of one block (ggml `quantize_row_q4_0_ref`): d = max / -8.
+#[inline(always)]
 fn q4_0_scale(x: &[f32]) -> f32 {
     signed_absmax(x) / -8.0
 }
 
+#[inline(always)]
 pub(crate) fn q4_0_ref(x: &[f32], y: &mut BlockQ4_0) {
     let d = q4_0_scale(x);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     // The codes use the unrounded f32 scale, as ggml's reference does.
-    let codes: [u8; 32] = std::array::from_fn(|j| (c_f32_to_i32(x[j] * id + 8.5) as i8).min(15) as u8);
+    let t = trunc_affine(x, None, id, 8.5);
+    let codes: [u8; 32] = std::array::from_fn(|j| (t[j] as i8).min(15) as u8);
     y.qs = pack_nibbles(&codes);
 }
 
+#[inline(always)]
 pub(crate) fn q4_1_ref(x: &[f32], y: &mut BlockQ4_1) {
     let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     y.m = to_f16_le(min);
-    let codes: [u8; 32] = std::array::from_fn(|j| (c_f32_to_i32((x[j] - min) * id + 0.5) as i8).min(15) as u8);
+    let t = trunc_affine(x, Some(min), id, 0.5);
+    let codes: [u8; 32] = std::array::from_fn(|j| (t[j] as i8).min(15) as u8);
     y.qs = pack_nibbles(&codes);
 }
 
+#[inline(always)]
 pub(crate) fn q5_0_ref(x: &[f32], y: &mut BlockQ5_0) {
     let d = signed_absmax(x) / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
-    let codes: [u8; 32] = std::array::from_fn(|j| (c_f32_to_i32(x[j] * id + 16.5) as i8).min(31) as u8);
+    let t = trunc_affine(x, None, id, 16.5);
+    let codes: [u8; 32] = std::array::from_fn(|j| (t[j] as i8).min(31) as u8);
     (y.qs, y.qh) = pack_5bit(&codes);
 }
 
+#[inline(always)]
 pub(crate) fn q5_1_ref(x: &[f32], y: &mut BlockQ5_1) {
     let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
     y.m = to_f16_le(min);
-    let codes: [u8; 32] = std::array::from_fn(|j| c_f32_to_i32((x[j] - min) * id + 0.5) as u8);
+    let t = trunc_affine(x, Some(min), id, 0.5);
+    let codes: [u8; 32] = std::array::from_fn(|j| t[j] as u8);
     (y.qs, y.qh) = pack_5bit(&codes);
 }
 
+#[inline(always)]
 pub(crate) fn q8_0_ref(x: &[f32], y: &mut BlockQ8_0) {
-    let mut amax = 0f32;
-    for &v in x {
-        amax = if amax > v.abs() { amax } else { v.abs() };
-    }
+    // The maximum of |v| (inputs are finite), whatever the order of comparisons.
+    let amax = abs_max(x);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     y.d = to_f16_le(d);
-    for (q, &v) in y.qs.iter_mut().zip(x) {
-        *q = (c_roundf_to_i32(v * id) as i8) as u8;
+    let r = round_scaled(x, id);
+    for (q, &v) in y.qs.iter_mut().zip(&r) {
+        *q = (v as i8) as u8;
     }
 }
 
@@ -261,6 +358,27 @@ pub(crate) fn q5_1_weighted(x: &[f32], qw: &[f32], sigma2: f32, y: &mut BlockQ5_
 /// Encodes one row of 32-element blocks; `importance` switches to the weighted search where
 /// ggml has one (Q8_0 ignores it, as ggml's `quantize_q8_0` does).
 pub(crate) fn quantize_row(ty: super::GgmlType, x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function was compiled for.
+            return unsafe { quantize_row_avx2(ty, x, importance, out) };
+        }
+    }
+    quantize_row_body(ty, x, importance, out)
+}
+
+/// The same code compiled for AVX2, so that the per-block loops vectorise. The arithmetic is
+/// the scalar f32 operations in the same order (Rust never fuses a multiply and an add), so
+/// the bytes do not depend on the path taken.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(ty: super::GgmlType, x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) {
+    quantize_row_body(ty, x, importance, out)
+}
+
+#[inline(always)]
+fn quantize_row_body(ty: super::GgmlType, x: &[f32], importance: Option<&[f32]>, out: &mut [u8]) {
     use super::GgmlType::*;
     let sigma2 = importance.map(|_| row_sigma2(x));
     macro_rules! run {
@@ -291,5 +409,89 @@ pub(crate) fn quantize_row(ty: super::GgmlType, x: &[f32], importance: Option<&[
             }
         }
         _ => unreachable!("legacy::quantize_row called for {}", ty.name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ggml's scan, as written in `quantize_row_q4_0_ref`.
+    fn scan_signed_absmax(x: &[f32]) -> f32 {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in x {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        max
+    }
+
+    fn scan_abs_max(x: &[f32]) -> f32 {
+        let mut amax = 0f32;
+        for &v in x {
+            amax = if amax > v.abs() { amax } else { v.abs() };
+        }
+        amax
+    }
+
+    #[test]
+    fn lane_conversions_give_the_scalar_codes() {
+        let mut s = 0x9E3779B97F4A7C15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let specials =
+            [0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, 8388607.5, -8388608.0, 3.0e9, -3.0e9, f32::INFINITY, f32::NAN];
+        for _ in 0..50_000 {
+            let x: [f32; 32] = std::array::from_fn(|_| {
+                let r = next();
+                if r % 4 == 0 {
+                    specials[(r >> 8) as usize % specials.len()]
+                } else {
+                    ((r >> 11) as f32 / (1u64 << 53) as f32 - 0.5) * 70.0
+                }
+            });
+            let r = next();
+            let mul = [1.0f32, 0.37, 16.0, f32::INFINITY, 1e-3, -2.0][(r % 6) as usize];
+            let add = [0.5f32, 8.5, 16.5, 0.0][((r >> 8) % 4) as usize];
+            let sub = [None, Some(0.25f32), Some(-3.0)][((r >> 16) % 3) as usize];
+            let want: [i32; 32] = std::array::from_fn(|j| c_f32_to_i32(sub.map_or(x[j], |s| x[j] - s) * mul + add));
+            assert_eq!(trunc_affine(&x, sub, mul, add), want, "{x:?} {sub:?} {mul} {add}");
+            let want: [i32; 32] = std::array::from_fn(|j| c_roundf_to_i32(x[j] * mul));
+            assert_eq!(round_scaled(&x, mul), want, "{x:?} {mul}");
+        }
+    }
+
+    #[test]
+    fn lane_maxima_pick_what_the_scans_pick() {
+        let mut s = 0x2545F4914F6CDD1Du64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let specials = [0.0f32, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-40, -1e-40, 3.0e38, -3.0e38];
+        for len in [1usize, 7, 8, 9, 31, 32, 33] {
+            for _ in 0..20_000 {
+                let x: Vec<f32> = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        if r % 3 == 0 {
+                            specials[(r >> 8) as usize % specials.len()]
+                        } else {
+                            ((r >> 11) as f32 / (1u64 << 53) as f32 - 0.5) * 4.0
+                        }
+                    })
+                    .collect();
+                assert_eq!(signed_absmax(&x).to_bits(), scan_signed_absmax(&x).to_bits(), "{x:?}");
+                assert_eq!(abs_max(&x).to_bits(), scan_abs_max(&x).to_bits(), "{x:?}");
+            }
+        }
     }
 }

@@ -263,6 +263,74 @@ type RowEncoder = fn(GgmlType, &[f32], Option<&[f32]>, &mut [u8]);
 /// (the `quantize_row_*_ref` reference for all types except IQ4_NL / IQ4_XS, whose unweighted
 /// search uses x² as weights). Q8_0 ignores `importance`, as llama.cpp does.
 pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize, importance: Option<&[f32]>) -> Result<Vec<u8>> {
+    quantize_impl(ty, src, n_per_row, importance, false).map(|(b, _)| b)
+}
+
+/// What rounding did to a tensor, summed as it was encoded: Σ w² and Σ (w − ŵ)² (f64, in a
+/// fixed order of work units, so the same on every run and thread count).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ErrorSums {
+    /// Σ w² over the input.
+    pub signal: f64,
+    /// Σ (w − ŵ)², ŵ the decoded value.
+    pub error: f64,
+}
+
+impl ErrorSums {
+    /// Signal-to-quantization-noise ratio in dB (infinite when the error is zero).
+    pub fn sqnr_db(&self) -> f64 {
+        if self.error > 0.0 {
+            10.0 * (self.signal / self.error).log10()
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+/// [`quantize`], which also decodes each work unit while it is still in cache and sums the
+/// error, instead of a dequantized copy of the whole tensor. Same bytes as [`quantize`].
+pub fn quantize_measured(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    importance: Option<&[f32]>,
+) -> Result<(Vec<u8>, ErrorSums)> {
+    quantize_impl(ty, src, n_per_row, importance, true)
+}
+
+/// Error sums of one encoded work unit, decoded into `buf`.
+fn unit_error(ty: GgmlType, x: &[f32], y: &[u8], buf: &mut Vec<f32>) -> Result<ErrorSums> {
+    buf.resize(x.len(), 0.0);
+    dequantize(ty, y, buf)?;
+    let (mut signal, mut error) = (0f64, 0f64);
+    // f32 differences (as a dequantized copy would give), squares summed in f64 in eight lanes.
+    let mut sl = [0f64; 8];
+    let mut el = [0f64; 8];
+    let mut xc = x.chunks_exact(8);
+    let mut qc = buf.chunks_exact(8);
+    for (a, b) in (&mut xc).zip(&mut qc) {
+        for k in 0..8 {
+            let d = (a[k] - b[k]) as f64;
+            sl[k] += a[k] as f64 * a[k] as f64;
+            el[k] += d * d;
+        }
+    }
+    for (&a, &b) in xc.remainder().iter().zip(qc.remainder()) {
+        signal += a as f64 * a as f64;
+        error += ((a - b) as f64) * ((a - b) as f64);
+    }
+    signal += sl.iter().sum::<f64>();
+    error += el.iter().sum::<f64>();
+    Ok(ErrorSums { signal, error })
+}
+
+fn quantize_impl(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    importance: Option<&[f32]>,
+    measure: bool,
+) -> Result<(Vec<u8>, ErrorSums)> {
     use GgmlType::*;
     let row_bytes = ty.row_bytes(n_per_row)?;
     if n_per_row == 0 {
@@ -293,29 +361,45 @@ pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize, importance: Option<
             )));
         }
     }
-    if let Some(index) = src.iter().position(|v| !v.is_finite()) {
+    if let Some(index) = crate::format::first_non_finite(src) {
         return Err(FormatError::NonFinite { index, value: src[index] });
     }
     let nrows = src.len() / n_per_row;
     let mut out = vec![0u8; nrows * row_bytes];
+    let float_sums = |out: &[u8]| {
+        let mut buf = Vec::new();
+        let (x_unit, y_unit) = (1usize << 14, (1usize << 14) * ty.type_size());
+        let mut sums = ErrorSums::default();
+        if measure {
+            for (x, y) in src.chunks(x_unit).zip(out.chunks(y_unit)) {
+                let e = unit_error(ty, x, y, &mut buf)?;
+                sums.signal += e.signal;
+                sums.error += e.error;
+            }
+        }
+        Ok::<_, FormatError>(sums)
+    };
     match ty {
         F32 => {
             for (o, v) in out.chunks_exact_mut(4).zip(src) {
                 o.copy_from_slice(&v.to_le_bytes());
             }
-            return Ok(out);
+            let sums = float_sums(&out)?;
+            return Ok((out, sums));
         }
         F16 => {
             for (o, &v) in out.chunks_exact_mut(2).zip(src) {
                 o.copy_from_slice(&to_f16_le(v));
             }
-            return Ok(out);
+            let sums = float_sums(&out)?;
+            return Ok((out, sums));
         }
         Bf16 => {
             for (o, &v) in out.chunks_exact_mut(2).zip(src) {
                 o.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
             }
-            return Ok(out);
+            let sums = float_sums(&out)?;
+            return Ok((out, sums));
         }
         Q8_1 | Q8K => {
             return Err(FormatError::Invalid(format!(
@@ -341,11 +425,26 @@ pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize, importance: Option<
             (blocks * bs, blocks * ts)
         }
     };
-    let work = |(x, y): (&[f32], &mut [u8])| row_fn(ty, x, importance, y);
-    if src.len() < PARALLEL_MIN_ELEMS / 4 {
-        src.chunks(x_unit).zip(out.chunks_mut(y_unit)).for_each(work);
+    let work = |buf: &mut Vec<f32>, (x, y): (&[f32], &mut [u8])| {
+        row_fn(ty, x, importance, y);
+        if measure {
+            unit_error(ty, x, y, buf)
+        } else {
+            Ok(ErrorSums::default())
+        }
+    };
+    // Per-unit sums, added in unit order: the same total on any thread count.
+    let units: Vec<Result<ErrorSums>> = if src.len() < PARALLEL_MIN_ELEMS / 4 {
+        let mut buf = Vec::new();
+        src.chunks(x_unit).zip(out.chunks_mut(y_unit)).map(|u| work(&mut buf, u)).collect()
     } else {
-        src.par_chunks(x_unit).zip(out.par_chunks_mut(y_unit)).for_each(work);
+        src.par_chunks(x_unit).zip(out.par_chunks_mut(y_unit)).map_init(Vec::new, work).collect()
+    };
+    let mut sums = ErrorSums::default();
+    for u in units {
+        let u = u?;
+        sums.signal += u.signal;
+        sums.error += u.error;
     }
-    Ok(out)
+    Ok((out, sums))
 }

@@ -695,7 +695,7 @@ pub fn load_checked(src: &dyn TensorSource, path: &Path, name: &str, shape: &[us
 /// An error message for the first value of `data` (of `shape`) that is NaN or infinite:
 /// such a weight makes every result NaN, so it is refused where it is read.
 pub fn check_finite(data: &[f32], shape: &[usize]) -> std::result::Result<(), String> {
-    let Some(i) = data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let Some(i) = formats::format::first_non_finite(data) else { return Ok(()) };
     let row = shape.last().copied().filter(|&c| c > 0 && shape.len() > 1);
     let at = match row {
         Some(c) => format!("row {}, column {}", i / c, i % c),

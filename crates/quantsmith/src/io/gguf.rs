@@ -926,9 +926,21 @@ impl TensorSource for GgufFile {
         if out.is_empty() {
             return Ok(out);
         }
-        dequantize_rows(t.ty, bytes, &mut out, t.ne[0] as usize)
-            .map_err(|e| tensor_err(&self.path, name, format!("cannot decode {}: {e}", t.ty.name())))?;
-        super::release_pages(&self.mmap, (self.data_offset + t.offset) as usize, t.n_bytes);
+        let row_len = t.ne[0] as usize;
+        let err = |e: formats::FormatError| tensor_err(&self.path, name, format!("cannot decode {}: {e}", t.ty.name()));
+        let row_bytes = t.ty.row_bytes(row_len).map_err(err)?;
+        // Segments of about 8 MiB of the file, each released once decoded: a large tensor is
+        // never resident twice (mapped and copied) as a whole.
+        let start = (self.data_offset + t.offset) as usize;
+        let seg_rows = ((8usize << 20) / row_bytes.max(1)).max(1);
+        if row_len == 0 || !out.len().is_multiple_of(row_len) || bytes.len() != out.len() / row_len * row_bytes {
+            return dequantize_rows(t.ty, bytes, &mut out, row_len).map(|_| out).map_err(err);
+        }
+        for (k, (d, s)) in out.chunks_mut(seg_rows * row_len).zip(bytes.chunks(seg_rows * row_bytes)).enumerate() {
+            dequantize_rows(t.ty, s, d, row_len).map_err(err)?;
+            super::release_pages(&self.mmap, start + k * seg_rows * row_bytes, s.len());
+        }
+        super::release_pages(&self.mmap, start, t.n_bytes);
         Ok(out)
     }
 }

@@ -204,29 +204,38 @@ impl SafetensorsFile {
         let t = self.entry(name).ok_or_else(|| self.terr(name, "not in this file".into()))?;
         let bytes = self.tensor_bytes(name)?;
         let mut out = vec![0f32; t.numel()];
-        // Chunks of 64k values keep both cores busy on an embedding matrix.
-        const CHUNK: usize = 65536;
-        match t.dtype.as_str() {
-            "F32" => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 4)).for_each(|(d, s)| {
-                for (o, b) in d.iter_mut().zip(s.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
-            }),
-            "F16" => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 2)).for_each(|(d, s)| {
-                for (o, b) in d.iter_mut().zip(s.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
-            }),
-            "BF16" => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 2)).for_each(|(d, s)| {
-                for (o, b) in d.iter_mut().zip(s.chunks_exact(2)) {
-                    *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
-            }),
+        let width = match t.dtype.as_str() {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
             other => {
                 return Err(
                     self.terr(name, format!("dtype {other} is not supported (quantsmith reads F32, F16 and BF16)"))
                 )
             }
+        };
+        // Chunks of 64k values keep both cores busy on an embedding matrix; segments of 8 MiB
+        // of the file are released once decoded, so a large tensor is never resident twice.
+        const CHUNK: usize = 65536;
+        const SEGMENT: usize = 128 * CHUNK;
+        for (k, (seg, src)) in out.chunks_mut(SEGMENT).zip(bytes.chunks(SEGMENT * width)).enumerate() {
+            match width {
+                4 => seg.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK * 4)).for_each(|(d, s)| {
+                    for (o, b) in d.iter_mut().zip(s.chunks_exact(4)) {
+                        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }),
+                _ if t.dtype == "F16" => seg.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK * 2)).for_each(|(d, s)| {
+                    for (o, b) in d.iter_mut().zip(s.chunks_exact(2)) {
+                        *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    }
+                }),
+                _ => seg.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK * 2)).for_each(|(d, s)| {
+                    for (o, b) in d.iter_mut().zip(s.chunks_exact(2)) {
+                        *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                    }
+                }),
+            }
+            super::release_pages(&self.mmap, t.start + k * SEGMENT * width, src.len());
         }
         super::release_pages(&self.mmap, t.start, t.n_bytes);
         Ok(out)

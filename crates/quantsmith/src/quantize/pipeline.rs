@@ -21,7 +21,7 @@ use crate::arch::{Arch, Block, BlockState};
 use crate::calib::{calibration_windows, CalibOptions, Cross, CrossPart, Hessian, HessianPart};
 use crate::dist::Reduce;
 use crate::export::{ExportModel, Exporter, QuantTensor, TensorData};
-use crate::solve::{layer_error, LayerProblem};
+use crate::solve::{layer_error, LayerError, LayerProblem};
 use crate::tokenizer::Tokenizer;
 use crate::transform::{GroupCtx, Transform};
 use crate::{Error, Result};
@@ -292,7 +292,9 @@ impl SolveCtx<'_> {
             let shape = vec![lin.out, lin.inp];
             let target = asymmetric_target_of(entry, &name, &lin.w, &shape, h, cross)?;
             let w = target.as_deref().unwrap_or(&lin.w);
-            let (rep, t, dq) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i))?;
+            // Only the sequential pipeline computes with the quantized weights afterwards.
+            let keep = self.plan.needs_hessian();
+            let (rep, t, dq) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i), keep)?;
             if let Some(dq) = dq {
                 lin.w = dq;
             }
@@ -338,7 +340,7 @@ impl SolveCtx<'_> {
             let shape = vec![lin.out, lin.inp];
             let target = asymmetric_target_of(entry, &name, &lin.w, &shape, h, cross)?;
             let w = target.as_deref().unwrap_or(&lin.w);
-            let (rep, t, dq) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i))?;
+            let (rep, t, dq) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i), true)?;
             wire::put_u64(&mut mine, k as u64);
             wire::put_bytes(&mut mine, &serde_json::to_vec(&rep).map_err(|e| Error::Other(e.to_string()))?);
             let mut spill = Vec::new();
@@ -760,7 +762,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                 continue;
             }
             let entry = sctx.entry(&name)?;
-            let (rep, t, _) = solve_entry(entry, &name, values, &shape, None, None, Some(i))?;
+            let (rep, t, _) = solve_entry(entry, &name, values, &shape, None, None, Some(i), false)?;
             spill.push(t);
             state.tensors.push(rep);
         }
@@ -853,7 +855,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         let cross = if is_head && !tied { head_cross.as_ref() } else { None };
         let target = asymmetric_target_of(entry, &name, &values, &shape, h, cross)?;
         let w = target.as_deref().unwrap_or(&values);
-        let (mut rep, qt, _) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), None)?;
+        let (mut rep, qt, _) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), None, false)?;
         if is_head && tied {
             let tied_note = if h.is_some() {
                 "tied to the output head: quantized once, with the statistics of the head's input"
@@ -1107,6 +1109,11 @@ fn group_width(blk: &dyn Block, linears: &[&str], i: usize) -> Result<usize> {
 
 /// Quantizes one tensor as its plan entry says. Returns the report, the tensor for the
 /// exporter and, for solved tensors, the dequantized weights.
+///
+/// `keep_dequant`: whether the caller computes with the quantized weights afterwards (the
+/// sequential pipeline propagates through them). Without it, round-to-nearest measures its
+/// error as it encodes and no dequantized copy of the matrix is made.
+#[allow(clippy::too_many_arguments)]
 pub fn solve_entry(
     entry: &PlanEntry,
     name: &str,
@@ -1115,8 +1122,9 @@ pub fn solve_entry(
     h: Option<&Hessian>,
     importance: Option<&[f32]>,
     block: Option<usize>,
+    keep_dequant: bool,
 ) -> Result<(TensorReport, QuantTensor, Option<Vec<f32>>)> {
-    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = formats::format::first_non_finite(w) {
         return Err(Error::Other(format!("tensor `{name}`: non-finite weight {} at index {i}", w[i])));
     }
     let t = Instant::now();
@@ -1147,9 +1155,15 @@ pub fn solve_entry(
     // GPTQ without statistics cannot run (1-D tensors, a separate embedding): round instead.
     let rtn: crate::solve::Method = std::sync::Arc::new(crate::solve::rtn::Rtn);
     let method = if entry.method.needs_hessian() && h.is_none() { &rtn } else { &entry.method };
-    let enc = method.solve(&p, &fmt)?;
-    let err = layer_error(w, &enc.dequant, rows, cols, h);
-    let qt = QuantTensor { name: name.into(), shape: shape.to_vec(), storage, data: enc.data };
+    let (data, err, dequant) = if !keep_dequant && method.name() == "rtn" && h.is_none_or(|h| !h.is_full()) {
+        let (data, sums) = crate::solve::target::rtn_measured(&fmt, name, w, rows, cols, importance)?;
+        (data, LayerError { sqnr_db: sums.sqnr_db(), output_err: None }, None)
+    } else {
+        let enc = method.solve(&p, &fmt)?;
+        let err = layer_error(w, &enc.dequant, rows, cols, h);
+        (enc.data, err, Some(enc.dequant))
+    };
+    let qt = QuantTensor { name: name.into(), shape: shape.to_vec(), storage, data };
     rep.solver = method.spec() + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" };
     let mut notes = Vec::new();
     if qt.kept_weights() > 0 {
@@ -1174,5 +1188,5 @@ pub fn solve_entry(
     rep.sqnr_db = Some(err.sqnr_db);
     rep.output_err = err.output_err;
     rep.seconds = t.elapsed().as_secs_f64();
-    Ok((rep, qt, Some(enc.dequant)))
+    Ok((rep, qt, dequant))
 }

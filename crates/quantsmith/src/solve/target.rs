@@ -53,6 +53,30 @@ pub fn rtn(t: &Target, name: &str, w: &[f32], rows: usize, cols: usize, importan
     Ok(Encoded { data: TensorData::Codes(q), dequant })
 }
 
+/// Round-to-nearest as [`rtn`], without the dequantized copy of the whole matrix: the encoded
+/// data and the weight error (Σ w², Σ (w − ŵ)²). ggml types measure each work unit as it is
+/// encoded; other formats decode into a temporary.
+pub fn rtn_measured(
+    t: &Target,
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    importance: Option<&[f32]>,
+) -> Result<(TensorData, formats::ggml::ErrorSums)> {
+    if let Some(ty) = t.ggml {
+        let (bytes, sums) = formats::ggml::quantize_measured(ty, w, cols, importance).map_err(|e| fmt_err(name, e))?;
+        return Ok((TensorData::Ggml(bytes), sums));
+    }
+    let e = rtn(t, name, w, rows, cols, importance)?;
+    let mut sums = formats::ggml::ErrorSums::default();
+    for (&a, &b) in w.iter().zip(&e.dequant) {
+        sums.signal += a as f64 * a as f64;
+        sums.error += ((a - b) as f64) * ((a - b) as f64);
+    }
+    Ok((e.data, sums))
+}
+
 /// The static grid of `t` for `w`.
 pub fn grid(
     t: &Target,
