@@ -27,6 +27,37 @@ pub trait ElementCodec {
     }
 }
 
+/// Storage of one element code in the encoders' output: `u8` for grids of at most 8 bits
+/// (packed bytes are written straight from it, and the lanes are narrower), `u16` otherwise.
+pub trait Code: Copy + Default + Send + 'static {
+    /// The code from its value (the value fits the type).
+    fn from_u32(v: u32) -> Self;
+    /// The code's value.
+    fn to_u32(self) -> u32;
+}
+
+impl Code for u8 {
+    #[inline(always)]
+    fn from_u32(v: u32) -> Self {
+        v as u8
+    }
+    #[inline(always)]
+    fn to_u32(self) -> u32 {
+        self as u32
+    }
+}
+
+impl Code for u16 {
+    #[inline(always)]
+    fn from_u32(v: u32) -> Self {
+        v as u16
+    }
+    #[inline(always)]
+    fn to_u32(self) -> u32 {
+        self as u32
+    }
+}
+
 /// Any element grid quantsmith knows.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Element {
@@ -54,7 +85,7 @@ macro_rules! each {
 impl Element {
     /// Encodes `dst[i] = code(src[i] * inv_scale + zero)`; one dispatch per slice so the loop
     /// inlines the family's encoder.
-    pub fn encode_slice(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+    pub fn encode_slice<C: Code>(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [C]) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -68,13 +99,13 @@ impl Element {
     /// The same loop compiled for AVX2 (8 lanes instead of SSE2's 4).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn encode_slice_avx2(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+    unsafe fn encode_slice_avx2<C: Code>(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [C]) {
         self.encode_slice_generic(src, inv_scale, zero, dst)
     }
 
     /// [`Element::encode_slice`] without the feature dispatch, for callers that dispatch once.
     #[inline(always)]
-    pub(crate) fn encode_slice_generic(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+    pub(crate) fn encode_slice_generic<C: Code>(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [C]) {
         match self {
             Element::Int(g) => g.encode_slice(src, inv_scale, zero, dst),
             Element::Float(f) if zero == 0.0 => f.encode_slice(src, inv_scale, dst),
@@ -117,9 +148,9 @@ impl Element {
 }
 
 #[inline(always)]
-fn encode_nearest<E: ElementCodec>(g: &E, src: &[f32], inv: f32, zero: f32, dst: &mut [u16]) {
+fn encode_nearest<E: ElementCodec, C: Code>(g: &E, src: &[f32], inv: f32, zero: f32, dst: &mut [C]) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = g.encode(x * inv + zero);
+        *d = C::from_u32(g.encode(x * inv + zero) as u32);
     }
 }
 

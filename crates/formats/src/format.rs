@@ -312,6 +312,12 @@ impl Format {
     #[inline(always)]
     pub fn group_params(&self, w: &[f32], importance: Option<&[f32]>, tensor_scale: f32) -> GroupParams {
         let (mn, mx) = min_max(w);
+        self.group_params_in(w, mn, mx, importance, tensor_scale)
+    }
+
+    /// [`Format::group_params`] given the group's (min(w, 0), max(w, 0)).
+    #[inline(always)]
+    fn group_params_in(&self, w: &[f32], mn: f32, mx: f32, importance: Option<&[f32]>, tensor_scale: f32) -> GroupParams {
         if self.elements.is_empty() {
             return GroupParams { scale: 0.0, zero: 0.0, choice: 0 };
         }
@@ -453,7 +459,7 @@ impl Format {
             .par_chunks(cols)
             .zip(codes.par_chunks_mut(row_bytes))
             .enumerate()
-            .map_init(Vec::new, |buf: &mut Vec<u16>, (r, (row, out))| {
+            .map_init(RowBufs::default, |buf: &mut RowBufs, (r, (row, out))| {
                 let ctx = RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row };
                 self.encode_row_dispatch(&ctx, r, row, out, buf)
             })
@@ -507,7 +513,7 @@ impl Format {
         r: usize,
         row: &[f32],
         out: &mut [u8],
-        buf: &mut Vec<u16>,
+        buf: &mut RowBufs,
     ) -> (Vec<GroupParams>, Vec<f32>, bool) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -527,7 +533,7 @@ impl Format {
         r: usize,
         row: &[f32],
         out: &mut [u8],
-        buf: &mut Vec<u16>,
+        buf: &mut RowBufs,
     ) -> (Vec<GroupParams>, Vec<f32>, bool) {
         self.encode_row(ctx, r, row, out, buf)
     }
@@ -539,26 +545,28 @@ impl Format {
         r: usize,
         row: &[f32],
         out: &mut [u8],
-        buf: &mut Vec<u16>,
+        buf: &mut RowBufs,
     ) -> (Vec<GroupParams>, Vec<f32>, bool) {
         let RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row } = *ctx;
-        // The row is about to be read anyway; checking it here keeps it in cache.
-        let finite = row.iter().fold(true, |ok, v| ok & v.is_finite());
-        if !finite {
-            return (Vec::new(), Vec::new(), false);
-        }
-        buf.resize(cols, 0);
         let mut params = Vec::with_capacity(groups_per_row.max(1));
         let mut supers = Vec::new();
+        // Non-finite input is checked in the pass that reads each group for its range.
+        let mut finite = true;
         match gran {
-            Granularity::None => params.push(GroupParams { scale: 1.0, zero: 0.0, choice: 0 }),
-            Granularity::Tensor => {
-                params.push(tensor_params.unwrap_or(GroupParams { scale: 1.0, zero: 0.0, choice: 0 }))
+            Granularity::None | Granularity::Tensor => {
+                finite = min_max_finite(row).2;
+                let none = GroupParams { scale: 1.0, zero: 0.0, choice: 0 };
+                params.push(if gran == Granularity::Tensor { tensor_params.unwrap_or(none) } else { none });
             }
             _ => {
                 for (k, grp) in row.chunks_exact(g).enumerate() {
+                    let (mn, mx, ok) = min_max_finite(grp);
+                    finite &= ok;
                     let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);
-                    params.push(self.group_params(grp, imp, ts));
+                    params.push(self.group_params_in(grp, mn, mx, imp, ts));
+                }
+                if !finite {
+                    return (Vec::new(), Vec::new(), false);
                 }
                 if let ScaleStorage::UInt { bits, super_groups } = self.scale {
                     let mut s: Vec<f32> = params.iter().map(|p| p.scale).collect();
@@ -569,17 +577,42 @@ impl Format {
                 }
             }
         }
+        if !finite {
+            return (Vec::new(), Vec::new(), false);
+        }
         let glen = if params.len() == 1 { cols } else { g };
-        let mut rng = seed.map(|s| SplitMix::new(s, r as u64));
-        for ((src, dst), p) in row.chunks(glen).zip(buf.chunks_mut(glen)).zip(params.iter()) {
-            let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
-            let e = &self.elements[p.choice as usize];
-            match rng.as_mut() {
-                None => e.encode_slice_generic(src, inv, p.zero, dst),
-                Some(rng) => e.encode_slice_sr(src, inv, p.zero, dst, &mut || rng.uniform()),
+        match seed {
+            // Codes of at most 8 bits go through bytes: 8-bit codes are written straight into
+            // the output row, narrower ones packed from a byte buffer.
+            None if bits <= 8 => {
+                // (A loop, not a closure: closures are not compiled with the caller's AVX2.)
+                let direct = bits == 8;
+                if !direct {
+                    buf.b8.resize(cols, 0);
+                }
+                let codes: &mut [u8] = if direct { &mut *out } else { &mut buf.b8[..] };
+                for ((src, dst), p) in row.chunks(glen).zip(codes.chunks_mut(glen)).zip(params.iter()) {
+                    let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
+                    self.elements[p.choice as usize].encode_slice_generic(src, inv, p.zero, dst);
+                }
+                if !direct {
+                    pack::pack(&buf.b8, bits, out);
+                }
+            }
+            _ => {
+                let mut rng = seed.map(|s| SplitMix::new(s, r as u64));
+                buf.b16.resize(cols, 0);
+                for ((src, dst), p) in row.chunks(glen).zip(buf.b16.chunks_mut(glen)).zip(params.iter()) {
+                    let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
+                    let e = &self.elements[p.choice as usize];
+                    match rng.as_mut() {
+                        None => e.encode_slice_generic(src, inv, p.zero, dst),
+                        Some(rng) => e.encode_slice_sr(src, inv, p.zero, dst, &mut || rng.uniform()),
+                    }
+                }
+                pack::pack(&buf.b16, bits, out);
             }
         }
-        pack::pack(buf, bits, out);
         if groups_per_row == 0 {
             params.clear();
         }
@@ -790,6 +823,13 @@ fn glen_of(gran: Granularity, cols: usize, g: usize) -> usize {
     }
 }
 
+/// Per-thread scratch of the row encoder: codes before packing.
+#[derive(Default)]
+struct RowBufs {
+    b8: Vec<u8>,
+    b16: Vec<u16>,
+}
+
 /// Per-row constants of [`Format::quantize`].
 #[derive(Clone, Copy)]
 struct RowCtx<'a> {
@@ -821,6 +861,67 @@ pub fn min_max(w: &[f32]) -> (f32, f32) {
         hi[0] = if v > hi[0] { v } else { hi[0] };
     }
     (lo.iter().fold(0f32, |a, &b| a.min(b)), hi.iter().fold(0f32, |a, &b| a.max(b)))
+}
+
+/// (min(w, 0), max(w, 0), every value finite) in one pass: the encoders' first look at a
+/// group. NaN and infinities leave min and max meaningless; callers check the flag first.
+#[inline(always)]
+pub fn min_max_finite(w: &[f32]) -> (f32, f32, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { min_max_finite_avx2(w) };
+        }
+    }
+    let (lo, hi) = min_max(w);
+    let mag = w.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    (lo, hi, mag < 0x7f80_0000)
+}
+
+/// [`min_max_finite`] with two independent accumulators of eight lanes each (one would be
+/// bound by the latency of min/max), finiteness from the largest magnitude's bits (an
+/// unsigned compare: at least the infinity pattern means infinite or NaN).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn min_max_finite_avx2(w: &[f32]) -> (f32, f32, bool) {
+    use std::arch::x86_64::*;
+    let z = _mm256_setzero_ps();
+    let (mut lo0, mut lo1, mut hi0, mut hi1) = (z, z, z, z);
+    let (mut m0, mut m1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let abs = _mm256_set1_epi32(0x7fff_ffff);
+    let mut chunks = w.chunks_exact(16);
+    for c in &mut chunks {
+        // SAFETY: c holds 16 floats.
+        let a = _mm256_loadu_ps(c.as_ptr());
+        let b = _mm256_loadu_ps(c.as_ptr().add(8));
+        // min_ps(x, acc) keeps acc when x is NaN; the magnitude lanes catch it.
+        lo0 = _mm256_min_ps(a, lo0);
+        lo1 = _mm256_min_ps(b, lo1);
+        hi0 = _mm256_max_ps(a, hi0);
+        hi1 = _mm256_max_ps(b, hi1);
+        m0 = _mm256_max_epu32(m0, _mm256_and_si256(_mm256_castps_si256(a), abs));
+        m1 = _mm256_max_epu32(m1, _mm256_and_si256(_mm256_castps_si256(b), abs));
+    }
+    let mut lo = [0f32; 8];
+    let mut hi = [0f32; 8];
+    let mut mg = [0u32; 8];
+    _mm256_storeu_ps(lo.as_mut_ptr(), _mm256_min_ps(lo0, lo1));
+    _mm256_storeu_ps(hi.as_mut_ptr(), _mm256_max_ps(hi0, hi1));
+    _mm256_storeu_si256(mg.as_mut_ptr() as *mut __m256i, _mm256_max_epu32(m0, m1));
+    let (mut l, mut h, mut m) = (0f32, 0f32, 0u32);
+    for i in 0..8 {
+        l = l.min(lo[i]);
+        h = h.max(hi[i]);
+        m = m.max(mg[i]);
+    }
+    for &x in chunks.remainder() {
+        l = if x < l { x } else { l };
+        h = if x > h { x } else { h };
+        m = m.max(x.to_bits() & 0x7fff_ffff);
+    }
+    (l, h, m < 0x7f80_0000)
 }
 
 /// Weighted squared error of one group under parameters `p` (nearest rounding).

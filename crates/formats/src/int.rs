@@ -1,7 +1,7 @@
 //! Integer grids: signed b-bit (optionally restricted to a symmetric range), unsigned b-bit
 //! (used with a zero point for asymmetric quantization), binary {-1, +1} and ternary {-1, 0, 1}.
 
-use crate::element::ElementCodec;
+use crate::element::{Code, ElementCodec};
 use crate::{FormatError, Result};
 
 /// Round to nearest, ties to even, for |x| <= 2^22: adding and subtracting 1.5 · 2^23 lets
@@ -17,10 +17,10 @@ pub(crate) const MAGIC: f32 = 12_582_912.0;
 impl IntGrid {
     /// Encodes `dst[i] = encode(src[i] * inv_scale + zero)` in a branch-free, vectorisable loop.
     #[inline(always)]
-    pub fn encode_slice(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+    pub fn encode_slice<C: Code>(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [C]) {
         if self.kind == IntKind::Binary {
             for (d, &x) in dst.iter_mut().zip(src) {
-                *d = (x * inv_scale + zero >= 0.0) as u16;
+                *d = C::from_u32((x * inv_scale + zero >= 0.0) as u32);
             }
             return;
         }
@@ -31,7 +31,7 @@ impl IntGrid {
             // complement: masking them gives the code without a float-to-int conversion
             // (whose saturating semantics stop the loop from vectorising).
             let v = (x * inv_scale + zero).clamp(lo, hi) + MAGIC;
-            *d = (v.to_bits() & mask) as u16;
+            *d = C::from_u32(v.to_bits() & mask);
         }
     }
 }

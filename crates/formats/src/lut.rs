@@ -1,7 +1,7 @@
 //! Non-uniform grids given as a sorted table of values: IQ4_NL's table, NUPES-style power
 //! grids, and the tables that other families build (NF4, log2, BitMoD).
 
-use crate::element::ElementCodec;
+use crate::element::{Code, ElementCodec};
 use crate::{FormatError, Result};
 
 /// IQ4_NL's 16 values (llama.cpp `kvalues_iq4nl`), used as a grid with scale amax / 113.
@@ -67,22 +67,32 @@ pub fn power_grid(bits: u32, alpha: f32) -> Result<Lut> {
 }
 
 impl Lut {
-    /// Encodes `dst[i] = encode(src[i] * inv_scale + zero)`. The loop over midpoints is the
-    /// outer one so that the comparisons vectorise across elements.
+    /// Encodes `dst[i] = encode(src[i] * inv_scale + zero)`: the index is the number of
+    /// midpoints below the value. A negative value that sits exactly on a midpoint goes to
+    /// the smaller magnitude, i.e. counts the midpoint; that is "midpoint < next float up",
+    /// so negative values are moved up one ulp and every comparison is one strict `<`. The
+    /// loop over midpoints is the outer one so the comparisons vectorise across elements.
     #[inline(always)]
-    pub fn encode_slice(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [u16]) {
+    pub fn encode_slice<C: Code>(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [C]) {
         const CHUNK: usize = 64;
         let mut ys = [0f32; CHUNK];
+        let mut counts = [0u32; CHUNK];
         for (s, d) in src.chunks(CHUNK).zip(dst.chunks_mut(CHUNK)) {
-            let ys = &mut ys[..s.len()];
+            let n = s.len();
+            let (ys, counts) = (&mut ys[..n], &mut counts[..n]);
             for (y, &x) in ys.iter_mut().zip(s) {
-                *y = x * inv_scale + zero;
+                let v = x * inv_scale + zero;
+                // Finite negative v: one ulp towards zero is the next float up.
+                *y = if v < 0.0 { f32::from_bits(v.to_bits() - 1) } else { v };
             }
-            d.fill(0);
+            counts.fill(0);
             for &m in &self.mids {
-                for (c, &y) in d.iter_mut().zip(ys.iter()) {
-                    *c += ((m < y) | ((y < 0.0) & (m == y))) as u16;
+                for (c, &y) in counts.iter_mut().zip(ys.iter()) {
+                    *c += (m < y) as u32;
                 }
+            }
+            for (o, &c) in d.iter_mut().zip(counts.iter()) {
+                *o = C::from_u32(c);
             }
         }
     }

@@ -7,7 +7,7 @@
 //! - [`Minifloat::encode`] is the quantizer: it always saturates to the largest finite value, as
 //!   the weight-quantization literature does. Both round to nearest, ties to even.
 
-use crate::element::ElementCodec;
+use crate::element::{Code, ElementCodec};
 use crate::{FormatError, Result};
 
 /// Which bit patterns of a minifloat are special values.
@@ -255,13 +255,13 @@ impl Minifloat {
     /// f32/u32 operations only and no branches so that it vectorises. Same results as
     /// [`Minifloat::encode`] (the tests compare them).
     #[inline(always)]
-    pub fn encode_slice(&self, src: &[f32], inv_scale: f32, dst: &mut [u16]) {
+    pub fn encode_slice<C: Code>(&self, src: &[f32], inv_scale: f32, dst: &mut [C]) {
         let m = self.man_bits as i32;
         let emin = 1 - self.bias;
         if self.emax() - m + 23 > 127 {
             // Rounding constant 2^(e-M+23) would overflow f32 (8-bit exponents): general path.
             for (d, &x) in dst.iter_mut().zip(src) {
-                *d = self.encode(x * inv_scale);
+                *d = C::from_u32(self.encode(x * inv_scale) as u32);
             }
             return;
         }
@@ -286,7 +286,7 @@ impl Minifloat {
             let t = if is_sub { r + min_normal } else { r };
             let mag = (t.to_bits() >> shift).wrapping_sub(off).wrapping_sub(if is_sub { sub_off } else { 0 });
             let neg = (y.to_bits() >> 31) & !((fnuz & (mag == 0)) as u32);
-            *d = (mag | (neg << sign_shift)) as u16;
+            *d = C::from_u32(mag | (neg << sign_shift));
         }
     }
 

@@ -1,5 +1,7 @@
 //! Bit packing of element codes: LSB-first, each row starting on a byte boundary.
 
+use crate::element::Code;
+
 /// Bytes one row of `n` codes of `bits` bits occupies.
 pub fn row_bytes(n: usize, bits: u32) -> usize {
     (n * bits as usize).div_ceil(8)
@@ -8,25 +10,25 @@ pub fn row_bytes(n: usize, bits: u32) -> usize {
 /// Packs `codes` (each < 2^bits) into `out` (exactly `row_bytes(codes.len(), bits)` bytes).
 /// Inlined so it is compiled for the caller's target features (the AVX2 row encoder).
 #[inline(always)]
-pub fn pack(codes: &[u16], bits: u32, out: &mut [u8]) {
+pub fn pack<C: Code>(codes: &[C], bits: u32, out: &mut [u8]) {
     match bits {
         8 => {
             for (o, &c) in out.iter_mut().zip(codes) {
-                *o = c as u8;
+                *o = c.to_u32() as u8;
             }
         }
         4 => {
             let mut pairs = codes.chunks_exact(2);
             for (o, p) in out.iter_mut().zip(&mut pairs) {
-                *o = ((p[0] & 15) | (p[1] << 4)) as u8;
+                *o = ((p[0].to_u32() & 15) | (p[1].to_u32() << 4)) as u8;
             }
             if let [last] = pairs.remainder() {
-                out[codes.len() / 2] = *last as u8 & 15;
+                out[codes.len() / 2] = last.to_u32() as u8 & 15;
             }
         }
         16 => {
             for (o, &c) in out.chunks_exact_mut(2).zip(codes) {
-                o.copy_from_slice(&c.to_le_bytes());
+                o.copy_from_slice(&(c.to_u32() as u16).to_le_bytes());
             }
         }
         _ => {
@@ -35,7 +37,7 @@ pub fn pack(codes: &[u16], bits: u32, out: &mut [u8]) {
             let mut nacc = 0u32;
             let mut k = 0;
             for &c in codes {
-                acc |= (c as u64 & mask) << nacc;
+                acc |= (c.to_u32() as u64 & mask) << nacc;
                 nacc += bits;
                 while nacc >= 8 {
                     out[k] = acc as u8;
