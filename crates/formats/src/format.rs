@@ -460,7 +460,8 @@ impl Format {
             .zip(codes.par_chunks_mut(row_bytes))
             .enumerate()
             .map_init(RowBufs::default, |buf: &mut RowBufs, (r, (row, out))| {
-                let ctx = RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row };
+                let next = data.get((r + 1) * cols..(r + 2) * cols);
+                let ctx = RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row, next };
                 self.encode_row_dispatch(&ctx, r, row, out, buf)
             })
             .collect();
@@ -547,7 +548,7 @@ impl Format {
         out: &mut [u8],
         buf: &mut RowBufs,
     ) -> (Vec<GroupParams>, Vec<f32>, bool) {
-        let RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row } = *ctx;
+        let RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row, next } = *ctx;
         let mut params = Vec::with_capacity(groups_per_row.max(1));
         let mut supers = Vec::new();
         // Non-finite input is checked in the pass that reads each group for its range.
@@ -591,9 +592,18 @@ impl Format {
                     buf.b8.resize(cols, 0);
                 }
                 let codes: &mut [u8] = if direct { &mut *out } else { &mut buf.b8[..] };
+                // The encoding works from cache; meanwhile the next row is prefetched piece by
+                // piece, so its first (range) pass does not wait on memory.
+                const PIECE: usize = 256;
+                let mut at = 0;
                 for ((src, dst), p) in row.chunks(glen).zip(codes.chunks_mut(glen)).zip(params.iter()) {
                     let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
-                    self.elements[p.choice as usize].encode_slice_generic(src, inv, p.zero, dst);
+                    let e = &self.elements[p.choice as usize];
+                    for (s, d) in src.chunks(PIECE).zip(dst.chunks_mut(PIECE)) {
+                        e.encode_slice_generic(s, inv, p.zero, d);
+                        prefetch(next, at, s.len());
+                        at += s.len();
+                    }
                 }
                 if !direct {
                     pack::pack(&buf.b8, bits, out);
@@ -842,6 +852,26 @@ struct RowCtx<'a> {
     seed: Option<u64>,
     bits: u32,
     groups_per_row: usize,
+    /// The row after this one, if any (prefetched while this one is encoded).
+    next: Option<&'a [f32]>,
+}
+
+/// Asks for the cache lines of `v[at..at + len]` (a hint; no effect off x86-64).
+#[inline(always)]
+fn prefetch(v: Option<&[f32]>, at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = v {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let end = (at + len).min(v.len());
+        let mut i = at;
+        while i < end {
+            // SAFETY: i < v.len(); prefetching never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(i) as *const i8) };
+            i += 16;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, at, len);
 }
 
 /// (min(w, 0), max(w, 0)) with eight independent lanes so the loop vectorises.
@@ -904,18 +934,20 @@ unsafe fn min_max_finite_avx2(w: &[f32]) -> (f32, f32, bool) {
         m0 = _mm256_max_epu32(m0, _mm256_and_si256(_mm256_castps_si256(a), abs));
         m1 = _mm256_max_epu32(m1, _mm256_and_si256(_mm256_castps_si256(b), abs));
     }
-    let mut lo = [0f32; 8];
-    let mut hi = [0f32; 8];
-    let mut mg = [0u32; 8];
-    _mm256_storeu_ps(lo.as_mut_ptr(), _mm256_min_ps(lo0, lo1));
-    _mm256_storeu_ps(hi.as_mut_ptr(), _mm256_max_ps(hi0, hi1));
-    _mm256_storeu_si256(mg.as_mut_ptr() as *mut __m256i, _mm256_max_epu32(m0, m1));
-    let (mut l, mut h, mut m) = (0f32, 0f32, 0u32);
-    for i in 0..8 {
-        l = l.min(lo[i]);
-        h = h.max(hi[i]);
-        m = m.max(mg[i]);
-    }
+    // Horizontal reductions by halving (groups of 16 or 32 make these a visible share).
+    let lo = _mm256_min_ps(lo0, lo1);
+    let hi = _mm256_max_ps(hi0, hi1);
+    let mg = _mm256_max_epu32(m0, m1);
+    let lo = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+    let hi = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+    let mg = _mm_max_epu32(_mm256_castsi256_si128(mg), _mm256_extracti128_si256(mg, 1));
+    let lo = _mm_min_ps(lo, _mm_movehl_ps(lo, lo));
+    let hi = _mm_max_ps(hi, _mm_movehl_ps(hi, hi));
+    let mg = _mm_max_epu32(mg, _mm_unpackhi_epi64(mg, mg));
+    let lo = _mm_min_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    let hi = _mm_max_ss(hi, _mm_shuffle_ps(hi, hi, 1));
+    let mg = _mm_max_epu32(mg, _mm_shuffle_epi32(mg, 1));
+    let (mut l, mut h, mut m) = (_mm_cvtss_f32(lo), _mm_cvtss_f32(hi), _mm_cvtsi128_si32(mg) as u32);
     for &x in chunks.remainder() {
         l = if x < l { x } else { l };
         h = if x > h { x } else { h };

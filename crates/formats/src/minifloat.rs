@@ -254,12 +254,22 @@ impl Minifloat {
     /// Encodes `dst[i] = encode(src[i] * inv_scale)`: the quantizer's hot loop, written with
     /// f32/u32 operations only and no branches so that it vectorises. Same results as
     /// [`Minifloat::encode`] (the tests compare them).
+    ///
+    /// The magnitude is saturated first (max is representable, so rounding stays at or below
+    /// it). A normal result is rounded on the f32 bits: adding 2^(S-1) - 1 plus the lowest
+    /// kept bit (S = 23 - M dropped bits) rounds to nearest, ties to even (for M = 0, ties up),
+    /// and a carry moves
+    /// into the exponent as it should; the code is then the bits shifted down, re-biased. A
+    /// subnormal result is rounded by the FPU: C = 2^(emin - M + 23) has the subnormal
+    /// quantum as its ulp, and a + C - C's bits count quanta (reaching 2^M is min_normal's
+    /// code). Both are computed and one is selected.
     #[inline(always)]
     pub fn encode_slice<C: Code>(&self, src: &[f32], inv_scale: f32, dst: &mut [C]) {
         let m = self.man_bits as i32;
         let emin = 1 - self.bias;
-        if self.emax() - m + 23 > 127 {
-            // Rounding constant 2^(e-M+23) would overflow f32 (8-bit exponents): general path.
+        let c_exp = emin - m + 23 + 127;
+        if m >= 23 || !(1..=254).contains(&c_exp) {
+            // No bits to drop, or C is not a normal f32: the general path.
             for (d, &x) in dst.iter_mut().zip(src) {
                 *d = C::from_u32(self.encode(x * inv_scale) as u32);
             }
@@ -268,23 +278,21 @@ impl Minifloat {
         let max = self.max;
         let min_normal = self.min_normal;
         let shift = 23 - self.man_bits;
-        let off = ((127 - self.bias) as u32) << self.man_bits;
-        let sub_off = 1u32 << self.man_bits;
+        // With no mantissa bits the neighbours are 2^e and 2^(e+1), and the even multiple of
+        // the quantum 2^e is always the upper one: ties round up, whatever the code's parity.
+        let (half, lsb) = if m == 0 { (1u32 << (shift - 1), 0) } else { ((1u32 << (shift - 1)) - 1, 1) };
+        let rebias = ((127 - self.bias) << self.man_bits) as u32;
+        let c = f32::from_bits((c_exp as u32) << 23);
+        let c_bits = c.to_bits();
         let sign_shift = self.exp_bits + self.man_bits;
         let fnuz = self.special == Special::Fnuz;
         for (d, &x) in dst.iter_mut().zip(src) {
             let y = x * inv_scale;
             let a = y.abs().min(max);
-            // Saturate first, then round a at quantum 2^(e-M) by adding and subtracting
-            // C = 2^(e-M+23): exact, ties to even, subnormals included (e >= emin).
-            let e = (((a.to_bits() >> 23) as i32) - 127).max(emin);
-            let c = f32::from_bits(((e - m + 23 + 127) as u32) << 23);
-            let r = (a + c) - c;
-            // Code from the bits of r; a subnormal r is shifted into the first normal binade
-            // (exact) and the implicit bit removed again.
-            let is_sub = r < min_normal;
-            let t = if is_sub { r + min_normal } else { r };
-            let mag = (t.to_bits() >> shift).wrapping_sub(off).wrapping_sub(if is_sub { sub_off } else { 0 });
+            let b = a.to_bits();
+            let normal = (b.wrapping_add(half + ((b >> shift) & lsb)) >> shift).wrapping_sub(rebias);
+            let sub = (a + c).to_bits().wrapping_sub(c_bits);
+            let mag = if a < min_normal { sub } else { normal };
             let neg = (y.to_bits() >> 31) & !((fnuz & (mag == 0)) as u32);
             *d = C::from_u32(mag | (neg << sign_shift));
         }

@@ -49,6 +49,7 @@ impl ScaleStorage {
     /// Rounds an ideal positive scale `s` to what this storage holds. E8M0 scales come from
     /// [`e8m0_scale`] instead, and integer scales are rounded per super block afterwards
     /// ([`quantize_uint_scales`]), so both pass `s` through here. Never returns 0 for s > 0.
+    #[inline]
     pub fn round(self, s: f32, tensor_scale: f32) -> f32 {
         if s <= 0.0 {
             return 0.0;
@@ -65,11 +66,7 @@ impl ScaleStorage {
                 let h = if h.is_infinite() { half::bf16::MAX } else { h };
                 h.to_f32().max(half::bf16::from_bits(1).to_f32())
             }
-            ScaleStorage::E4m3 => {
-                let f = e4m3();
-                let v = f.round_value(s / tensor_scale).max(f.min_subnormal());
-                v * tensor_scale
-            }
+            ScaleStorage::E4m3 => e4m3_round(s, tensor_scale),
         }
     }
 
@@ -81,6 +78,15 @@ impl ScaleStorage {
             _ => 1.0,
         }
     }
+}
+
+/// A scale rounded to E4M3 relative to the tensor scale (NVFP4's block scales); at least
+/// E4M3's smallest subnormal.
+#[inline(always)]
+fn e4m3_round(s: f32, tensor_scale: f32) -> f32 {
+    let f = e4m3();
+    let v = f.round_value(s / tensor_scale).max(f.min_subnormal());
+    v * tensor_scale
 }
 
 /// FP8 E4M3FN, the NVFP4 block-scale format (built once: scales are rounded per group).
