@@ -344,6 +344,7 @@ impl Format {
         best
     }
 
+    #[inline(always)]
     fn params_at(&self, e: &Element, choice: u8, mn: f32, mx: f32, ts: f32) -> GroupParams {
         if self.asym {
             let qmax = e.max_value();

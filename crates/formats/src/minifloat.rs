@@ -275,26 +275,28 @@ impl Minifloat {
             }
             return;
         }
-        let max = self.max;
-        let min_normal = self.min_normal;
         let shift = 23 - self.man_bits;
         // With no mantissa bits the neighbours are 2^e and 2^(e+1), and the even multiple of
         // the quantum 2^e is always the upper one: ties round up, whatever the code's parity.
         let (half, lsb) = if m == 0 { (1u32 << (shift - 1), 0) } else { ((1u32 << (shift - 1)) - 1, 1) };
-        let rebias = ((127 - self.bias) << self.man_bits) as u32;
         let c = f32::from_bits((c_exp as u32) << 23);
-        let c_bits = c.to_bits();
-        let sign_shift = self.exp_bits + self.man_bits;
-        let fnuz = self.special == Special::Fnuz;
-        for (d, &x) in dst.iter_mut().zip(src) {
-            let y = x * inv_scale;
-            let a = y.abs().min(max);
-            let b = a.to_bits();
-            let normal = (b.wrapping_add(half + ((b >> shift) & lsb)) >> shift).wrapping_sub(rebias);
-            let sub = (a + c).to_bits().wrapping_sub(c_bits);
-            let mag = if a < min_normal { sub } else { normal };
-            let neg = (y.to_bits() >> 31) & !((fnuz & (mag == 0)) as u32);
-            *d = C::from_u32(mag | (neg << sign_shift));
+        let k = SliceConsts {
+            max: self.max,
+            min_normal: self.min_normal,
+            shift,
+            half,
+            lsb,
+            rebias: ((127 - self.bias) << self.man_bits) as u32,
+            c,
+            c_bits: c.to_bits(),
+            sign_shift: self.exp_bits + self.man_bits,
+        };
+        // Two copies of the loop, so the one without fnuz's "no negative zero" rule has no
+        // compare for it.
+        if self.special == Special::Fnuz {
+            encode_loop::<C, true>(src, inv_scale, dst, &k)
+        } else {
+            encode_loop::<C, false>(src, inv_scale, dst, &k)
         }
     }
 
@@ -382,5 +384,36 @@ impl ElementCodec for Minifloat {
     }
     fn emax(&self) -> i32 {
         Minifloat::emax(self)
+    }
+}
+
+/// Constants of [`Minifloat::encode_slice`]'s loop.
+struct SliceConsts {
+    max: f32,
+    min_normal: f32,
+    shift: u32,
+    half: u32,
+    lsb: u32,
+    rebias: u32,
+    c: f32,
+    c_bits: u32,
+    sign_shift: u32,
+}
+
+/// The loop of [`Minifloat::encode_slice`] (a function, not a closure, so that it inlines
+/// into and is compiled for the AVX2 callers).
+#[inline(always)]
+fn encode_loop<C: Code, const FNUZ: bool>(src: &[f32], inv_scale: f32, dst: &mut [C], k: &SliceConsts) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        let y = x * inv_scale;
+        let y_abs = y.abs();
+        // A compare-select: f32::min's NaN rule would cost two more instructions.
+        let a = if y_abs < k.max { y_abs } else { k.max };
+        let b = a.to_bits();
+        let normal = (b.wrapping_add(k.half + ((b >> k.shift) & k.lsb)) >> k.shift).wrapping_sub(k.rebias);
+        let sub = (a + k.c).to_bits().wrapping_sub(k.c_bits);
+        let mag = if a < k.min_normal { sub } else { normal };
+        let neg = if FNUZ { (y.to_bits() >> 31) & !((mag == 0) as u32) } else { y.to_bits() >> 31 };
+        *d = C::from_u32(mag | (neg << k.sign_shift));
     }
 }

@@ -97,6 +97,7 @@ pub fn e4m3() -> &'static Minifloat {
 
 /// OCP MX v1.0 shared scale: 2^(floor(log2(amax)) - emax_elem), clamped to E8M0's range
 /// 2^-127 ..= 2^127; an all-zero block gets 2^-127.
+#[inline]
 pub fn e8m0_scale(amax: f32, emax_elem: i32) -> f32 {
     if !(amax > 0.0) {
         return pow2(-127);
@@ -150,6 +151,7 @@ pub fn quantize_uint_scales(scales: &mut [f32], bits: u32, super_groups: usize) 
 
 /// Shared by the element encoders: the ideal absmax scale that maps a group into the grid
 /// without saturating either side.
+#[inline(always)]
 pub(crate) fn absmax_scale<E: ElementCodec>(e: &E, pos: f32, neg: f32) -> f32 {
     let up = if e.max_value() > 0.0 { pos / e.max_value() } else { 0.0 };
     let down = if e.min_value() < 0.0 { neg / -e.min_value() } else { up };
