@@ -317,7 +317,14 @@ impl Format {
 
     /// [`Format::group_params`] given the group's (min(w, 0), max(w, 0)).
     #[inline(always)]
-    fn group_params_in(&self, w: &[f32], mn: f32, mx: f32, importance: Option<&[f32]>, tensor_scale: f32) -> GroupParams {
+    fn group_params_in(
+        &self,
+        w: &[f32],
+        mn: f32,
+        mx: f32,
+        importance: Option<&[f32]>,
+        tensor_scale: f32,
+    ) -> GroupParams {
         if self.elements.is_empty() {
             return GroupParams { scale: 0.0, zero: 0.0, choice: 0 };
         }
