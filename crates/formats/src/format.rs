@@ -604,13 +604,31 @@ impl Format {
                 // piece, so its first (range) pass does not wait on memory.
                 const PIECE: usize = 256;
                 let mut at = 0;
-                for ((src, dst), p) in row.chunks(glen).zip(codes.chunks_mut(glen)).zip(params.iter()) {
-                    let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
-                    let e = &self.elements[p.choice as usize];
-                    for (s, d) in src.chunks(PIECE).zip(dst.chunks_mut(PIECE)) {
-                        e.encode_slice_generic(s, inv, p.zero, d);
+                let one_grid = params.iter().all(|p| p.choice == params[0].choice);
+                if glen < PIECE && one_grid {
+                    // Short groups: scale the row group by group first, then encode it in one
+                    // long loop (a group of 16 or 32 is too short for the vectorised loop of an
+                    // element encoder, which would run its scalar remainder). x · inv, plus the
+                    // zero point when there is one, is the value the encoder would compute; it
+                    // then multiplies by one and adds zero, which changes nothing but -0's sign
+                    // as it did before.
+                    buf.ys.resize(cols, 0.0);
+                    prescale(row, glen, &params, &mut buf.ys);
+                    let e = &self.elements[params[0].choice as usize];
+                    for (s, d) in buf.ys.chunks(PIECE).zip(codes.chunks_mut(PIECE)) {
+                        e.encode_slice_generic(s, 1.0, 0.0, d);
                         prefetch(next, at, s.len());
                         at += s.len();
+                    }
+                } else {
+                    for ((src, dst), p) in row.chunks(glen).zip(codes.chunks_mut(glen)).zip(params.iter()) {
+                        let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
+                        let e = &self.elements[p.choice as usize];
+                        for (s, d) in src.chunks(PIECE).zip(dst.chunks_mut(PIECE)) {
+                            e.encode_slice_generic(s, inv, p.zero, d);
+                            prefetch(next, at, s.len());
+                            at += s.len();
+                        }
                     }
                 }
                 if !direct {
@@ -846,6 +864,59 @@ fn glen_of(gran: Granularity, cols: usize, g: usize) -> usize {
 struct RowBufs {
     b8: Vec<u8>,
     b16: Vec<u16>,
+    ys: Vec<f32>,
+}
+
+/// `ys = x · inv (+ zero)` group by group: the scaled values the element encoders take.
+#[inline(always)]
+fn prescale(row: &[f32], glen: usize, params: &[GroupParams], ys: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if glen % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { prescale_avx2(row, glen, params, ys) };
+        }
+    }
+    prescale_generic(row, glen, params, ys)
+}
+
+/// [`prescale`] for groups of a multiple of eight: one vector multiply (and add) per eight
+/// values, whatever the group length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn prescale_avx2(row: &[f32], glen: usize, params: &[GroupParams], ys: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for ((src, dst), p) in row.chunks_exact(glen).zip(ys.chunks_exact_mut(glen)).zip(params) {
+        let inv = _mm256_set1_ps(if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 });
+        let zero = _mm256_set1_ps(p.zero);
+        let with_zero = p.zero != 0.0;
+        for (s8, d8) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+            // SAFETY: both chunks hold eight floats. Multiply then add, as the scalar form
+            // rounds (no fused multiply-add).
+            let mut y = _mm256_mul_ps(_mm256_loadu_ps(s8.as_ptr()), inv);
+            if with_zero {
+                y = _mm256_add_ps(y, zero);
+            }
+            _mm256_storeu_ps(d8.as_mut_ptr(), y);
+        }
+    }
+}
+
+#[inline(always)]
+fn prescale_generic(row: &[f32], glen: usize, params: &[GroupParams], ys: &mut [f32]) {
+    for ((src, dst), p) in row.chunks(glen).zip(ys.chunks_mut(glen)).zip(params) {
+        let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
+        if p.zero != 0.0 {
+            for (y, &x) in dst.iter_mut().zip(src) {
+                *y = x * inv + p.zero;
+            }
+        } else {
+            for (y, &x) in dst.iter_mut().zip(src) {
+                *y = x * inv;
+            }
+        }
+    }
 }
 
 /// Per-row constants of [`Format::quantize`].
@@ -882,23 +953,11 @@ fn prefetch(v: Option<&[f32]>, at: usize, len: usize) {
     let _ = (v, at, len);
 }
 
-/// (min(w, 0), max(w, 0)) with eight independent lanes so the loop vectorises.
+/// (min(w, 0), max(w, 0)); NaN values are skipped.
 #[inline(always)]
 pub fn min_max(w: &[f32]) -> (f32, f32) {
-    let mut lo = [0f32; 8];
-    let mut hi = [0f32; 8];
-    let mut chunks = w.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
-            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
-        }
-    }
-    for &v in chunks.remainder() {
-        lo[0] = if v < lo[0] { v } else { lo[0] };
-        hi[0] = if v > hi[0] { v } else { hi[0] };
-    }
-    (lo.iter().fold(0f32, |a, &b| a.min(b)), hi.iter().fold(0f32, |a, &b| a.max(b)))
+    let (lo, hi, _) = min_max_finite(w);
+    (lo, hi)
 }
 
 /// (min(w, 0), max(w, 0), every value finite) in one pass: the encoders' first look at a
@@ -912,9 +971,26 @@ pub fn min_max_finite(w: &[f32]) -> (f32, f32, bool) {
             return unsafe { min_max_finite_avx2(w) };
         }
     }
-    let (lo, hi) = min_max(w);
-    let mag = w.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
-    (lo, hi, mag < 0x7f80_0000)
+    // Eight independent lanes so the loop vectorises.
+    let mut lo = [0f32; 8];
+    let mut hi = [0f32; 8];
+    let mut mag = [0u32; 8];
+    let mut chunks = w.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+            mag[i] = mag[i].max(c[i].to_bits() & 0x7fff_ffff);
+        }
+    }
+    for &v in chunks.remainder() {
+        lo[0] = if v < lo[0] { v } else { lo[0] };
+        hi[0] = if v > hi[0] { v } else { hi[0] };
+        mag[0] = mag[0].max(v.to_bits() & 0x7fff_ffff);
+    }
+    let lo = lo.iter().fold(0f32, |a, &b| a.min(b));
+    let hi = hi.iter().fold(0f32, |a, &b| a.max(b));
+    (lo, hi, mag.iter().all(|&m| m < 0x7f80_0000))
 }
 
 /// [`min_max_finite`] with two independent accumulators of eight lanes each (one would be
