@@ -28,6 +28,10 @@ pub struct Args {
     /// Reference model to compare against (KL-divergence / cosine similarity).
     #[arg(long)]
     pub base: Option<String>,
+    /// Read nested code sets (written by `quantize --nested 8,4,2`) at these bit widths:
+    /// every model is evaluated once per width given (`--slice 4,2`).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub slice: Vec<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -49,7 +53,11 @@ pub fn run(args: Args) -> Result<()> {
         crate::cmd::check_range("--chunks", c, 1, usize::MAX, "chunks to evaluate")?;
     }
     let text = read_text(&args.text)?;
-    let file = open_model(&args.models[0])?;
+    let mut file = open_model(&args.models[0])?;
+    if let Some(&b) = args.slice.first() {
+        // Checked before any work: the first model must hold a nested set at that width.
+        file.slice_nested(b)?;
+    }
     match arch::model_kind(&file)? {
         ModelKind::Decoder => eval_decoder(&args, &file, &text),
         ModelKind::Encoder => eval_encoder(&args, &file, &text),
@@ -57,13 +65,28 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Result<()> {
-    let mut decs = vec![arch::load_decoder(file)?];
-    for m in &args.models[1..] {
-        let f = open_model(m)?;
-        if arch::model_kind(&f)? != ModelKind::Decoder {
-            return Err(Error::Other(format!("{m} is not a decoder like {}", args.models[0])));
+    // Every model, once per slice width (or once as stored): (name, slice, decoder).
+    let slices: Vec<Option<u32>> =
+        if args.slice.is_empty() { vec![None] } else { args.slice.iter().map(|&b| Some(b)).collect() };
+    let mut decs = Vec::new();
+    let mut labels: Vec<(String, Option<u32>)> = Vec::new();
+    for (i, m) in args.models.iter().enumerate() {
+        for &sl in &slices {
+            let d = if i == 0 && sl == slices[0] {
+                arch::load_decoder(file)?
+            } else {
+                let mut f = open_model(m)?;
+                if let Some(b) = sl {
+                    f.slice_nested(b)?;
+                }
+                if arch::model_kind(&f)? != ModelKind::Decoder {
+                    return Err(Error::Other(format!("{m} is not a decoder like {}", args.models[0])));
+                }
+                arch::load_decoder(&f)?
+            };
+            decs.push(d);
+            labels.push((m.clone(), sl));
         }
-        decs.push(arch::load_decoder(&f)?);
     }
     let base = match &args.base {
         Some(b) => {
@@ -90,14 +113,22 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
     bar.finish();
     if args.json {
         let v = if reports.len() == 1 {
-            serde_json::to_value(&reports[0])
+            serde_json::to_value(&reports[0]).map(|mut v| {
+                if let Some(b) = labels[0].1 {
+                    v["slice_bits"] = serde_json::json!(b);
+                }
+                v
+            })
         } else {
             let list: Vec<serde_json::Value> = reports
                 .iter()
-                .zip(&args.models)
-                .map(|(r, m)| {
+                .zip(&labels)
+                .map(|(r, (m, sl))| {
                     let mut v = serde_json::to_value(r).unwrap_or_default();
                     v["model"] = serde_json::Value::String(m.clone());
+                    if let Some(b) = sl {
+                        v["slice_bits"] = serde_json::json!(b);
+                    }
                     v
                 })
                 .collect();
@@ -114,8 +145,11 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
         );
         println!();
     }
-    for (report, dec) in reports.iter().zip(&decs) {
-        println!("model            {}", dec.model.path.display());
+    for ((report, dec), (_, sl)) in reports.iter().zip(&decs).zip(&labels) {
+        match sl {
+            Some(b) => println!("model            {} (nested codes read at {b} bits)", dec.model.path.display()),
+            None => println!("model            {}", dec.model.path.display()),
+        }
         println!("text             {}", args.text.display());
         println!("chunks           {} × {} tokens ({} scored)", report.chunks, report.ctx, report.tokens_scored);
         println!("perplexity       {:.4} ± {:.5}", report.ppl, report.ppl_stderr);
@@ -134,8 +168,8 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
 }
 
 fn eval_encoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Result<()> {
-    if args.models.len() > 1 {
-        return Err(Error::Other("encoders are evaluated one model at a time".into()));
+    if args.models.len() > 1 || args.slice.len() > 1 {
+        return Err(Error::Other("encoders are evaluated one model (and one --slice width) at a time".into()));
     }
     let model = arch::load_encoder(file)?;
     let base = match &args.base {

@@ -54,6 +54,13 @@ pub struct Args {
     /// error unweighted. The factors count in the size; only the fake-quant layout stores them.
     #[arg(long, value_name = "R[:int8][:absorb][:plain|:whiten]")]
     pub lowrank: Option<String>,
+    /// Nested precision (Matryoshka / MatGPTQ): one code set whose top bits are themselves a
+    /// model at each listed width, largest first (`8,4,2`); the solver (gptq, gptq-asym or
+    /// rtn) minimises the error summed over the widths. Needs an asymmetric integer format of
+    /// the first width (`--scheme 'blk.*=int8:g64:asym'`) and a layout storing codes
+    /// (compressed-tensors, gptq); `quantsmith eval OUT --slice 4` reads it at 4 bits.
+    #[arg(long, value_name = "BITS,BITS,...")]
+    pub nested: Option<String>,
     /// Importance weighting as llama.cpp's imatrix: computed from the calibration text, or
     /// read from FILE (llama.cpp's GGUF or .dat imatrix).
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "FILE")]
@@ -311,6 +318,18 @@ pub fn run(args: Args) -> Result<()> {
         method_spec += &settings;
         parse_solver(&method_spec).map_err(|e| Error::Other(format!("--lowrank {lr}: {e}")))?;
     }
+    if let Some(n) = &args.nested {
+        let bits =
+            quantsmith::solve::nested::Nesting::parse(n).map_err(|e| Error::Other(format!("--nested {n}: {e}")))?;
+        if args.method.starts_with("quantease") {
+            return Err(Error::Other(format!(
+                "--nested {n}: works with --method gptq, gptq-asym or rtn (quantease's coordinate descent fits one precision)"
+            )));
+        }
+        let b: Vec<String> = bits.bits.iter().map(u32::to_string).collect();
+        method_spec += &format!(":nested={}", b.join("/"));
+        parse_solver(&method_spec).map_err(|e| Error::Other(format!("--nested {n}: {e}")))?;
+    }
     let method = parse_solver(&method_spec)?;
     let rules = rules_of(&args.scheme, args.recipe.as_deref())?;
     // Calibration options that change nothing are said (once the options are checked), not
@@ -477,6 +496,15 @@ pub fn run(args: Args) -> Result<()> {
             e.kld_stderr.unwrap_or(f64::NAN),
             e.top1_agree.unwrap_or(f64::NAN)
         );
+        for sl in &report.eval_slices {
+            let e = &sl.eval;
+            if let (Some(k), Some(ks), Some(t)) = (e.kld_mean, e.kld_stderr, e.top1_agree) {
+                println!(
+                    "eval   {}-bit slice ({:.3} bits per weight): PPL {:.4}, mean KLD {k:.6} ± {ks:.6}, top-1 agreement {t:.4}",
+                    sl.bits, sl.format_bits_per_weight, e.ppl
+                );
+            }
+        }
     }
     println!("report {}{}", md.display(), svg.map(|s| format!(", chart {}", s.display())).unwrap_or_default());
     Ok(())

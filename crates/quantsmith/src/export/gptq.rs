@@ -125,6 +125,10 @@ impl Exporter for Gptq {
         }
     }
 
+    fn stores_codes(&self) -> bool {
+        true
+    }
+
     fn check(&self, name: &str, shape: &[usize], storage: &Storage) -> Result<()> {
         match storage {
             Storage::Ggml(t) if t.block_size() == 1 => {

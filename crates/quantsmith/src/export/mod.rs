@@ -58,6 +58,12 @@ pub trait Exporter: Send + Sync {
     fn stores_side_data(&self) -> bool {
         false
     }
+    /// Whether the layout stores integer codes, scales and zero points as the solver chose
+    /// them (so a nested code set can be sliced when read back); layouts of dense values and
+    /// GGUF's block types cannot.
+    fn stores_codes(&self) -> bool {
+        false
+    }
     /// Writes the model to `out` (a file or a directory, as the layout is), through a
     /// temporary name renamed when complete. `tensors` yields every tensor in output order.
     /// Returns the bytes written.

@@ -129,6 +129,50 @@ impl HfModel {
         Ok(model)
     }
 
+    /// Reads a nested code set (written by `quantsmith quantize --nested`) at `bits` of
+    /// precision from now on: every weight config.json lists under
+    /// `quantsmith.recipe.nested` (weight → its bit widths) is read at its top `bits` bits. The
+    /// error names the key or the weight when the directory holds no such set or a weight was
+    /// not nested at that width.
+    pub fn slice_nested(&mut self, bits: u32) -> Result<()> {
+        let key = "quantsmith.recipe.nested";
+        let cfg = self.config_path.clone();
+        let err = |msg: String| Error::Config { path: cfg.clone(), key: key.into(), msg };
+        let nested = self
+            .config
+            .pointer("/quantsmith/recipe/nested")
+            .and_then(Value::as_object)
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                err("missing: this model holds no nested code set (`quantsmith quantize --nested 8,4,2` writes one); --slice reads only such models".into())
+            })?
+            .clone();
+        let Some(view) = self.quant.as_mut() else {
+            return Err(err("the model's weights are not stored as integer codes (no quantization_config)".into()));
+        };
+        for (name, list) in &nested {
+            let widths: Vec<u32> = list
+                .as_array()
+                .map(|a| a.iter().filter_map(|b| b.as_u64()).map(|b| b as u32).collect())
+                .unwrap_or_default();
+            if widths.is_empty() {
+                return Err(err(format!("`{name}`: expected a list of bit widths, found {list}")));
+            }
+            if !widths.contains(&bits) {
+                return Err(err(format!(
+                    "weight `{name}` was nested at {} bits, not {bits}: --slice takes one of those",
+                    widths.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            view.slice(name, bits).map_err(|e| Error::Tensor {
+                path: self.dir.clone(),
+                tensor: name.clone(),
+                msg: format!("cannot be read at {bits} bits: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+
     /// The model directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -52,6 +52,18 @@ impl ModelFile {
         Err(Error::corrupt(path, format!("not a model: neither a GGUF file nor a Hugging Face model directory{hint}")))
     }
 
+    /// Reads a nested code set at `bits` of precision ([`HfModel::slice_nested`]); GGUF files
+    /// hold none.
+    pub fn slice_nested(&mut self, bits: u32) -> Result<()> {
+        match self {
+            ModelFile::Hf(h) => h.slice_nested(bits),
+            ModelFile::Gguf(g) => Err(Error::corrupt(
+                g.path(),
+                "a GGUF file holds no nested code set (nested models are compressed-tensors or GPTQ directories)",
+            )),
+        }
+    }
+
     /// The tensors of the checkpoint.
     pub fn source(&self) -> &dyn TensorSource {
         match self {

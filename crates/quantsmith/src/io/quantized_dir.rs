@@ -113,6 +113,8 @@ pub struct QuantView {
     logical: HashMap<String, Logical>,
     /// File entries consumed by quantized weights.
     hidden: HashSet<String>,
+    /// Nested code sets read at fewer bits (`quantsmith eval --slice`): weight → bits kept.
+    slices: HashMap<String, u32>,
 }
 
 fn cfg_err(path: &Path, key: &str, msg: impl Into<String>) -> Error {
@@ -174,7 +176,7 @@ impl QuantView {
                 order.push(e.name.clone());
             }
         }
-        QuantView { method: method.to_string(), order, logical, hidden }
+        QuantView { method: method.to_string(), order, logical, hidden, slices: HashMap::new() }
     }
 
     fn compressed_tensors(model: &HfModel, qc: &Value) -> Result<QuantView> {
@@ -384,9 +386,30 @@ impl QuantView {
     }
 
     /// Materializes a quantized weight as f32 (`None` when `name` is not one).
+    /// Reads the integer codes of weight `name` at their top `bits` bits from now on (each code
+    /// standing for the middle of the codes sharing those bits: see `solve/nested.rs`).
+    /// Packed integers with zero points (compressed-tensors) and GPTQ weights can be sliced;
+    /// the error says why another cannot.
+    pub fn slice(&mut self, name: &str, bits: u32) -> std::result::Result<(), String> {
+        let l = self.logical.get(name).ok_or("it is not stored as packed integer codes")?;
+        let top = match &l.kind {
+            Kind::CtPacked { bits, zero: Some(_), .. } | Kind::Gptq { bits, .. } => *bits,
+            _ => return Err("it is not stored as asymmetric integer codes".into()),
+        };
+        if bits == 0 || bits > top {
+            return Err(format!("its codes have {top} bits; a slice keeps 1 to {top} of them, not {bits}"));
+        }
+        if bits == top {
+            self.slices.remove(name);
+        } else {
+            self.slices.insert(name.to_string(), top - bits);
+        }
+        Ok(())
+    }
+
     pub fn load_f32(&self, model: &HfModel, name: &str) -> Option<Result<Vec<f32>>> {
         let l = self.logical.get(name)?;
-        Some(dequantize(model, name, l))
+        Some(dequantize(model, name, l, self.slices.get(name).copied().unwrap_or(0)))
     }
 }
 
@@ -457,7 +480,16 @@ fn scale_layout(path: &Path, name: &str, shape: &[usize], rows: usize, cols: usi
     }
 }
 
-fn dequantize(model: &HfModel, name: &str, l: &Logical) -> Result<Vec<f32>> {
+/// The code `u` read without its low `shift` bits: the middle of the codes sharing its top
+/// bits (`u` itself when `shift` is 0).
+#[inline]
+fn sliced(u: u32, shift: u32) -> f32 {
+    ((u >> shift) << shift) as f32 + ((1u32 << shift) as f32 - 1.0) * 0.5
+}
+
+/// Weight `name` dequantized; integer codes read without their low `shift` bits (a slice of a
+/// nested code set; 0: as stored).
+fn dequantize(model: &HfModel, name: &str, l: &Logical, shift: u32) -> Result<Vec<f32>> {
     let dir: PathBuf = model.dir().to_path_buf();
     let (rows, cols) = (l.shape[0], l.shape[1]);
     let mut out = vec![0f32; rows * cols];
@@ -505,7 +537,11 @@ fn dequantize(model: &HfModel, name: &str, l: &Logical) -> Result<Vec<f32>> {
                 for (c, (o, u)) in orow.iter_mut().zip(q).enumerate() {
                     let gi = if groups == 0 { 0 } else { r * groups + c / glen };
                     let z = zp.as_ref().map_or(0, |z| z[gi]);
-                    *o = ((u as i64 - offset - z) as f32) * s[gi];
+                    *o = if shift == 0 {
+                        ((u as i64 - offset - z) as f32) * s[gi]
+                    } else {
+                        (sliced(u, shift) - (offset + z) as f32) * s[gi]
+                    };
                 }
             });
         }
@@ -601,7 +637,7 @@ fn dequantize(model: &HfModel, name: &str, l: &Logical) -> Result<Vec<f32>> {
                 let col: Vec<u32> = (0..prow).map(|k| qw[k * rows + o]).collect();
                 for (i, (d, u)) in orow.iter_mut().zip(unpack_words(&col, bits, cols)).enumerate() {
                     let g = gidx[i];
-                    *d = (u as f32 - zeros[g * rows + o] as f32) * s[g * rows + o];
+                    *d = (sliced(u, shift) - zeros[g * rows + o] as f32) * s[g * rows + o];
                 }
             });
         }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::arch;
-use crate::eval::perplexity::{evaluate_decoder, PerplexityOptions};
+use crate::eval::perplexity::PerplexityOptions;
 use crate::export::{ExportModel, Storage};
 use crate::io::gguf::GgufValue;
 use crate::io::{open_model, ModelFile};
@@ -592,6 +592,33 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         return Err(Error::Other("planning needs a budget".into()));
     }
 
+    // Nested code sets: recorded per weight (Hugging Face name → bit widths) so that `eval
+    // --slice` knows what it may read at fewer bits.
+    let nested = plan.nested();
+    if opts.method.nesting().is_some() && nested.is_empty() {
+        return Err(Error::Other(format!(
+            "solver {} writes nested code sets, but no tensor is quantized to an integer format: give one, e.g. --scheme 'blk.*=int{}:g64:asym'",
+            opts.method.spec(),
+            opts.method.nesting().map_or(8, |n| n.bits[0])
+        )));
+    }
+    if !nested.is_empty() {
+        let map: serde_json::Map<String, serde_json::Value> = nested
+            .iter()
+            .map(|(name, n)| (crate::export::hf_dir::hf_name(&export, name).to_string(), serde_json::json!(n.bits)))
+            .collect();
+        export.recipe["nested"] = serde_json::Value::Object(map);
+    }
+    let slice_widths: Vec<u32> = {
+        let mut w: Vec<u32> = nested.iter().flat_map(|(_, n)| n.bits[1..].iter().copied()).collect();
+        w.sort_unstable_by(|a, b| b.cmp(a));
+        w.dedup();
+        w
+    };
+    let nested_numel: Vec<(usize, u32)> = nested
+        .iter()
+        .filter_map(|(name, n)| tensors.iter().find(|t| t.name == *name).map(|t| (t.numel(), n.bits[0])))
+        .collect();
     let run_inputs = pipeline::RunInputs {
         arch: &*arch,
         input: file.path(),
@@ -651,6 +678,7 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         fallbacks,
         tensors: pr.tensors,
         eval: None,
+        eval_slices: Vec::new(),
         eval_text: None,
         plan: budget_report,
     };
@@ -680,10 +708,36 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         let base = arch::load_decoder(&file)?;
         let qfile = ModelFile::open(out)?;
         let quant = arch::load_decoder(&qfile)?;
-        let r = evaluate_decoder(&quant.model, Some(&base.model), &base.tokenizer, text, path, &opts.eval, &|d, t| {
-            events.progress("eval", d, t)
-        })?;
-        report.eval = Some(r);
+        // A nested output is evaluated at each of its widths too, against one base run.
+        let mut slices = Vec::new();
+        for &b in &slice_widths {
+            let mut f = ModelFile::open(out)?;
+            f.slice_nested(b)?;
+            slices.push(arch::load_decoder(&f)?);
+        }
+        let models: Vec<&crate::arch::llama::Llama> =
+            std::iter::once(&quant.model).chain(slices.iter().map(|d| &d.model)).collect();
+        let mut rs = crate::eval::perplexity::evaluate_decoders(
+            &models,
+            Some(&base.model),
+            &base.tokenizer,
+            text,
+            path,
+            &opts.eval,
+            &|d, t| events.progress("eval", d, t),
+        )?;
+        let stored_bits = 8.0 * report.tensor_bytes() as f64;
+        for (r, &b) in rs.drain(1..).zip(&slice_widths) {
+            // The slice's size: the nested tensors' codes at b bits (their scales and zero
+            // points as stored).
+            let saved: f64 = nested_numel.iter().map(|&(n, top)| n as f64 * top.saturating_sub(b) as f64).sum();
+            report.eval_slices.push(report::SliceEval {
+                bits: b,
+                format_bits_per_weight: (stored_bits - saved) / n_params.max(1) as f64,
+                eval: r,
+            });
+        }
+        report.eval = rs.pop();
         report.eval_text = Some(path.clone());
     }
     Ok(Job::Quantized(Box::new(report)))

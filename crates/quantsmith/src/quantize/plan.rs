@@ -77,6 +77,19 @@ impl Plan {
                 m.check_shape(rows, cols).map_err(|e| {
                     Error::Other(format!("tensor `{}` {:?}: solver {}: {e}", t.name, t.shape, m.spec()))
                 })?;
+                let target = storage.target().map_err(|e| Error::Other(format!("tensor `{}`: {e}", t.name)))?;
+                m.check_target(&target).map_err(|e| {
+                    Error::Other(format!("tensor `{}` ({}): solver {}: {e}", t.name, storage.name(), m.spec()))
+                })?;
+                if m.nesting().is_some() && !exporter.stores_codes() {
+                    return Err(Error::Other(format!(
+                        "tensor `{}`: solver {} writes a nested code set, which the {} layout cannot hold (it stores {}); use --layout compressed-tensors or gptq, whose codes `quantsmith eval --slice BITS` reads at each precision",
+                        t.name,
+                        m.spec(),
+                        exporter.name(),
+                        if exporter.name() == "gguf" { "llama.cpp's block types" } else { "dequantized values" }
+                    )));
+                }
             }
             if let Some(side) = m.side_data().filter(|_| !storage.is_float() && !exporter.stores_side_data()) {
                 return Err(Error::Other(format!(
@@ -106,6 +119,15 @@ impl Plan {
     /// Whether some tensor is solved with a Hessian (so the run calibrates).
     pub fn needs_hessian(&self) -> bool {
         self.entries.iter().any(|e| !e.storage.is_float() && e.method.needs_hessian())
+    }
+
+    /// The tensors solved into nested code sets, with their precisions.
+    pub fn nested(&self) -> Vec<(&str, &crate::solve::nested::Nesting)> {
+        self.entries
+            .iter()
+            .filter(|e| !e.storage.is_float())
+            .filter_map(|e| e.method.nesting().map(|n| (e.name.as_str(), n)))
+            .collect()
     }
 
     /// The entry of tensor `name`.

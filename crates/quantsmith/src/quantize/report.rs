@@ -66,12 +66,28 @@ pub struct QuantizeReport {
     /// Base-vs-quantized evaluation, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<DecoderReport>,
+    /// A nested output's evaluation at each narrower width (`eval --slice`), same text and
+    /// chunks as `eval`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub eval_slices: Vec<SliceEval>,
     /// Text the evaluation ran on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_text: Option<PathBuf>,
     /// The size-budget plan, when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<super::budget::BudgetReport>,
+}
+
+/// A nested code set read at fewer bits, evaluated.
+#[derive(Clone, Debug, Serialize)]
+pub struct SliceEval {
+    /// Bits kept of the nested tensors' codes.
+    pub bits: u32,
+    /// Bits per weight of the model so read (nested tensors' codes at `bits`, their scales
+    /// and zero points as stored; other tensors as stored).
+    pub format_bits_per_weight: f64,
+    /// The evaluation.
+    pub eval: DecoderReport,
 }
 
 impl QuantizeReport {
@@ -234,6 +250,27 @@ impl QuantizeReport {
             }
             if let Some(r) = e.ppl_ratio {
                 let _ = writeln!(s, "| perplexity ratio | {r:.5} |");
+            }
+            if !self.eval_slices.is_empty() {
+                let _ = writeln!(s, "\nThe nested code set read at each width (`quantsmith eval OUT --slice BITS`):\n");
+                let _ = writeln!(
+                    s,
+                    "| width | bits/weight (tensors) | perplexity | mean KL-divergence | top-1 agreement |"
+                );
+                let _ = writeln!(s, "|---|---|---|---|---|");
+                let row = |s: &mut String, w: String, bpw: f64, e: &DecoderReport| {
+                    let _ = writeln!(
+                        s,
+                        "| {w} | {bpw:.3} | {:.4} | {} | {} |",
+                        e.ppl,
+                        e.kld_mean.zip(e.kld_stderr).map(|(k, ks)| format!("{k:.6} ± {ks:.6}")).unwrap_or_default(),
+                        e.top1_agree.map(|t| format!("{t:.4}")).unwrap_or_default()
+                    );
+                };
+                row(&mut s, "as stored".into(), self.format_bits_per_weight, e);
+                for sl in &self.eval_slices {
+                    row(&mut s, format!("{} bits", sl.bits), sl.format_bits_per_weight, &sl.eval);
+                }
             }
         }
         if let Some(svg) = svg_name {

@@ -36,11 +36,14 @@ pub struct GptqOptions {
     /// quantized model's input, ‖W·X_f − Q·X_q‖², rather than ‖(W − Q)·X_q‖². The pipeline
     /// collects the cross term and hands the solver the target of [`asymmetric_target`].
     pub asym: bool,
+    /// Nested precision: one code set whose top bits serve each listed width, the objective
+    /// summed over them ([`super::nested`]).
+    pub nested: Option<super::nested::Nesting>,
 }
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        GptqOptions { damp: 0.01, block: 128, act_order: true, outliers: 0.0, asym: false }
+        GptqOptions { damp: 0.01, block: 128, act_order: true, outliers: 0.0, asym: false, nested: None }
     }
 }
 
@@ -62,6 +65,13 @@ impl GptqOptions {
         }
         if self.asym {
             s += ":asym=yes";
+        }
+        if let Some(n) = &self.nested {
+            let spec = n.spec();
+            match spec.split_once('@') {
+                Some((b, w)) => s += &format!(":nested={b}:nested-weights={w}"),
+                None => s += &format!(":nested={spec}"),
+            }
         }
         s
     }
@@ -171,6 +181,9 @@ impl Solver for Gptq {
     }
     fn asymmetric(&self) -> bool {
         self.opts.asym
+    }
+    fn nesting(&self) -> Option<&super::nested::Nesting> {
+        self.opts.nested.as_ref()
     }
     fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded> {
         solve(p, target, &self.opts)
@@ -287,7 +300,9 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
         }
     }
     // The grid, fitted to the weights that are not kept apart.
-    let g = if kept.is_empty() {
+    let g: Box<dyn Grid> = if let Some(n) = &opts.nested {
+        Box::new(n.grid(target, p.name, p.w, rows, cols, importance)?)
+    } else if kept.is_empty() {
         grid(target, p.name, p.w, rows, cols, importance)?
     } else {
         let mut wg = p.w.to_vec();
@@ -323,12 +338,15 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
             let ecol = &mut err[(i - i1) * rows..(i - i1 + 1) * rows];
             let keep = &keep;
             qcol.par_iter_mut().zip(ecol.par_iter_mut()).enumerate().for_each(|(r, (q, e))| {
-                *q = if !keep.is_empty() && keep[r * cols + c] {
-                    half::f16::from_f32(col[r]).to_f32()
+                let seen = if !keep.is_empty() && keep[r * cols + c] {
+                    *q = half::f16::from_f32(col[r]).to_f32();
+                    *q
                 } else {
-                    g.round(r, c, col[r])
+                    let (stored, seen) = g.round_compensated(r, c, col[r]);
+                    *q = stored;
+                    seen
                 };
-                *e = (col[r] - *q) / d;
+                *e = (col[r] - seen) / d;
             });
             // Within the block, update the remaining columns right away.
             let ecol = &err[(i - i1) * rows..(i - i1 + 1) * rows];

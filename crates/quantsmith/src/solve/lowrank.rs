@@ -115,6 +115,9 @@ impl Solver for LowRank {
     fn asymmetric(&self) -> bool {
         self.inner.asymmetric()
     }
+    fn nesting(&self) -> Option<&super::nested::Nesting> {
+        self.inner.nesting()
+    }
     fn side_data(&self) -> Option<String> {
         let lr = format!(
             "adds rank-{} {} factors (LoRC{})",

@@ -3,6 +3,7 @@
 
 pub mod gptq;
 pub mod lowrank;
+pub mod nested;
 pub mod quantease;
 pub mod rtn;
 pub mod target;
@@ -55,6 +56,19 @@ pub trait Solver: std::fmt::Debug + Send + Sync {
     /// work); the error says why not.
     fn check_shape(&self, _rows: usize, _cols: usize) -> std::result::Result<(), String> {
         Ok(())
+    }
+    /// The precisions its codes serve, for solvers writing one nested code set
+    /// ([`nested`]); `None` for everything else.
+    fn nesting(&self) -> Option<&nested::Nesting> {
+        None
+    }
+    /// Whether it can solve into `target` (checked when the run is planned); the error says
+    /// why not.
+    fn check_target(&self, target: &Target) -> std::result::Result<(), String> {
+        match self.nesting() {
+            Some(n) => n.check_format(target),
+            None => Ok(()),
+        }
     }
     /// Quantizes one layer.
     fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded>;
@@ -142,6 +156,8 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
         gptq_opts.asym = true;
     }
     let mut sweeps = quantease::QuantEaseOptions::default().sweeps;
+    let mut nesting: Option<nested::Nesting> = None;
+    let mut nested_weights: Option<Vec<f32>> = None;
     for p in parts {
         let (k, v) = p.split_once('=').ok_or_else(|| err(format!("setting `{p}` is not KEY=VALUE")))?;
         match (name, k) {
@@ -166,6 +182,19 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
                     _ => return Err(err(format!("asym={v}: yes or no"))),
                 }
             }
+            ("gptq" | "rtn", "nested") => {
+                nesting = Some(nested::Nesting::parse(v).map_err(err)?);
+            }
+            ("gptq" | "rtn", "nested-weights") => {
+                nested_weights = Some(
+                    v.split(['/', ','])
+                        .map(|w| w.trim().parse::<f32>().ok().filter(|w| w.is_finite() && *w > 0.0))
+                        .collect::<Option<Vec<f32>>>()
+                        .ok_or_else(|| {
+                            err(format!("nested-weights={v}: positive numbers, one per bit width (1/1/4)"))
+                        })?,
+                );
+            }
             ("quantease", "sweeps") => {
                 sweeps = v
                     .parse::<usize>()
@@ -177,6 +206,22 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
             _ => break,
         }
     }
+    if let Some(w) = nested_weights {
+        let n = nesting.take().ok_or_else(|| err("nested-weights without nested=BITS".into()))?;
+        nesting = Some(nested::Nesting::new(n.bits, Some(w)).map_err(err)?);
+    }
+    if let Some(n) = nesting {
+        if gptq_opts.outliers > 0.0 {
+            return Err(err(
+                "nested precision keeps no outliers: the layouts holding nested codes have no place for a sparse table"
+                    .into(),
+            ));
+        }
+        if name == "rtn" {
+            return Ok(std::sync::Arc::new(nested::NestedRtn { nesting: n }));
+        }
+        gptq_opts.nested = Some(n);
+    }
     Ok(match name {
         "rtn" if inner == "rtn" => std::sync::Arc::new(rtn::Rtn),
         "gptq" => std::sync::Arc::new(gptq::Gptq { opts: gptq_opts }),
@@ -185,7 +230,7 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
         }
         _ => {
             return Err(crate::Error::Other(format!(
-                "unknown solver `{spec}` (known: rtn, gptq[:outliers=F][:damp=D][:asym=yes], gptq-asym, quantease[:sweeps=N][:outliers=F][:damp=D][:asym=yes]; \
+                "unknown solver `{spec}` (known: rtn[:nested=8/4/2], gptq[:outliers=F][:damp=D][:asym=yes][:nested=8/4/2[:nested-weights=1/1/1]], gptq-asym, quantease[:sweeps=N][:outliers=F][:damp=D][:asym=yes]; \
                  each with [:lowrank=R][:lowrank-store=f16|int8][:lowrank-whiten=yes|no][:lowrank-order=residual|absorb])"
             )))
         }

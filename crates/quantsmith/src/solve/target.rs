@@ -29,6 +29,15 @@ pub trait Grid: Sync {
     fn round(&self, row: usize, col: usize, x: f32) -> f32;
     /// Encodes a matrix whose every value lies on the grid.
     fn encode(&self, q: &[f32]) -> Result<Encoded>;
+    /// Rounds `x` at (`row`, `col`) for an error-compensating solver: the value stored (on the
+    /// grid) and the value whose difference from `x` is the error to compensate. They differ
+    /// for grids serving several precisions at once ([`super::nested`]), where the error is
+    /// the precisions' weighted mean.
+    #[inline]
+    fn round_compensated(&self, row: usize, col: usize, x: f32) -> (f32, f32) {
+        let q = self.round(row, col, x);
+        (q, q)
+    }
 }
 
 /// The ggml type of a target, if it is one.
@@ -141,7 +150,15 @@ pub fn grid(
     Ok(Box::new(FormatGrid { t: t.clone(), params, gl: cols, groups, rows, cols, ts, supers: Vec::new() }))
 }
 
-struct FormatGrid {
+/// The fixed grid of a non-ggml format with given per-(row, group) parameters (`groups`
+/// groups of `gl` columns per row), e.g. chosen by a solver with its own objective
+/// ([`super::nested`]). Scales must already be as stored (float scale storage).
+pub(crate) fn format_grid(t: &Format, params: Vec<GroupParams>, rows: usize, cols: usize, gl: usize) -> FormatGrid {
+    FormatGrid { t: t.clone(), params, gl, groups: cols / gl, rows, cols, ts: 1.0, supers: Vec::new() }
+}
+
+/// A format's grid: every (row, group)'s parameters.
+pub(crate) struct FormatGrid {
     t: Format,
     params: Vec<GroupParams>,
     gl: usize,
@@ -150,6 +167,14 @@ struct FormatGrid {
     cols: usize,
     ts: f32,
     supers: Vec<f32>,
+}
+
+impl FormatGrid {
+    /// The parameters of the group holding (`row`, `col`).
+    #[inline]
+    pub(crate) fn params(&self, row: usize, col: usize) -> &GroupParams {
+        &self.params[row * self.groups + col / self.gl]
+    }
 }
 
 impl Grid for FormatGrid {

@@ -1,0 +1,430 @@
+//! Nested precision (Matryoshka quantization, MatGPTQ; Double Rounding's idea of one code set
+//! for several bit widths): one B-bit asymmetric integer code set whose top b bits are
+//! themselves a b-bit model, for every b of a decreasing list (`8,4,2`).
+//!
+//! **Slicing.** A B-bit code `u` (0 ≤ u < 2^B, value `s·(u − z)`) read at b bits keeps its top
+//! b bits, `k = u >> (B − b)`, and stands for the middle of the 2^(B−b) codes sharing them:
+//! `s·(k·2^(B−b) + (2^(B−b) − 1)/2 − z)`. The slice is an ordinary b-bit asymmetric integer
+//! grid (step `s·2^(B−b)`, zero point `(z − (2^(B−b) − 1)/2) / 2^(B−b)`), spread evenly over
+//! the group's range with half a step of margin at each end — the uniform quantizer of that
+//! range — so no re-rounding is needed and a runtime reading the top bits computes exactly
+//! what [`slice_value`] computes.
+//!
+//! **Solving.** Every precision of the list is a model of its own; the objective is their
+//! weighted sum, Σ_b λ_b ‖(W − Q_b) X‖². Rounding a weight picks the code minimising
+//! Σ_b λ_b (w − value_b(u))² ([`Nesting::code`]: the two slice levels bracketing w at each
+//! precision, coarsest first, each within the level above; the finest level is then the
+//! nearest code); GPTQ compensates the λ-weighted mean of the precisions' errors, which is
+//! the gradient of that sum with respect to the columns not yet quantized. Each group's scale
+//! and zero point are chosen the same way: a search over shrinking ranges for the least
+//! summed (importance-weighted) error, since a range fitted to the 8-bit grid alone leaves the
+//! 2-bit slice's levels too far out.
+
+use formats::format::{Granularity, GroupParams};
+use formats::int::IntKind;
+use formats::Element;
+use rayon::prelude::*;
+
+use super::target::{format_grid, Encoded, FormatGrid, Grid, Target};
+use super::{LayerProblem, Solver};
+use crate::{Error, Result};
+
+/// Shrink factors of a group's range the parameter search tries: 1.00, 0.96, ..., 0.52.
+const SHRINKS: usize = 13;
+
+/// The precisions one code set serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Nesting {
+    /// Bit widths, strictly decreasing; the first is the stored codes' width.
+    pub bits: Vec<u32>,
+    /// Weight of each precision in the objective (same length as `bits`, positive).
+    pub weights: Vec<f32>,
+}
+
+impl Nesting {
+    /// Parses `8/4/2` (or `8,4,2`), equal weights.
+    pub fn parse(s: &str) -> std::result::Result<Nesting, String> {
+        let bits: Vec<u32> = s
+            .split(['/', ','])
+            .map(|b| b.trim().parse::<u32>().map_err(|_| format!("`{b}` is not a bit width")))
+            .collect::<std::result::Result<_, _>>()?;
+        Nesting::new(bits, None)
+    }
+
+    /// Checks a list of precisions and their weights (equal when `None`).
+    pub fn new(bits: Vec<u32>, weights: Option<Vec<f32>>) -> std::result::Result<Nesting, String> {
+        let list = bits.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        if bits.len() < 2 {
+            return Err(format!("nested precision {list}: give at least two bit widths, largest first (8,4,2)"));
+        }
+        if !(2..=8).contains(&bits[0]) {
+            return Err(format!("nested precision {list}: the stored codes have 2 to 8 bits, not {}", bits[0]));
+        }
+        if let Some(w) = bits.windows(2).find(|w| w[1] >= w[0]) {
+            return Err(format!(
+                "nested precision {list}: the list must be strictly decreasing ({} then {})",
+                w[0], w[1]
+            ));
+        }
+        if bits.last() == Some(&0) {
+            return Err(format!("nested precision {list}: a slice needs at least 1 bit"));
+        }
+        let weights = weights.unwrap_or_else(|| vec![1.0; bits.len()]);
+        if weights.len() != bits.len() || weights.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
+            return Err(format!("nested precision {list}: one positive weight per bit width"));
+        }
+        Ok(Nesting { bits, weights })
+    }
+
+    /// `8/4/2` (and `@1/1/4` when the weights are not equal).
+    pub fn spec(&self) -> String {
+        let b = self.bits.iter().map(u32::to_string).collect::<Vec<_>>().join("/");
+        if self.weights.iter().all(|&w| w == self.weights[0]) {
+            b
+        } else {
+            format!("{b}@{}", self.weights.iter().map(f32::to_string).collect::<Vec<_>>().join("/"))
+        }
+    }
+
+    /// Whether `t` is a format this nesting can solve into: asymmetric integers of the first
+    /// width, per channel or per group, with float scales; the error says what would be.
+    pub fn check_format(&self, t: &Target) -> std::result::Result<(), String> {
+        let want = format!("int{}:gN:asym or int{}:ch:asym", self.bits[0], self.bits[0]);
+        if let Some(g) = t.ggml {
+            return Err(format!(
+                "nested precision stores {}-bit integer codes, not {} blocks (use {want})",
+                self.bits[0],
+                g.name()
+            ));
+        }
+        let ok_elem = matches!(t.elements.as_slice(), [Element::Int(g)] if g.kind() == IntKind::Unsigned && g.bits() == self.bits[0]);
+        if !ok_elem || !t.asym {
+            return Err(format!(
+                "nested precision {} slices the top bits of {}-bit asymmetric integer codes; {} is not such a format (use {want})",
+                self.spec(),
+                self.bits[0],
+                t.spec()
+            ));
+        }
+        if !matches!(t.granularity, Granularity::Channel | Granularity::Group(_)) {
+            return Err(format!(
+                "nested precision needs a scale per channel or per group, not {} (use {want})",
+                t.spec()
+            ));
+        }
+        if !matches!(
+            t.scale,
+            formats::scale::ScaleStorage::F32 | formats::scale::ScaleStorage::F16 | formats::scale::ScaleStorage::Bf16
+        ) {
+            return Err(format!("nested precision needs float scales (f32, f16, bf16), not {}", t.scale.spec_name()));
+        }
+        Ok(())
+    }
+
+    /// The code (0 ≤ u < 2^B) at continuous code position `t = x/s + z` minimising the
+    /// weighted squared error of all precisions (in code units).
+    #[inline]
+    pub fn code(&self, t: f32) -> u16 {
+        let top = self.bits[0];
+        let n = self.bits.len();
+        // Levels coarsest first: shifts B − b.
+        let mut best = (f32::INFINITY, 0u16);
+        // Depth-first over the two bracketing buckets of every level but the finest; the finest
+        // is the nearest code within its parent's bucket. At most 2^(n−1) leaves.
+        let mut stack: [(usize, u32, u32, f32); 64] = [(0, 0, 0, 0.0); 64];
+        let mut sp = 1;
+        // (level index from the coarsest, first code of the parent's bucket, its last, cost)
+        stack[0] = (0, 0, (1u32 << top) - 1, 0.0);
+        while sp > 0 {
+            sp -= 1;
+            let (lvl, lo, hi, cost) = stack[sp];
+            let bits = self.bits[n - 1 - lvl];
+            let sh = top - bits;
+            let w = self.weights[n - 1 - lvl];
+            let width = (1u32 << sh) as f32;
+            let half = (width - 1.0) * 0.5;
+            // Bucket indices within [lo, hi] (bucket k covers codes k·2^sh ..).
+            let (klo, khi) = (lo >> sh, hi >> sh);
+            let pos = ((t - half) / width).clamp(klo as f32, khi as f32);
+            if lvl + 1 == n {
+                // Finest level: the nearest bucket.
+                let k = (pos + 0.5).floor().min(khi as f32) as u32;
+                let d = t - (k as f32 * width + half);
+                let c = cost + w * d * d;
+                if c < best.0 {
+                    best = (c, (k << sh) as u16);
+                }
+                continue;
+            }
+            let k0 = pos.floor() as u32;
+            for k in k0..=(k0 + 1).min(khi) {
+                let d = t - (k as f32 * width + half);
+                let c = cost + w * d * d;
+                // Costs only grow deeper down: a partial cost past the best is pruned.
+                if c < best.0 && sp < stack.len() {
+                    stack[sp] = (lvl + 1, k << sh, ((k + 1) << sh) - 1, c);
+                    sp += 1;
+                }
+            }
+        }
+        best.1
+    }
+
+    /// The code's value at `bits` of precision, in code units (`u` itself at the top width).
+    #[inline]
+    pub fn slice_position(top: u32, bits: u32, u: u16) -> f32 {
+        let sh = top - bits;
+        ((u as u32 >> sh) << sh) as f32 + ((1u32 << sh) as f32 - 1.0) * 0.5
+    }
+
+    /// The λ-weighted mean of the code's positions over the precisions.
+    #[inline]
+    fn mean_position(&self, u: u16) -> f32 {
+        let top = self.bits[0];
+        let (mut num, mut den) = (0f32, 0f32);
+        for (&b, &w) in self.bits.iter().zip(&self.weights) {
+            num += w * Self::slice_position(top, b, u);
+            den += w;
+        }
+        num / den
+    }
+
+    /// Weighted error of one group under parameters (`s`, `z`): Σ_i imp_i Σ_b λ_b (w_i − v_b)².
+    fn group_error(&self, w: &[f32], imp: Option<&[f32]>, s: f32, z: f32) -> f64 {
+        let top = self.bits[0];
+        let inv = 1.0 / s;
+        let mut total = 0f64;
+        for (i, &x) in w.iter().enumerate() {
+            let u = self.code(x * inv + z);
+            let mut e = 0f32;
+            for (&b, &lam) in self.bits.iter().zip(&self.weights) {
+                let d = x - s * (Self::slice_position(top, b, u) - z);
+                e += lam * d * d;
+            }
+            total += e as f64 * imp.map_or(1.0, |m| m[i] as f64);
+        }
+        total
+    }
+
+    /// Scale and zero point of one group: the range [min, max] shrunk by the factor of least
+    /// summed error; scales rounded to their storage (`t.scale`), zero points whole codes.
+    fn group_params(&self, t: &Target, w: &[f32], imp: Option<&[f32]>) -> GroupParams {
+        let (mn, mx) = formats::format::min_max(w);
+        let qmax = ((1u32 << self.bits[0]) - 1) as f32;
+        let mut best = GroupParams { scale: 0.0, zero: 0.0, choice: 0 };
+        let mut best_err = f64::INFINITY;
+        for k in 0..SHRINKS {
+            let r = 1.0 - 0.04 * k as f32;
+            let (lo, hi) = (mn * r, mx * r);
+            let s = t.scale.round((hi - lo) / qmax, 1.0);
+            if !(s > 0.0 && s.is_finite()) {
+                return GroupParams { scale: 0.0, zero: 0.0, choice: 0 };
+            }
+            let z = (-lo / s).round_ties_even().clamp(0.0, qmax);
+            let e = self.group_error(w, imp, s, z);
+            if e < best_err {
+                best_err = e;
+                best = GroupParams { scale: s, zero: z, choice: 0 };
+            }
+        }
+        best
+    }
+
+    /// The nested grid of `t` for `w` (`[rows, cols]`), parameters fitted per group.
+    pub fn grid(
+        &self,
+        t: &Target,
+        name: &str,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<NestedGrid> {
+        self.check_format(t).map_err(|e| Error::Other(format!("tensor `{name}`: {e}")))?;
+        let gl = t.group_len(cols).map_err(|e| Error::Other(format!("tensor `{name}`: {e}")))?;
+        let groups = cols / gl;
+        let params: Vec<GroupParams> = (0..rows)
+            .into_par_iter()
+            .flat_map_iter(|r| {
+                (0..groups).map(move |g| {
+                    let seg = &w[r * cols + g * gl..r * cols + (g + 1) * gl];
+                    self.group_params(t, seg, importance.map(|im| &im[g * gl..(g + 1) * gl]))
+                })
+            })
+            .collect();
+        Ok(NestedGrid { grid: format_grid(t, params, rows, cols, gl), nesting: self.clone() })
+    }
+}
+
+/// The value of code `u` read at `bits` of a `top`-bit nested code set with scale `s` and
+/// zero point `z`.
+#[inline]
+pub fn slice_value(top: u32, bits: u32, u: u16, s: f32, z: f32) -> f32 {
+    s * (Nesting::slice_position(top, bits, u) - z)
+}
+
+/// A format's grid whose codes serve every precision of a [`Nesting`].
+pub struct NestedGrid {
+    grid: FormatGrid,
+    nesting: Nesting,
+}
+
+impl NestedGrid {
+    #[inline]
+    fn code_at(&self, row: usize, col: usize, x: f32) -> (u16, GroupParams) {
+        let p = *self.grid.params(row, col);
+        if p.scale <= 0.0 {
+            return (p.zero as u16, p);
+        }
+        (self.nesting.code(x / p.scale + p.zero), p)
+    }
+}
+
+impl Grid for NestedGrid {
+    fn round(&self, row: usize, col: usize, x: f32) -> f32 {
+        let (u, p) = self.code_at(row, col, x);
+        p.scale * (u as f32 - p.zero)
+    }
+    fn round_compensated(&self, row: usize, col: usize, x: f32) -> (f32, f32) {
+        let (u, p) = self.code_at(row, col, x);
+        (p.scale * (u as f32 - p.zero), p.scale * (self.nesting.mean_position(u) - p.zero))
+    }
+    fn encode(&self, q: &[f32]) -> Result<Encoded> {
+        self.grid.encode(q)
+    }
+}
+
+/// Round-to-nearest into a nested code set: every weight's code chosen for all precisions at
+/// once, without error compensation (the baseline of nested GPTQ).
+#[derive(Clone, Debug)]
+pub struct NestedRtn {
+    /// The precisions.
+    pub nesting: Nesting,
+}
+
+impl Solver for NestedRtn {
+    fn name(&self) -> &'static str {
+        "rtn"
+    }
+    fn spec(&self) -> String {
+        match self.nesting.spec().split_once('@') {
+            Some((b, w)) => format!("rtn:nested={b}:nested-weights={w}"),
+            None => format!("rtn:nested={}", self.nesting.spec()),
+        }
+    }
+    fn nesting(&self) -> Option<&Nesting> {
+        Some(&self.nesting)
+    }
+    fn solve(&self, p: &LayerProblem, target: &Target) -> Result<Encoded> {
+        let g = self.nesting.grid(target, p.name, p.w, p.rows, p.cols, p.importance)?;
+        let cols = p.cols;
+        let q: Vec<f32> = p.w.par_iter().enumerate().map(|(i, &x)| g.round(i / cols, i % cols, x)).collect();
+        g.encode(&q)
+    }
+}
+
+/// The b-bit slice of a nested code set `q` (`top`-bit asymmetric codes, scales and zero
+/// points per group of `gl` columns), dequantized.
+pub fn dequantize_slice(q: &formats::format::Quantized, gl: usize, bits: u32) -> Vec<f32> {
+    let top = q.code_bits;
+    let groups = q.cols / gl;
+    let mut out = vec![0f32; q.rows * q.cols];
+    out.par_chunks_mut(q.cols).enumerate().for_each(|(r, row)| {
+        let mut codes = vec![0u16; q.cols];
+        formats::pack::unpack(&q.codes[r * q.row_bytes..(r + 1) * q.row_bytes], top, &mut codes);
+        for (c, (o, &u)) in row.iter_mut().zip(&codes).enumerate() {
+            let gi = r * groups + c / gl;
+            *o = slice_value(top, bits, u, q.scales[gi], q.zeros[gi]);
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use formats::format::Format;
+
+    fn brute(n: &Nesting, t: f32) -> (f32, u16) {
+        let top = n.bits[0];
+        (0..1u16 << top)
+            .map(|u| {
+                let c: f32 = n
+                    .bits
+                    .iter()
+                    .zip(&n.weights)
+                    .map(|(&b, &w)| {
+                        let d = t - Nesting::slice_position(top, b, u);
+                        w * d * d
+                    })
+                    .sum();
+                (c, u)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap()
+    }
+
+    /// The bracketing search finds the exhaustive minimum (or one as good, to rounding) for
+    /// positions across and beyond the code range, for several lists and weights.
+    #[test]
+    fn code_search_matches_exhaustive_search() {
+        for (bits, weights) in [
+            (vec![8, 4, 2], None),
+            (vec![8, 4, 2], Some(vec![1.0, 2.0, 8.0])),
+            (vec![8, 6, 4, 3, 2], None),
+            (vec![4, 2], None),
+            (vec![8, 1], Some(vec![1.0, 0.3])),
+            (vec![3, 2, 1], None),
+        ] {
+            let n = Nesting::new(bits.clone(), weights).unwrap();
+            let top = (1u32 << bits[0]) as f32;
+            for i in 0..20000 {
+                let t = -3.0 + (top + 6.0) * i as f32 / 20000.0;
+                let u = n.code(t);
+                let c: f32 = n
+                    .bits
+                    .iter()
+                    .zip(&n.weights)
+                    .map(|(&b, &w)| {
+                        let d = t - Nesting::slice_position(bits[0], b, u);
+                        w * d * d
+                    })
+                    .sum();
+                let (cb, ub) = brute(&n, t);
+                assert!(c <= cb * (1.0 + 1e-5) + 1e-4, "{bits:?} t={t}: code {u} cost {c}, best {ub} cost {cb}");
+            }
+        }
+    }
+
+    /// A slice is the top bits of the code and their bucket's middle; the 8-bit value is the
+    /// code itself; the mean position weighs the slices.
+    #[test]
+    fn slices_take_the_top_bits() {
+        assert_eq!(Nesting::slice_position(8, 8, 201), 201.0);
+        // 201 = 0b1100_1001: 4-bit bucket 12 covers 192..207, middle 199.5; 2-bit bucket 3
+        // covers 192..255, middle 223.5.
+        assert_eq!(Nesting::slice_position(8, 4, 201), 199.5);
+        assert_eq!(Nesting::slice_position(8, 2, 201), 223.5);
+        let n = Nesting::parse("8,4,2").unwrap();
+        assert_eq!(n.mean_position(201), (201.0 + 199.5 + 223.5) / 3.0);
+        assert_eq!(slice_value(8, 4, 201, 0.5, 100.0), 0.5 * (199.5 - 100.0));
+    }
+
+    #[test]
+    fn bad_lists_are_refused() {
+        for bad in ["8", "8,8", "4,8", "8,4,0", "9,4", "8,x", "1,0"] {
+            assert!(Nesting::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Nesting::new(vec![8, 4], Some(vec![1.0, -1.0])).is_err());
+        assert_eq!(Nesting::parse("8/4/2").unwrap().spec(), "8/4/2");
+        let n = Nesting::new(vec![8, 4, 2], Some(vec![1.0, 1.0, 4.0])).unwrap();
+        assert_eq!(n.spec(), "8/4/2@1/1/4");
+        let f = |s: &str| Format::parse(s).unwrap();
+        let n = Nesting::parse("8,4,2").unwrap();
+        assert!(n.check_format(&f("int8:g64:asym")).is_ok());
+        assert!(n.check_format(&f("int8:ch:asym")).is_ok());
+        for bad in ["int8:g64", "int4:g64:asym", "q8_0", "fp8_e4m3", "int8:t:asym"] {
+            assert!(n.check_format(&f(bad)).is_err(), "{bad}");
+        }
+    }
+}
