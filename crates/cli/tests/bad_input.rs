@@ -938,6 +938,64 @@ fn texts_options_and_outputs() {
         with(&["quantize", m, "--out", &x, "--method", "quantease:sweeps=0"], &[]),
         &["sweeps=0"],
     );
+    // Nested precision: a list that does not decrease, a layout or format that cannot hold
+    // nested codes, a solver that fits one precision, kept outliers beside it.
+    let ct = format!("{o}/ct");
+    let nested = |scheme: &str, layout: &str, extra: &[&str]| -> Vec<String> {
+        let method = if extra.contains(&"--method") { &[][..] } else { &["--method", "rtn"][..] };
+        let mut v: Vec<String> = ["quantize", m, "--out", &ct, "--layout", layout, "--scheme", scheme]
+            .iter()
+            .chain(method)
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let i8a = "blk.*=int8:g64:asym";
+    run_v("--nested 4,8", nested(i8a, "compressed-tensors", &["--nested", "4,8"]), &["--nested 4,8", "decreasing"]);
+    run_v("--nested 8", nested(i8a, "compressed-tensors", &["--nested", "8"]), &["--nested 8", "two bit widths"]);
+    run_v("--nested 8,4,x", nested(i8a, "compressed-tensors", &["--nested", "8,4,x"]), &["`x`"]);
+    run_v(
+        "--nested into fake-quant",
+        nested(i8a, "fake-quant", &["--nested", "8,4,2"]),
+        &["nested", "compressed-tensors", "gptq", "--slice"],
+    );
+    run_v("--nested into GGUF", with(&gptq, &["--nested", "8,4,2"]), &["nested", "q4_0"]);
+    run_v(
+        "--nested on symmetric codes",
+        nested("blk.*=int8:g64", "compressed-tensors", &["--nested", "8,4,2"]),
+        &["blk.", "asymmetric", "int8:gN:asym"],
+    );
+    run_v(
+        "--nested 4,2 on int8 codes",
+        nested(i8a, "compressed-tensors", &["--nested", "4,2"]),
+        &["4-bit", "int4:gN:asym"],
+    );
+    run_v(
+        "--nested with quantease",
+        nested(i8a, "compressed-tensors", &["--nested", "8,4,2", "--method", "quantease"]),
+        &["--nested 8,4,2", "quantease"],
+    );
+    run_v(
+        "--nested with --outliers",
+        nested(
+            i8a,
+            "compressed-tensors",
+            &["--method", "gptq", "--nested", "8,4,2", "--outliers", "0.01", "--calib", c],
+        ),
+        &["nested", "outliers"],
+    );
+    run_v(
+        "--nested with no integer tensor",
+        nested("blk.*=f16", "compressed-tensors", &["--nested", "8,4,2"]),
+        &["nested", "integer", "int8:g64:asym"],
+    );
+    run_v(
+        "eval --slice on a plain model",
+        with(&["eval", m, "--text", e, "--slice", "4"], &[]),
+        &["tiny.gguf", "nested"],
+    );
+    run_v("eval --slice 9", with(&["eval", m, "--text", e, "--slice", "9"], &[]), &["--slice"]);
     // An existing (empty) directory where a GGUF file should go: refused before any work.
     let adir = dir.path().join("adir.gguf");
     std::fs::create_dir_all(&adir).unwrap();

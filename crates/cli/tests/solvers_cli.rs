@@ -101,3 +101,91 @@ fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
         assert!(r["eval"]["kld_mean"].as_f64().unwrap().is_finite(), "{name}");
     }
 }
+
+/// Nested precision through the binary: `--nested 8,4,2` writes one int8 code set (both code
+/// layouts), the quantize report evaluates every width, and `eval --slice` reading the file
+/// back at 4 and 2 bits finds the same figures; narrower slices cost accuracy, and GPTQ's
+/// slices beat nested rounding's.
+#[test]
+fn nested_codes_are_read_back_at_every_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny::Tiny::default().gguf_in(dir.path());
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, tiny::text(0, 40_000).1).unwrap();
+    let eval = dir.path().join("eval.txt");
+    std::fs::write(&eval, tiny::text(40_000, 20_000).1).unwrap();
+    let (m, c, e) = (model.to_str().unwrap(), calib.to_str().unwrap(), eval.to_str().unwrap());
+    let mut kld = std::collections::HashMap::new();
+    for (name, layout, method) in [
+        ("ct-gptq", "compressed-tensors", "gptq"),
+        ("gptq-gptq", "gptq", "gptq"),
+        ("ct-rtn", "compressed-tensors", "rtn"),
+    ] {
+        let out = dir.path().join(name);
+        let o = out.to_str().unwrap();
+        let scheme = "blk.*=int8:g64:asym:scale=f16";
+        let (stdout, _) = run(&[
+            "quantize",
+            m,
+            "--out",
+            o,
+            "--layout",
+            layout,
+            "--scheme",
+            scheme,
+            "--method",
+            method,
+            "--nested",
+            "8,4,2",
+            "--calib",
+            c,
+            "--calib-samples",
+            "8",
+            "--calib-len",
+            "64",
+            "--eval",
+            e,
+            "--eval-ctx",
+            "64",
+            "--eval-chunks",
+            "8",
+            "--progress",
+            "none",
+            "--json",
+        ]);
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let t = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.ffn_down.weight").unwrap();
+        assert_eq!(t["solver"], format!("{method}:nested=8/4/2"), "{t}");
+        let slices = r["eval_slices"].as_array().unwrap_or_else(|| panic!("{name}: no eval_slices in {r}"));
+        assert_eq!(slices.iter().map(|s| s["bits"].as_u64().unwrap()).collect::<Vec<_>>(), [4, 2]);
+        let mut k = vec![r["eval"]["kld_mean"].as_f64().unwrap()];
+        // eval reads the directory at each width: the same figures as the quantize report's.
+        let (ev, _) =
+            run(&["eval", o, "--text", e, "--ctx", "64", "--chunks", "8", "--base", m, "--slice", "4,2", "--json"]);
+        let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
+        let ev = ev.as_array().unwrap_or_else(|| panic!("{ev}"));
+        for (s, back) in slices.iter().zip(ev) {
+            assert_eq!(back["slice_bits"], s["bits"]);
+            let (a, b) = (s["eval"]["kld_mean"].as_f64().unwrap(), back["kld_mean"].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-6 * a.max(1e-3), "{name} at {} bits: report {a}, eval {b}", s["bits"]);
+            k.push(b);
+        }
+        assert!(k.iter().all(|x| x.is_finite()) && k[0] < k[1] && k[1] < k[2], "{name}: {k:?}");
+        // A width the set was not nested at: one clear error, exit 2.
+        let o3 = Command::new(env!("CARGO_BIN_EXE_quantsmith"))
+            .args(["eval", o, "--text", e, "--ctx", "64", "--chunks", "2", "--slice", "3"])
+            .output()
+            .unwrap();
+        let msg = String::from_utf8_lossy(&o3.stderr);
+        assert_eq!(o3.status.code(), Some(2), "{msg}");
+        assert!(msg.contains("nested at 8, 4, 2 bits, not 3") && msg.contains("config.json"), "{msg}");
+        kld.insert(name, k);
+    }
+    eprintln!("mean KLD at 8/4/2 bits: {kld:?}");
+    // The same codes in both layouts; GPTQ's slices ahead of rounding's (its 8-bit model pays
+    // for them: the objective sums the widths).
+    assert_eq!(kld["ct-gptq"], kld["gptq-gptq"]);
+    for w in 1..3 {
+        assert!(kld["ct-gptq"][w] < kld["ct-rtn"][w], "width {w}: {kld:?}");
+    }
+}

@@ -30,7 +30,7 @@ pub struct Args {
     pub base: Option<String>,
     /// Read nested code sets (written by `quantize --nested 8,4,2`) at these bit widths:
     /// every model is evaluated once per width given (`--slice 4,2`).
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=8))]
+    #[arg(long, value_delimiter = ',')]
     pub slice: Vec<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -54,6 +54,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     let text = read_text(&args.text)?;
     let mut file = open_model(&args.models[0])?;
+    for &b in &args.slice {
+        crate::cmd::check_range("--slice", b as usize, 1, 8, "bits of a nested code set to read")?;
+    }
     if let Some(&b) = args.slice.first() {
         // Checked before any work: the first model must hold a nested set at that width.
         file.slice_nested(b)?;

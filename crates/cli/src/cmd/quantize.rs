@@ -56,10 +56,11 @@ pub struct Args {
     pub lowrank: Option<String>,
     /// Nested precision (Matryoshka / MatGPTQ): one code set whose top bits are themselves a
     /// model at each listed width, largest first (`8,4,2`); the solver (gptq, gptq-asym or
-    /// rtn) minimises the error summed over the widths. Needs an asymmetric integer format of
+    /// rtn) minimises the error summed over the widths, each width's error weighted as given
+    /// after `@` (`8,4,2@16,4,1`; equal by default). Needs an asymmetric integer format of
     /// the first width (`--scheme 'blk.*=int8:g64:asym'`) and a layout storing codes
     /// (compressed-tensors, gptq); `quantsmith eval OUT --slice 4` reads it at 4 bits.
-    #[arg(long, value_name = "BITS,BITS,...")]
+    #[arg(long, value_name = "BITS,BITS,...[@W,W,...]")]
     pub nested: Option<String>,
     /// Importance weighting as llama.cpp's imatrix: computed from the calibration text, or
     /// read from FILE (llama.cpp's GGUF or .dat imatrix).
@@ -326,8 +327,7 @@ pub fn run(args: Args) -> Result<()> {
                 "--nested {n}: works with --method gptq, gptq-asym or rtn (quantease's coordinate descent fits one precision)"
             )));
         }
-        let b: Vec<String> = bits.bits.iter().map(u32::to_string).collect();
-        method_spec += &format!(":nested={}", b.join("/"));
+        method_spec += &bits.settings();
         parse_solver(&method_spec).map_err(|e| Error::Other(format!("--nested {n}: {e}")))?;
     }
     let method = parse_solver(&method_spec)?;

@@ -1153,9 +1153,15 @@ pub fn solve_entry(
     let fmt = storage.target()?;
     let p = LayerProblem { name, w, rows, cols, hessian: h, importance };
     // GPTQ without statistics cannot run (1-D tensors, a separate embedding): round instead.
-    let rtn: crate::solve::Method = std::sync::Arc::new(crate::solve::rtn::Rtn);
+    // A nested code set is rounded for all its precisions at once, still nested.
+    let rtn: crate::solve::Method = match entry.method.nesting() {
+        Some(n) => std::sync::Arc::new(crate::solve::nested::NestedRtn { nesting: n.clone() }),
+        None => std::sync::Arc::new(crate::solve::rtn::Rtn),
+    };
     let method = if entry.method.needs_hessian() && h.is_none() { &rtn } else { &entry.method };
-    let (data, err, dequant) = if !keep_dequant && method.name() == "rtn" && h.is_none_or(|h| !h.is_full()) {
+    // Plain round-to-nearest takes the format's streaming encoder (a nested set has its own).
+    let plain_rtn = method.name() == "rtn" && method.nesting().is_none();
+    let (data, err, dequant) = if !keep_dequant && plain_rtn && h.is_none_or(|h| !h.is_full()) {
         let (data, sums) = crate::solve::target::rtn_measured(&fmt, name, w, rows, cols, importance)?;
         (data, LayerError { sqnr_db: sums.sqnr_db(), output_err: None }, None)
     } else {

@@ -67,11 +67,7 @@ impl GptqOptions {
             s += ":asym=yes";
         }
         if let Some(n) = &self.nested {
-            let spec = n.spec();
-            match spec.split_once('@') {
-                Some((b, w)) => s += &format!(":nested={b}:nested-weights={w}"),
-                None => s += &format!(":nested={spec}"),
-            }
+            s += &n.settings();
         }
         s
     }

@@ -186,14 +186,8 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
                 nesting = Some(nested::Nesting::parse(v).map_err(err)?);
             }
             ("gptq" | "rtn", "nested-weights") => {
-                nested_weights = Some(
-                    v.split(['/', ','])
-                        .map(|w| w.trim().parse::<f32>().ok().filter(|w| w.is_finite() && *w > 0.0))
-                        .collect::<Option<Vec<f32>>>()
-                        .ok_or_else(|| {
-                            err(format!("nested-weights={v}: positive numbers, one per bit width (1/1/4)"))
-                        })?,
-                );
+                nested_weights =
+                    Some(nested::Nesting::parse_weights(v).map_err(|e| err(format!("nested-weights={v}: {e}")))?);
             }
             ("quantease", "sweeps") => {
                 sweeps = v
@@ -230,7 +224,7 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
         }
         _ => {
             return Err(crate::Error::Other(format!(
-                "unknown solver `{spec}` (known: rtn[:nested=8/4/2], gptq[:outliers=F][:damp=D][:asym=yes][:nested=8/4/2[:nested-weights=1/1/1]], gptq-asym, quantease[:sweeps=N][:outliers=F][:damp=D][:asym=yes]; \
+                "unknown solver `{spec}` (known: rtn[:nested=8/4/2], gptq[:outliers=F][:damp=D][:asym=yes][:nested=8/4/2[:nested-weights=8/2/1]], gptq-asym, quantease[:sweeps=N][:outliers=F][:damp=D][:asym=yes]; \
                  each with [:lowrank=R][:lowrank-store=f16|int8][:lowrank-whiten=yes|no][:lowrank-order=residual|absorb])"
             )))
         }
