@@ -33,6 +33,7 @@ go() { # name, format (or a GGUF preset: Q4_K_M, ...), quantize args...
   if [ ! -e "$o/$name.json" ]; then
     case $fmt in
       Q*) local out=$o/$name.gguf; local how=(--preset "$fmt") ;;
+      nested:*) local out=$o/$name; local how=(--layout compressed-tensors --scheme "blk.*=${fmt#nested:}:scale=f16" $embd) ;;
       *) local out=$o/$name; local how=(--layout fake-quant --scheme "blk.*=$fmt:scale=f16" $embd) ;;
     esac
     "$q" quantize "$base" --out "$out" "${how[@]}" \
@@ -47,6 +48,12 @@ lin = [t for t in r["tensors"] if t["name"].startswith("blk.") and t["name"].end
 bits = sum(8 * t["bytes"] for t in lin) / sum(t["shape"][0] * t["shape"][1] for t in lin)
 e = r["eval"]
 print(f"| {sys.argv[2]} | {bits:.3f} | {e['ppl']:.2f} | {e['kld_mean']:.4f} ± {e['kld_stderr']:.4f} | {e['top1_agree']:.3f} |")
+# A nested code set: one more row per narrower width read from the same file (the block
+# linears' codes at that width, their scales and zero points as stored).
+top = max([8] + [int(t["format"][4:].split(":")[0]) for t in lin if t["format"].startswith("uint")]) if r.get("eval_slices") else 0
+for s in r.get("eval_slices", []):
+    e = s["eval"]
+    print(f"| {sys.argv[2]}, read at {s['bits']} bits | {bits - (top - s['bits']):.3f} | {e['ppl']:.2f} | {e['kld_mean']:.4f} ± {e['kld_stderr']:.4f} | {e['top1_agree']:.3f} |")
 EOF
 }
 echo "| configuration | bits/weight (block linears) | PPL | mean KLD ± s.e. | top-1 |"
@@ -68,11 +75,24 @@ for fmt in int3:g64 int2:g64; do
   run $f-gptq-out0.5 $fmt --method gptq --outliers 0.005
   run $f-gptq-out1 $fmt --method gptq --outliers 0.01
 done
-# GGUF presets (llama.cpp's types, same bytes): does asymmetric calibration help there too?
+# GGUF presets (llama.cpp's types, same bytes): do coordinate descent and asymmetric
+# calibration help there too?
 for p in Q4_K_M Q3_K_M Q2_K; do
   run $p-gptq $p --method gptq
+  run $p-quantease $p --method quantease
   run $p-gptq-asym $p --method gptq-asym
 done
+# Nested precision (compressed-tensors, int8:g64 asymmetric codes; one row per width read from
+# the one file) against dedicated asymmetric files of each width.
+for b in 8 4 2; do
+  run i$b-asym-gptq nested:int$b:g64:asym --method gptq
+done
+run i4-asym-rtn nested:int4:g64:asym --method rtn
+run nest84-gptq nested:int8:g64:asym --method gptq --nested 8,4
+run nest842-gptq nested:int8:g64:asym --method gptq --nested 8,4,2
+run nest842-rtn nested:int8:g64:asym --method rtn --nested 8,4,2
+run nest84-gptq-joint nested:int8:g64:asym --method gptq --nested 8,4@1,1:joint
+run nest842-gptq-joint nested:int8:g64:asym --method gptq --nested 8,4,2@16,16,1:joint
 # Combinations at about 3.5 bits per weight.
 run i3-qe-lr8-int8 int3:g64 --method quantease --lowrank 8:int8
 run i3-qe-out0.1-lr8-int8 int3:g64 --method quantease --outliers 0.001 --lowrank 8:int8

@@ -955,6 +955,8 @@ fn texts_options_and_outputs() {
     run_v("--nested 4,8", nested(i8a, "compressed-tensors", &["--nested", "4,8"]), &["--nested 4,8", "decreasing"]);
     run_v("--nested 8", nested(i8a, "compressed-tensors", &["--nested", "8"]), &["--nested 8", "two bit widths"]);
     run_v("--nested 8,4,x", nested(i8a, "compressed-tensors", &["--nested", "8,4,x"]), &["`x`"]);
+    run_v("--nested 8,4:foo", nested(i8a, "compressed-tensors", &["--nested", "8,4:foo"]), &["`foo`", "joint"]);
+    run_v("--nested 8,4@1", nested(i8a, "compressed-tensors", &["--nested", "8,4@1"]), &["--nested 8,4@1", "weight"]);
     run_v(
         "--nested into fake-quant",
         nested(i8a, "fake-quant", &["--nested", "8,4,2"]),

@@ -55,12 +55,14 @@ pub struct Args {
     #[arg(long, value_name = "R[:int8][:absorb][:plain|:whiten]")]
     pub lowrank: Option<String>,
     /// Nested precision (Matryoshka / MatGPTQ): one code set whose top bits are themselves a
-    /// model at each listed width, largest first (`8,4,2`); the solver (gptq, gptq-asym or
-    /// rtn) minimises the error summed over the widths, each width's error weighted as given
-    /// after `@` (`8,4,2@16,4,1`; equal by default). Needs an asymmetric integer format of
-    /// the first width (`--scheme 'blk.*=int8:g64:asym'`) and a layout storing codes
+    /// model at each listed width, largest first (`8,4,2`). GPTQ keeps one running copy of
+    /// the weights per width, each compensating its own error, and picks each code coarsest
+    /// width first (`:joint`: one copy compensating the widths' weighted mean error); the
+    /// widths' errors are weighted as given after `@` (`8,4,2@16,4,1`; default 2^((b−b_min)/2))
+    /// in the choice of scales (and in `:joint`'s compensation). Needs an asymmetric integer
+    /// format of the first width (`--scheme 'blk.*=int8:g64:asym'`) and a layout storing codes
     /// (compressed-tensors, gptq); `quantsmith eval OUT --slice 4` reads it at 4 bits.
-    #[arg(long, value_name = "BITS,BITS,...[@W,W,...]")]
+    #[arg(long, value_name = "BITS,BITS,...[@W,W,...][:joint]")]
     pub nested: Option<String>,
     /// Importance weighting as llama.cpp's imatrix: computed from the calibration text, or
     /// read from FILE (llama.cpp's GGUF or .dat imatrix).
@@ -320,8 +322,17 @@ pub fn run(args: Args) -> Result<()> {
         parse_solver(&method_spec).map_err(|e| Error::Other(format!("--lowrank {lr}: {e}")))?;
     }
     if let Some(n) = &args.nested {
-        let bits =
-            quantsmith::solve::nested::Nesting::parse(n).map_err(|e| Error::Other(format!("--nested {n}: {e}")))?;
+        let (list, mode) = match n.split_once(':') {
+            Some((l, m)) => (l, Some(m)),
+            None => (n.as_str(), None),
+        };
+        let mut bits =
+            quantsmith::solve::nested::Nesting::parse(list).map_err(|e| Error::Other(format!("--nested {n}: {e}")))?;
+        match mode {
+            None | Some("cascade") => {}
+            Some("joint") => bits.cascade = false,
+            Some(m) => return Err(Error::Other(format!("--nested {n}: `{m}` is not a mode (cascade or joint)"))),
+        }
         if args.method.starts_with("quantease") {
             return Err(Error::Other(format!(
                 "--nested {n}: works with --method gptq, gptq-asym or rtn (quantease's coordinate descent fits one precision)"

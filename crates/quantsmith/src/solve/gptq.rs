@@ -320,7 +320,15 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
     }
     let mut qt = vec![0f32; cols * rows];
     let bs = opts.block.max(1);
-    let mut err = vec![0f32; bs * rows];
+    // One running copy of the weights per stream of the grid (one, but for a cascaded nested
+    // grid, whose precisions each compensate their own error), each with its error block.
+    let ns = g.streams();
+    let mut wts = vec![wt];
+    for _ in 1..ns {
+        wts.push(wts[0].clone());
+    }
+    let mut errs = vec![vec![0f32; bs * rows]; ns];
+    let mut seen_all = vec![0f32; if ns > 1 { rows * ns } else { 0 }];
     let mut i1 = 0;
     while i1 < cols {
         let i2 = (i1 + bs).min(cols);
@@ -328,38 +336,63 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
         for i in i1..i2 {
             let d = uf[(i, i)];
             let c = perm[i];
-            let (head, tail) = wt.split_at_mut((i + 1) * rows);
-            let col = &head[i * rows..];
             let qcol = &mut qt[i * rows..(i + 1) * rows];
-            let ecol = &mut err[(i - i1) * rows..(i - i1 + 1) * rows];
             let keep = &keep;
-            qcol.par_iter_mut().zip(ecol.par_iter_mut()).enumerate().for_each(|(r, (q, e))| {
-                let seen = if !keep.is_empty() && keep[r * cols + c] {
-                    *q = half::f16::from_f32(col[r]).to_f32();
-                    *q
-                } else {
-                    let (stored, seen) = g.round_compensated(r, c, col[r]);
-                    *q = stored;
-                    seen
-                };
-                *e = (col[r] - seen) / d;
-            });
-            // Within the block, update the remaining columns right away.
-            let ecol = &err[(i - i1) * rows..(i - i1 + 1) * rows];
-            tail[..(i2 - i - 1) * rows].par_chunks_mut(rows).enumerate().for_each(|(jj, wcol)| {
-                let uij = uf[(i, i + 1 + jj)];
-                for (w, e) in wcol.iter_mut().zip(ecol) {
-                    *w -= e * uij;
+            if ns == 1 {
+                let col = &wts[0][i * rows..(i + 1) * rows];
+                let ecol = &mut errs[0][(i - i1) * rows..(i - i1 + 1) * rows];
+                qcol.par_iter_mut().zip(ecol.par_iter_mut()).enumerate().for_each(|(r, (q, e))| {
+                    let seen = if !keep.is_empty() && keep[r * cols + c] {
+                        *q = half::f16::from_f32(col[r]).to_f32();
+                        *q
+                    } else {
+                        let (stored, seen) = g.round_compensated(r, c, col[r]);
+                        *q = stored;
+                        seen
+                    };
+                    *e = (col[r] - seen) / d;
+                });
+            } else {
+                // Every stream's value of this column, rounded together: the stored value,
+                // and each stream's error.
+                let wts = &wts;
+                qcol.par_iter_mut().zip(seen_all.par_chunks_mut(ns)).enumerate().for_each(|(r, (q, seen))| {
+                    let mut xs = [0f32; 8];
+                    for (s, x) in xs[..ns].iter_mut().enumerate() {
+                        *x = wts[s][i * rows + r];
+                    }
+                    *q = g.round_streams(r, c, &xs[..ns], seen);
+                    for (sv, x) in seen.iter_mut().zip(&xs) {
+                        *sv = (x - *sv) / d;
+                    }
+                });
+                for (s, err) in errs.iter_mut().enumerate() {
+                    for (r, e) in err[(i - i1) * rows..(i - i1 + 1) * rows].iter_mut().enumerate() {
+                        *e = seen_all[r * ns + s];
+                    }
                 }
-            });
+            }
+            // Within the block, update the remaining columns right away.
+            for (wt, err) in wts.iter_mut().zip(&errs) {
+                let tail = &mut wt[(i + 1) * rows..];
+                let ecol = &err[(i - i1) * rows..(i - i1 + 1) * rows];
+                tail[..(i2 - i - 1) * rows].par_chunks_mut(rows).enumerate().for_each(|(jj, wcol)| {
+                    let uij = uf[(i, i + 1 + jj)];
+                    for (w, e) in wcol.iter_mut().zip(ecol) {
+                        *w -= e * uij;
+                    }
+                });
+            }
         }
         // Lazy update of all later columns: Wᵀ[i2.., :] -= U[i1..i2, i2..]ᵀ · E.
         if i2 < cols {
-            let later = &mut wt[i2 * rows..];
-            let dst = MatMut::from_row_major_slice_mut(later, cols - i2, rows);
-            let e = MatRef::from_row_major_slice(&err[..nb * rows], nb, rows);
-            let usub = uf.as_ref().submatrix(i1, i2, nb, cols - i2);
-            matmul(dst, Accum::Add, usub.transpose(), e, -1.0f32, Par::rayon(0));
+            for (wt, err) in wts.iter_mut().zip(&errs) {
+                let later = &mut wt[i2 * rows..];
+                let dst = MatMut::from_row_major_slice_mut(later, cols - i2, rows);
+                let e = MatRef::from_row_major_slice(&err[..nb * rows], nb, rows);
+                let usub = uf.as_ref().submatrix(i1, i2, nb, cols - i2);
+                matmul(dst, Accum::Add, usub.transpose(), e, -1.0f32, Par::rayon(0));
+            }
         }
         i1 = i2;
     }

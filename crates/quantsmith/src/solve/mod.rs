@@ -158,6 +158,7 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
     let mut sweeps = quantease::QuantEaseOptions::default().sweeps;
     let mut nesting: Option<nested::Nesting> = None;
     let mut nested_weights: Option<Vec<f32>> = None;
+    let mut nested_cascade = None;
     for p in parts {
         let (k, v) = p.split_once('=').ok_or_else(|| err(format!("setting `{p}` is not KEY=VALUE")))?;
         match (name, k) {
@@ -185,6 +186,13 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
             ("gptq" | "rtn", "nested") => {
                 nesting = Some(nested::Nesting::parse(v).map_err(err)?);
             }
+            ("gptq" | "rtn", "nested-mode") => {
+                nested_cascade = Some(match v {
+                    "joint" => false,
+                    "cascade" => true,
+                    _ => return Err(err(format!("nested-mode={v}: cascade or joint"))),
+                });
+            }
             ("gptq" | "rtn", "nested-weights") => {
                 nested_weights =
                     Some(nested::Nesting::parse_weights(v).map_err(|e| err(format!("nested-weights={v}: {e}")))?);
@@ -203,6 +211,10 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
     if let Some(w) = nested_weights {
         let n = nesting.take().ok_or_else(|| err("nested-weights without nested=BITS".into()))?;
         nesting = Some(nested::Nesting::new(n.bits, Some(w)).map_err(err)?);
+    }
+    if let Some(c) = nested_cascade {
+        let n = nesting.as_mut().ok_or_else(|| err("nested-mode without nested=BITS".into()))?;
+        n.cascade = c;
     }
     if let Some(n) = nesting {
         if gptq_opts.outliers > 0.0 {
@@ -224,7 +236,7 @@ fn plain_solver(spec: &str, inner: &str) -> Result<Method> {
         }
         _ => {
             return Err(crate::Error::Other(format!(
-                "unknown solver `{spec}` (known: rtn[:nested=8/4/2], gptq[:outliers=F][:damp=D][:asym=yes][:nested=8/4/2[:nested-weights=8/2/1]], gptq-asym, quantease[:sweeps=N][:outliers=F][:damp=D][:asym=yes]; \
+                "unknown solver `{spec}` (known: rtn[:nested=8/4/2], gptq[:outliers=F][:damp=D][:asym=yes][:nested=8/4/2[:nested-weights=8/2/1][:nested-mode=cascade|joint]], gptq-asym, quantease[:sweeps=N][:outliers=F][:damp=D][:asym=yes]; \
                  each with [:lowrank=R][:lowrank-store=f16|int8][:lowrank-whiten=yes|no][:lowrank-order=residual|absorb])"
             )))
         }

@@ -38,6 +38,21 @@ pub trait Grid: Sync {
         let q = self.round(row, col, x);
         (q, q)
     }
+    /// How many running copies of the weights an error-compensating solver keeps for this
+    /// grid: 1, or one per precision for a grid whose precisions each compensate their own
+    /// error (a cascaded nested grid, [`super::nested`]).
+    fn streams(&self) -> usize {
+        1
+    }
+    /// Rounds one weight given its running value in each stream (`xs`, [`Grid::streams`]
+    /// long): returns the stored value and writes into `seen` the value whose difference
+    /// from each stream's `x` is that stream's error.
+    #[inline]
+    fn round_streams(&self, row: usize, col: usize, xs: &[f32], seen: &mut [f32]) -> f32 {
+        let (q, s) = self.round_compensated(row, col, xs[0]);
+        seen[0] = s;
+        q
+    }
 }
 
 /// The ggml type of a target, if it is one.
