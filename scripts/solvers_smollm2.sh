@@ -33,7 +33,8 @@ go() { # name, format (or a GGUF preset: Q4_K_M, ...), quantize args...
   if [ ! -e "$o/$name.json" ]; then
     case $fmt in
       Q*) local out=$o/$name.gguf; local how=(--preset "$fmt") ;;
-      nested:*) local out=$o/$name; local how=(--layout compressed-tensors --scheme "blk.*=${fmt#nested:}:scale=f16" $embd) ;;
+      # (the embedding keeps its int8 per-channel format, with plain GPTQ: not nested)
+      nested:*) local out=$o/$name; local how=(--layout compressed-tensors --scheme "blk.*=${fmt#nested:}:scale=f16" $embd@gptq) ;;
       *) local out=$o/$name; local how=(--layout fake-quant --scheme "blk.*=$fmt:scale=f16" $embd) ;;
     esac
     "$q" quantize "$base" --out "$out" "${how[@]}" \

@@ -79,7 +79,17 @@ impl Plan {
                 })?;
                 let target = storage.target().map_err(|e| Error::Other(format!("tensor `{}`: {e}", t.name)))?;
                 m.check_target(&target).map_err(|e| {
-                    Error::Other(format!("tensor `{}` ({}): solver {}: {e}", t.name, storage.name(), m.spec()))
+                    // A tensor kept in another format can still have a solver of its own.
+                    let hint = if m.nesting().is_some() {
+                        format!(
+                            "; or leave this tensor out of the nesting with a solver of its own: --scheme '{}={}@gptq'",
+                            t.name,
+                            storage.name()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    Error::Other(format!("tensor `{}` ({}): solver {}: {e}{hint}", t.name, storage.name(), m.spec()))
                 })?;
                 if m.nesting().is_some() && !exporter.stores_codes() {
                     return Err(Error::Other(format!(
