@@ -609,10 +609,13 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
             .collect();
         export.recipe["nested"] = serde_json::Value::Object(map);
     }
+    // The narrower widths every nested tensor serves (a recipe may nest tensors differently;
+    // `eval --slice` reads a width only where every nested weight has it).
     let slice_widths: Vec<u32> = {
         let mut w: Vec<u32> = nested.iter().flat_map(|(_, n)| n.bits[1..].iter().copied()).collect();
         w.sort_unstable_by(|a, b| b.cmp(a));
         w.dedup();
+        w.retain(|b| nested.iter().all(|(_, n)| n.bits[1..].contains(b)));
         w
     };
     let nested_numel: Vec<(usize, u32)> = nested
