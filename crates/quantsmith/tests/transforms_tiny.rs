@@ -3,6 +3,8 @@
 //! 1e-4 relative; activation and KV-cache quantization are recorded in the output and applied
 //! when it is loaded; what cannot be carried out is refused before any work.
 
+#[allow(dead_code)]
+mod common;
 mod tiny;
 
 use std::path::Path;
@@ -258,4 +260,180 @@ fn what_cannot_be_done_is_refused_before_any_work() {
         assert!(e.contains(want), "expected `{want}` in: {e}");
         assert!(!out.exists() && !dir.path().join("d").exists(), "{want}: something was written");
     }
+}
+
+/// Mean of `lin`'s output over the rows of `x`, per output channel.
+fn mean_output(lin: &quantsmith::arch::Linear, x: &[f32]) -> Vec<f64> {
+    let rows = x.len() / lin.inp;
+    let y = lin.forward(x, rows);
+    let mut m = vec![0f64; lin.out];
+    for row in y.chunks_exact(lin.out) {
+        m.iter_mut().zip(row).for_each(|(m, v)| *m += *v as f64 / rows as f64);
+    }
+    m
+}
+
+#[test]
+fn bias_correction_restores_each_linears_mean_output() {
+    use quantsmith::calib::{Cross, Hessian};
+    use quantsmith::transform::{transform, SolvedGroup};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let src = Tiny::default().gguf_in(dir.path());
+    let f = ModelFile::open(&src).unwrap();
+    let arch = quantsmith::arch::arch_for(&f).unwrap();
+    // The quantized model's input of the attention group (x_q), and the float model's (x_f,
+    // shifted and scaled from it as upstream quantization error would).
+    let rows = 300;
+    let xq = tiny::Rng(7).vec(rows * tiny::D, 1.0);
+    let xf: Vec<f32> =
+        xq.iter().enumerate().map(|(k, v)| v * 1.05 + 0.02 * ((k % tiny::D) as f32 / 50.0 - 2.0)).collect();
+    for (spec, float_input) in [("bias-correct:local", &xq), ("bias-correct", &xf)] {
+        let t = transform(spec).unwrap();
+        let mut blk = arch.load_block(1, 64).unwrap();
+        let grp = &blk.groups()[0];
+        let mut float_w: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+        let mut want = Vec::new();
+        for &l in grp.linears {
+            let lin = blk.linear_mut(l).unwrap();
+            assert!(lin.b.is_none());
+            float_w.insert(l, lin.w.clone());
+            want.push(mean_output(lin, float_input));
+            // A coarse quantization: the output means move.
+            lin.w.iter_mut().for_each(|w| *w = (*w * 8.0).round() / 8.0);
+        }
+        let mut h = Hessian::diagonal(tiny::D);
+        h.add(&xq, rows);
+        let mut c = Cross::new(tiny::D);
+        c.add(&xf, &xq, rows);
+        t.after_group(&mut SolvedGroup {
+            block_index: 1,
+            group: grp,
+            block: &mut *blk,
+            float_weights: &float_w,
+            hessian: &h,
+            cross: Some(&c),
+        })
+        .unwrap();
+        for (&l, want) in grp.linears.iter().zip(&want) {
+            let lin = blk.linear(l).unwrap();
+            assert!(lin.b.is_some(), "{spec}: {l} got no bias");
+            let got = mean_output(lin, &xq);
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!("{spec} {l}: mean output off by {err:.2e} (scale {scale:.2e})");
+            assert!(err < 1e-4 * scale.max(1.0), "{spec} {l}: mean output off by {err} (scale {scale})");
+        }
+    }
+}
+
+#[test]
+fn bias_correction_is_written_read_back_and_refused_where_it_cannot_be_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Tiny::default().gguf_in(dir.path());
+    let base = logits(&src);
+    // Unquantized, the correction is zero: the model keeps its function.
+    let out = dir.path().join("f32.gguf");
+    let mut o = opts(&out, Some("F32"), "rtn", "gguf");
+    o.transforms = vec!["bias-correct".into()];
+    quantize(src.to_str().unwrap(), &o, &quiet).unwrap();
+    let rd = rel_diff(&base, &logits(&out));
+    assert!(rd < 1e-4, "an unquantized model's correction changed its logits by {rd}");
+    assert!(tensor(&out, "blk.0.ffn_down.bias").iter().all(|v| v.abs() < 1e-5));
+    // Quantized: every block linear gets a bias, in GGUF and in a directory layout whose
+    // config says so (transformers' Llama reads them under attention_bias / mlp_bias).
+    let plain = dir.path().join("plain.gguf");
+    quantize(src.to_str().unwrap(), &opts(&plain, Some("Q4_0"), "rtn", "gguf"), &quiet).unwrap();
+    for (layout, method) in [("gguf", "rtn"), ("gguf", "gptq"), ("fake-quant", "gptq")] {
+        let out = dir.path().join(format!("bc-{layout}-{method}{}", if layout == "gguf" { ".gguf" } else { "" }));
+        let mut o = opts(&out, (layout == "gguf").then_some("Q4_0"), method, layout);
+        if layout != "gguf" {
+            o.rules = vec![Rule::parse_scheme("blk.*=int4:g64").unwrap()];
+        }
+        o.transforms = vec!["bias-correct".into()];
+        let r = quantize(src.to_str().unwrap(), &o, &quiet).unwrap();
+        assert!(r.calib_tokens > 0, "bias correction needs calibration");
+        let f = ModelFile::open(&out).unwrap();
+        for i in 0..tiny::N_LAYER {
+            for l in quantsmith::arch::llama::LINEAR_NAMES {
+                let name = if layout == "gguf" {
+                    format!("blk.{i}.{l}.bias")
+                } else {
+                    quantsmith::arch::arch_for(&f).unwrap().hf_name(&format!("blk.{i}.{l}.bias"))
+                };
+                let b = f.source().load_f32(&name).unwrap_or_else(|e| panic!("{layout} {method}: {name}: {e}"));
+                assert!(b.iter().any(|v| *v != 0.0), "{layout} {method}: {name} is all zero");
+            }
+        }
+        if layout != "gguf" {
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+            assert_eq!(cfg["attention_bias"], true, "{cfg}");
+            assert_eq!(cfg["mlp_bias"], true, "{cfg}");
+        }
+        if layout != "gguf" {
+            transformers_agrees(&out);
+        }
+        // Loaded back, the biases are applied.
+        let rd = rel_diff(&logits(&plain), &logits(&out));
+        eprintln!("{layout} {method}: logits moved by {rd:.3e} from the uncorrected Q4_0 file");
+        if method == "rtn" {
+            assert!(rd > 1e-6, "the corrected file computes what the uncorrected one does");
+        }
+    }
+    // What cannot hold it, or a bad option: refused before any work.
+    std::fs::create_dir_all(dir.path().join("q")).unwrap();
+    let qwen = Tiny { qwen: true, ..Default::default() }.gguf_in(&dir.path().join("q"));
+    let out = dir.path().join("bad.gguf");
+    let mut o = opts(&out, Some("Q4_0"), "rtn", "gguf");
+    o.transforms = vec!["bias-correct".into()];
+    let e = quantize(qwen.to_str().unwrap(), &o, &quiet).unwrap_err().to_string();
+    assert!(e.contains("bias-correct") && e.contains("qwen2"), "{e}");
+    o.transforms = vec!["bias-correct:global".into()];
+    let e = quantize(src.to_str().unwrap(), &o, &quiet).unwrap_err().to_string();
+    assert!(e.contains("bias-correct:local"), "{e}");
+    assert!(!out.exists());
+}
+
+/// transformers loads the directory `out` (every tensor used, none missing) and computes the
+/// logits quantsmith computes from it, to 1e-4 relative.
+fn transformers_agrees(out: &Path) {
+    if std::env::var_os("QUANTSMITH_SKIP_TORCH_TESTS").is_some() {
+        eprintln!("QUANTSMITH_SKIP_TORCH_TESTS is set: transformers cross-check NOT run");
+        return;
+    }
+    const PY_PACKAGES: &[&str] = &["compressed-tensors==0.20.1", "transformers==5.24.0", "torch==2.15.0"];
+    let python = common::pyenv::python_with(PY_PACKAGES);
+    let script = common::repo().join("crates/quantsmith/tests/py/llama_logits.py");
+    let tokens: Vec<u32> = (0..64u32).map(|i| (i * 37 + 11) % 256).collect();
+    let tok_path = out.with_extension("tokens");
+    let logits_path = out.with_extension("logits");
+    std::fs::write(&tok_path, tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let o = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(out)
+        .arg(&tok_path)
+        .arg("2")
+        .arg(&logits_path)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    assert!(
+        o.status.success(),
+        "{} failed:\n{}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let theirs: Vec<f32> = std::fs::read(&logits_path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let ours = logits(out);
+    assert_eq!(theirs.len(), ours.len());
+    let rd = rel_diff(&ours, &theirs);
+    eprintln!("{}: transformers' logits differ from ours by {rd:.2e} relative", out.display());
+    assert!(rd < 1e-4, "{}: transformers computes other logits ({rd} relative)", out.display());
 }

@@ -106,7 +106,10 @@ pub struct Args {
     #[arg(long, value_name = "KIND[:seed=N][:online]")]
     pub rotate: Option<String>,
     /// Transform applied to every linear group before it is solved, in order (repeatable):
-    /// `smoothquant[:ALPHA][:all]`, `awq[:grid=N]`, `scale-fold:seed=1`.
+    /// `smoothquant[:ALPHA][:all]`, `awq[:grid=N]`, `scale-fold:seed=1`; or a correction
+    /// applied after it is solved: `bias-correct` (every block linear gets the bias that brings
+    /// its mean output on the calibration data back to the float model's; Llama models),
+    /// `bias-correct:local` (only the layer's own error, no float pass).
     #[arg(long = "transform")]
     pub transforms: Vec<String>,
     /// Quantize the input of every linear layer (per token) in this format at inference:

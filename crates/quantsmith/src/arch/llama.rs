@@ -149,8 +149,13 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
     /// Pairing of q/k rows for RoPE.
     pub rope: RopeLayout,
-    /// Whether q/k/v have biases (Qwen2).
+    /// Whether q/k/v have biases (Qwen2; Llama with `attention_bias`).
     pub qkv_bias: bool,
+    /// Whether the attention output projection has a bias (Llama with `attention_bias`; a GGUF
+    /// file that has `attn_output.bias`, as a bias-corrected quantization writes).
+    pub o_bias: bool,
+    /// Whether gate/up/down have biases (Llama's `mlp_bias`; GGUF's optional `ffn_*.bias`).
+    pub mlp_bias: bool,
     /// Tensor naming convention of the checkpoint.
     pub naming: Naming,
     /// Context length the model was trained for (`context_length`, `max_position_embeddings`).
@@ -195,6 +200,8 @@ impl LlamaConfig {
             rms_eps: g.get_f32(&k("attention.layer_norm_rms_epsilon"))?,
             rope,
             qkv_bias: g.info("blk.0.attn_q.bias").is_some(),
+            o_bias: g.info("blk.0.attn_output.bias").is_some(),
+            mlp_bias: g.info("blk.0.ffn_down.bias").is_some(),
             naming: Naming::Gguf,
             n_ctx: g.opt_u32(&k("context_length"))?.map(|v| v as usize),
             arch: arch.clone(),
@@ -240,9 +247,13 @@ impl LlamaConfig {
             .and_then(|v| v.as_str())
             .ok_or_else(|| err("model_type", "missing".into()))?
             .to_string();
-        let qkv_bias = match arch.as_str() {
-            "llama" | "mistral" => c.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
-            "qwen2" => true,
+        let flag = |key: &str| c.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+        // transformers' Llama gives q/k/v *and* o a bias under `attention_bias`, and gate/up/
+        // down one under `mlp_bias`; Qwen2 has q/k/v biases only.
+        let (qkv_bias, o_bias, mlp_bias) = match arch.as_str() {
+            "llama" => (flag("attention_bias"), flag("attention_bias"), flag("mlp_bias")),
+            "mistral" => (flag("attention_bias"), false, false),
+            "qwen2" => (true, false, false),
             other => {
                 return Err(err(
                     "model_type",
@@ -349,6 +360,8 @@ impl LlamaConfig {
             rms_eps: c.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6) as f32,
             rope: RopeLayout::Halves,
             qkv_bias,
+            o_bias,
+            mlp_bias,
             naming: Naming::Hf,
             n_ctx: c.get("max_position_embeddings").and_then(|v| v.as_u64()).map(|v| v as usize),
             arch,
@@ -485,11 +498,11 @@ impl Block {
             q: lin(LinearRole::Q, qd, d, cfg.qkv_bias)?,
             k: lin(LinearRole::K, kvd, d, cfg.qkv_bias)?,
             v: lin(LinearRole::V, kvd, d, cfg.qkv_bias)?,
-            o: lin(LinearRole::O, d, qd, false)?,
+            o: lin(LinearRole::O, d, qd, cfg.o_bias)?,
             ffn_norm: load_checked(src, path, &n.ffn_norm(i), &[d])?,
-            gate: lin(LinearRole::Gate, cfg.d_ff, d, false)?,
-            up: lin(LinearRole::Up, cfg.d_ff, d, false)?,
-            down: lin(LinearRole::Down, d, cfg.d_ff, false)?,
+            gate: lin(LinearRole::Gate, cfg.d_ff, d, cfg.mlp_bias)?,
+            up: lin(LinearRole::Up, cfg.d_ff, d, cfg.mlp_bias)?,
+            down: lin(LinearRole::Down, d, cfg.d_ff, cfg.mlp_bias)?,
             attn: Attention::new(cfg.n_head, cfg.n_head_kv, cfg.head_dim),
         };
         b.install_runtime(&cfg.runtime, i)?;

@@ -19,6 +19,8 @@ pub struct Hessian {
     pub sum_x2: Vec<f64>,
     /// Σ |x| per channel.
     pub sum_abs: Vec<f64>,
+    /// Σ x per channel (the input's mean, for bias correction).
+    pub sum_x: Vec<f64>,
     /// max |x| per channel.
     pub max_abs: Vec<f32>,
     /// Number of input rows (tokens) seen.
@@ -33,6 +35,7 @@ impl Hessian {
             sum_xxt: vec![0.0; n * n],
             sum_x2: Vec::new(),
             sum_abs: vec![0.0; n],
+            sum_x: vec![0.0; n],
             max_abs: vec![0.0; n],
             count: 0,
         }
@@ -42,7 +45,15 @@ impl Hessian {
     /// and the moments, at O(n) per token instead of the O(n²) of a full Hessian. For runs
     /// whose solvers need no Hessian (round-to-nearest with an importance matrix).
     pub fn diagonal(n: usize) -> Hessian {
-        Hessian { n, sum_xxt: Vec::new(), sum_x2: vec![0.0; n], sum_abs: vec![0.0; n], max_abs: vec![0.0; n], count: 0 }
+        Hessian {
+            n,
+            sum_xxt: Vec::new(),
+            sum_x2: vec![0.0; n],
+            sum_abs: vec![0.0; n],
+            sum_x: vec![0.0; n],
+            max_abs: vec![0.0; n],
+            count: 0,
+        }
     }
 
     /// Whether Σ x xᵀ is kept whole (GPTQ, output errors) or only its diagonal.
@@ -82,10 +93,19 @@ impl Hessian {
         for (a, b) in self.sum_abs.iter_mut().zip(&p.sum_abs) {
             *a += b;
         }
+        for (a, b) in self.sum_x.iter_mut().zip(&p.sum_x) {
+            *a += b;
+        }
         for (a, b) in self.max_abs.iter_mut().zip(&p.max_abs) {
             *a = a.max(*b);
         }
         self.count += p.count;
+    }
+
+    /// The input's mean per channel, Σx / count.
+    pub fn channel_mean(&self) -> Vec<f64> {
+        let c = self.count.max(1) as f64;
+        self.sum_x.iter().map(|v| v / c).collect()
     }
 
     /// llama.cpp's importance matrix: per input column, the mean of x² over the tokens.
@@ -118,6 +138,7 @@ impl Hessian {
                 self.sum_x2[i] /= s[i] as f64 * s[i] as f64;
             }
             self.sum_abs[i] /= s[i].abs() as f64;
+            self.sum_x[i] /= s[i] as f64;
             self.max_abs[i] /= s[i].abs();
         }
     }
@@ -131,6 +152,9 @@ impl Hessian {
             *a += b;
         }
         for (a, b) in self.sum_abs.iter_mut().zip(&other.sum_abs) {
+            *a += b;
+        }
+        for (a, b) in self.sum_x.iter_mut().zip(&other.sum_x) {
             *a += b;
         }
         for (a, b) in self.max_abs.iter_mut().zip(&other.max_abs) {
@@ -220,6 +244,7 @@ pub struct HessianPart {
     grams: Vec<Vec<f32>>,
     sum_x2: Vec<f64>,
     sum_abs: Vec<f64>,
+    sum_x: Vec<f64>,
     max_abs: Vec<f32>,
     count: usize,
 }
@@ -233,6 +258,7 @@ impl HessianPart {
             grams: Vec::new(),
             sum_x2: Vec::new(),
             sum_abs: vec![0.0; n],
+            sum_x: vec![0.0; n],
             max_abs: vec![0.0; n],
             count: 0,
         }
@@ -249,11 +275,17 @@ impl HessianPart {
         debug_assert_eq!(x.len(), rows * n);
         if !self.full {
             for row in x.chunks_exact(n) {
-                for (((q, s), m), &v) in
-                    self.sum_x2.iter_mut().zip(self.sum_abs.iter_mut()).zip(self.max_abs.iter_mut()).zip(row)
+                for ((((q, s), m), t), &v) in self
+                    .sum_x2
+                    .iter_mut()
+                    .zip(self.sum_abs.iter_mut())
+                    .zip(self.max_abs.iter_mut())
+                    .zip(self.sum_x.iter_mut())
+                    .zip(row)
                 {
                     *q += v as f64 * v as f64;
                     *s += v.abs() as f64;
+                    *t += v as f64;
                     *m = m.max(v.abs());
                 }
             }
@@ -265,8 +297,11 @@ impl HessianPart {
             self.grams.push(lower_gram(MatRef::from_row_major_slice(chunk, r, n)));
         }
         for row in x.chunks_exact(n) {
-            for ((s, m), &v) in self.sum_abs.iter_mut().zip(self.max_abs.iter_mut()).zip(row) {
+            for (((s, m), t), &v) in
+                self.sum_abs.iter_mut().zip(self.max_abs.iter_mut()).zip(self.sum_x.iter_mut()).zip(row)
+            {
                 *s += v.abs() as f64;
+                *t += v as f64;
                 *m = m.max(v.abs());
             }
         }
@@ -293,6 +328,7 @@ impl crate::dist::Stat for Hessian {
         }
         put_f64s(&mut out, &p.sum_x2);
         put_f64s(&mut out, &p.sum_abs);
+        put_f64s(&mut out, &p.sum_x);
         put_f32s(&mut out, &p.max_abs);
         out
     }
@@ -311,12 +347,12 @@ impl crate::dist::Stat for Hessian {
             }
             grams.push(g);
         }
-        let (sum_x2, sum_abs, max_abs) = (r.f64s()?, r.f64s()?, r.f32s()?);
+        let (sum_x2, sum_abs, sum_x, max_abs) = (r.f64s()?, r.f64s()?, r.f64s()?, r.f32s()?);
         r.done()?;
-        if sum_abs.len() != n || max_abs.len() != n || sum_x2.len() != if full { 0 } else { n } {
+        if sum_abs.len() != n || sum_x.len() != n || max_abs.len() != n || sum_x2.len() != if full { 0 } else { n } {
             return Err(format!("moments of the wrong width (expected {n})"));
         }
-        Ok(HessianPart { n, full, grams, sum_x2, sum_abs, max_abs, count })
+        Ok(HessianPart { n, full, grams, sum_x2, sum_abs, sum_x, max_abs, count })
     }
 
     fn to_bytes(&self) -> Vec<u8> {
@@ -327,6 +363,7 @@ impl crate::dist::Stat for Hessian {
         put_f64s(&mut out, &self.sum_xxt);
         put_f64s(&mut out, &self.sum_x2);
         put_f64s(&mut out, &self.sum_abs);
+        put_f64s(&mut out, &self.sum_x);
         put_f32s(&mut out, &self.max_abs);
         out
     }
@@ -335,10 +372,18 @@ impl crate::dist::Stat for Hessian {
         let mut r = crate::dist::wire::Reader::new(b);
         let n = r.u64()? as usize;
         let count = r.u64()? as usize;
-        let h = Hessian { n, count, sum_xxt: r.f64s()?, sum_x2: r.f64s()?, sum_abs: r.f64s()?, max_abs: r.f32s()? };
+        let h = Hessian {
+            n,
+            count,
+            sum_xxt: r.f64s()?,
+            sum_x2: r.f64s()?,
+            sum_abs: r.f64s()?,
+            sum_x: r.f64s()?,
+            max_abs: r.f32s()?,
+        };
         r.done()?;
         let full_ok = h.sum_xxt.len() == n * n || h.sum_xxt.is_empty();
-        if !full_ok || h.sum_abs.len() != n || h.max_abs.len() != n {
+        if !full_ok || h.sum_abs.len() != n || h.sum_x.len() != n || h.max_abs.len() != n {
             return Err(format!("statistics of the wrong width (expected {n})"));
         }
         Ok(h)
@@ -354,6 +399,9 @@ pub struct Cross {
     pub n: usize,
     /// Σ (x_f − x_q) x_qᵀ.
     pub sum: Vec<f64>,
+    /// Σ (x_f − x_q) per channel (the float input's mean is the quantized one's plus this
+    /// over `count`).
+    pub sum_delta: Vec<f64>,
     /// Number of input rows (tokens) seen.
     pub count: usize,
 }
@@ -361,7 +409,7 @@ pub struct Cross {
 impl Cross {
     /// Empty statistics for inputs of width `n`.
     pub fn new(n: usize) -> Cross {
-        Cross { n, sum: vec![0.0; n * n], count: 0 }
+        Cross { n, sum: vec![0.0; n * n], sum_delta: vec![0.0; n], count: 0 }
     }
 
     /// Adds `rows` rows of both inputs (`[rows, n]` each, row-major): one batch, as
@@ -384,6 +432,9 @@ impl Cross {
                 *s += v as f64;
             }
         }
+        for (s, v) in self.sum_delta.iter_mut().zip(&p.sum_delta) {
+            *s += v;
+        }
         self.count += p.count;
     }
 
@@ -391,6 +442,12 @@ impl Cross {
     pub fn mean(&self) -> Vec<f64> {
         let c = self.count.max(1) as f64;
         self.sum.iter().map(|v| v / c).collect()
+    }
+
+    /// The float input's mean per channel, given the quantized input's (`mean_q`).
+    pub fn float_mean(&self, mean_q: &[f64]) -> Vec<f64> {
+        let c = self.count.max(1) as f64;
+        mean_q.iter().zip(&self.sum_delta).map(|(m, d)| m + d / c).collect()
     }
 
     /// Whether both inputs were the same on every token (nothing quantized before them).
@@ -497,13 +554,14 @@ mod tests {
 pub struct CrossPart {
     n: usize,
     mats: Vec<Vec<f32>>,
+    sum_delta: Vec<f64>,
     count: usize,
 }
 
 impl CrossPart {
     /// An empty contribution to a cross term of width `n`.
     pub fn new(n: usize) -> CrossPart {
-        CrossPart { n, mats: Vec::new(), count: 0 }
+        CrossPart { n, mats: Vec::new(), sum_delta: vec![0.0; n], count: 0 }
     }
 
     /// Adds `rows` rows of both inputs (`[rows, n]` each, row-major).
@@ -517,6 +575,11 @@ impl CrossPart {
             let delta: Vec<f32> = xf[a..b].iter().zip(&xq[a..b]).map(|(f, q)| f - q).collect();
             if delta.iter().all(|v| *v == 0.0) {
                 continue;
+            }
+            for row in delta.chunks_exact(n) {
+                for (s, &v) in self.sum_delta.iter_mut().zip(row) {
+                    *s += v as f64;
+                }
             }
             let mut p = Mat::<f32>::zeros(n, n);
             let dm = MatRef::from_row_major_slice(&delta, r, n);
@@ -550,6 +613,7 @@ impl crate::dist::Stat for Cross {
         for m in &p.mats {
             put_f32s(&mut out, m);
         }
+        put_f64s(&mut out, &p.sum_delta);
         out
     }
 
@@ -566,8 +630,12 @@ impl crate::dist::Stat for Cross {
             }
             mats.push(m);
         }
+        let sum_delta = r.f64s()?;
         r.done()?;
-        Ok(CrossPart { n, mats, count })
+        if sum_delta.len() != n {
+            return Err(format!("{} channel sums for width {n}", sum_delta.len()));
+        }
+        Ok(CrossPart { n, mats, sum_delta, count })
     }
 
     fn to_bytes(&self) -> Vec<u8> {
@@ -576,6 +644,7 @@ impl crate::dist::Stat for Cross {
         put_u64(&mut out, self.n as u64);
         put_u64(&mut out, self.count as u64);
         put_f64s(&mut out, &self.sum);
+        put_f64s(&mut out, &self.sum_delta);
         out
     }
 
@@ -583,11 +652,11 @@ impl crate::dist::Stat for Cross {
         let mut r = crate::dist::wire::Reader::new(b);
         let n = r.u64()? as usize;
         let count = r.u64()? as usize;
-        let sum = r.f64s()?;
+        let (sum, sum_delta) = (r.f64s()?, r.f64s()?);
         r.done()?;
-        if sum.len() != n * n {
+        if sum.len() != n * n || sum_delta.len() != n {
             return Err(format!("a cross term of {} entries for width {n}", sum.len()));
         }
-        Ok(Cross { n, sum, count })
+        Ok(Cross { n, sum, sum_delta, count })
     }
 }

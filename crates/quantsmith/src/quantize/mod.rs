@@ -448,7 +448,10 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
         .into_iter()
         .filter(|f| plan.entry(&f.tensor).is_some_and(|e| !e.from_rule && e.storage.name() == f.to))
         .collect();
-    let calibrates = opts.budget.is_some() || opts.pipeline.imatrix == ImatrixSource::Calibrate || plan.needs_hessian();
+    let calibrates = opts.budget.is_some()
+        || opts.pipeline.imatrix == ImatrixSource::Calibrate
+        || plan.needs_hessian()
+        || transforms.iter().any(|t| t.corrects() || t.needs_hessian());
     if calibrates {
         if let Some(n) = arch.max_len().filter(|&n| opts.pipeline.calib.len > n) {
             return Err(Error::Other(format!(
@@ -465,6 +468,14 @@ fn run_job(input: &str, opts: &QuantizeOptions, events: &dyn Events, plan_only: 
     if let Some(o) = export.hf_config.as_object_mut() {
         if added.iter().any(|t| t.name == "output.weight") {
             o.insert("tie_word_embeddings".into(), serde_json::Value::Bool(false));
+        }
+        // Biases a correction added: transformers' Llama reads them under these flags (q/k/v
+        // and o under `attention_bias`, gate/up/down under `mlp_bias`).
+        if added.iter().any(|t| t.name.ends_with(".attn_output.bias")) {
+            o.insert("attention_bias".into(), serde_json::Value::Bool(true));
+        }
+        if added.iter().any(|t| t.name.ends_with(".ffn_down.bias")) {
+            o.insert("mlp_bias".into(), serde_json::Value::Bool(true));
         }
         if !runtime.is_empty() {
             o.insert(arch::runtime::RUNTIME_KEY.into(), runtime.to_json());

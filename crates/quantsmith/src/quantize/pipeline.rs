@@ -23,7 +23,7 @@ use crate::dist::Reduce;
 use crate::export::{ExportModel, Exporter, QuantTensor, TensorData};
 use crate::solve::{layer_error, LayerError, LayerProblem};
 use crate::tokenizer::Tokenizer;
-use crate::transform::{GroupCtx, Transform};
+use crate::transform::{GroupCtx, SolvedGroup, Transform};
 use crate::{Error, Result};
 
 /// Where per-column importance (llama.cpp's imatrix) comes from.
@@ -232,6 +232,9 @@ struct SolveCtx<'a> {
     plan: &'a Plan,
     opts: &'a PipelineOptions,
     file_imatrix: Option<&'a super::imatrix::Imatrix>,
+    /// Whether the quantized weights feed what follows (the sequential pipeline): the solve
+    /// then keeps a dequantized copy.
+    sequential: bool,
 }
 
 impl SolveCtx<'_> {
@@ -293,8 +296,8 @@ impl SolveCtx<'_> {
             let target = asymmetric_target_of(entry, &name, &lin.w, &shape, h, cross)?;
             let w = target.as_deref().unwrap_or(&lin.w);
             // Only the sequential pipeline computes with the quantized weights afterwards.
-            let keep = self.plan.needs_hessian();
-            let (rep, t, dq) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i), keep)?;
+            let (rep, t, dq) =
+                solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i), self.sequential)?;
             if let Some(dq) = dq {
                 lin.w = dq;
             }
@@ -416,15 +419,17 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
 
     let needs_h = plan.needs_hessian();
     let transform_stats = inp.transforms.iter().any(|t| t.needs_hessian());
+    // A correcting transform (bias correction) needs each group's input in the quantized model.
+    let corrects = inp.transforms.iter().any(|t| t.corrects());
     let static_act = inp.runtime.static_act();
-    let calibrate = needs_h || transform_stats || static_act || opts.imatrix == ImatrixSource::Calibrate;
+    let calibrate = needs_h || transform_stats || static_act || corrects || opts.imatrix == ImatrixSource::Calibrate;
     // GPTQ sees the activations of the quantized groups; an imatrix those of the original.
-    let sequential = needs_h;
+    let sequential = needs_h || corrects;
     let file_imatrix = match &opts.imatrix {
         ImatrixSource::File(p) => Some(super::imatrix::read_imatrix(p)?),
         _ => None,
     };
-    let sctx = SolveCtx { plan, opts, file_imatrix: file_imatrix.as_ref() };
+    let sctx = SolveCtx { plan, opts, file_imatrix: file_imatrix.as_ref(), sequential };
     // Under MPI (crate::dist): rank 0 writes; every rank calibrates and propagates its own
     // batches. Checkpoints hold rank 0's activations only, so such runs do not resume.
     let comm = crate::dist::world();
@@ -536,8 +541,9 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     // This rank's batch of round j, if it has one.
     let local_batches = x.len().div_ceil(batch_len);
     // Asymmetric calibration: a second stream through the blocks with their float weights,
-    // whose group inputs are the targets' (checkpointed beside `x`).
-    let asym = sequential && plan.has_asymmetric();
+    // whose group inputs are the targets' (checkpointed beside `x`); bias correction against
+    // the float model's means reads it too.
+    let asym = sequential && (plan.has_asymmetric() || inp.transforms.iter().any(|t| t.needs_float_stream()));
     let mut xf: Vec<f32> = Vec::new();
     if asym {
         if resumed_blocks > 0 {
@@ -616,13 +622,17 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             let n_batches = local_batches;
             let mut carries: Vec<Vec<f32>> = vec![Vec::new(); n_batches];
             let mut carries_f: Vec<Vec<f32>> = vec![Vec::new(); if asym { n_batches } else { 0 }];
-            // The float weights of the block (after its transforms), for the float stream.
+            // The float weights of the block (after its transforms), for the float stream and
+            // the corrections.
+            // (A correction changes the biases: the float stream keeps the original ones.)
             let mut float_w: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
-            if asym {
+            let mut float_b: BTreeMap<&str, Option<Vec<f32>>> = BTreeMap::new();
+            if asym || corrects {
                 for grp in groups.iter() {
                     for &l in grp.linears {
                         if let Some(lin) = blk.linear(l) {
                             float_w.insert(l, lin.w.clone());
+                            float_b.insert(l, lin.b.clone());
                         }
                     }
                 }
@@ -642,7 +652,9 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             for (g, grp) in groups.iter().enumerate() {
                 let t = Instant::now();
                 let width = group_width(&*blk, grp.linears, i)?;
-                let mut h = Reduce::new(Hessian::new(width), comm);
+                // Without a Hessian-based solver (round-to-nearest under a correcting
+                // transform) the diagonal statistics and the moments are enough.
+                let mut h = Reduce::new(if needs_h { Hessian::new(width) } else { Hessian::diagonal(width) }, comm);
                 let mut inputs = Vec::with_capacity(n_batches);
                 let mut chunks = x.chunks_mut(batch_len);
                 for b in 0..n_rounds {
@@ -652,7 +664,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                         let hin = blk.group_input(g, &mut st);
                         carries[b] = st.carry;
                         let th = Instant::now();
-                        let mut p = HessianPart::full(width);
+                        let mut p = if needs_h { HessianPart::full(width) } else { HessianPart::diagonal(width) };
                         add_seen_weighted(&mut p, &*blk, grp.linears, &hin, width, batch_weights(b));
                         hs_seconds += th.elapsed().as_secs_f64();
                         inputs.push(hin);
@@ -688,6 +700,16 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                 }
                 let t = Instant::now();
                 sctx.solve_group(&mut *blk, grp.linears, Some(&h), cross.as_ref(), i, &mut spill, &mut state.tensors)?;
+                for tr in inp.transforms.iter().filter(|t| t.corrects()) {
+                    tr.after_group(&mut SolvedGroup {
+                        block_index: i,
+                        group: grp,
+                        block: &mut *blk,
+                        float_weights: &float_w,
+                        hessian: &h,
+                        cross: cross.as_ref(),
+                    })?;
+                }
                 phases.solve += t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 for (b, xb) in x.chunks_mut(batch_len).enumerate() {
@@ -697,13 +719,13 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                 }
                 if asym {
                     // The float stream runs the group with its float weights.
-                    swap_weights(&mut *blk, grp.linears, &mut float_w);
+                    swap_weights(&mut *blk, grp.linears, &mut float_w, &mut float_b);
                     for (b, xb) in xf.chunks_mut(batch_len).enumerate() {
                         let mut st = BlockState { x: xb, seq_len, carry: std::mem::take(&mut carries_f[b]) };
                         blk.advance(g, &mut st, std::mem::take(&mut inputs_f[b]));
                         carries_f[b] = st.carry;
                     }
-                    swap_weights(&mut *blk, grp.linears, &mut float_w);
+                    swap_weights(&mut *blk, grp.linears, &mut float_w, &mut float_b);
                 }
                 phases.propagate += t.elapsed().as_secs_f64();
             }
@@ -878,7 +900,18 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     let mut reports: BTreeMap<String, TensorReport> = state.tensors.drain(..).map(|r| (r.name.clone(), r)).collect();
     let mut ordered = Vec::new();
     let mut order = arch.tensor_names();
-    // Tensors a transform added (an untied head) go after the checkpoint's own.
+    // Tensors a transform added to the blocks (a corrected bias) follow their weight; others
+    // (an untied head) go after the checkpoint's own.
+    for e in &plan.entries {
+        if order.contains(&e.name) || tail.contains_key(&e.name) {
+            continue;
+        }
+        let weight = e.name.strip_suffix(".bias").map(|b| format!("{b}.weight"));
+        match weight.and_then(|w| order.iter().position(|n| *n == w)) {
+            Some(k) => order.insert(k + 1, e.name.clone()),
+            None => order.push(e.name.clone()),
+        }
+    }
     order.extend(tail.keys().filter(|n| !order.contains(n)).cloned().collect::<Vec<_>>());
     for n in &order {
         if let Some(r) = reports.remove(n) {
@@ -1062,11 +1095,22 @@ fn add_cross(
     c.add(&f, &q, q.len() / width);
 }
 
-/// Exchanges the weights of a group's linears with those kept in `store`.
-fn swap_weights(blk: &mut dyn Block, linears: &[&str], store: &mut BTreeMap<&str, Vec<f32>>) {
+/// Exchanges the weights and biases of a group's linears with those kept in `weights` and
+/// `biases`.
+fn swap_weights(
+    blk: &mut dyn Block,
+    linears: &[&str],
+    weights: &mut BTreeMap<&str, Vec<f32>>,
+    biases: &mut BTreeMap<&str, Option<Vec<f32>>>,
+) {
     for &l in linears {
-        if let (Some(lin), Some(w)) = (blk.linear_mut(l), store.get_mut(l)) {
-            std::mem::swap(&mut lin.w, w);
+        if let Some(lin) = blk.linear_mut(l) {
+            if let Some(w) = weights.get_mut(l) {
+                std::mem::swap(&mut lin.w, w);
+            }
+            if let Some(b) = biases.get_mut(l) {
+                std::mem::swap(&mut lin.b, b);
+            }
         }
     }
 }

@@ -11,15 +11,23 @@
 //! it says so through [`GroupCtx::fold_input_scale`] (or keeps `hessian` consistent itself),
 //! so the solve and the propagation that follow see the rewritten model. Export takes every
 //! tensor from the rewritten block.
+//!
+//! A fourth point, [`Transform::after_group`], is for corrections rather than rewrites: it is
+//! called once a group's linears are quantized, before the group's output is computed for
+//! what follows ([`SolvedGroup`]: the float weights, the input's statistics in the partly
+//! quantized model and, when asked for, against the float model). Bias correction lives there.
 
 pub mod awq;
+pub mod bias_correct;
 pub mod hadamard;
 pub mod rotate;
 pub mod scale_fold;
 pub mod smoothquant;
 
+use std::collections::BTreeMap;
+
 use crate::arch::{Arch, Block, Globals, LinearGroup};
-use crate::calib::Hessian;
+use crate::calib::{Cross, Hessian};
 use crate::tensor::TensorInfo;
 use crate::{Error, Result};
 
@@ -102,8 +110,26 @@ impl GroupCtx<'_> {
     }
 }
 
+/// What a correcting transform sees of one linear group once its linears are quantized.
+pub struct SolvedGroup<'a> {
+    /// Block index.
+    pub block_index: usize,
+    /// The group.
+    pub group: &'static LinearGroup,
+    /// The block: this group's linears hold their quantized (dequantized) weights.
+    pub block: &'a mut dyn Block,
+    /// The group's linears' weights before the solve (after any rewrite), by block-local name.
+    pub float_weights: &'a BTreeMap<&'a str, Vec<f32>>,
+    /// Statistics of the group's input in the partly quantized model, as its linears see it
+    /// (through their input hook).
+    pub hessian: &'a Hessian,
+    /// The cross term against the same input in the float model, when the run keeps the float
+    /// stream ([`Transform::needs_float_stream`], or an asymmetric solver).
+    pub cross: Option<&'a Cross>,
+}
+
 /// A rewrite of the model that keeps its function (up to rounding) and changes how well it
-/// quantizes.
+/// quantizes; or, through [`Transform::after_group`], a correction of the quantized model.
 pub trait Transform: std::fmt::Debug + Send + Sync {
     /// Name as recipes spell it.
     fn name(&self) -> &'static str;
@@ -136,6 +162,20 @@ pub trait Transform: std::fmt::Debug + Send + Sync {
     fn on_group(&self, _ctx: &mut GroupCtx) -> Result<()> {
         Ok(())
     }
+    /// Whether [`Transform::after_group`] does anything: the run then computes every group's
+    /// input on the partly quantized model (as GPTQ does), whatever the solver.
+    fn corrects(&self) -> bool {
+        false
+    }
+    /// Whether [`Transform::after_group`] needs each group's input in the float model too (the
+    /// run then keeps the float stream of asymmetric calibration).
+    fn needs_float_stream(&self) -> bool {
+        false
+    }
+    /// Corrects one group once its linears are quantized (see [`SolvedGroup`]).
+    fn after_group(&self, _ctx: &mut SolvedGroup) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The transforms by name: the registry. `spec` is `NAME` or `NAME:ARGS`.
@@ -146,8 +186,9 @@ pub fn transform(spec: &str) -> Result<Box<dyn Transform>> {
         "smoothquant" => Ok(Box::new(smoothquant::SmoothQuant::parse(args)?)),
         "awq" => Ok(Box::new(awq::Awq::parse(args)?)),
         "scale-fold" => Ok(Box::new(scale_fold::ScaleFold::parse(args)?)),
+        "bias-correct" => Ok(Box::new(bias_correct::BiasCorrect::parse(args)?)),
         other => Err(Error::Other(format!(
-            "unknown transform `{other}` (known: rotate, smoothquant[:ALPHA], awq[:grid=N], scale-fold)"
+            "unknown transform `{other}` (known: rotate, smoothquant[:ALPHA], awq[:grid=N], scale-fold, bias-correct[:local])"
         ))),
     }
 }
