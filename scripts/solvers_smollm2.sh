@@ -2,7 +2,7 @@
 # The solvers beyond GPTQ on SmolLM2's dithered base: weight-only int3:g64 and int2:g64 (f16
 # scales) on every block linear, the token embedding / tied head int8 per channel, fake-quant
 # layout, each evaluated against the base on 40 chunks of Pride and Prejudice (calibration: the
-# built-in text, 128 × 512 tokens). Prints one table row per configuration: the block linears'
+# built-in text, 128 × 512 tokens; CALIB_SAMPLES=N for N × 512). Prints one table row per configuration: the block linears'
 # bits per weight (side tables counted), PPL, mean KLD ± s.e., top-1.
 #
 # usage: scripts/solvers_smollm2.sh BASE.gguf [OUTDIR] [NAME...]   (BASE: README "Measuring quality")
@@ -25,6 +25,7 @@ else
   cargo build --release -q
   q=./target/release/quantsmith
 fi
+calib=(--calib-samples "${CALIB_SAMPLES:-128}")
 embd="--scheme token_embd=int8:ch:scale=f16"
 # Configurations are declared first (`run` records them), then run: in the order given on the
 # command line, or in the order below.
@@ -44,7 +45,7 @@ go() { # name, format (or a GGUF preset: Q4_K_M, ...), quantize args...
       *) local out=$o/$name; local how=(--layout fake-quant --scheme "blk.*=$fmt:scale=f16" $embd) ;;
     esac
     "$q" quantize "$base" --out "$out" "${how[@]}" \
-      --eval "$text" --eval-chunks 40 --progress none --json --force "$@" > "$o/$name.json.tmp"
+      --eval "$text" --eval-chunks 40 --progress none --json --force "${calib[@]}" "$@" > "$o/$name.json.tmp"
     mv "$o/$name.json.tmp" "$o/$name.json"
     rm -rf "${out:?}"
   fi

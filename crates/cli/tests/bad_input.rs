@@ -1078,6 +1078,7 @@ fn rotation_and_online_quantization_mistakes() {
     run("SmoothQuant strength past 1", &["--transform", "smoothquant:1.5"], true, &["migration strength"]);
     run("AWQ grid of 0", &["--transform", "awq:grid=0"], true, &["grid"]);
     run("unknown transform", &["--transform", "quarot"], true, &["unknown transform", "rotate"]);
+    run("bias correction option", &["--transform", "bias-correct:global"], true, &["bias-correct:local"]);
     // A directory whose recorded runtime is not one quantsmith can run.
     let hf = dir.path().join("hf");
     ok(&[

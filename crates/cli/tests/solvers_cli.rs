@@ -13,14 +13,21 @@ fn run(args: &[&str]) -> (String, String) {
     (out, err)
 }
 
-#[test]
-fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
+/// A directory holding the tiny model, a calibration text and an evaluation text (another
+/// part of the novel).
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny::Tiny::default().gguf_in(dir.path());
     let calib = dir.path().join("calib.txt");
     std::fs::write(&calib, tiny::text(0, 40_000).1).unwrap();
     let eval = dir.path().join("eval.txt");
     std::fs::write(&eval, tiny::text(40_000, 20_000).1).unwrap();
+    (dir, model, calib, eval)
+}
+
+#[test]
+fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
+    let (dir, model, calib, eval) = setup();
     let (m, c, e) = (model.to_str().unwrap(), calib.to_str().unwrap(), eval.to_str().unwrap());
     let mut reports = Vec::new();
     for (name, extra) in [
@@ -108,12 +115,7 @@ fn quantease_and_outliers_write_fake_quant_that_eval_reads() {
 /// cascade's coarsest slice beats nested rounding's and joint compensation's.
 #[test]
 fn nested_codes_are_read_back_at_every_width() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny::Tiny::default().gguf_in(dir.path());
-    let calib = dir.path().join("calib.txt");
-    std::fs::write(&calib, tiny::text(0, 40_000).1).unwrap();
-    let eval = dir.path().join("eval.txt");
-    std::fs::write(&eval, tiny::text(40_000, 20_000).1).unwrap();
+    let (dir, model, calib, eval) = setup();
     let (m, c, e) = (model.to_str().unwrap(), calib.to_str().unwrap(), eval.to_str().unwrap());
     let mut kld = std::collections::HashMap::new();
     for (name, layout, method, nested, spec) in [
