@@ -188,3 +188,60 @@ fn writer_rejects_inconsistent_tensors() {
     assert!(w.add_metadata("k", GgufValue::U8(1)).is_ok());
     assert!(w.add_metadata("k", GgufValue::U8(1)).is_err());
 }
+
+/// A writer told the tensors beforehand writes the same bytes as one that spools them, also
+/// when a tensor differs from the plan or fewer arrive than planned; a failed planned writer
+/// leaves nothing.
+#[test]
+fn planned_writer_gives_the_spooled_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = all_kinds_metadata();
+    let a = f32_bytes(&pseudo_random(8 * 64, 1));
+    let q8: Vec<u8> = (0..4 * 34).map(|i| (i * 7 % 251) as u8).collect();
+    let c = f32_bytes(&pseudo_random(3, 2));
+    let tensors: Vec<(&str, Vec<u64>, GgmlType, &[u8])> = vec![
+        ("a.weight", vec![64, 8], GgmlType::F32, &a),
+        ("d.weight", vec![64, 2], GgmlType::Q8_0, &q8),
+        ("c.bias", vec![3], GgmlType::F32, &c),
+    ];
+    let write = |name: &str, plan: Option<Vec<(String, Vec<u64>, GgmlType)>>, take: usize| {
+        let path = dir.path().join(name);
+        let mut w = GgufWriter::new(&path).unwrap();
+        w.add_metadata_all(&meta).unwrap();
+        if let Some(p) = plan {
+            w.plan(&p).unwrap();
+            assert!(w.add_metadata("late", GgufValue::U8(1)).is_err(), "metadata after the header");
+        }
+        for (n, ne, ty, b) in tensors.iter().take(take) {
+            w.add_tensor(n, ne, *ty, b).unwrap();
+        }
+        w.finish().unwrap();
+        std::fs::read(&path).unwrap()
+    };
+    let plan: Vec<(String, Vec<u64>, GgmlType)> =
+        tensors.iter().map(|(n, ne, ty, _)| (n.to_string(), ne.clone(), *ty)).collect();
+    let spooled = write("spooled.gguf", None, 3);
+    assert_eq!(write("planned.gguf", Some(plan.clone()), 3), spooled);
+    // The second tensor announced with another type: the data written so far moves to the spool.
+    let mut other = plan.clone();
+    other[1].2 = GgmlType::F16;
+    other[1].1 = vec![64, 2];
+    assert_eq!(write("mismatch.gguf", Some(other), 3), spooled);
+    // One more tensor planned than arrives.
+    let mut more = plan.clone();
+    more.push(("e.weight".into(), vec![32], GgmlType::F32));
+    assert_eq!(write("more.gguf", Some(more), 3), spooled);
+    // Fewer planned than arrive.
+    assert_eq!(write("fewer.gguf", Some(plan[..2].to_vec()), 3), spooled);
+    // Dropped before finish: nothing left beside the outputs above.
+    {
+        let mut w = GgufWriter::new(&dir.path().join("never.gguf")).unwrap();
+        w.add_metadata_all(&meta).unwrap();
+        w.plan(&plan).unwrap();
+        w.add_tensor("a.weight", &[64, 8], GgmlType::F32, &a).unwrap();
+    }
+    let mut left: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["fewer.gguf", "mismatch.gguf", "more.gguf", "planned.gguf", "spooled.gguf"]);
+}

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use formats::ggml::GgmlType;
 
-use super::{ExportModel, Exporter, QuantTensor, Storage, TensorData};
+use super::{ExportModel, Exporter, PlannedTensor, QuantTensor, Storage, TensorData};
 use crate::io::GgufWriter;
 use crate::{Error, Result};
 
@@ -51,8 +51,30 @@ impl Exporter for Gguf {
         model: &ExportModel,
         tensors: &mut dyn Iterator<Item = Result<QuantTensor>>,
     ) -> Result<u64> {
+        self.write_planned(out, model, None, tensors)
+    }
+
+    fn write_planned(
+        &self,
+        out: &Path,
+        model: &ExportModel,
+        planned: Option<&[PlannedTensor]>,
+        tensors: &mut dyn Iterator<Item = Result<QuantTensor>>,
+    ) -> Result<u64> {
         let mut w = GgufWriter::new(out)?;
         w.add_metadata_all(model.gguf_metadata.iter())?;
+        // Every tensor's name, dimensions and type known: data goes straight to its place.
+        let infos: Option<Vec<(String, Vec<u64>, GgmlType)>> = planned.and_then(|p| {
+            p.iter()
+                .map(|t| match t.storage {
+                    Storage::Ggml(ty) => Some((t.name.clone(), t.shape.iter().rev().map(|&d| d as u64).collect(), ty)),
+                    _ => None,
+                })
+                .collect()
+        });
+        if let Some(infos) = infos {
+            w.plan(&infos)?;
+        }
         for t in tensors {
             let t = t?;
             let Storage::Ggml(ty) = t.storage else {

@@ -73,6 +73,31 @@ pub trait Exporter: Send + Sync {
         model: &ExportModel,
         tensors: &mut dyn Iterator<Item = Result<QuantTensor>>,
     ) -> Result<u64>;
+    /// [`Exporter::write`], told beforehand what `tensors` will yield (names, shapes and
+    /// storage, in order), when the caller knows: a layout whose header lists every tensor
+    /// (GGUF) then writes each tensor's data straight to its place instead of spooling it.
+    /// A tensor that differs from what was announced is an error.
+    fn write_planned(
+        &self,
+        out: &Path,
+        model: &ExportModel,
+        planned: Option<&[PlannedTensor]>,
+        tensors: &mut dyn Iterator<Item = Result<QuantTensor>>,
+    ) -> Result<u64> {
+        let _ = planned;
+        self.write(out, model, tensors)
+    }
+}
+
+/// A tensor an exporter is told to expect: its name, shape (`[out, in]` order) and storage.
+#[derive(Clone, Debug)]
+pub struct PlannedTensor {
+    /// Canonical name.
+    pub name: String,
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// The storage the plan chose.
+    pub storage: Storage,
 }
 
 /// The exporters by `--layout` name: the registry.

@@ -2,8 +2,11 @@
 //!
 //! Tensor data is spooled to an anonymous temporary file as tensors arrive, so memory stays
 //! near one tensor; `finish` writes header, metadata and tensor infos to a temporary file
-//! beside the destination, appends the spooled data and renames it into place. A writer
-//! dropped before `finish` (an error, a kill) leaves no file behind.
+//! beside the destination, appends the spooled data and renames it into place. A writer told
+//! every tensor beforehand ([`GgufWriter::plan`]) writes the header first and each tensor's
+//! data straight to its place in that temporary file, without the spool and its copy; a
+//! tensor that differs from the plan moves what was written into a spool and goes on the
+//! first way. A writer dropped before `finish` (an error, a kill) leaves no file behind.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -21,6 +24,15 @@ pub struct GgufWriter {
     tensors: Vec<PendingTensor>,
     data: BufWriter<File>,
     data_len: u64,
+    /// Planned mode: `data` writes to the temporary output, after the header.
+    planned: Option<Planned>,
+}
+
+/// A planned writer's announced tensors (offsets computed) and its temporary output.
+struct Planned {
+    infos: Vec<PendingTensor>,
+    header_len: u64,
+    tmp: RemoveOnDrop,
 }
 
 struct PendingTensor {
@@ -40,13 +52,87 @@ impl GgufWriter {
             tensors: Vec::new(),
             data: BufWriter::new(spool),
             data_len: 0,
+            planned: None,
         })
+    }
+
+    /// Announces every tensor, in order (name, dimensions innermost first, type), before the
+    /// first: the header is written now and each tensor's data goes straight to its place.
+    /// Metadata must all be added before. A tensor that then differs from the announcement is
+    /// still written correctly, through the spool.
+    pub fn plan(&mut self, tensors: &[(String, Vec<u64>, GgmlType)]) -> Result<()> {
+        if !self.tensors.is_empty() || self.planned.is_some() {
+            return Err(Error::Other(format!("{}: tensors planned after the first tensor", self.path.display())));
+        }
+        let align = self.alignment();
+        let mut data_len = 0u64;
+        let mut infos = Vec::with_capacity(tensors.len());
+        for (name, ne, ty) in tensors {
+            let numel = ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            let Some(numel) =
+                numel.filter(|_| !ne.is_empty() && ne.len() <= MAX_DIMS && ne[0] % ty.block_size() as u64 == 0)
+            else {
+                // add_tensor will say what is wrong with it; no plan then.
+                return Ok(());
+            };
+            let offset = data_len.div_ceil(align) * align;
+            data_len = offset + numel / ty.block_size() as u64 * ty.type_size() as u64;
+            infos.push(PendingTensor { name: name.clone(), ne: ne.clone(), ty: *ty, offset });
+        }
+        let header = header_bytes(&self.metadata, &infos);
+        let tmp_path = self.tmp_path();
+        let guard = RemoveOnDrop(Some(tmp_path.clone()));
+        // Readable too: leaving planned mode reads the data back.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)
+            .map_err(|e| Error::io(&tmp_path, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&header).map_err(|e| Error::io(&tmp_path, e))?;
+        self.data = out;
+        self.planned = Some(Planned { infos, header_len: header.len() as u64, tmp: guard });
+        Ok(())
+    }
+
+    /// Leaves planned mode: the data written so far moves to a spool (the temporary output is
+    /// removed; `finish` writes it afresh).
+    fn unplan(&mut self) -> Result<()> {
+        let Some(p) = self.planned.take() else { return Ok(()) };
+        let tmp_path = self.tmp_path();
+        let io = |e| Error::io(&tmp_path, e);
+        self.data.flush().map_err(io)?;
+        let mut file = self.data.get_ref().try_clone().map_err(io)?;
+        file.seek(SeekFrom::Start(p.header_len)).map_err(io)?;
+        let spool = tempfile::tempfile().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let mut w = BufWriter::new(spool);
+        std::io::copy(&mut std::io::Read::take(&mut file, self.data_len), &mut w).map_err(io)?;
+        self.data = w;
+        drop(file);
+        drop(p.tmp);
+        Ok(())
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // A fixed temporary name beside the output: a killed run's leftover is replaced by the
+        // next run's; an error removes it. Created as any new file is (the umask applies).
+        dir.join(format!(".{file_name}.tmp"))
     }
 
     /// Appends one metadata entry (order is kept). A repeated key is an error.
     pub fn add_metadata(&mut self, key: &str, value: GgufValue) -> Result<()> {
         if self.metadata.iter().any(|(k, _)| k == key) {
             return Err(self.err(key, "added twice".into()));
+        }
+        if self.planned.is_some() {
+            return Err(self.err(key, "added after the tensors were planned (the header is written)".into()));
         }
         if key == "general.alignment" && !matches!(value, GgufValue::U32(a) if a > 0 && a.is_power_of_two()) {
             return Err(self.err(key, "must be a u32 power of two".into()));
@@ -74,6 +160,13 @@ impl GgufWriter {
     /// Appends one tensor: `ne` is GGUF's dimension order (innermost first), `bytes` its data
     /// in `ty`'s layout.
     pub fn add_tensor(&mut self, name: &str, ne: &[u64], ty: GgmlType, bytes: &[u8]) -> Result<()> {
+        if let Some(p) = &self.planned {
+            let k = self.tensors.len();
+            let same = p.infos.get(k).is_some_and(|t| t.name == name && t.ne == ne && t.ty == ty);
+            if !same {
+                self.unplan()?;
+            }
+        }
         let terr = |msg: String| Error::Tensor { path: self.path.clone(), tensor: name.to_string(), msg };
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(terr("added twice".into()));
@@ -99,7 +192,8 @@ impl GgufWriter {
         }
         let align = self.alignment();
         let offset = self.data_len.div_ceil(align) * align;
-        let spool_err = |e| Error::io(std::env::temp_dir(), e);
+        let spool_path = if self.planned.is_some() { self.tmp_path() } else { std::env::temp_dir() };
+        let spool_err = |e| Error::io(&spool_path, e);
         self.data.write_all(&vec![0u8; (offset - self.data_len) as usize]).map_err(spool_err)?;
         self.data.write_all(bytes).map_err(spool_err)?;
         self.data_len = offset + need;
@@ -108,17 +202,22 @@ impl GgufWriter {
     }
 
     /// Writes the file under a temporary name beside `path` and renames it into place.
-    pub fn finish(self) -> Result<()> {
-        let GgufWriter { path, metadata, tensors, data, data_len: _ } = self;
+    pub fn finish(mut self) -> Result<()> {
+        if self.planned.as_ref().is_some_and(|p| p.infos.len() != self.tensors.len()) {
+            // Fewer tensors than announced: the header written is wrong.
+            self.unplan()?;
+        }
+        let tmp_path = self.tmp_path();
+        let GgufWriter { path, metadata, tensors, data, data_len: _, planned } = self;
         let io_err = |e| Error::io(&path, e);
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        // A fixed temporary name beside the output: a killed run's leftover is replaced by the
-        // next run's; an error removes it. Created as any new file is (the umask applies).
-        let tmp_path = dir.join(format!(".{file_name}.tmp"));
+        if let Some(p) = planned {
+            let tmp = data.into_inner().map_err(|e| Error::io(&tmp_path, e.into_error()))?;
+            tmp.sync_all().map_err(io_err)?;
+            drop(tmp);
+            std::fs::rename(&tmp_path, &path).map_err(io_err)?;
+            p.tmp.disarm();
+            return Ok(());
+        }
         let guard = RemoveOnDrop(Some(tmp_path.clone()));
         let tmp = std::fs::File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
         let mut out = BufWriter::new(tmp);

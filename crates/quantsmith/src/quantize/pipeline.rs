@@ -9,6 +9,10 @@
 //! block is checkpointed (its tensors, the activations after it, the report so far) in
 //! `OUT.partial/`; the same command after a kill resumes from the last finished block and,
 //! the computation being deterministic, yields a byte-identical file.
+//!
+//! A run that calibrates nothing (no block depends on the ones before) streams instead
+//! ([`run_streaming`]): each block is read and solved when the exporter reaches it, and the
+//! output is the only thing written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -430,6 +434,20 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         _ => None,
     };
     let sctx = SolveCtx { plan, opts, file_imatrix: file_imatrix.as_ref(), sequential };
+    if !calibrate {
+        if !crate::dist::is_root() {
+            // Rank 0 reads, solves and writes everything; there is nothing to share out.
+            return Ok(PipelineReport {
+                tensors: Vec::new(),
+                file_bytes: 0,
+                calib_tokens: 0,
+                phases: PhaseTimes::default(),
+                resumed_blocks: 0,
+                resumed_seconds: 0.0,
+            });
+        }
+        return run_streaming(inp, opts, events, &sctx);
+    }
     // Under MPI (crate::dist): rank 0 writes; every rank calibrates and propagates its own
     // batches. Checkpoints hold rank 0's activations only, so such runs do not resume.
     let comm = crate::dist::world();
@@ -776,18 +794,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         }
         phases.hessian += hs_seconds;
 
-        // The block's other tensors (norms, biases), from memory: a transform may have
-        // rewritten them.
-        let solved: std::collections::HashSet<String> = spill.iter().map(|t| t.name.clone()).collect();
-        for (name, shape, values) in blk.tensors() {
-            if solved.contains(&name) {
-                continue;
-            }
-            let entry = sctx.entry(&name)?;
-            let (rep, t, _) = solve_entry(entry, &name, values, &shape, None, None, Some(i), false)?;
-            spill.push(t);
-            state.tensors.push(rep);
-        }
+        block_rest(&sctx, &*blk, i, &mut spill, &mut state.tensors)?;
         drop(blk);
 
         let t = Instant::now();
@@ -863,18 +870,73 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     }
 
     let t = Instant::now();
+    let tail = solve_globals(
+        &sctx,
+        arch,
+        globals,
+        head.as_deref(),
+        head_stats.as_ref(),
+        head_cross.as_ref(),
+        &mut state.tensors,
+    )?;
+    phases.solve += t.elapsed().as_secs_f64();
+
+    // Export in the checkpoint's tensor order, block spills read lazily one at a time.
+    let t = Instant::now();
+    let order = output_order(arch, plan, &tail);
+    let mut blocks = (0..n_blocks).map(|k| read_spill(&work.join(format!("blk.{k}.bin")), plan));
+    let file_bytes = export(inp, opts, &order, tail, &mut blocks, &state.act_scales)?;
+    let ordered = order_reports(&order, std::mem::take(&mut state.tensors));
+    phases.write += t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    Ok(PipelineReport { tensors: ordered, file_bytes, calib_tokens, phases, resumed_blocks, resumed_seconds })
+}
+
+/// The rest of a solved block (norms, biases), from memory: a transform may have rewritten
+/// them.
+fn block_rest(
+    sctx: &SolveCtx,
+    blk: &dyn Block,
+    i: usize,
+    spill: &mut Vec<QuantTensor>,
+    reports: &mut Vec<TensorReport>,
+) -> Result<()> {
+    let solved: std::collections::HashSet<String> = spill.iter().map(|t| t.name.clone()).collect();
+    for (name, shape, values) in blk.tensors() {
+        if solved.contains(&name) {
+            continue;
+        }
+        let entry = sctx.entry(&name)?;
+        let (rep, t, _) = solve_entry(entry, &name, values, &shape, None, None, Some(i), false)?;
+        spill.push(t);
+        reports.push(rep);
+    }
+    Ok(())
+}
+
+/// Solves the tensors outside the blocks: the embedding, the final norm, the output head (or
+/// the tied embedding, with the statistics of the head's input when the run has them).
+fn solve_globals(
+    sctx: &SolveCtx,
+    arch: &dyn Arch,
+    mut globals: crate::arch::Globals,
+    head: Option<&str>,
+    head_stats: Option<&Hessian>,
+    head_cross: Option<&Cross>,
+    reports: &mut Vec<TensorReport>,
+) -> Result<BTreeMap<String, QuantTensor>> {
     let mut tail: BTreeMap<String, QuantTensor> = BTreeMap::new();
     let tied = arch.head_tied(&globals);
     let names: Vec<String> = globals.tensors.keys().cloned().collect();
     for name in names {
         let (shape, values) = globals.tensors.remove(&name).expect("listed");
         let entry = sctx.entry(&name)?;
-        let is_head = head.as_deref() == Some(name.as_str());
-        let h = if is_head { head_stats.as_ref() } else { None };
+        let is_head = head == Some(name.as_str());
+        let h = if is_head { head_stats } else { None };
         // A separate embedding is a lookup table: no input statistics apply.
         let importance = if is_head { sctx.importance(&name, h, &["output.weight"]) } else { None };
         // A tied head is also the embedding table: it keeps its own target.
-        let cross = if is_head && !tied { head_cross.as_ref() } else { None };
+        let cross = if is_head && !tied { head_cross } else { None };
         let target = asymmetric_target_of(entry, &name, &values, &shape, h, cross)?;
         let w = target.as_deref().unwrap_or(&values);
         let (mut rep, qt, _) = solve_entry(entry, &name, w, &shape, h, importance.as_deref(), None, false)?;
@@ -890,18 +952,17 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                 None => tied_note.to_string(),
             });
         }
-        state.tensors.push(rep);
+        reports.push(rep);
         tail.insert(name, qt);
     }
-    phases.solve += t.elapsed().as_secs_f64();
+    Ok(tail)
+}
 
-    // Export in the checkpoint's tensor order, block spills read lazily one at a time.
-    let t = Instant::now();
-    let mut reports: BTreeMap<String, TensorReport> = state.tensors.drain(..).map(|r| (r.name.clone(), r)).collect();
-    let mut ordered = Vec::new();
+/// The output's tensor order: the architecture's, with tensors a transform added to the
+/// blocks (a corrected bias) after their weight and others (an untied head) after the
+/// architecture's own.
+fn output_order(arch: &dyn Arch, plan: &Plan, tail: &BTreeMap<String, QuantTensor>) -> Vec<String> {
     let mut order = arch.tensor_names();
-    // Tensors a transform added to the blocks (a corrected bias) follow their weight; others
-    // (an untied head) go after the checkpoint's own.
     for e in &plan.entries {
         if order.contains(&e.name) || tail.contains_key(&e.name) {
             continue;
@@ -913,53 +974,180 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
         }
     }
     order.extend(tail.keys().filter(|n| !order.contains(n)).cloned().collect::<Vec<_>>());
-    for n in &order {
-        if let Some(r) = reports.remove(n) {
-            ordered.push(r);
-        }
-    }
+    order
+}
+
+/// The tensors' reports in output order.
+fn order_reports(order: &[String], reports: Vec<TensorReport>) -> Vec<TensorReport> {
+    let mut by_name: BTreeMap<String, TensorReport> = reports.into_iter().map(|r| (r.name.clone(), r)).collect();
+    order.iter().filter_map(|n| by_name.remove(n)).collect()
+}
+
+/// Writes the output: the tensors in `order`, the globals from `tail`, each block's tensors
+/// from `blocks` (block 0 first), asked for when the order first reaches one of them.
+fn export(
+    inp: &RunInputs,
+    opts: &PipelineOptions,
+    order: &[String],
+    tail: BTreeMap<String, QuantTensor>,
+    blocks: &mut dyn Iterator<Item = Result<Vec<QuantTensor>>>,
+    act_scales: &BTreeMap<String, f32>,
+) -> Result<u64> {
+    let arch = inp.arch;
     let permute = arch.qk_interleaved() != (inp.exporter.name() == "gguf" && arch.gguf_qk_interleaved());
     let mut pending: BTreeMap<String, QuantTensor> = tail;
-    let mut spills_loaded = 0usize;
-    let mut iter = order.iter().map(|name| -> Result<QuantTensor> {
-        while !pending.contains_key(name) && spills_loaded < n_blocks {
-            for t in read_spill(&work.join(format!("blk.{spills_loaded}.bin")), plan)? {
-                pending.insert(t.name.clone(), t);
+    let mut more = true;
+    let mut names = order.iter();
+    let mut next = move || -> Option<Result<QuantTensor>> {
+        let Some(name) = names.next() else {
+            // Blocks the order did not reach (a checkpoint claiming more blocks than it
+            // holds) are still produced, after the last tensor: their error fails the write.
+            while more {
+                match blocks.next() {
+                    Some(Err(e)) => return Some(Err(e)),
+                    Some(Ok(_)) => {}
+                    None => more = false,
+                }
             }
-            spills_loaded += 1;
-        }
-        let mut t = pending.remove(name).ok_or_else(|| Error::Tensor {
-            path: inp.input.to_path_buf(),
-            tensor: name.clone(),
-            msg: "not produced by the pipeline (unexpected tensor for this architecture)".into(),
-        })?;
-        if permute {
-            if let Some(heads) = arch.rope_heads(name) {
-                let p = crate::export::tensor::interleave_perm(t.shape[0], heads)?;
-                let p = if arch.qk_interleaved() { crate::export::tensor::invert(&p) } else { p };
-                t.permute_rows(&p)?;
+            return None;
+        };
+        let mut produce = || -> Result<QuantTensor> {
+            while !pending.contains_key(name) && more {
+                match blocks.next() {
+                    Some(b) => {
+                        for t in b? {
+                            pending.insert(t.name.clone(), t);
+                        }
+                    }
+                    None => more = false,
+                }
             }
-        }
-        Ok(t)
-    });
+            let mut t = pending.remove(name).ok_or_else(|| Error::Tensor {
+                path: inp.input.to_path_buf(),
+                tensor: name.clone(),
+                msg: "not produced by the pipeline (unexpected tensor for this architecture)".into(),
+            })?;
+            if permute {
+                if let Some(heads) = arch.rope_heads(name) {
+                    let p = crate::export::tensor::interleave_perm(t.shape[0], heads)?;
+                    let p = if arch.qk_interleaved() { crate::export::tensor::invert(&p) } else { p };
+                    t.permute_rows(&p)?;
+                }
+            }
+            Ok(t)
+        };
+        Some(produce())
+    };
+    let mut iter = std::iter::from_fn(&mut next);
     let export_with_ranges;
-    let export = if state.act_scales.is_empty() {
+    let export = if act_scales.is_empty() {
         inp.export
     } else {
         // The calibrated static ranges join the runtime recorded in config.json.
         let mut e = inp.export.clone();
         let mut rt = inp.runtime.clone();
-        rt.act_scales = state.act_scales.clone();
+        rt.act_scales = act_scales.clone();
         if let Some(o) = e.hf_config.as_object_mut() {
             o.insert(crate::arch::runtime::RUNTIME_KEY.into(), rt.to_json());
         }
         export_with_ranges = e;
         &export_with_ranges
     };
-    let file_bytes = inp.exporter.write(&opts.out, export, &mut iter)?;
-    phases.write += t.elapsed().as_secs_f64();
-    std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
-    Ok(PipelineReport { tensors: ordered, file_bytes, calib_tokens, phases, resumed_blocks, resumed_seconds })
+    // GGUF writes each tensor's data straight to its place when it knows every tensor's name,
+    // shape and type beforehand.
+    let planned: Option<Vec<crate::export::PlannedTensor>> = order
+        .iter()
+        .map(|n| {
+            let e = inp.plan.entry(n)?;
+            Some(crate::export::PlannedTensor { name: n.clone(), shape: e.shape.clone(), storage: e.storage.clone() })
+        })
+        .collect();
+    inp.exporter.write_planned(&opts.out, export, planned.as_deref(), &mut iter)
+}
+
+/// A run without calibration (round-to-nearest, an importance file, rotations): nothing
+/// depends on the blocks before, so each block is read, solved and written when the output
+/// reaches it. No checkpoint: the output is the only thing written, and memory holds one
+/// block.
+fn run_streaming(
+    inp: &RunInputs,
+    opts: &PipelineOptions,
+    events: &dyn super::Events,
+    sctx: &SolveCtx,
+) -> Result<PipelineReport> {
+    let arch = inp.arch;
+    let n_blocks = arch.n_blocks();
+    let seq_len = opts.calib.len.max(1);
+    let mut phases = PhaseTimes::default();
+    let work = partial_dir(&opts.out);
+    if work.exists() {
+        if opts.resume && work.join("state.json").exists() {
+            events.notice(&format!(
+                "{} holds a checkpoint of a different run (other input, plan or options): removed",
+                work.display()
+            ));
+        }
+        std::fs::remove_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    }
+    let t = Instant::now();
+    let mut globals = arch.load_globals()?;
+    for tr in inp.transforms {
+        tr.on_globals(arch, &mut globals)?;
+    }
+    let head = arch.head_weight(&globals);
+    phases.load += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut reports = Vec::new();
+    let tail = solve_globals(sctx, arch, globals, head.as_deref(), None, None, &mut reports)?;
+    phases.solve += t.elapsed().as_secs_f64();
+
+    let order = output_order(arch, inp.plan, &tail);
+    let t = Instant::now();
+    let mut block_seconds = 0f64;
+    events.progress("blocks", 0, n_blocks);
+    let file_bytes = {
+        let mut blocks = (0..n_blocks).map(|i| -> Result<Vec<QuantTensor>> {
+            let tb = Instant::now();
+            let mut blk = arch.load_block(i, seq_len)?;
+            for tr in inp.transforms {
+                tr.on_block(arch, i, &mut *blk)?;
+            }
+            let groups = blk.groups();
+            for (g, grp) in groups.iter().enumerate() {
+                let formats = sctx.formats(&*blk, grp.linears)?;
+                let mut ctx = GroupCtx {
+                    block_index: i,
+                    group_index: g,
+                    group: grp,
+                    block: &mut *blk,
+                    hessian: None,
+                    formats,
+                    online_rotated: grp.linears.iter().any(|l| inp.runtime.online_hadamard.iter().any(|o| o == l)),
+                };
+                apply_transforms(inp.transforms, &mut ctx)?;
+            }
+            let mut out = Vec::new();
+            for grp in groups.iter() {
+                sctx.solve_group(&mut *blk, grp.linears, None, None, i, &mut out, &mut reports)?;
+            }
+            block_rest(sctx, &*blk, i, &mut out, &mut reports)?;
+            block_seconds += tb.elapsed().as_secs_f64();
+            events.progress("blocks", i + 1, n_blocks);
+            Ok(out)
+        });
+        export(inp, opts, &order, tail, &mut blocks, &BTreeMap::new())?
+    };
+    // Reading and solving the blocks happened inside the write.
+    phases.solve += block_seconds;
+    phases.write += (t.elapsed().as_secs_f64() - block_seconds).max(0.0);
+    Ok(PipelineReport {
+        tensors: order_reports(&order, reports),
+        file_bytes,
+        calib_tokens: 0,
+        phases,
+        resumed_blocks: 0,
+        resumed_seconds: 0.0,
+    })
 }
 
 /// Records the calibrated range (max |x| over the calibration tokens, after any online rotation)

@@ -18,6 +18,8 @@ use crate::{Error, Result};
 pub struct PlanEntry {
     /// Tensor name (canonical, GGUF spelling).
     pub name: String,
+    /// Shape, outermost first (as the architecture reads it).
+    pub shape: Vec<usize>,
     /// Storage in the output: a ggml type or any other format.
     pub storage: Storage,
     /// Solver (ignored for tensors kept in a float type).
@@ -109,7 +111,7 @@ impl Plan {
                     exporter.name()
                 )));
             }
-            entries.push(PlanEntry { name: t.name.clone(), storage, method: m, from_rule });
+            entries.push(PlanEntry { name: t.name.clone(), shape: t.shape.clone(), storage, method: m, from_rule });
         }
         if let Some(i) = used.iter().position(|u| !u) {
             return Err(Error::Other(format!(
