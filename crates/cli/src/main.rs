@@ -57,10 +57,29 @@ fn set_threads(n: Option<usize>) -> quantsmith::Result<()> {
 fn main() {
     // A file-size limit (`ulimit -f`) then makes a write fail with an error the run reports
     // and cleans up after, instead of killing the process with SIGXFSZ mid-write.
+    // A closed stdout (`quantsmith bench … | head`) ends the process quietly, as it does any
+    // Unix filter, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
     #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Any other failure to write the results to stdout (a full disk behind a redirection) is
+    // one error line and exit 2, like every other error, not a panic in `println!`.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(why) = msg.strip_prefix("failed printing to stdout: ") {
+            eprintln!("error: writing the results to standard output: {why}");
+            std::process::exit(2);
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     #[cfg(feature = "mpi")]
     let _universe = match mpi_world::start() {

@@ -176,3 +176,39 @@ fn fetch_reports_pip_failures_and_digest_mismatches() {
     assert!(stderr.contains("sha256 mismatch") && stderr.contains("bcc81830"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path().join("c2")).unwrap().count(), 0, "no partial cache entry");
 }
+
+/// Output into a pipe whose reader is gone (`quantsmith … | head`) ends the process quietly
+/// (SIGPIPE), never with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_or_full_stdout_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quantsmith"))
+        .args(["bench", "hessian", "--widths", "64", "--widths", "128", "--rows", "256", "--reps", "1"])
+        .env("QUANTSMITH_CACHE", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+    // A full disk behind the redirection: one error line, exit 2.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = Command::new(env!("CARGO_BIN_EXE_quantsmith"))
+            .args(["bench", "hessian", "--widths", "64", "--rows", "256", "--reps", "1"])
+            .env("QUANTSMITH_CACHE", dir.path())
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.trim_end().ends_with("No space left on device (os error 28)"), "{stderr}");
+        assert!(stderr.starts_with("error: writing the results to standard output"), "{stderr}");
+    }
+}

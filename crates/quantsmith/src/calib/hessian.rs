@@ -2,6 +2,7 @@
 
 use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
+use rayon::prelude::*;
 
 /// Rows per f32 GEMM before the product is folded into the f64 sum: small enough that f32
 /// accumulation loses nothing that matters (relative rounding ~√rows · 2⁻²⁴), large enough for
@@ -193,14 +194,33 @@ pub(crate) fn lower_gram(x: MatRef<'_, f32>) -> Vec<f32> {
             1.0f32,
             Par::rayon(0),
         );
-        for i in j0..n {
-            let row = &mut tri[i * (i + 1) / 2..];
-            for j in j0..(j0 + w).min(i + 1) {
-                row[j] = dst[(i - j0, j - j0)];
+        // Rows of the packed triangle are disjoint: copied out in parallel.
+        let dst = dst.as_ref();
+        let out = SharedMut(tri.as_mut_ptr());
+        (j0..n).into_par_iter().with_min_len(64).for_each(|i| {
+            let end = (j0 + w).min(i + 1);
+            for j in j0..end {
+                // SAFETY: element (i, j) of the packed triangle, j ≤ i < n, is written by
+                // row i's task alone, and `tri` outlives the loop.
+                unsafe { *out.at(i * (i + 1) / 2 + j) = dst[(i - j0, j - j0)] };
             }
-        }
+        });
     }
     tri
+}
+
+/// A pointer to a buffer that parallel tasks write at disjoint positions.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+// SAFETY: used only where each element is written by one task (said at each use).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+impl<T> SharedMut<T> {
+    /// The element at `k` (a method, so closures capture the wrapper, not the raw pointer).
+    fn at(self, k: usize) -> *mut T {
+        // SAFETY: callers stay within the buffer.
+        unsafe { self.0.add(k) }
+    }
 }
 
 /// Adds the packed lower triangle `g` (row i holds columns 0..=i) to the symmetric `n × n`
@@ -210,7 +230,12 @@ pub(crate) fn lower_gram(x: MatRef<'_, f32>) -> Vec<f32> {
 fn fold_lower(sum: &mut [f64], g: &[f32], n: usize) {
     const T: usize = 64;
     debug_assert_eq!(g.len(), n * (n + 1) / 2);
-    for ib in (0..n).step_by(T) {
+    assert_eq!(sum.len(), n * n);
+    // Tile row `ib` writes rows ib..ie at columns ≤ the row (the lower part) and, mirrored,
+    // columns ib..ie of earlier rows above their diagonal: no two tile rows write the same
+    // element, so they run in parallel.
+    let out = SharedMut(sum.as_mut_ptr());
+    (0..n).step_by(T).collect::<Vec<_>>().into_par_iter().for_each(|ib| {
         let ie = (ib + T).min(n);
         for jb in (0..=ib).step_by(T) {
             for i in ib..ie {
@@ -219,18 +244,19 @@ fn fold_lower(sum: &mut [f64], g: &[f32], n: usize) {
                     continue;
                 }
                 let row = &g[i * (i + 1) / 2..];
-                let dst = &mut sum[i * n + jb..i * n + je];
-                for (d, &v) in dst.iter_mut().zip(&row[jb..je]) {
-                    *d += v as f64;
-                }
                 for (j, &v) in (jb..je).zip(&row[jb..je]) {
-                    if j != i {
-                        sum[j * n + i] += v as f64;
+                    // SAFETY: (i, j) with j ≤ i, and its mirror (j, i) with j < i, i in this
+                    // tile row: written by this task alone (see above); both < n².
+                    unsafe {
+                        *out.at(i * n + j) += v as f64;
+                        if j != i {
+                            *out.at(j * n + i) += v as f64;
+                        }
                     }
                 }
             }
         }
-    }
+    });
 }
 
 /// What one batch of input rows adds to a [`Hessian`]: the f32 Gram matrices of its row
@@ -273,39 +299,56 @@ impl HessianPart {
     pub fn add(&mut self, x: &[f32], rows: usize) {
         let n = self.n;
         debug_assert_eq!(x.len(), rows * n);
-        if !self.full {
+        if self.full {
+            for chunk in x.chunks(BATCH_ROWS * n) {
+                let r = chunk.len() / n;
+                self.grams.push(lower_gram(MatRef::from_row_major_slice(chunk, r, n)));
+            }
+        }
+        self.add_moments(x);
+        self.count += rows;
+    }
+
+    /// The per-channel moments of `x` (and Σx² for diagonal statistics). Column blocks run in
+    /// parallel; each channel still sums its rows in order, so the bits do not depend on the
+    /// threads.
+    fn add_moments(&mut self, x: &[f32]) {
+        let n = self.n;
+        const COLS: usize = 64;
+        let with_x2 = !self.full;
+        let mut x2_dummy = Vec::new();
+        let sum_x2 = if with_x2 { &mut self.sum_x2[..] } else { &mut x2_dummy[..] };
+        let blocks: Vec<(usize, &mut [f64], &mut [f64], &mut [f64], &mut [f32])> = {
+            let mut out = Vec::new();
+            let (mut q, mut s, mut t, mut m) =
+                (sum_x2, &mut self.sum_abs[..], &mut self.sum_x[..], &mut self.max_abs[..]);
+            let mut c0 = 0;
+            while c0 < n {
+                let w = COLS.min(n - c0);
+                let (q1, q2) = std::mem::take(&mut q).split_at_mut(if with_x2 { w } else { 0 });
+                let (s1, s2) = std::mem::take(&mut s).split_at_mut(w);
+                let (t1, t2) = std::mem::take(&mut t).split_at_mut(w);
+                let (m1, m2) = std::mem::take(&mut m).split_at_mut(w);
+                out.push((c0, q1, s1, t1, m1));
+                (q, s, t, m) = (q2, s2, t2, m2);
+                c0 += w;
+            }
+            out
+        };
+        blocks.into_par_iter().for_each(|(c0, q, s, t, m)| {
+            let w = s.len();
             for row in x.chunks_exact(n) {
-                for ((((q, s), m), t), &v) in self
-                    .sum_x2
-                    .iter_mut()
-                    .zip(self.sum_abs.iter_mut())
-                    .zip(self.max_abs.iter_mut())
-                    .zip(self.sum_x.iter_mut())
-                    .zip(row)
-                {
-                    *q += v as f64 * v as f64;
+                let row = &row[c0..c0 + w];
+                for (((s, m), t), &v) in s.iter_mut().zip(m.iter_mut()).zip(t.iter_mut()).zip(row) {
                     *s += v.abs() as f64;
                     *t += v as f64;
                     *m = m.max(v.abs());
                 }
+                for (q, &v) in q.iter_mut().zip(row) {
+                    *q += v as f64 * v as f64;
+                }
             }
-            self.count += rows;
-            return;
-        }
-        for chunk in x.chunks(BATCH_ROWS * n) {
-            let r = chunk.len() / n;
-            self.grams.push(lower_gram(MatRef::from_row_major_slice(chunk, r, n)));
-        }
-        for row in x.chunks_exact(n) {
-            for (((s, m), t), &v) in
-                self.sum_abs.iter_mut().zip(self.max_abs.iter_mut()).zip(self.sum_x.iter_mut()).zip(row)
-            {
-                *s += v.abs() as f64;
-                *t += v as f64;
-                *m = m.max(v.abs());
-            }
-        }
-        self.count += rows;
+        });
     }
 }
 
