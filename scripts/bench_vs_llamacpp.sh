@@ -6,7 +6,8 @@
 # usage: scripts/bench_vs_llamacpp.sh MODEL.gguf [TEXT] [THREADS]
 #   MODEL: an f32/f16 GGUF (e.g. SmolLM2's dithered base, see README "Measuring quality")
 #   TEXT:  default data/text/austen_prideprejudice.txt;  THREADS: default nproc
-# env: LLAMACPP_DIR (build cache, default ~/.cache/llamacpp-0c1e570), RUNS (default 3)
+# env: LLAMACPP_DIR (build cache, default ~/.cache/llamacpp-0c1e570), RUNS (default 3),
+#      CARGO_TARGET_DIR (where this checkout's release build goes, default target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: $0 MODEL.gguf [TEXT] [THREADS]}
@@ -39,7 +40,7 @@ fi
 
 # --- quantsmith ------------------------------------------------------------------------------
 cargo build --release -q -p quantsmith-cli
-qs=$PWD/target/release/quantsmith
+qs=$(realpath "${CARGO_TARGET_DIR:-target}")/release/quantsmith
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
