@@ -620,19 +620,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
                 }
                 hs = acc.into_iter().map(|r| r.finish().map(Some)).collect::<Result<Vec<_>>>()?;
             }
-            for (g, grp) in groups.iter().enumerate() {
-                let formats = sctx.formats(&*blk, grp.linears)?;
-                let mut ctx = GroupCtx {
-                    block_index: i,
-                    group_index: g,
-                    group: grp,
-                    block: &mut *blk,
-                    hessian: hs[g].as_mut(),
-                    formats,
-                    online_rotated: grp.linears.iter().any(|l| inp.runtime.online_hadamard.iter().any(|o| o == l)),
-                };
-                apply_transforms(inp.transforms, &mut ctx)?;
-            }
+            transform_groups(inp, &sctx, &mut *blk, i, &mut hs)?;
             phases.calibrate += t.elapsed().as_secs_f64();
         }
 
@@ -1113,19 +1101,7 @@ fn run_streaming(
                 tr.on_block(arch, i, &mut *blk)?;
             }
             let groups = blk.groups();
-            for (g, grp) in groups.iter().enumerate() {
-                let formats = sctx.formats(&*blk, grp.linears)?;
-                let mut ctx = GroupCtx {
-                    block_index: i,
-                    group_index: g,
-                    group: grp,
-                    block: &mut *blk,
-                    hessian: None,
-                    formats,
-                    online_rotated: grp.linears.iter().any(|l| inp.runtime.online_hadamard.iter().any(|o| o == l)),
-                };
-                apply_transforms(inp.transforms, &mut ctx)?;
-            }
+            transform_groups(inp, sctx, &mut *blk, i, &mut vec![None; groups.len()])?;
             let mut out = Vec::new();
             for grp in groups.iter() {
                 sctx.solve_group(&mut *blk, grp.linears, None, None, i, &mut out, &mut reports)?;
@@ -1320,6 +1296,32 @@ fn asymmetric_target_of(
     let (rows, cols) = matrix_of(shape);
     let damp = crate::solve::gptq::GptqOptions::default().damp;
     crate::solve::gptq::asymmetric_target(name, w, rows, cols, h, &c.mean(), damp).map(Some)
+}
+
+/// Lets the transforms rewrite each group of block `i`, with the group's statistics in `hs`
+/// where the run collected them.
+fn transform_groups(
+    inp: &RunInputs,
+    sctx: &SolveCtx,
+    blk: &mut dyn Block,
+    i: usize,
+    hs: &mut [Option<Hessian>],
+) -> Result<()> {
+    let groups = blk.groups();
+    for (g, grp) in groups.iter().enumerate() {
+        let formats = sctx.formats(&*blk, grp.linears)?;
+        let mut ctx = GroupCtx {
+            block_index: i,
+            group_index: g,
+            group: grp,
+            block: &mut *blk,
+            hessian: hs[g].as_mut(),
+            formats,
+            online_rotated: grp.linears.iter().any(|l| inp.runtime.online_hadamard.iter().any(|o| o == l)),
+        };
+        apply_transforms(inp.transforms, &mut ctx)?;
+    }
+    Ok(())
 }
 
 /// Runs the transforms, in order, on one group.
