@@ -74,6 +74,9 @@ impl Lut {
     /// loop over midpoints is the outer one so the comparisons vectorise across elements.
     #[inline(always)]
     pub fn encode_slice<C: Code>(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [C]) {
+        if self.mids.len() <= SHORT {
+            return self.encode_slice_short(src, inv_scale, zero, dst);
+        }
         const CHUNK: usize = 64;
         let mut ys = [0f32; CHUNK];
         let mut counts = [0u32; CHUNK];
@@ -96,7 +99,34 @@ impl Lut {
             }
         }
     }
+
+    /// [`Lut::encode_slice`] for tables of at most 16 values (NF4, IQ4_NL's grid, 4-bit power
+    /// grids): the midpoints padded with +∞ (never below a value) to a fixed count, so the
+    /// comparisons unroll inside an element loop that vectorises, each midpoint broadcast
+    /// once into a register.
+    #[inline(always)]
+    fn encode_slice_short<C: Code>(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [C]) {
+        let mut mids = [f32::INFINITY; SHORT];
+        mids[..self.mids.len()].copy_from_slice(&self.mids);
+        for (d, &x) in dst.iter_mut().zip(src) {
+            let v = x * inv_scale + zero;
+            // As in the general loop: a negative value moves one ulp towards zero.
+            let y = if v < 0.0 { f32::from_bits(v.to_bits() - 1) } else { v };
+            // Counted in f32 lanes (an integer count gets narrowed to the code's width after
+            // every comparison); exact, at most 15.
+            let mut c = 0f32;
+            for m in mids {
+                c += if m < y { 1.0 } else { 0.0 };
+            }
+            // The count's bits after adding 1.5 · 2^23 (a saturating conversion would not
+            // vectorise).
+            *d = C::from_u32((c + crate::int::MAGIC).to_bits() & 0xff);
+        }
+    }
 }
+
+/// Midpoints of the tables [`Lut::encode_slice_short`] takes.
+const SHORT: usize = 15;
 
 impl ElementCodec for Lut {
     fn code_bits(&self) -> u32 {

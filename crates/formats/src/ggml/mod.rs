@@ -302,26 +302,34 @@ pub fn quantize_measured(
 fn unit_error(ty: GgmlType, x: &[f32], y: &[u8], buf: &mut Vec<f32>) -> Result<ErrorSums> {
     buf.resize(x.len(), 0.0);
     dequantize(ty, y, buf)?;
-    let (mut signal, mut error) = (0f64, 0f64);
-    // f32 differences (as a dequantized copy would give), squares summed in f64 in eight lanes.
-    let mut sl = [0f64; 8];
-    let mut el = [0f64; 8];
-    let mut xc = x.chunks_exact(8);
-    let mut qc = buf.chunks_exact(8);
-    for (a, b) in (&mut xc).zip(&mut qc) {
-        for k in 0..8 {
-            let d = (a[k] - b[k]) as f64;
-            sl[k] += a[k] as f64 * a[k] as f64;
-            el[k] += d * d;
+    Ok(ErrorSums::between(x, buf))
+}
+
+impl ErrorSums {
+    /// Σ x² and Σ (x − x̂)² of `x` and its decoded values: f32 differences (as a dequantized
+    /// copy gives), squares summed in f64 in eight lanes (a fixed order, so the same sums on
+    /// every run), then the lanes.
+    pub fn between(x: &[f32], xhat: &[f32]) -> ErrorSums {
+        let (mut signal, mut error) = (0f64, 0f64);
+        let mut sl = [0f64; 8];
+        let mut el = [0f64; 8];
+        let mut xc = x.chunks_exact(8);
+        let mut qc = xhat.chunks_exact(8);
+        for (a, b) in (&mut xc).zip(&mut qc) {
+            for k in 0..8 {
+                let d = (a[k] - b[k]) as f64;
+                sl[k] += a[k] as f64 * a[k] as f64;
+                el[k] += d * d;
+            }
         }
+        for (&a, &b) in xc.remainder().iter().zip(qc.remainder()) {
+            signal += a as f64 * a as f64;
+            error += ((a - b) as f64) * ((a - b) as f64);
+        }
+        signal += sl.iter().sum::<f64>();
+        error += el.iter().sum::<f64>();
+        ErrorSums { signal, error }
     }
-    for (&a, &b) in xc.remainder().iter().zip(qc.remainder()) {
-        signal += a as f64 * a as f64;
-        error += ((a - b) as f64) * ((a - b) as f64);
-    }
-    signal += sl.iter().sum::<f64>();
-    error += el.iter().sum::<f64>();
-    Ok(ErrorSums { signal, error })
 }
 
 fn quantize_impl(
@@ -361,8 +369,12 @@ fn quantize_impl(
             )));
         }
     }
-    if let Some(index) = crate::format::first_non_finite(src) {
-        return Err(FormatError::NonFinite { index, value: src[index] });
+    // The float types are checked here; the block types check each work unit just before
+    // encoding it (while it comes into cache), not in a pass of their own over the tensor.
+    if matches!(ty, F32 | F16 | Bf16) {
+        if let Some(index) = crate::format::first_non_finite(src) {
+            return Err(FormatError::NonFinite { index, value: src[index] });
+        }
     }
     let nrows = src.len() / n_per_row;
     let mut out = vec![0u8; nrows * row_bytes];
@@ -425,8 +437,25 @@ fn quantize_impl(
             (blocks * bs, blocks * ts)
         }
     };
-    let work = |buf: &mut Vec<f32>, (x, y): (&[f32], &mut [u8])| {
-        row_fn(ty, x, importance, y);
+    // Non-finite input is refused; units are reported in order, so the error names the first
+    // such value of the tensor. The vector Q8_0 encoder checks in the pass that encodes; the
+    // others are given only finite units.
+    let fused_q8_0 = ty == Q8_0 && legacy::q8_0_fused();
+    let work = |buf: &mut Vec<f32>, (u, (x, y)): (usize, (&[f32], &mut [u8]))| {
+        let non_finite = |x: &[f32]| {
+            crate::format::first_non_finite_seq(x)
+                .map(|i| FormatError::NonFinite { index: u * x_unit + i, value: x[i] })
+        };
+        if fused_q8_0 {
+            if !legacy::q8_0_row_fused(x, y) {
+                return Err(non_finite(x).unwrap_or(FormatError::Invalid("Q8_0: non-finite input".into())));
+            }
+        } else {
+            if let Some(e) = non_finite(x) {
+                return Err(e);
+            }
+            row_fn(ty, x, importance, y);
+        }
         if measure {
             unit_error(ty, x, y, buf)
         } else {
@@ -436,9 +465,9 @@ fn quantize_impl(
     // Per-unit sums, added in unit order: the same total on any thread count.
     let units: Vec<Result<ErrorSums>> = if src.len() < PARALLEL_MIN_ELEMS / 4 {
         let mut buf = Vec::new();
-        src.chunks(x_unit).zip(out.chunks_mut(y_unit)).map(|u| work(&mut buf, u)).collect()
+        src.chunks(x_unit).zip(out.chunks_mut(y_unit)).enumerate().map(|u| work(&mut buf, u)).collect()
     } else {
-        src.par_chunks(x_unit).zip(out.par_chunks_mut(y_unit)).map_init(Vec::new, work).collect()
+        src.par_chunks(x_unit).zip(out.par_chunks_mut(y_unit)).enumerate().map_init(Vec::new, work).collect()
     };
     let mut sums = ErrorSums::default();
     for u in units {

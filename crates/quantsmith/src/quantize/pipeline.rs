@@ -1358,9 +1358,10 @@ pub fn solve_entry(
     block: Option<usize>,
     keep_dequant: bool,
 ) -> Result<(TensorReport, QuantTensor, Option<Vec<f32>>)> {
-    if let Some(i) = formats::format::first_non_finite(w) {
-        return Err(Error::Other(format!("tensor `{name}`: non-finite weight {} at index {i}", w[i])));
-    }
+    let non_finite = |w: &[f32]| match formats::format::first_non_finite(w) {
+        Some(i) => Err(Error::Other(format!("tensor `{name}`: non-finite weight {} at index {i}", w[i]))),
+        None => Ok(()),
+    };
     let t = Instant::now();
     let (rows, cols) = matrix_of(shape);
     let mut rep = TensorReport {
@@ -1378,6 +1379,7 @@ pub fn solve_entry(
     };
     let storage = entry.storage.clone();
     if storage.is_float() {
+        non_finite(w)?;
         let qt = QuantTensor { name: name.into(), shape: shape.to_vec(), storage, data: TensorData::Float(w.to_vec()) };
         rep.bytes = qt.stored_bytes();
         rep.bits_per_weight = 8.0 * rep.bytes as f64 / (rows * cols).max(1) as f64;
@@ -1395,10 +1397,13 @@ pub fn solve_entry(
     let method = if entry.method.needs_hessian() && h.is_none() { &rtn } else { &entry.method };
     // Plain round-to-nearest takes the format's streaming encoder (a nested set has its own).
     let plain_rtn = method.name() == "rtn" && method.nesting().is_none();
+    // The streaming encoders refuse non-finite input themselves, in the pass that encodes it
+    // (same message shape: the tensor, the value, its index); the solvers are checked here.
     let (data, err, dequant) = if !keep_dequant && plain_rtn && h.is_none_or(|h| !h.is_full()) {
         let (data, sums) = crate::solve::target::rtn_measured(&fmt, name, w, rows, cols, importance)?;
         (data, LayerError { sqnr_db: sums.sqnr_db(), output_err: None }, None)
     } else {
+        non_finite(w)?;
         let enc = method.solve(&p, &fmt)?;
         let err = layer_error(w, &enc.dequant, rows, cols, h);
         (enc.data, err, Some(enc.dequant))

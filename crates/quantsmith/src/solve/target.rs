@@ -93,12 +93,7 @@ pub fn rtn_measured(
         return Ok((TensorData::Ggml(bytes), sums));
     }
     let e = rtn(t, name, w, rows, cols, importance)?;
-    let mut sums = formats::ggml::ErrorSums::default();
-    for (&a, &b) in w.iter().zip(&e.dequant) {
-        sums.signal += a as f64 * a as f64;
-        sums.error += ((a - b) as f64) * ((a - b) as f64);
-    }
-    Ok((e.data, sums))
+    Ok((e.data, formats::ggml::ErrorSums::between(w, &e.dequant)))
 }
 
 /// The static grid of `t` for `w`.
