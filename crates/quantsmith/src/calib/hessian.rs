@@ -165,11 +165,11 @@ impl Hessian {
     }
 }
 
-/// Columns per panel of [`lower_gram`] for wide (channel-contiguous) batches: wide enough for
-/// GEMM speed, narrow enough that the upper parts of the diagonal blocks (computed and
-/// discarded) stay a small share. Narrower batches take half: at 576 the discarded share
-/// falls from 1/4 to 1/7 of the work, and `bench hessian` measured 0.014–0.016 s per 4096-token
-/// batch instead of 0.018–0.019 (1536: no change; 4096: 192 is the better).
+/// Columns per panel of [`lower_gram`]: wide enough for GEMM speed, narrow enough that the
+/// upper parts of the diagonal blocks (computed and discarded) stay a small share. Batches
+/// narrower than 1024 take half: at 576 the discarded share falls from 1/4 to 1/7 of the
+/// work, and `bench hessian` measured 0.018 s per 4096-token batch instead of 0.021–0.022
+/// (at 1536 and 4096 the wider panel measured better).
 const PANEL: usize = 192;
 
 /// The lower triangle of XᵀX for `x` (`[rows, n]`), packed row by row (row i holds columns
@@ -189,7 +189,7 @@ pub(crate) fn lower_gram(x: MatRef<'_, f32>) -> Vec<f32> {
         x
     };
     let mut tri = vec![0f32; n * (n + 1) / 2];
-    let panel_w = if n >= CONTIGUOUS_FROM { PANEL } else { PANEL / 2 };
+    let panel_w = if n >= 1024 { PANEL } else { PANEL / 2 };
     let mut panel = Mat::<f32>::zeros(n, panel_w.min(n));
     for j0 in (0..n).step_by(panel_w) {
         let w = panel_w.min(n - j0);
