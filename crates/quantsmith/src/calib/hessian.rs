@@ -236,8 +236,6 @@ fn channels_contiguous(x: MatRef<'_, f32>) -> Mat<f32> {
     let mut out = Mat::<f32>::zeros(rows, n);
     let stride = out.col_stride() as usize;
     let base = SharedMut(out.as_ptr_mut());
-    let (rs, cs) = (x.row_stride(), x.col_stride());
-    let src = SharedConst(x.as_ptr());
     (0..n.div_ceil(COLS)).into_par_iter().for_each(|b| {
         let c0 = b * COLS;
         let w = COLS.min(n - c0);
@@ -245,28 +243,11 @@ fn channels_contiguous(x: MatRef<'_, f32>) -> Mat<f32> {
             for j in 0..w {
                 // SAFETY: (r, c0 + j) lies inside both matrices (r < rows, c0 + j < n); each
                 // column block of `out` is written by one task only.
-                unsafe {
-                    *base.at((c0 + j) * stride + r) = *src.at(r as isize * rs + (c0 + j) as isize * cs);
-                }
+                unsafe { *base.at((c0 + j) * stride + r) = *x.get_unchecked(r, c0 + j) };
             }
         }
     });
     out
-}
-
-/// A pointer to a buffer that parallel tasks only read.
-#[derive(Clone, Copy)]
-struct SharedConst<T>(*const T);
-// SAFETY: only read, while the borrow it came from lives.
-unsafe impl<T> Send for SharedConst<T> {}
-unsafe impl<T> Sync for SharedConst<T> {}
-
-impl<T> SharedConst<T> {
-    /// The element at offset `k` (a method, so closures capture the wrapper).
-    fn at(self, k: isize) -> *const T {
-        // SAFETY: callers stay within the buffer.
-        unsafe { self.0.offset(k) }
-    }
 }
 
 /// A pointer to a buffer that parallel tasks write at disjoint positions.
