@@ -245,3 +245,36 @@ fn planned_writer_gives_the_spooled_bytes() {
     left.sort();
     assert_eq!(left, ["fewer.gguf", "mismatch.gguf", "more.gguf", "planned.gguf", "spooled.gguf"]);
 }
+
+#[test]
+fn f32_weights_are_read_in_place_and_copied_on_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    let w = pseudo_random(8 * 64, 5);
+    let w_f16: Vec<u8> = w.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+    let mut wr = GgufWriter::new(&path).unwrap();
+    wr.add_metadata("general.architecture", GgufValue::String("llama".into())).unwrap();
+    wr.add_tensor("a", &[64, 8], GgmlType::F32, &f32_bytes(&w)).unwrap();
+    wr.add_tensor("h", &[64, 8], GgmlType::F16, &w_f16).unwrap();
+    wr.finish().unwrap();
+    let f = GgufFile::open(&path).unwrap();
+
+    let mut a = f.load_weights("a").unwrap();
+    assert!(a.is_mapped(), "an aligned f32 tensor is read in place");
+    assert_eq!(&a[..], &w[..]);
+    assert_eq!(&a[..], &f.load_f32("a").unwrap()[..]);
+    let shared = a.clone();
+    a[3] = 42.0;
+    assert!(!a.is_mapped(), "writing makes an owned copy");
+    assert_eq!(a[3], 42.0);
+    assert_eq!(&shared[..], &w[..], "the other reference and the file are unchanged");
+    assert_eq!(f.load_f32("a").unwrap()[3], w[3]);
+    drop(shared);
+    // Pages released on drop are read again from the file.
+    assert_eq!(&f.load_weights("a").unwrap()[..], &w[..]);
+
+    let h = f.load_weights("h").unwrap();
+    assert!(!h.is_mapped(), "f16 is decoded into an owned copy");
+    assert_eq!(&h[..], &f.load_f32("h").unwrap()[..]);
+    assert!(f.load_weights("missing").is_err());
+}

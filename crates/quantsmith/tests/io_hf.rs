@@ -40,6 +40,12 @@ fn single_file_model_loads_f32_f16_bf16_and_lists_integer_buffers() {
     let info = m.info("w16").unwrap();
     assert_eq!((info.shape.clone(), info.dtype, info.n_bytes), (vec![4, 6], DType::F16, 48));
     assert_eq!(m.load_f32("w32").unwrap(), w);
+    let mapped = m.load_weights("w32").unwrap();
+    assert!(mapped.is_mapped(), "aligned F32 is read in place");
+    assert_eq!(&mapped[..], &w[..]);
+    let copied = m.load_weights("w16").unwrap();
+    assert!(!copied.is_mapped());
+    assert_eq!(&copied[..], &m.load_f32("w16").unwrap()[..]);
     for (name, tol) in [("w16", 1e-3), ("wbf", 1e-2)] {
         let got = m.load_f32(name).unwrap();
         assert!(got.iter().zip(&w).all(|(a, b)| (a - b).abs() <= tol), "{name}");

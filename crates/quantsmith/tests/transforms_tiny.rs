@@ -292,7 +292,7 @@ fn bias_correction_restores_each_linears_mean_output() {
         let t = transform(spec).unwrap();
         let mut blk = arch.load_block(1, 64).unwrap();
         let grp = &blk.groups()[0];
-        let mut float_w: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+        let mut float_w: BTreeMap<&str, quantsmith::tensor::Weights> = BTreeMap::new();
         let mut want = Vec::new();
         for &l in grp.linears {
             let lin = blk.linear_mut(l).unwrap();

@@ -16,7 +16,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::linalg::{matmul_nn, matmul_nt};
-use crate::tensor::TensorSource;
+use crate::tensor::{TensorSource, Weights};
 use crate::{Error, Result};
 
 /// Rewrites a layer's input rows in place before the layer multiplies them (e.g. fake-quantizes
@@ -37,8 +37,8 @@ pub type ScoreBias<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
 /// A dense layer `y = x Wᵀ + b` with `W` stored `[out, inp]` row-major, as in PyTorch.
 #[derive(Clone)]
 pub struct Linear {
-    /// Weight `[out, inp]`.
-    pub w: Vec<f32>,
+    /// Weight `[out, inp]`, owned or read in place from the model file.
+    pub w: Weights,
     /// Optional bias `[out]`.
     pub b: Option<Vec<f32>>,
     /// Output features.
@@ -62,7 +62,8 @@ impl std::fmt::Debug for Linear {
 
 impl Linear {
     /// A layer without input hook.
-    pub fn new(w: Vec<f32>, b: Option<Vec<f32>>, out: usize, inp: usize) -> Linear {
+    pub fn new(w: impl Into<Weights>, b: Option<Vec<f32>>, out: usize, inp: usize) -> Linear {
+        let w = w.into();
         debug_assert_eq!(w.len(), out * inp);
         Linear { w, b, out, inp, input_hook: None }
     }
@@ -679,12 +680,27 @@ pub fn missing(path: &Path, name: &str) -> Error {
 
 /// Loads tensor `name` as f32 and checks its shape (and that the source gave every value).
 pub fn load_checked(src: &dyn TensorSource, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    checked(src, path, name, shape, |n| src.load_f32(n))
+}
+
+/// As [`load_checked`], read in place from the file where it stores the tensor as f32.
+pub fn load_checked_weights(src: &dyn TensorSource, path: &Path, name: &str, shape: &[usize]) -> Result<Weights> {
+    checked(src, path, name, shape, |n| src.load_weights(n))
+}
+
+fn checked<T: std::ops::Deref<Target = [f32]>>(
+    src: &dyn TensorSource,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+    load: impl FnOnce(&str) -> Result<T>,
+) -> Result<T> {
     let err = |msg: String| Error::Tensor { path: path.to_path_buf(), tensor: name.into(), msg };
     let info = src.info(name).ok_or_else(|| src.absent_reason(name).map(err).unwrap_or_else(|| missing(path, name)))?;
     if info.shape != shape {
         return Err(err(format!("expected shape {shape:?}, found {:?}", info.shape)));
     }
-    let data = src.load_f32(name)?;
+    let data = load(name)?;
     if data.len() != info.numel() {
         return Err(err(format!("{} values read, expected {}", data.len(), info.numel())));
     }
@@ -713,7 +729,7 @@ pub fn load_linear(
     inp: usize,
     bias: bool,
 ) -> Result<Linear> {
-    let w = load_checked(src, path, &format!("{base}.weight"), &[out, inp])?;
+    let w = load_checked_weights(src, path, &format!("{base}.weight"), &[out, inp])?;
     let b = if bias { Some(load_checked(src, path, &format!("{base}.bias"), &[out])?) } else { None };
     Ok(Linear::new(w, b, out, inp))
 }

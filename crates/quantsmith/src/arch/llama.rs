@@ -7,12 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::layers::{add_assign, load_checked, load_linear, missing, swiglu, Attention, Linear};
+use super::layers::{add_assign, load_checked, load_checked_weights, load_linear, missing, swiglu, Attention, Linear};
 pub use super::layers::{rms_norm, RopeLayout, RopeTable};
 use crate::io::gguf::GgufFile;
 use crate::io::hf::HfModel;
 use crate::linalg::matmul_nt;
-use crate::tensor::TensorSource;
+use crate::tensor::{TensorSource, Weights};
 use crate::{Error, Result};
 
 /// Which naming convention a checkpoint uses for its tensors.
@@ -614,7 +614,7 @@ pub struct Llama {
     /// Hyper-parameters.
     pub cfg: LlamaConfig,
     /// Token embedding `[vocab, d_model]`.
-    pub embed: Vec<f32>,
+    pub embed: Weights,
     /// The blocks.
     pub blocks: Vec<Block>,
     /// Final RMSNorm gain.
@@ -629,11 +629,11 @@ impl Llama {
     /// Loads every tensor of a Llama-family decoder as f32.
     pub fn load(src: &dyn TensorSource, path: &Path, cfg: LlamaConfig) -> Result<Llama> {
         let n = cfg.naming;
-        let embed = load_checked(src, path, n.embed(), &[cfg.vocab, cfg.d_model])?;
+        let embed = load_checked_weights(src, path, n.embed(), &[cfg.vocab, cfg.d_model])?;
         let blocks = (0..cfg.n_layer).map(|i| Block::load(src, path, &cfg, i)).collect::<Result<Vec<_>>>()?;
         let out_norm = load_checked(src, path, n.out_norm(), &[cfg.d_model])?;
         let head = if src.info(n.head()).is_some() {
-            let w = load_checked(src, path, n.head(), &[cfg.vocab, cfg.d_model])?;
+            let w = load_checked_weights(src, path, n.head(), &[cfg.vocab, cfg.d_model])?;
             Some(Linear::new(w, None, cfg.vocab, cfg.d_model))
         } else {
             None
@@ -773,7 +773,7 @@ impl super::Block for StagedBlock {
         for role in LinearRole::ALL {
             let l = self.block.linear(role);
             let base = n.linear(i, role);
-            out.push((format!("{base}.weight"), vec![l.out, l.inp], l.w.as_slice()));
+            out.push((format!("{base}.weight"), vec![l.out, l.inp], &l.w[..]));
             if let Some(b) = &l.b {
                 out.push((format!("{base}.bias"), vec![l.out], b.as_slice()));
             }

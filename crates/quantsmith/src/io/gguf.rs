@@ -10,12 +10,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use formats::ggml::GgmlType;
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use crate::tensor::{DType, TensorInfo, TensorSource};
+use crate::tensor::{DType, TensorInfo, TensorSource, Weights};
 use crate::{Error, Result};
 
 /// The four bytes every GGUF file starts with.
@@ -326,7 +327,7 @@ impl GgufTensor {
 /// An open GGUF file: parsed header and a memory map of the whole file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     version: u32,
     alignment: u64,
     data_offset: u64,
@@ -682,7 +683,7 @@ impl GgufFile {
             tensors.push(GgufTensor { name, ne, ty, offset, n_bytes });
         }
 
-        Ok(GgufFile { path, mmap, version, alignment, data_offset, metadata, meta_index, tensors, tensor_index })
+        Ok(GgufFile { path, mmap: Arc::new(mmap), version, alignment, data_offset, metadata, meta_index, tensors, tensor_index })
     }
 
     /// The file's path.
@@ -942,5 +943,15 @@ impl TensorSource for GgufFile {
         }
         super::release_pages(&self.mmap, start, t.n_bytes);
         Ok(out)
+    }
+
+    fn load_weights(&self, name: &str) -> Result<Weights> {
+        if let Some(t) = self.gguf_tensor(name).filter(|t| t.ty == GgmlType::F32 && t.n_bytes == t.numel() * 4) {
+            let start = (self.data_offset + t.offset) as usize;
+            if let Some(w) = Weights::mapped(&self.mmap, start, t.numel()) {
+                return Ok(w);
+            }
+        }
+        self.load_f32(name).map(Weights::from)
     }
 }

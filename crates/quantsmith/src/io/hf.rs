@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::quantized_dir::QuantView;
 use super::safetensors::{SafetensorsFile, StTensor};
-use crate::tensor::{TensorInfo, TensorSource};
+use crate::tensor::{TensorInfo, TensorSource, Weights};
 use crate::{Error, Result};
 
 /// An open Hugging Face model directory.
@@ -344,6 +344,16 @@ impl TensorSource for HfModel {
             None => {
                 Err(Error::Tensor { path: self.dir.clone(), tensor: name.to_string(), msg: "not in this model".into() })
             }
+        }
+    }
+
+    fn load_weights(&self, name: &str) -> Result<Weights> {
+        if let Some(r) = self.quant.as_ref().and_then(|q| q.load_f32(self, name)) {
+            return r.map(Weights::from);
+        }
+        match self.index.get(name) {
+            Some(&(s, _)) => self.shards[s].load_weights(name),
+            None => self.load_f32(name).map(Weights::from),
         }
     }
 

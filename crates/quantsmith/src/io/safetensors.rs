@@ -10,11 +10,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use crate::tensor::{DType, TensorInfo};
+use crate::tensor::{DType, TensorInfo, Weights};
 use crate::{Error, Result};
 
 /// Headers larger than this are refused (the format's own reference limit is 100 MB).
@@ -76,7 +77,7 @@ impl StTensor {
 /// An open safetensors file.
 pub struct SafetensorsFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     tensors: Vec<StTensor>,
     index: HashMap<String, usize>,
     metadata: HashMap<String, String>,
@@ -170,7 +171,7 @@ impl SafetensorsFile {
         // File order is data order; JSON object order is not guaranteed to be.
         tensors.sort_by(|a, b| (a.start, &a.name).cmp(&(b.start, &b.name)));
         let index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, tensors, index, metadata })
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap: Arc::new(mmap), tensors, index, metadata })
     }
 
     /// The file's path.
@@ -239,6 +240,16 @@ impl SafetensorsFile {
         }
         super::release_pages(&self.mmap, t.start, t.n_bytes);
         Ok(out)
+    }
+
+    /// As [`SafetensorsFile::load_f32`], read in place when stored as aligned F32.
+    pub fn load_weights(&self, name: &str) -> Result<Weights> {
+        if let Some(t) = self.entry(name).filter(|t| t.dtype == "F32" && t.n_bytes == t.numel() * 4) {
+            if let Some(w) = Weights::mapped(&self.mmap, t.start, t.numel()) {
+                return Ok(w);
+            }
+        }
+        self.load_f32(name).map(Weights::from)
     }
 
     fn terr(&self, name: &str, msg: String) -> Error {

@@ -667,7 +667,7 @@ pub fn plan(inp: &PlanInputs, opts: &BudgetOptions, progress: &dyn Fn(usize, usi
                         .find(|l| blk.weight_name(l) == name)
                         .copied()
                         .ok_or_else(|| Error::Other(format!("block {b} has no linear for `{name}`")))?;
-                    blk.linear_mut(lname).expect("linear").w = dq;
+                    blk.linear_mut(lname).expect("linear").w = dq.into();
                     blk.forward(&mut x, seq_len);
                     drop(blk);
                     let x = run_from(x, b + 1)?;

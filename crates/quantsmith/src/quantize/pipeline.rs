@@ -27,6 +27,7 @@ use crate::dist::Reduce;
 use crate::export::{ExportModel, Exporter, QuantTensor, TensorData};
 use crate::solve::{layer_error, LayerError, LayerProblem};
 use crate::tokenizer::Tokenizer;
+use crate::tensor::Weights;
 use crate::transform::{GroupCtx, SolvedGroup, Transform};
 use crate::{Error, Result};
 
@@ -303,7 +304,7 @@ impl SolveCtx<'_> {
             let (rep, t, dq) =
                 solve_entry(entry, &name, w, &shape, h, importance.as_deref(), Some(i), self.sequential)?;
             if let Some(dq) = dq {
-                lin.w = dq;
+                lin.w = dq.into();
             }
             out.push(t);
             reports.push(rep);
@@ -387,7 +388,7 @@ impl SolveCtx<'_> {
                 if dq.len() != lin.w.len() {
                     return Err(bad(format!("layer `{lname}` of the wrong size")));
                 }
-                lin.w = dq;
+                lin.w = dq.into();
             }
             out.push(t);
             reports.push(rep);
@@ -631,7 +632,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             // The float weights of the block (after its transforms), for the float stream and
             // the corrections.
             // (A correction changes the biases: the float stream keeps the original ones.)
-            let mut float_w: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+            let mut float_w: BTreeMap<&str, Weights> = BTreeMap::new();
             let mut float_b: BTreeMap<&str, Option<Vec<f32>>> = BTreeMap::new();
             if asym || corrects {
                 for grp in groups.iter() {
@@ -1264,7 +1265,7 @@ fn add_cross(
 fn swap_weights(
     blk: &mut dyn Block,
     linears: &[&str],
-    weights: &mut BTreeMap<&str, Vec<f32>>,
+    weights: &mut BTreeMap<&str, Weights>,
     biases: &mut BTreeMap<&str, Option<Vec<f32>>>,
 ) {
     for &l in linears {

@@ -119,7 +119,7 @@ pub struct SolvedGroup<'a> {
     /// The block: this group's linears hold their quantized (dequantized) weights.
     pub block: &'a mut dyn Block,
     /// The group's linears' weights before the solve (after any rewrite), by block-local name.
-    pub float_weights: &'a BTreeMap<&'a str, Vec<f32>>,
+    pub float_weights: &'a BTreeMap<&'a str, crate::tensor::Weights>,
     /// Statistics of the group's input in the partly quantized model, as its linears see it
     /// (through their input hook).
     pub hessian: &'a Hessian,
