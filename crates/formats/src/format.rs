@@ -351,6 +351,57 @@ impl Format {
         best
     }
 
+    /// Every group's parameters from its range alone, when that is all they depend on: one
+    /// symmetric grid, absmax scales (no clip search, so no importance). The same arithmetic
+    /// as [`Format::params_at`], with the grid's constants read once and the storage chosen
+    /// once per row rather than per group. Returns false (and pushes nothing) otherwise.
+    #[inline(always)]
+    fn absmax_params(&self, lo: &[f32], hi: &[f32], ts: f32, sc: &mut Vec<f32>, params: &mut Vec<GroupParams>) -> bool {
+        if self.elements.len() != 1 || self.clip == Clip::Mse || self.asym {
+            return false;
+        }
+        let e = &self.elements[0];
+        let (up, down) = (e.max_value(), e.min_value());
+        // absmax_scale(e, max, -min)
+        let ideal = |l: f32, h: f32| {
+            let u = if up > 0.0 { h / up } else { 0.0 };
+            let d = if down < 0.0 { -l / -down } else { u };
+            u.max(d)
+        };
+        // Scales into a flat buffer first: loops of f32 arithmetic that vectorise (written as
+        // loops over slices, not `extend`, so that they are compiled inline, for AVX2).
+        sc.clear();
+        sc.resize(lo.len(), 0.0);
+        let groups = sc.iter_mut().zip(lo.iter().zip(hi));
+        match self.scale {
+            ScaleStorage::E8m0 => {
+                let emax = e.emax();
+                for (s, (&l, &h)) in groups {
+                    *s = e8m0_scale(h.max(-l), emax);
+                }
+            }
+            ScaleStorage::E4m3 => {
+                for (s, (&l, &h)) in groups {
+                    let v = ideal(l, h);
+                    *s = if v <= 0.0 { 0.0 } else { crate::scale::e4m3_round(v, ts) };
+                }
+            }
+            ScaleStorage::F32 | ScaleStorage::UInt { .. } => {
+                for (s, (&l, &h)) in groups {
+                    let v = ideal(l, h);
+                    *s = if v <= 0.0 { 0.0 } else { v };
+                }
+            }
+            storage => {
+                for (s, (&l, &h)) in groups {
+                    *s = storage.round(ideal(l, h), ts);
+                }
+            }
+        }
+        params.extend(sc.iter().map(|&scale| GroupParams { scale, zero: 0.0, choice: 0 }));
+        true
+    }
+
     #[inline(always)]
     fn params_at(&self, e: &Element, choice: u8, mn: f32, mx: f32, ts: f32) -> GroupParams {
         if self.asym {
@@ -560,7 +611,7 @@ impl Format {
         let mut params = Vec::with_capacity(groups_per_row.max(1));
         let mut supers = Vec::new();
         // Non-finite input is checked in the pass that reads each group for its range.
-        let mut finite = true;
+        let finite;
         match gran {
             Granularity::None | Granularity::Tensor => {
                 finite = min_max_finite(row).2;
@@ -568,14 +619,19 @@ impl Format {
                 params.push(if gran == Granularity::Tensor { tensor_params.unwrap_or(none) } else { none });
             }
             _ => {
-                for (k, grp) in row.chunks_exact(g).enumerate() {
-                    let (mn, mx, ok) = min_max_finite(grp);
-                    finite &= ok;
-                    let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);
-                    params.push(self.group_params_in(grp, mn, mx, imp, ts));
-                }
+                // Every group's range first (eight groups at a time), then the parameters.
+                let n = row.len() / g;
+                buf.lo.resize(n, 0.0);
+                buf.hi.resize(n, 0.0);
+                finite = group_ranges(row, g, &mut buf.lo, &mut buf.hi);
                 if !finite {
                     return (Vec::new(), Vec::new(), false);
+                }
+                if !self.absmax_params(&buf.lo, &buf.hi, ts, &mut buf.sc, &mut params) {
+                    for (k, grp) in row.chunks_exact(g).enumerate() {
+                        let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);
+                        params.push(self.group_params_in(grp, buf.lo[k], buf.hi[k], imp, ts));
+                    }
                 }
                 if let ScaleStorage::UInt { bits, super_groups } = self.scale {
                     let mut s: Vec<f32> = params.iter().map(|p| p.scale).collect();
@@ -873,6 +929,11 @@ struct RowBufs {
     b8: Vec<u8>,
     b16: Vec<u16>,
     ys: Vec<f32>,
+    /// Each group's (min(w, 0), max(w, 0)).
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    /// Each group's scale.
+    sc: Vec<f32>,
 }
 
 /// `ys = x · inv (+ zero)` group by group: the scaled values the element encoders take.
@@ -1048,6 +1109,85 @@ unsafe fn min_max_finite_avx2(w: &[f32]) -> (f32, f32, bool) {
     (l, h, m < 0x7f80_0000)
 }
 
+/// Each `g`-long group's (min(w, 0), max(w, 0)) of `row` into `lo` and `hi` (as
+/// [`min_max_finite`] gives them), and whether every value is finite.
+#[inline(always)]
+fn group_ranges(row: &[f32], g: usize, lo: &mut [f32], hi: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if g % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { group_ranges_avx2(row, g, lo, hi) };
+        }
+    }
+    let mut finite = true;
+    for ((grp, l), h) in row.chunks_exact(g).zip(lo.iter_mut()).zip(hi.iter_mut()) {
+        let (mn, mx, ok) = min_max_finite(grp);
+        (*l, *h) = (mn, mx);
+        finite &= ok;
+    }
+    finite
+}
+
+/// [`group_ranges`] for groups of a multiple of eight. Eight groups at a time: each keeps an
+/// eight-lane minimum and maximum, and the eight are then reduced together by a transpose
+/// (three rounds of shuffles for eight results, where reducing each group alone would take
+/// three rounds per group). Finiteness is one row-wide magnitude maximum. `min_ps(x, acc)`
+/// keeps `acc` when they are equal, so -0 never replaces the starting +0, as in
+/// [`min_max_finite`]; with that, minima and maxima do not depend on the order of reduction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn group_ranges_avx2(row: &[f32], g: usize, lo: &mut [f32], hi: &mut [f32]) -> bool {
+    use std::arch::x86_64::*;
+    /// Lane i of the result: the minimum (`max` false) or maximum of `v[i]`'s eight lanes.
+    #[inline(always)]
+    unsafe fn reduce8(v: &[__m256; 8], max: bool) -> __m256 {
+        let op = |a: __m256, b: __m256| if max { _mm256_max_ps(a, b) } else { _mm256_min_ps(a, b) };
+        // Per 128-bit half: pairs interleaved, then quads, then the halves folded.
+        let p = |a: __m256, b: __m256| op(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        let (t01, t23, t45, t67) = (p(v[0], v[1]), p(v[2], v[3]), p(v[4], v[5]), p(v[6], v[7]));
+        let q = |a: __m256, b: __m256| {
+            op(_mm256_shuffle_ps::<0b01_00_01_00>(a, b), _mm256_shuffle_ps::<0b11_10_11_10>(a, b))
+        };
+        let (u0, u1) = (q(t01, t23), q(t45, t67));
+        op(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1))
+    }
+    let n = row.len() / g;
+    let abs = _mm256_set1_epi32(0x7fff_ffff);
+    let mut mag = _mm256_setzero_si256();
+    let z = _mm256_setzero_ps();
+    let mut k = 0;
+    while k + 8 <= n {
+        let mut l = [z; 8];
+        let mut h = [z; 8];
+        for j in 0..8 {
+            let grp = &row[(k + j) * g..(k + j + 1) * g];
+            for c in grp.chunks_exact(8) {
+                // SAFETY: c holds eight floats.
+                let x = _mm256_loadu_ps(c.as_ptr());
+                l[j] = _mm256_min_ps(x, l[j]);
+                h[j] = _mm256_max_ps(x, h[j]);
+                mag = _mm256_max_epu32(mag, _mm256_and_si256(_mm256_castps_si256(x), abs));
+            }
+        }
+        // SAFETY: k + 8 <= n = lo.len() = hi.len().
+        _mm256_storeu_ps(lo.as_mut_ptr().add(k), reduce8(&l, false));
+        _mm256_storeu_ps(hi.as_mut_ptr().add(k), reduce8(&h, true));
+        k += 8;
+    }
+    let mut m = [0u32; 8];
+    _mm256_storeu_si256(m.as_mut_ptr().cast(), mag);
+    let mut finite = m.iter().all(|&m| m < 0x7f80_0000);
+    while k < n {
+        let (mn, mx, ok) = min_max_finite_avx2(&row[k * g..(k + 1) * g]);
+        (lo[k], hi[k]) = (mn, mx);
+        finite &= ok;
+        k += 1;
+    }
+    finite
+}
+
 /// Weighted squared error of one group under parameters `p` (nearest rounding).
 fn group_error(e: &Element, w: &[f32], importance: Option<&[f32]>, p: &GroupParams) -> f64 {
     let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
@@ -1095,5 +1235,53 @@ impl SplitMix {
     /// Uniform in [0, 1) with 24 random bits.
     fn uniform(&mut self) -> f32 {
         (self.next() >> 40) as f32 * (1.0 / 16_777_216.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The eight-groups-at-a-time ranges equal [`min_max_finite`] group by group, bit for bit
+    /// (signed zeros included), with and without a remainder of groups, and the finiteness flag
+    /// catches a NaN or infinity in any group.
+    #[test]
+    fn group_ranges_equal_per_group_min_max() {
+        let mut seed = 0x1234_5678u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for g in [8usize, 16, 24, 32, 64, 128] {
+            for n_groups in [1usize, 7, 8, 9, 16, 19] {
+                let mut row: Vec<f32> = (0..g * n_groups).map(|_| next()).collect();
+                // Groups of only positive, only negative, all-zero and signed-zero values.
+                for (k, grp) in row.chunks_mut(g).enumerate() {
+                    match k % 5 {
+                        1 => grp.iter_mut().for_each(|x| *x = x.abs()),
+                        2 => grp.iter_mut().for_each(|x| *x = -x.abs()),
+                        3 => grp.iter_mut().for_each(|x| *x = 0.0),
+                        4 => grp.iter_mut().for_each(|x| *x = -0.0),
+                        _ => {}
+                    }
+                }
+                let (mut lo, mut hi) = (vec![9.0; n_groups], vec![9.0; n_groups]);
+                assert!(group_ranges(&row, g, &mut lo, &mut hi));
+                for (k, grp) in row.chunks(g).enumerate() {
+                    let (l, h, ok) = min_max_finite(grp);
+                    assert!(ok);
+                    assert_eq!((lo[k].to_bits(), hi[k].to_bits()), (l.to_bits(), h.to_bits()), "g {g}, group {k}");
+                }
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    for at in [0, row.len() / 2, row.len() - 1] {
+                        let mut r = row.clone();
+                        r[at] = bad;
+                        assert!(!group_ranges(&r, g, &mut lo, &mut hi), "g {g}, {bad} at {at}");
+                    }
+                }
+            }
+        }
     }
 }
