@@ -1115,7 +1115,7 @@ unsafe fn min_max_finite_avx2(w: &[f32]) -> (f32, f32, bool) {
 fn group_ranges(row: &[f32], g: usize, lo: &mut [f32], hi: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if g % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+        if g.is_multiple_of(8) && std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
             return unsafe { group_ranges_avx2(row, g, lo, hi) };
         }
