@@ -70,13 +70,19 @@ results+=("$(measure qs_q4km "${qsq[@]}" quantize "$model" --out "$work/out.gguf
 results+=("$(measure ll_q4km "$bin/llama-quantize" "$model" "$work/out.gguf" Q4_K_M "$threads")")
 results+=("$(measure qs_q80 "${qsq[@]}" quantize "$model" --out "$work/out.gguf" --method rtn --preset Q8_0)")
 results+=("$(measure ll_q80 "$bin/llama-quantize" "$model" "$work/out.gguf" Q8_0 "$threads")")
+# The quantized case: both evaluate llama-quantize's Q4_K_M of the model (llama.cpp multiplies
+# its blocks with 8-bit activations, quantsmith decodes them to f32 a panel at a time, so the
+# perplexities differ slightly).
+"$bin/llama-quantize" "$model" "$work/q4km.gguf" Q4_K_M "$threads" > /dev/null 2>&1
+results+=("$(measure qs_pplq "${qsq[@]}" eval "$work/q4km.gguf" --text "$text" --ctx 512 --chunks 4)")
+results+=("$(measure ll_pplq "$bin/llama-perplexity" -m "$work/q4km.gguf" -f "$text" -c 512 --chunks 4 -t "$threads")")
 "${qsq[@]}" bench eval "$model" --chunks 4 | tail -2
 
 echo
 echo "model $model, text $text, $threads threads, median of $runs whole-process runs, $(date -u +%F)"
 printf '%-44s %10s %10s %10s %10s %8s\n' job "qs s" "llama s" "qs MiB" "llama MiB" "speed"
 get() { printf '%s\n' "${results[@]}" | awk -v n="$1" '$1 == n { print $'"$2"' }'; }
-for job in "ppl:perplexity 4×512" "imatrix:imatrix 8×512 (quantsmith also writes Q4_K_M)" "q4km:RTN Q4_K_M" "q80:RTN Q8_0"; do
+for job in "ppl:perplexity 4×512" "pplq:perplexity 4×512 of a Q4_K_M" "imatrix:imatrix 8×512 (quantsmith also writes Q4_K_M)" "q4km:RTN Q4_K_M" "q80:RTN Q8_0"; do
   k=${job%%:*}; label=${job#*:}
   qw=$(get "qs_$k" 2); lw=$(get "ll_$k" 2); qm=$(get "qs_$k" 3); lm=$(get "ll_$k" 3)
   printf '%-44s %10s %10s %10s %10s %7.2fx\n' "$label" "$qw" "$lw" "$qm" "$lm" "$(echo "$lw / $qw" | bc -l)"

@@ -73,11 +73,14 @@ pub trait TensorSource: Send + Sync {
     }
 }
 
-/// A weight matrix's f32 values, either owned or read in place from a file mapping (an f32
-/// tensor of a GGUF file, aligned as the format guarantees): a model evaluated as stored then
-/// neither copies its weights nor holds them twice. It reads as a `[f32]`; writing through it
-/// (`DerefMut`) first copies mapped values into an owned vector, so code that rewrites weights
-/// (rotations, scale folding, solvers) works on either kind unchanged.
+/// A weight matrix's f32 values: owned; read in place from a file mapping (an f32 tensor of a
+/// GGUF or safetensors file, aligned as the formats guarantee); or kept packed as the file
+/// stores them (ggml blocks, f16, bf16), decoded a panel of rows at a time by the layer that
+/// multiplies them ([`Weights::packed`]). A model evaluated as stored then neither copies its
+/// weights nor holds more than their stored size. It reads as a `[f32]` — packed values are
+/// decoded whole on the first such read and kept — and writing through it (`DerefMut`) first
+/// makes an owned copy, so code that rewrites weights (rotations, scale folding, solvers)
+/// works on every kind unchanged.
 #[derive(Clone)]
 pub struct Weights(Repr);
 
@@ -85,6 +88,66 @@ pub struct Weights(Repr);
 enum Repr {
     Owned(Vec<f32>),
     Mapped(Arc<MappedF32>),
+    Packed(Arc<PackedRows>),
+}
+
+/// A `[rows, cols]` matrix stored as `ty` rows in a read-only mapping.
+pub struct PackedRows {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    ty: formats::ggml::GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    /// The whole matrix decoded, once something reads it as a slice.
+    dense: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl PackedRows {
+    /// The storage type.
+    pub fn ty(&self) -> formats::ggml::GgmlType {
+        self.ty
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Decodes rows `r0..r0 + out.len() / cols` into `out` (in parallel over rows).
+    pub fn decode_rows(&self, r0: usize, out: &mut [f32]) -> formats::Result<()> {
+        let n = out.len() / self.cols.max(1);
+        let a = self.start + r0 * self.row_bytes;
+        crate::io::gguf::dequantize_rows(self.ty, &self.map[a..a + n * self.row_bytes], out, self.cols)
+    }
+
+    /// Rows per decoded panel: about 1 MiB of f32, a multiple of 16, at least 16.
+    pub fn panel_rows(&self) -> usize {
+        ((1usize << 18) / self.cols.max(1) / 16 * 16).max(16).min(self.rows)
+    }
+
+    fn dense(&self) -> &[f32] {
+        self.dense.get_or_init(|| {
+            let mut v = vec![0f32; self.rows * self.cols];
+            // The bytes were decoded once when the tensor was loaded (its finiteness check),
+            // so this cannot fail unless the file changed underneath; NaN then shows it.
+            if self.decode_rows(0, &mut v).is_err() {
+                v.fill(f32::NAN);
+            }
+            v
+        })
+    }
+}
+
+impl Drop for PackedRows {
+    fn drop(&mut self) {
+        crate::io::release_pages(&self.map, self.start, self.rows * self.row_bytes);
+    }
 }
 
 /// `len` f32 values at byte `start` of a read-only mapping. When the last reference goes, the
@@ -113,16 +176,88 @@ impl Weights {
         Some(Weights(Repr::Mapped(Arc::new(MappedF32 { map: Arc::clone(map), start, len }))))
     }
 
+    /// A `[rows, cols]` matrix of ggml type `ty` (a block type, f16 or bf16) at byte `start`
+    /// of `map`, kept packed; `None` where the bytes do not fit the mapping or rows do not
+    /// hold whole blocks.
+    pub(crate) fn packed(
+        map: &Arc<memmap2::Mmap>,
+        start: usize,
+        ty: formats::ggml::GgmlType,
+        rows: usize,
+        cols: usize,
+    ) -> Option<Weights> {
+        let row_bytes = ty.row_bytes(cols).ok()?;
+        let end = start.checked_add(rows.checked_mul(row_bytes)?)?;
+        if end > map.len() || rows == 0 || cols == 0 {
+            return None;
+        }
+        Some(Weights(Repr::Packed(Arc::new(PackedRows {
+            map: Arc::clone(map),
+            start,
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            dense: std::sync::OnceLock::new(),
+        }))))
+    }
+
+    /// Number of values (without decoding packed ones).
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Owned(v) => v.len(),
+            Repr::Mapped(m) => m.len,
+            Repr::Packed(p) => p.rows * p.cols,
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies row `r` of a `[_, out.len()]` matrix into `out`, decoding only that row when
+    /// the values are packed.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) -> formats::Result<()> {
+        match self.packed_rows() {
+            Some(p) => p.decode_rows(r, out),
+            None => {
+                let n = out.len();
+                out.copy_from_slice(&self[r * n..(r + 1) * n]);
+                Ok(())
+            }
+        }
+    }
+
     /// Whether the values are read in place from a file mapping.
     pub fn is_mapped(&self) -> bool {
         matches!(self.0, Repr::Mapped(_))
     }
 
-    /// The values as an owned vector (a copy when mapped).
+    /// The packed rows, while nothing has decoded them whole: a layer then multiplies them a
+    /// panel at a time ([`PackedRows::decode_rows`]).
+    pub fn packed_rows(&self) -> Option<&PackedRows> {
+        match &self.0 {
+            Repr::Packed(p) if p.dense.get().is_none() => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Bytes these weights hold in memory as they are now (mapped values count as held).
+    pub fn held_bytes(&self) -> usize {
+        match &self.0 {
+            Repr::Owned(v) => v.len() * 4,
+            Repr::Mapped(m) => m.len * 4,
+            Repr::Packed(p) => p.rows * p.row_bytes + p.dense.get().map_or(0, |d| d.len() * 4),
+        }
+    }
+
+    /// The values as an owned vector (a copy when mapped or packed).
     pub fn into_vec(self) -> Vec<f32> {
         match self.0 {
             Repr::Owned(v) => v,
             Repr::Mapped(m) => m.as_slice().to_vec(),
+            Repr::Packed(p) => p.dense().to_vec(),
         }
     }
 }
@@ -154,25 +289,32 @@ impl std::ops::Deref for Weights {
         match &self.0 {
             Repr::Owned(v) => v,
             Repr::Mapped(m) => m.as_slice(),
+            Repr::Packed(p) => p.dense(),
         }
     }
 }
 
 impl std::ops::DerefMut for Weights {
     fn deref_mut(&mut self) -> &mut [f32] {
-        if let Repr::Mapped(m) = &self.0 {
-            self.0 = Repr::Owned(m.as_slice().to_vec());
+        match &self.0 {
+            Repr::Owned(_) => {}
+            Repr::Mapped(m) => self.0 = Repr::Owned(m.as_slice().to_vec()),
+            Repr::Packed(p) => self.0 = Repr::Owned(p.dense().to_vec()),
         }
         match &mut self.0 {
             Repr::Owned(v) => v,
-            Repr::Mapped(_) => unreachable!("made owned above"),
+            _ => unreachable!("made owned above"),
         }
     }
 }
 
 impl std::fmt::Debug for Weights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Weights({} values{})", self.len(), if self.is_mapped() { ", mapped" } else { "" })
+        match &self.0 {
+            Repr::Owned(v) => write!(f, "Weights({} values)", v.len()),
+            Repr::Mapped(m) => write!(f, "Weights({} values, mapped)", m.len),
+            Repr::Packed(p) => write!(f, "Weights({}×{} {}, packed)", p.rows, p.cols, p.ty.name()),
+        }
     }
 }
 

@@ -278,3 +278,52 @@ fn f32_weights_are_read_in_place_and_copied_on_write() {
     assert_eq!(&h[..], &f.load_f32("h").unwrap()[..]);
     assert!(f.load_weights("missing").is_err());
 }
+
+#[test]
+fn packed_weights_are_decoded_by_panels_and_checked_at_load() {
+    use quantsmith::arch::layers::{load_checked_weights, Linear};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    // 1000 rows of 64: more rows than one decode panel, and a last panel that is not full.
+    let (rows, cols) = (1000usize, 64usize);
+    let w = pseudo_random(rows * cols, 9);
+    let q8 = formats::ggml::quantize(GgmlType::Q8_0, &w, cols, None).unwrap();
+    let mut bad = q8.clone();
+    // Row 700's first block gets a NaN scale (f16 0x7e00).
+    let at = 700 * GgmlType::Q8_0.row_bytes(cols).unwrap();
+    bad[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let mut wr = GgufWriter::new(&path).unwrap();
+    wr.add_metadata("general.architecture", GgufValue::String("llama".into())).unwrap();
+    wr.add_tensor("q", &[cols as u64, rows as u64], GgmlType::Q8_0, &q8).unwrap();
+    wr.add_tensor("bad", &[cols as u64, rows as u64], GgmlType::Q8_0, &bad).unwrap();
+    wr.finish().unwrap();
+    let f = GgufFile::open(&path).unwrap();
+    let dense = f.load_f32("q").unwrap();
+
+    let p = load_checked_weights(&f, &path, "q", &[rows, cols]).unwrap();
+    assert!(p.packed_rows().is_some(), "a Q8_0 matrix stays packed");
+    assert_eq!(p.len(), rows * cols);
+    let mut row = vec![0f32; cols];
+    p.row_into(777, &mut row).unwrap();
+    assert_eq!(&row[..], &dense[777 * cols..778 * cols]);
+
+    // A layer on packed weights gives the dense layer's outputs.
+    let x = pseudo_random(5 * cols, 10);
+    let bias = pseudo_random(rows, 11);
+    let packed = Linear::new(p.clone(), Some(bias.clone()), rows, cols);
+    let plain = Linear::new(dense.clone(), Some(bias), rows, cols);
+    let (a, b) = (packed.forward(&x, 5), plain.forward(&x, 5));
+    assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())), "packed and dense layers agree");
+    assert!(p.packed_rows().is_some(), "multiplying does not decode the whole matrix");
+
+    // Reading it as a slice decodes it whole, once; writing makes an owned copy.
+    assert_eq!(&p[..], &dense[..]);
+    assert!(p.packed_rows().is_none());
+    let mut owned = p.clone();
+    owned[0] = 1.0;
+    assert_eq!(owned[0], 1.0);
+    assert_eq!(p[0], dense[0]);
+
+    let e = load_checked_weights(&f, &path, "bad", &[rows, cols]).unwrap_err().to_string();
+    assert!(e.contains("bad") && e.contains("row 700, column 0") && e.contains("NaN"), "{e}");
+}

@@ -82,7 +82,7 @@ impl Linear {
     }
 
     /// `out[rows, out] = hook(x)[rows, inp] · Wᵀ + b`: one GEMM, accumulating onto the
-    /// broadcast bias.
+    /// broadcast bias (one GEMM per decoded panel of rows when the weights are packed).
     pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut [f32], par: Par) {
         debug_assert_eq!(x.len(), rows * self.inp);
         debug_assert_eq!(out.len(), rows * self.out);
@@ -99,8 +99,6 @@ impl Linear {
             }
             None => x,
         };
-        let lhs = MatRef::from_row_major_slice(x, rows, self.inp);
-        let rhs = MatRef::from_row_major_slice(&self.w, self.out, self.inp).transpose();
         let accum = match &self.b {
             Some(b) => {
                 for row in out.chunks_exact_mut(self.out) {
@@ -110,8 +108,35 @@ impl Linear {
             }
             None => Accum::Replace,
         };
-        let dst = MatMut::from_row_major_slice_mut(out, rows, self.out);
+        times_transposed(x, rows, &self.w, self.out, self.inp, out, accum, par);
+    }
+}
+
+/// `out[rows, n] (+)= x[rows, k] · Wᵀ` for `w` `[n, k]`. Packed weights are decoded a panel of
+/// about 1 MiB at a time (it stays in cache for its GEMM), so a quantized model is multiplied
+/// without ever being held in f32.
+#[allow(clippy::too_many_arguments)]
+pub fn times_transposed(x: &[f32], rows: usize, w: &Weights, n: usize, k: usize, out: &mut [f32], accum: Accum, par: Par) {
+    debug_assert_eq!(w.len(), n * k);
+    let lhs = MatRef::from_row_major_slice(x, rows, k);
+    let mut dst = MatMut::from_row_major_slice_mut(out, rows, n);
+    let Some(p) = w.packed_rows() else {
+        let rhs = MatRef::from_row_major_slice(w, n, k).transpose();
         matmul(dst, accum, lhs, rhs, 1.0f32, par);
+        return;
+    };
+    let panel = p.panel_rows();
+    let mut buf = vec![0f32; panel * k];
+    for r0 in (0..n).step_by(panel) {
+        let h = panel.min(n - r0);
+        let wp = &mut buf[..h * k];
+        // Loading checked that every row decodes (and is finite); a failure now means the
+        // file changed underneath, which NaN outputs then show.
+        if p.decode_rows(r0, wp).is_err() {
+            wp.fill(f32::NAN);
+        }
+        let rhs = MatRef::from_row_major_slice(wp, h, k).transpose();
+        matmul(dst.as_mut().subcols_mut(r0, h), accum, lhs, rhs, 1.0f32, par);
     }
 }
 
@@ -683,26 +708,56 @@ pub fn load_checked(src: &dyn TensorSource, path: &Path, name: &str, shape: &[us
     checked(src, path, name, shape, |n| src.load_f32(n))
 }
 
-/// As [`load_checked`], read in place from the file where it stores the tensor as f32.
+/// As [`load_checked`], read in place from the file where it stores the tensor as f32, and
+/// kept packed where it stores it packed (see [`Weights`]); packed rows are decoded once here,
+/// a panel at a time, to check that they decode and are finite.
 pub fn load_checked_weights(src: &dyn TensorSource, path: &Path, name: &str, shape: &[usize]) -> Result<Weights> {
-    checked(src, path, name, shape, |n| src.load_weights(n))
+    let w = expect_shape(src, path, name, shape)?;
+    let err = |msg: String| Error::Tensor { path: path.to_path_buf(), tensor: name.into(), msg };
+    let data = src.load_weights(name)?;
+    if data.len() != w {
+        return Err(err(format!("{} values read, expected {w}", data.len())));
+    }
+    match data.packed_rows() {
+        Some(p) => {
+            let panel = p.panel_rows();
+            let mut buf = vec![0f32; panel * p.cols()];
+            for r0 in (0..p.rows()).step_by(panel) {
+                let h = panel.min(p.rows() - r0);
+                let b = &mut buf[..h * p.cols()];
+                p.decode_rows(r0, b).map_err(|e| err(format!("cannot decode {}: {e}", p.ty().name())))?;
+                if let Some(i) = formats::format::first_non_finite(b) {
+                    return Err(err(non_finite_message(r0 * p.cols() + i, b[i], shape)));
+                }
+            }
+        }
+        None => check_finite(&data, shape).map_err(err)?,
+    }
+    Ok(data)
 }
 
-fn checked<T: std::ops::Deref<Target = [f32]>>(
-    src: &dyn TensorSource,
-    path: &Path,
-    name: &str,
-    shape: &[usize],
-    load: impl FnOnce(&str) -> Result<T>,
-) -> Result<T> {
+/// The element count of tensor `name` once its shape is checked to be `shape`.
+fn expect_shape(src: &dyn TensorSource, path: &Path, name: &str, shape: &[usize]) -> Result<usize> {
     let err = |msg: String| Error::Tensor { path: path.to_path_buf(), tensor: name.into(), msg };
     let info = src.info(name).ok_or_else(|| src.absent_reason(name).map(err).unwrap_or_else(|| missing(path, name)))?;
     if info.shape != shape {
         return Err(err(format!("expected shape {shape:?}, found {:?}", info.shape)));
     }
+    Ok(info.numel())
+}
+
+fn checked(
+    src: &dyn TensorSource,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+    load: impl FnOnce(&str) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let n = expect_shape(src, path, name, shape)?;
+    let err = |msg: String| Error::Tensor { path: path.to_path_buf(), tensor: name.into(), msg };
     let data = load(name)?;
-    if data.len() != info.numel() {
-        return Err(err(format!("{} values read, expected {}", data.len(), info.numel())));
+    if data.len() != n {
+        return Err(err(format!("{} values read, expected {n}", data.len())));
     }
     check_finite(&data, shape).map_err(err)?;
     Ok(data)
@@ -712,12 +767,16 @@ fn checked<T: std::ops::Deref<Target = [f32]>>(
 /// such a weight makes every result NaN, so it is refused where it is read.
 pub fn check_finite(data: &[f32], shape: &[usize]) -> std::result::Result<(), String> {
     let Some(i) = formats::format::first_non_finite(data) else { return Ok(()) };
+    Err(non_finite_message(i, data[i], shape))
+}
+
+fn non_finite_message(i: usize, value: f32, shape: &[usize]) -> String {
     let row = shape.last().copied().filter(|&c| c > 0 && shape.len() > 1);
     let at = match row {
         Some(c) => format!("row {}, column {}", i / c, i % c),
         None => format!("index {i}"),
     };
-    Err(format!("value {} at {at}: weights must be finite", data[i]))
+    format!("value {value} at {at}: weights must be finite")
 }
 
 /// Loads `{base}.weight` `[out, inp]` and, with `bias`, `{base}.bias` `[out]`.

@@ -7,11 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::layers::{add_assign, load_checked, load_checked_weights, load_linear, missing, swiglu, Attention, Linear};
+use super::layers::{add_assign, load_checked, load_checked_weights, load_linear, times_transposed, missing, swiglu, Attention, Linear};
 pub use super::layers::{rms_norm, RopeLayout, RopeTable};
 use crate::io::gguf::GgufFile;
 use crate::io::hf::HfModel;
-use crate::linalg::matmul_nt;
 use crate::tensor::{TensorSource, Weights};
 use crate::{Error, Result};
 
@@ -654,7 +653,11 @@ impl Llama {
                     self.cfg.vocab
                 )));
             }
-            row.copy_from_slice(&self.embed[t * d..(t + 1) * d]);
+            self.embed.row_into(t, row).map_err(|e| Error::Tensor {
+                path: self.path.clone(),
+                tensor: self.cfg.naming.embed().into(),
+                msg: format!("cannot decode row {t}: {e}"),
+            })?;
         }
         Ok(x)
     }
@@ -704,7 +707,8 @@ impl Llama {
             Some(head) => head.forward(&h, rows),
             None => {
                 let mut out = vec![0f32; rows * self.cfg.vocab];
-                matmul_nt(&h, &self.embed, rows, self.cfg.vocab, d, &mut out, true);
+                let par = faer::Par::rayon(0);
+                times_transposed(&h, rows, &self.embed, self.cfg.vocab, d, &mut out, faer::Accum::Replace, par);
                 out
             }
         }

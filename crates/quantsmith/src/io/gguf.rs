@@ -945,10 +945,21 @@ impl TensorSource for GgufFile {
         Ok(out)
     }
 
+    /// f32 tensors are read in place, every other type (ggml blocks, f16, bf16) of a matrix
+    /// is kept packed ([`Weights`]).
     fn load_weights(&self, name: &str) -> Result<Weights> {
-        if let Some(t) = self.gguf_tensor(name).filter(|t| t.ty == GgmlType::F32 && t.n_bytes == t.numel() * 4) {
+        if let Some(t) = self.gguf_tensor(name) {
             let start = (self.data_offset + t.offset) as usize;
-            if let Some(w) = Weights::mapped(&self.mmap, start, t.numel()) {
+            let cols = t.ne.first().copied().unwrap_or(0) as usize;
+            let w = if t.ty == GgmlType::F32 && t.n_bytes == t.numel() * 4 {
+                Weights::mapped(&self.mmap, start, t.numel())
+            } else if t.ne.len() >= 2 && cols > 0 && t.numel().is_multiple_of(cols) {
+                Weights::packed(&self.mmap, start, t.ty, t.numel() / cols, cols)
+                    .filter(|_| t.ty.row_bytes(cols).is_ok_and(|rb| rb * (t.numel() / cols) == t.n_bytes))
+            } else {
+                None
+            };
+            if let Some(w) = w {
                 return Ok(w);
             }
         }
