@@ -181,7 +181,9 @@ mod tests {
         let mut n = 0;
         for ts in [1.0f32, 0.37, 3.0e-5, 2.5e3] {
             for exp in -14i32..=12 {
-                for m in (0u32..1 << 23).step_by(997).chain([0, 1 << 19, 3 << 19, (1 << 20) - 1, 1 << 20, (1 << 20) + 1]) {
+                for m in
+                    (0u32..1 << 23).step_by(997).chain([0, 1 << 19, 3 << 19, (1 << 20) - 1, 1 << 20, (1 << 20) + 1])
+                {
                     let a = f32::from_bits((((exp + 127) as u32) << 23) | m);
                     let s = a * ts;
                     assert_eq!(e4m3_round(s, ts).to_bits(), generic(s, ts).to_bits(), "s = {s:e}, ts = {ts:e}");

@@ -33,6 +33,21 @@ pub fn matmul_nn(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f3
     matmul(c, Accum::Replace, a, b, 1.0f32, par(parallel));
 }
 
+/// A pointer to a buffer that parallel tasks write at disjoint positions (the Hessian's packed
+/// triangle, GPTQ's columns split by rows).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// SAFETY: used only where each element is written by one task (said at each use).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+impl<T> SharedMut<T> {
+    /// The element at `k` (a method, so closures capture the wrapper, not the raw pointer).
+    pub(crate) fn at(self, k: usize) -> *mut T {
+        // SAFETY: callers stay within the buffer.
+        unsafe { self.0.add(k) }
+    }
+}
+
 /// The dense layer lives with the other shared layers; re-exported for older paths.
 pub use crate::arch::layers::Linear;
 

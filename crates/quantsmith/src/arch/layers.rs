@@ -116,7 +116,16 @@ impl Linear {
 /// about 1 MiB at a time (it stays in cache for its GEMM), so a quantized model is multiplied
 /// without ever being held in f32.
 #[allow(clippy::too_many_arguments)]
-pub fn times_transposed(x: &[f32], rows: usize, w: &Weights, n: usize, k: usize, out: &mut [f32], accum: Accum, par: Par) {
+pub fn times_transposed(
+    x: &[f32],
+    rows: usize,
+    w: &Weights,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    accum: Accum,
+    par: Par,
+) {
     debug_assert_eq!(w.len(), n * k);
     let lhs = MatRef::from_row_major_slice(x, rows, k);
     let mut dst = MatMut::from_row_major_slice_mut(out, rows, n);

@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::layers::{add_assign, load_checked, load_checked_weights, load_linear, times_transposed, missing, swiglu, Attention, Linear};
+use super::layers::{
+    add_assign, load_checked, load_checked_weights, load_linear, missing, swiglu, times_transposed, Attention, Linear,
+};
 pub use super::layers::{rms_norm, RopeLayout, RopeTable};
 use crate::io::gguf::GgufFile;
 use crate::io::hf::HfModel;

@@ -4,6 +4,8 @@ use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
+use crate::linalg::SharedMut;
+
 /// Rows per f32 GEMM before the product is folded into the f64 sum: small enough that f32
 /// accumulation loses nothing that matters (relative rounding ~√rows · 2⁻²⁴), large enough for
 /// GEMM speed; one calibration batch of 8 × 512 tokens is one product.
@@ -248,20 +250,6 @@ fn channels_contiguous(x: MatRef<'_, f32>) -> Mat<f32> {
         }
     });
     out
-}
-
-/// A pointer to a buffer that parallel tasks write at disjoint positions.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-// SAFETY: used only where each element is written by one task (said at each use).
-unsafe impl<T> Send for SharedMut<T> {}
-unsafe impl<T> Sync for SharedMut<T> {}
-impl<T> SharedMut<T> {
-    /// The element at `k` (a method, so closures capture the wrapper, not the raw pointer).
-    fn at(self, k: usize) -> *mut T {
-        // SAFETY: callers stay within the buffer.
-        unsafe { self.0.add(k) }
-    }
 }
 
 /// Adds the packed lower triangle `g` (row i holds columns 0..=i) to the symmetric `n × n`

@@ -683,7 +683,17 @@ impl GgufFile {
             tensors.push(GgufTensor { name, ne, ty, offset, n_bytes });
         }
 
-        Ok(GgufFile { path, mmap: Arc::new(mmap), version, alignment, data_offset, metadata, meta_index, tensors, tensor_index })
+        Ok(GgufFile {
+            path,
+            mmap: Arc::new(mmap),
+            version,
+            alignment,
+            data_offset,
+            metadata,
+            meta_index,
+            tensors,
+            tensor_index,
+        })
     }
 
     /// The file's path.

@@ -26,8 +26,8 @@ use crate::calib::{calibration_windows, CalibOptions, Cross, CrossPart, Hessian,
 use crate::dist::Reduce;
 use crate::export::{ExportModel, Exporter, QuantTensor, TensorData};
 use crate::solve::{layer_error, LayerError, LayerProblem};
-use crate::tokenizer::Tokenizer;
 use crate::tensor::Weights;
+use crate::tokenizer::Tokenizer;
 use crate::transform::{GroupCtx, SolvedGroup, Transform};
 use crate::{Error, Result};
 

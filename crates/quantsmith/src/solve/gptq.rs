@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::target::{grid, Encoded, Grid, Target};
 use super::{LayerProblem, Solver};
+use crate::linalg::SharedMut;
 use crate::{Error, Result};
 
 /// GPTQ settings.
@@ -333,28 +334,21 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
     while i1 < cols {
         let i2 = (i1 + bs).min(cols);
         let nb = i2 - i1;
-        for i in i1..i2 {
+        if ns == 1 {
+            // One task per chunk of rows runs the whole block: rows are independent within a
+            // block (a row's error only moves that row's later weights), so this is the
+            // column-by-column loop below with the same arithmetic per weight, without two
+            // parallel dispatches per column.
+            block_by_rows(&mut wts[0], &mut qt, &mut errs[0], (i1, i2), rows, &uf, &perm, &keep, cols, &*g);
+        }
+        // Several streams (a cascaded nested grid): column by column, every stream's value of
+        // the column rounded together.
+        for i in (i1..i2).filter(|_| ns > 1) {
             let d = uf[(i, i)];
             let c = perm[i];
             let qcol = &mut qt[i * rows..(i + 1) * rows];
-            let keep = &keep;
-            if ns == 1 {
-                let col = &wts[0][i * rows..(i + 1) * rows];
-                let ecol = &mut errs[0][(i - i1) * rows..(i - i1 + 1) * rows];
-                qcol.par_iter_mut().zip(ecol.par_iter_mut()).enumerate().for_each(|(r, (q, e))| {
-                    let seen = if !keep.is_empty() && keep[r * cols + c] {
-                        *q = half::f16::from_f32(col[r]).to_f32();
-                        *q
-                    } else {
-                        let (stored, seen) = g.round_compensated(r, c, col[r]);
-                        *q = stored;
-                        seen
-                    };
-                    *e = (col[r] - seen) / d;
-                });
-            } else {
-                // Every stream's value of this column, rounded together: the stored value,
-                // and each stream's error.
+            {
+                // The stored value, and each stream's error.
                 let wts = &wts;
                 qcol.par_iter_mut().zip(seen_all.par_chunks_mut(ns)).enumerate().for_each(|(r, (q, seen))| {
                     let mut xs = [0f32; 8];
@@ -404,6 +398,60 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
         }
     }
     Ok(OnGrid { grid: g, q, kept, cols })
+}
+
+/// GPTQ's columns `i1..i2` (one block) for every row, rows split into chunks run in parallel:
+/// `wt`, `qt` hold (permuted) columns of `rows` values, `err` the block's scaled errors.
+#[allow(clippy::too_many_arguments)]
+fn block_by_rows(
+    wt: &mut [f32],
+    qt: &mut [f32],
+    err: &mut [f32],
+    (i1, i2): (usize, usize),
+    rows: usize,
+    uf: &Mat<f32>,
+    perm: &[usize],
+    keep: &[bool],
+    cols: usize,
+    g: &dyn Grid,
+) {
+    // Chunks of at least 16 rows, about four per thread.
+    let chunk = (rows / (4 * rayon::current_num_threads()).max(1)).max(16).min(rows);
+    let (wp, qp, ep) = (SharedMut(wt.as_mut_ptr()), SharedMut(qt.as_mut_ptr()), SharedMut(err.as_mut_ptr()));
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|t| {
+        let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(rows));
+        let n = r1 - r0;
+        // SAFETY: task t reads and writes rows r0..r1 of columns i1..cols of `wt` and `qt` and
+        // of the block's columns of `err`, and no other task touches those rows; each slice
+        // below lies inside its buffer (columns of `rows` values) and lives only during one
+        // step of this task, while the buffers outlive the parallel loop.
+        let col = |p: SharedMut<f32>, k: usize| unsafe { std::slice::from_raw_parts_mut(p.at(k * rows + r0), n) };
+        for i in i1..i2 {
+            let d = uf[(i, i)];
+            let c = perm[i];
+            let (w, q, e) = (col(wp, i), col(qp, i), col(ep, i - i1));
+            for (k, ((q, e), &x)) in q.iter_mut().zip(e.iter_mut()).zip(w.iter()).enumerate() {
+                let r = r0 + k;
+                let seen = if !keep.is_empty() && keep[r * cols + c] {
+                    *q = half::f16::from_f32(x).to_f32();
+                    *q
+                } else {
+                    let (stored, seen) = g.round_compensated(r, c, x);
+                    *q = stored;
+                    seen
+                };
+                *e = (x - seen) / d;
+            }
+            // Within the block, update the remaining columns right away.
+            let e: &[f32] = e;
+            for j in i + 1..i2 {
+                let uij = uf[(i, j)];
+                for (w, e) in col(wp, j).iter_mut().zip(e) {
+                    *w -= e * uij;
+                }
+            }
+        }
+    });
 }
 
 /// The checks every Hessian solver makes of its problem; returns the Hessian.
