@@ -61,8 +61,9 @@ pub trait TensorSource: Send + Sync {
     fn info(&self, name: &str) -> Option<TensorInfo>;
     /// Materializes one tensor as f32, row-major with `info(name).shape`.
     fn load_f32(&self, name: &str) -> Result<Vec<f32>>;
-    /// As [`TensorSource::load_f32`], read in place where the file stores the tensor as
-    /// aligned f32 (no copy); a copy otherwise.
+    /// As [`TensorSource::load_f32`], but read in place where the file stores the tensor as
+    /// aligned f32 (no copy) and kept packed where a reader can multiply it packed (GGUF's
+    /// ggml blocks, f16, bf16); a decoded copy otherwise. See [`Weights`].
     fn load_weights(&self, name: &str) -> Result<Weights> {
         self.load_f32(name).map(Weights::from)
     }
@@ -132,15 +133,17 @@ impl PackedRows {
     }
 
     fn dense(&self) -> &[f32] {
-        self.dense.get_or_init(|| {
-            let mut v = vec![0f32; self.rows * self.cols];
-            // The bytes were decoded once when the tensor was loaded (its finiteness check),
-            // so this cannot fail unless the file changed underneath; NaN then shows it.
-            if self.decode_rows(0, &mut v).is_err() {
-                v.fill(f32::NAN);
-            }
-            v
-        })
+        self.dense.get_or_init(|| self.decode_all())
+    }
+
+    fn decode_all(&self) -> Vec<f32> {
+        let mut v = vec![0f32; self.rows * self.cols];
+        // The bytes were decoded once when the tensor was loaded (its finiteness check), so
+        // this cannot fail unless the file changed underneath; NaN then shows it.
+        if self.decode_rows(0, &mut v).is_err() {
+            v.fill(f32::NAN);
+        }
+        v
     }
 }
 
@@ -243,22 +246,22 @@ impl Weights {
         }
     }
 
-    /// Bytes these weights hold in memory as they are now (mapped values count as held).
-    pub fn held_bytes(&self) -> usize {
-        match &self.0 {
-            Repr::Owned(v) => v.len() * 4,
-            Repr::Mapped(m) => m.len * 4,
-            Repr::Packed(p) => p.rows * p.row_bytes + p.dense.get().map_or(0, |d| d.len() * 4),
-        }
-    }
-
     /// The values as an owned vector (a copy when mapped or packed).
     pub fn into_vec(self) -> Vec<f32> {
         match self.0 {
             Repr::Owned(v) => v,
             Repr::Mapped(m) => m.as_slice().to_vec(),
-            Repr::Packed(p) => p.dense().to_vec(),
+            Repr::Packed(p) => owned_from_packed(p),
         }
+    }
+}
+
+/// The values of packed rows as an owned vector: the decoded copy itself when nothing else
+/// shares it (no second copy), else a copy of it.
+fn owned_from_packed(p: Arc<PackedRows>) -> Vec<f32> {
+    match Arc::try_unwrap(p) {
+        Ok(mut p) => p.dense.take().unwrap_or_else(|| p.decode_all()),
+        Err(p) => p.dense().to_vec(),
     }
 }
 
@@ -296,10 +299,9 @@ impl std::ops::Deref for Weights {
 
 impl std::ops::DerefMut for Weights {
     fn deref_mut(&mut self) -> &mut [f32] {
-        match &self.0 {
-            Repr::Owned(_) => {}
-            Repr::Mapped(m) => self.0 = Repr::Owned(m.as_slice().to_vec()),
-            Repr::Packed(p) => self.0 = Repr::Owned(p.dense().to_vec()),
+        if !matches!(self.0, Repr::Owned(_)) {
+            let v = std::mem::take(self).into_vec();
+            self.0 = Repr::Owned(v);
         }
         match &mut self.0 {
             Repr::Owned(v) => v,

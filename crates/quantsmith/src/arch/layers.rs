@@ -37,7 +37,8 @@ pub type ScoreBias<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
 /// A dense layer `y = x Wᵀ + b` with `W` stored `[out, inp]` row-major, as in PyTorch.
 #[derive(Clone)]
 pub struct Linear {
-    /// Weight `[out, inp]`, owned or read in place from the model file.
+    /// Weight `[out, inp]`: owned, read in place from the model file, or packed (see
+    /// [`Weights`]).
     pub w: Weights,
     /// Optional bias `[out]`.
     pub b: Option<Vec<f32>>,

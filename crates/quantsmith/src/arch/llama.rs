@@ -627,7 +627,8 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Loads every tensor of a Llama-family decoder as f32.
+    /// Loads every tensor of a Llama-family decoder: weight matrices as [`Weights`] (in place
+    /// or packed where the file allows), the rest as f32.
     pub fn load(src: &dyn TensorSource, path: &Path, cfg: LlamaConfig) -> Result<Llama> {
         let n = cfg.naming;
         let embed = load_checked_weights(src, path, n.embed(), &[cfg.vocab, cfg.d_model])?;
