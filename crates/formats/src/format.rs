@@ -1247,13 +1247,8 @@ mod tests {
     /// catches a NaN or infinity in any group.
     #[test]
     fn group_ranges_equal_per_group_min_max() {
-        let mut seed = 0x1234_5678u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut bits = crate::xorshift(0x1234_5678);
+        let mut next = || ((bits() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
         for g in [8usize, 16, 24, 32, 64, 128] {
             for n_groups in [1usize, 7, 8, 9, 16, 19] {
                 let mut row: Vec<f32> = (0..g * n_groups).map(|_| next()).collect();

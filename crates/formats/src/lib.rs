@@ -48,3 +48,14 @@ pub enum FormatError {
 
 /// Result alias of the formats crate.
 pub type Result<T> = std::result::Result<T, FormatError>;
+
+/// The unit tests' seeded xorshift64 generator: each call gives the next 64-bit state.
+#[cfg(test)]
+pub(crate) fn xorshift(mut s: u64) -> impl FnMut() -> u64 {
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
