@@ -336,24 +336,23 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
         let nb = i2 - i1;
         if ns == 1 {
             // One task per chunk of rows runs the whole block: rows are independent within a
-            // block (a row's error only moves that row's later weights), so this is the
-            // column-by-column loop below with the same arithmetic per weight, without two
-            // parallel dispatches per column.
+            // block (a row's error only moves that row's later weights), so this is GPTQ's
+            // column-by-column loop with the same arithmetic per weight, without two parallel
+            // dispatches per column.
             block_by_rows(&mut wts[0], &mut qt, &mut errs[0], (i1, i2), rows, &uf, &perm, &keep, cols, &*g);
-        }
-        // Several streams (a cascaded nested grid): column by column, every stream's value of
-        // the column rounded together.
-        for i in (i1..i2).filter(|_| ns > 1) {
-            let d = uf[(i, i)];
-            let c = perm[i];
-            let qcol = &mut qt[i * rows..(i + 1) * rows];
-            {
+        } else {
+            // Several streams (a cascaded nested grid): column by column, every stream's value
+            // of the column rounded together.
+            for i in i1..i2 {
+                let d = uf[(i, i)];
+                let c = perm[i];
+                let qcol = &mut qt[i * rows..(i + 1) * rows];
                 // The stored value, and each stream's error.
-                let wts = &wts;
+                let wts_ref = &wts;
                 qcol.par_iter_mut().zip(seen_all.par_chunks_mut(ns)).enumerate().for_each(|(r, (q, seen))| {
                     let mut xs = [0f32; 8];
                     for (s, x) in xs[..ns].iter_mut().enumerate() {
-                        *x = wts[s][i * rows + r];
+                        *x = wts_ref[s][i * rows + r];
                     }
                     *q = g.round_streams(r, c, &xs[..ns], seen);
                     for (sv, x) in seen.iter_mut().zip(&xs) {
@@ -365,17 +364,17 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
                         *e = seen_all[r * ns + s];
                     }
                 }
-            }
-            // Within the block, update the remaining columns right away.
-            for (wt, err) in wts.iter_mut().zip(&errs) {
-                let tail = &mut wt[(i + 1) * rows..];
-                let ecol = &err[(i - i1) * rows..(i - i1 + 1) * rows];
-                tail[..(i2 - i - 1) * rows].par_chunks_mut(rows).enumerate().for_each(|(jj, wcol)| {
-                    let uij = uf[(i, i + 1 + jj)];
-                    for (w, e) in wcol.iter_mut().zip(ecol) {
-                        *w -= e * uij;
-                    }
-                });
+                // Within the block, update the remaining columns right away.
+                for (wt, err) in wts.iter_mut().zip(&errs) {
+                    let tail = &mut wt[(i + 1) * rows..];
+                    let ecol = &err[(i - i1) * rows..(i - i1 + 1) * rows];
+                    tail[..(i2 - i - 1) * rows].par_chunks_mut(rows).enumerate().for_each(|(jj, wcol)| {
+                        let uij = uf[(i, i + 1 + jj)];
+                        for (w, e) in wcol.iter_mut().zip(ecol) {
+                            *w -= e * uij;
+                        }
+                    });
+                }
             }
         }
         // Lazy update of all later columns: Wᵀ[i2.., :] -= U[i1..i2, i2..]ᵀ · E.
