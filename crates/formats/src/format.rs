@@ -354,9 +354,9 @@ impl Format {
     /// Every group's parameters from its range alone, when that is all they depend on: one
     /// symmetric grid, absmax scales (no clip search, so no importance). The same arithmetic
     /// as [`Format::params_at`], with the grid's constants read once and the storage chosen
-    /// once per row rather than per group. Returns false (and pushes nothing) otherwise.
+    /// once per row rather than per group. Returns false (and leaves `sc` alone) otherwise.
     #[inline(always)]
-    fn absmax_params(&self, lo: &[f32], hi: &[f32], ts: f32, sc: &mut Vec<f32>, params: &mut Vec<GroupParams>) -> bool {
+    fn absmax_params(&self, lo: &[f32], hi: &[f32], ts: f32, sc: &mut Vec<f32>) -> bool {
         if self.elements.len() != 1 || self.clip == Clip::Mse || self.asym {
             return false;
         }
@@ -398,7 +398,6 @@ impl Format {
                 }
             }
         }
-        params.extend(sc.iter().map(|&scale| GroupParams { scale, zero: 0.0, choice: 0 }));
         true
     }
 
@@ -512,43 +511,55 @@ impl Format {
             Rounding::Stochastic { seed } => Some(seed),
             Rounding::Nearest => None,
         };
-        // Each row returns its group parameters (and second-level scales); codes are written
-        // in place. Rows are independent, so they run in parallel.
-        let metas: Vec<(Vec<GroupParams>, Vec<f32>, bool)> = data
+        // Each row writes its codes and group parameters in place and returns its
+        // second-level scales; rows are independent, so they run in parallel. Every row gets
+        // at least one slot of each (a row without groups, or a format without zero points
+        // or choices, gets one that is dropped afterwards).
+        let slots = groups_per_row.max(1);
+        let zslots = if self.asym { slots } else { 1 };
+        let cslots = if per_group_choice { slots } else { 1 };
+        let mut scales = vec![0f32; rows * slots];
+        let mut zeros = vec![0f32; rows * zslots];
+        let mut choices = vec![0u8; rows * cslots];
+        let metas: Vec<(Vec<f32>, bool)> = data
             .par_chunks(cols)
             .zip(codes.par_chunks_mut(row_bytes))
+            .zip(scales.par_chunks_mut(slots).zip(zeros.par_chunks_mut(zslots)).zip(choices.par_chunks_mut(cslots)))
             .enumerate()
-            .map_init(RowBufs::default, |buf: &mut RowBufs, (r, (row, out))| {
+            .map_init(RowBufs::default, |buf: &mut RowBufs, (r, ((row, codes), ((scales, zeros), choices)))| {
                 let next = data.get((r + 1) * cols..(r + 2) * cols);
-                let ctx = RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row, next };
-                self.encode_row_dispatch(&ctx, r, row, out, buf)
+                let ctx = RowCtx {
+                    cols,
+                    g,
+                    gran,
+                    tensor_params,
+                    ts,
+                    importance,
+                    seed,
+                    bits,
+                    groups_per_row,
+                    per_group_choice,
+                    next,
+                };
+                self.encode_row_dispatch(&ctx, r, row, RowOut { codes, scales, zeros, choices }, buf)
             })
             .collect();
-        let mut scales = Vec::with_capacity(rows * groups_per_row);
-        let mut zeros = Vec::new();
-        let mut choices = Vec::new();
-        let mut supers = Vec::new();
-        if metas.iter().any(|m| !m.2) {
+        if metas.iter().any(|m| !m.1) {
             check_finite(data)?;
         }
-        for (params, sup, _) in &metas {
-            scales.extend(params.iter().map(|p| p.scale));
-            if self.asym {
-                zeros.extend(params.iter().map(|p| p.zero));
-            }
-            if per_group_choice {
-                choices.extend(params.iter().map(|p| p.choice));
-            }
-            supers.extend_from_slice(sup);
-        }
+        let supers: Vec<f32> = metas.into_iter().flat_map(|m| m.0).collect();
         if let Some(p) = tensor_params {
             scales = vec![p.scale];
-            if self.asym {
-                zeros = vec![p.zero];
-            }
-            if per_group_choice {
-                choices = vec![p.choice];
-            }
+            zeros = vec![p.zero];
+            choices = vec![p.choice];
+        } else if groups_per_row == 0 {
+            scales.clear();
+        }
+        if !self.asym {
+            zeros = Vec::new();
+        }
+        if !per_group_choice {
+            choices = Vec::new();
         }
         Ok(Quantized {
             rows,
@@ -572,9 +583,9 @@ impl Format {
         ctx: &RowCtx,
         r: usize,
         row: &[f32],
-        out: &mut [u8],
+        out: RowOut,
         buf: &mut RowBufs,
-    ) -> (Vec<GroupParams>, Vec<f32>, bool) {
+    ) -> (Vec<f32>, bool) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -592,75 +603,107 @@ impl Format {
         ctx: &RowCtx,
         r: usize,
         row: &[f32],
-        out: &mut [u8],
+        out: RowOut,
         buf: &mut RowBufs,
-    ) -> (Vec<GroupParams>, Vec<f32>, bool) {
+    ) -> (Vec<f32>, bool) {
         self.encode_row(ctx, r, row, out, buf)
     }
 
     #[inline(always)]
-    fn encode_row(
-        &self,
-        ctx: &RowCtx,
-        r: usize,
-        row: &[f32],
-        out: &mut [u8],
-        buf: &mut RowBufs,
-    ) -> (Vec<GroupParams>, Vec<f32>, bool) {
-        let RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row, next } = *ctx;
-        let mut params = Vec::with_capacity(groups_per_row.max(1));
+    fn encode_row(&self, ctx: &RowCtx, r: usize, row: &[f32], out: RowOut, buf: &mut RowBufs) -> (Vec<f32>, bool) {
+        let RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row, per_group_choice, next } =
+            *ctx;
         let mut supers = Vec::new();
-        // Non-finite input is checked in the pass that reads each group for its range.
-        let finite;
+        // The row's group parameters, flat: scales, zero points, grid choices. Non-finite
+        // input is checked in the pass that reads each group for its range. `uniform`: known
+        // to be one grid without zero points.
+        let mut uniform = false;
+        buf.sc.clear();
+        buf.zp.clear();
+        buf.ch.clear();
         match gran {
             Granularity::None | Granularity::Tensor => {
-                finite = min_max_finite(row).2;
+                if !min_max_finite(row).2 {
+                    return (Vec::new(), false);
+                }
                 let none = GroupParams { scale: 1.0, zero: 0.0, choice: 0 };
-                params.push(if gran == Granularity::Tensor { tensor_params.unwrap_or(none) } else { none });
+                let p = if gran == Granularity::Tensor { tensor_params.unwrap_or(none) } else { none };
+                buf.sc.push(p.scale);
+                buf.zp.push(p.zero);
+                buf.ch.push(p.choice);
             }
             _ => {
                 // Every group's range first (eight groups at a time), then the parameters.
                 let n = row.len() / g;
                 buf.lo.resize(n, 0.0);
                 buf.hi.resize(n, 0.0);
-                finite = group_ranges(row, g, &mut buf.lo, &mut buf.hi);
-                if !finite {
-                    return (Vec::new(), Vec::new(), false);
+                if !group_ranges(row, g, &mut buf.lo, &mut buf.hi) {
+                    return (Vec::new(), false);
                 }
-                if !self.absmax_params(&buf.lo, &buf.hi, ts, &mut buf.sc, &mut params) {
+                if self.absmax_params(&buf.lo, &buf.hi, ts, &mut buf.sc) {
+                    buf.zp.resize(n, 0.0);
+                    buf.ch.resize(n, 0);
+                    uniform = true;
+                } else {
                     for (k, grp) in row.chunks_exact(g).enumerate() {
                         let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);
-                        params.push(self.group_params_in(grp, buf.lo[k], buf.hi[k], imp, ts));
+                        let p = self.group_params_in(grp, buf.lo[k], buf.hi[k], imp, ts);
+                        buf.sc.push(p.scale);
+                        buf.zp.push(p.zero);
+                        buf.ch.push(p.choice);
                     }
                 }
                 if let ScaleStorage::UInt { bits, super_groups } = self.scale {
-                    let mut s: Vec<f32> = params.iter().map(|p| p.scale).collect();
-                    supers = quantize_uint_scales(&mut s, bits, super_groups);
-                    for (p, s) in params.iter_mut().zip(s) {
-                        p.scale = s;
-                    }
+                    supers = quantize_uint_scales(&mut buf.sc, bits, super_groups);
                 }
             }
         }
-        if !finite {
-            return (Vec::new(), Vec::new(), false);
-        }
-        let glen = if params.len() == 1 { cols } else { g };
+        let glen = if buf.sc.len() == 1 { cols } else { g };
+        let one_grid = uniform || buf.ch.iter().all(|&c| c == buf.ch[0]);
+        // 1/scale of each group (0 for an all-zero group).
+        buf.inv.clear();
+        buf.inv.extend(buf.sc.iter().map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 }));
         match seed {
             // Codes of at most 8 bits go through bytes: 8-bit codes are written straight into
             // the output row, narrower ones packed from a byte buffer.
-            None if bits <= 8 => {
+            None if bits <= 8 => 'enc: {
+                let e = &self.elements[buf.ch[0] as usize];
+                #[cfg(target_arch = "x86_64")]
+                if one_grid
+                    && glen % 8 == 0
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    // The usual grids, packed as they are encoded.
+                    let zero_points = !uniform && buf.zp.iter().any(|&z| z != 0.0);
+                    if let Some(k) = crate::simd::Kernel::of(e, bits, zero_points) {
+                        // Groups of 8 · 2^s values index their entries by shifting; others
+                        // are spread to one entry per eight values.
+                        let (inv, zp, shift) = if (glen / 8).is_power_of_two() {
+                            (&buf.inv[..], &buf.zp[..], (glen / 8).trailing_zeros())
+                        } else {
+                            crate::simd::per_vector(&buf.inv, glen, cols, &mut buf.inv8);
+                            if zero_points {
+                                crate::simd::per_vector(&buf.zp, glen, cols, &mut buf.zp8);
+                            }
+                            (&buf.inv8[..], &buf.zp8[..], 0)
+                        };
+                        let factors = crate::simd::Factors { inv, zero: zero_points.then_some(zp), shift };
+                        // SAFETY: the CPU has AVX2 and FMA.
+                        unsafe { crate::simd::encode_packed_avx2(&k, row, &factors, bits, out.codes, next) };
+                        break 'enc;
+                    }
+                }
                 // (A loop, not a closure: closures are not compiled with the caller's AVX2.)
                 let direct = bits == 8;
                 if !direct {
                     buf.b8.resize(cols, 0);
                 }
-                let codes: &mut [u8] = if direct { &mut *out } else { &mut buf.b8[..] };
+                let codes: &mut [u8] = if direct { &mut *out.codes } else { &mut buf.b8[..] };
                 // The encoding works from cache; meanwhile the next row is prefetched piece by
                 // piece, so its first (range) pass does not wait on memory.
                 const PIECE: usize = 256;
                 let mut at = 0;
-                let one_grid = params.iter().all(|p| p.choice == params[0].choice);
                 if glen < PIECE && one_grid {
                     // Short groups: scale the row group by group first, then encode it in one
                     // long loop (a group of 16 or 32 is too short for the vectorised loop of an
@@ -669,46 +712,51 @@ impl Format {
                     // then multiplies by one and adds zero, which changes nothing but -0's sign
                     // as it did before.
                     buf.ys.resize(cols, 0.0);
-                    prescale(row, glen, &params, &mut buf.ys);
-                    let e = &self.elements[params[0].choice as usize];
+                    prescale(row, glen, &buf.inv, &buf.zp, &mut buf.ys);
                     for (s, d) in buf.ys.chunks(PIECE).zip(codes.chunks_mut(PIECE)) {
                         e.encode_slice_generic(s, 1.0, 0.0, d);
                         prefetch(next, at, s.len());
                         at += s.len();
                     }
                 } else {
-                    for ((src, dst), p) in row.chunks(glen).zip(codes.chunks_mut(glen)).zip(params.iter()) {
-                        let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
-                        let e = &self.elements[p.choice as usize];
+                    let groups = row.chunks(glen).zip(codes.chunks_mut(glen));
+                    for ((src, dst), ((&inv, &zero), &choice)) in groups.zip(buf.inv.iter().zip(&buf.zp).zip(&buf.ch)) {
+                        let e = &self.elements[choice as usize];
                         for (s, d) in src.chunks(PIECE).zip(dst.chunks_mut(PIECE)) {
-                            e.encode_slice_generic(s, inv, p.zero, d);
+                            e.encode_slice_generic(s, inv, zero, d);
                             prefetch(next, at, s.len());
                             at += s.len();
                         }
                     }
                 }
                 if !direct {
-                    pack::pack(&buf.b8, bits, out);
+                    pack::pack(&buf.b8, bits, out.codes);
                 }
             }
             _ => {
                 let mut rng = seed.map(|s| SplitMix::new(s, r as u64));
                 buf.b16.resize(cols, 0);
-                for ((src, dst), p) in row.chunks(glen).zip(buf.b16.chunks_mut(glen)).zip(params.iter()) {
-                    let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
-                    let e = &self.elements[p.choice as usize];
+                let groups = row.chunks(glen).zip(buf.b16.chunks_mut(glen));
+                for ((src, dst), ((&inv, &zero), &choice)) in groups.zip(buf.inv.iter().zip(&buf.zp).zip(&buf.ch)) {
+                    let e = &self.elements[choice as usize];
                     match rng.as_mut() {
-                        None => e.encode_slice_generic(src, inv, p.zero, dst),
-                        Some(rng) => e.encode_slice_sr(src, inv, p.zero, dst, &mut || rng.uniform()),
+                        None => e.encode_slice_generic(src, inv, zero, dst),
+                        Some(rng) => e.encode_slice_sr(src, inv, zero, dst, &mut || rng.uniform()),
                     }
                 }
-                pack::pack(&buf.b16, bits, out);
+                pack::pack(&buf.b16, bits, out.codes);
             }
         }
-        if groups_per_row == 0 {
-            params.clear();
+        if groups_per_row > 0 {
+            out.scales.copy_from_slice(&buf.sc);
+            if self.asym {
+                out.zeros.copy_from_slice(&buf.zp);
+            }
+            if per_group_choice {
+                out.choices.copy_from_slice(&buf.ch);
+            }
         }
-        (params, supers, true)
+        (supers, true)
     }
 
     /// Dequantizes into a new row-major matrix.
@@ -932,21 +980,27 @@ struct RowBufs {
     /// Each group's (min(w, 0), max(w, 0)).
     lo: Vec<f32>,
     hi: Vec<f32>,
-    /// Each group's scale.
+    /// Each group's scale, its inverse (0 for a zero scale), zero point and grid choice.
     sc: Vec<f32>,
+    inv: Vec<f32>,
+    zp: Vec<f32>,
+    ch: Vec<u8>,
+    /// Scale inverses and zero points per eight values (the packed encoder's).
+    inv8: Vec<f32>,
+    zp8: Vec<f32>,
 }
 
 /// `ys = x · inv (+ zero)` group by group: the scaled values the element encoders take.
 #[inline(always)]
-fn prescale(row: &[f32], glen: usize, params: &[GroupParams], ys: &mut [f32]) {
+fn prescale(row: &[f32], glen: usize, inv: &[f32], zero: &[f32], ys: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if glen % 8 == 0 && std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
-            return unsafe { prescale_avx2(row, glen, params, ys) };
+            return unsafe { prescale_avx2(row, glen, inv, zero, ys) };
         }
     }
-    prescale_generic(row, glen, params, ys)
+    prescale_generic(row, glen, inv, zero, ys)
 }
 
 /// [`prescale`] for groups of a multiple of eight: one vector multiply (and add) per eight
@@ -954,12 +1008,12 @@ fn prescale(row: &[f32], glen: usize, params: &[GroupParams], ys: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn prescale_avx2(row: &[f32], glen: usize, params: &[GroupParams], ys: &mut [f32]) {
+unsafe fn prescale_avx2(row: &[f32], glen: usize, inv: &[f32], zero: &[f32], ys: &mut [f32]) {
     use std::arch::x86_64::*;
-    for ((src, dst), p) in row.chunks_exact(glen).zip(ys.chunks_exact_mut(glen)).zip(params) {
-        let inv = _mm256_set1_ps(if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 });
-        let zero = _mm256_set1_ps(p.zero);
-        let with_zero = p.zero != 0.0;
+    for ((src, dst), (&i, &z)) in row.chunks_exact(glen).zip(ys.chunks_exact_mut(glen)).zip(inv.iter().zip(zero)) {
+        let inv = _mm256_set1_ps(i);
+        let zero = _mm256_set1_ps(z);
+        let with_zero = z != 0.0;
         for (s8, d8) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
             // SAFETY: both chunks hold eight floats. Multiply then add, as the scalar form
             // rounds (no fused multiply-add).
@@ -973,12 +1027,11 @@ unsafe fn prescale_avx2(row: &[f32], glen: usize, params: &[GroupParams], ys: &m
 }
 
 #[inline(always)]
-fn prescale_generic(row: &[f32], glen: usize, params: &[GroupParams], ys: &mut [f32]) {
-    for ((src, dst), p) in row.chunks(glen).zip(ys.chunks_mut(glen)).zip(params) {
-        let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
-        if p.zero != 0.0 {
+fn prescale_generic(row: &[f32], glen: usize, inv: &[f32], zero: &[f32], ys: &mut [f32]) {
+    for ((src, dst), (&inv, &zero)) in row.chunks(glen).zip(ys.chunks_mut(glen)).zip(inv.iter().zip(zero)) {
+        if zero != 0.0 {
             for (y, &x) in dst.iter_mut().zip(src) {
-                *y = x * inv + p.zero;
+                *y = x * inv + zero;
             }
         } else {
             for (y, &x) in dst.iter_mut().zip(src) {
@@ -1000,8 +1053,20 @@ struct RowCtx<'a> {
     seed: Option<u64>,
     bits: u32,
     groups_per_row: usize,
+    /// Whether each group chooses its grid (choices are stored per group).
+    per_group_choice: bool,
     /// The row after this one, if any (prefetched while this one is encoded).
     next: Option<&'a [f32]>,
+}
+
+/// One row's share of [`Format::quantize`]'s outputs.
+struct RowOut<'a> {
+    /// Packed codes.
+    codes: &'a mut [u8],
+    /// Group scales, zero points and choices (one slot each when the row has no groups).
+    scales: &'a mut [f32],
+    zeros: &'a mut [f32],
+    choices: &'a mut [u8],
 }
 
 /// Asks for the cache lines of `v[at..at + len]` (a hint; no effect off x86-64).

@@ -22,6 +22,8 @@ pub mod nf4;
 pub mod nvfp4;
 pub mod pack;
 pub mod scale;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod spec;
 
 pub use element::{Element, ElementCodec};

@@ -265,22 +265,37 @@ impl Minifloat {
     /// code). Both are computed and one is selected.
     #[inline(always)]
     pub fn encode_slice<C: Code>(&self, src: &[f32], inv_scale: f32, dst: &mut [C]) {
-        let m = self.man_bits as i32;
-        let emin = 1 - self.bias;
-        let c_exp = emin - m + 23 + 127;
-        if m >= 23 || !(1..=254).contains(&c_exp) {
+        let Some(k) = self.slice_consts() else {
             // No bits to drop, or C is not a normal f32: the general path.
             for (d, &x) in dst.iter_mut().zip(src) {
                 *d = C::from_u32(self.encode(x * inv_scale) as u32);
             }
             return;
+        };
+        // Two copies of the loop, so the one without fnuz's "no negative zero" rule has no
+        // compare for it.
+        if self.special == Special::Fnuz {
+            encode_loop::<C, true>(src, inv_scale, dst, &k)
+        } else {
+            encode_loop::<C, false>(src, inv_scale, dst, &k)
+        }
+    }
+
+    /// The constants of the branch-free encoder, or None when it does not apply (no mantissa
+    /// bits to drop, or the subnormal rounding constant C would not be a normal f32).
+    pub(crate) fn slice_consts(&self) -> Option<SliceConsts> {
+        let m = self.man_bits as i32;
+        let emin = 1 - self.bias;
+        let c_exp = emin - m + 23 + 127;
+        if m >= 23 || !(1..=254).contains(&c_exp) {
+            return None;
         }
         let shift = 23 - self.man_bits;
         // With no mantissa bits the neighbours are 2^e and 2^(e+1), and the even multiple of
         // the quantum 2^e is always the upper one: ties round up, whatever the code's parity.
         let (half, lsb) = if m == 0 { (1u32 << (shift - 1), 0) } else { ((1u32 << (shift - 1)) - 1, 1) };
         let c = f32::from_bits((c_exp as u32) << 23);
-        let k = SliceConsts {
+        Some(SliceConsts {
             max: self.max,
             min_normal: self.min_normal,
             shift,
@@ -290,14 +305,8 @@ impl Minifloat {
             c,
             c_bits: c.to_bits(),
             sign_shift: self.exp_bits + self.man_bits,
-        };
-        // Two copies of the loop, so the one without fnuz's "no negative zero" rule has no
-        // compare for it.
-        if self.special == Special::Fnuz {
-            encode_loop::<C, true>(src, inv_scale, dst, &k)
-        } else {
-            encode_loop::<C, false>(src, inv_scale, dst, &k)
-        }
+            fnuz: self.special == Special::Fnuz,
+        })
     }
 
     /// Cast with the conventional overflow behaviour (see the module docs). NaN maps to NaN;
@@ -387,17 +396,23 @@ impl ElementCodec for Minifloat {
     }
 }
 
-/// Constants of [`Minifloat::encode_slice`]'s loop.
-struct SliceConsts {
-    max: f32,
-    min_normal: f32,
-    shift: u32,
-    half: u32,
-    lsb: u32,
-    rebias: u32,
-    c: f32,
-    c_bits: u32,
-    sign_shift: u32,
+/// Constants of [`Minifloat::encode_slice`]'s loop (and of the packed encoder's): the code
+/// of a magnitude `a` (saturated at `max`) is its f32 bits rounded to `man_bits` (add `half`
+/// plus the kept LSB, shift right by `shift`) less the exponent rebias; below `min_normal`
+/// it is the bits of `a + c` less `c`'s bits, where `c`'s quantum is the subnormal step.
+#[derive(Clone, Copy)]
+pub(crate) struct SliceConsts {
+    pub(crate) max: f32,
+    pub(crate) min_normal: f32,
+    pub(crate) shift: u32,
+    pub(crate) half: u32,
+    pub(crate) lsb: u32,
+    pub(crate) rebias: u32,
+    pub(crate) c: f32,
+    pub(crate) c_bits: u32,
+    pub(crate) sign_shift: u32,
+    /// fnuz: no negative zero (a magnitude of code 0 keeps a clear sign bit).
+    pub(crate) fnuz: bool,
 }
 
 /// The loop of [`Minifloat::encode_slice`] (a function, not a closure, so that it inlines

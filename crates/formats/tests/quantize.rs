@@ -395,3 +395,77 @@ fn fit_measures_sqnr() {
     let exact = formats::metrics::fit(&Format::parse("bf16").unwrap(), &[0.5, 1.0], 1, 2, None).unwrap();
     assert!(exact.sqnr_db.is_infinite() && exact.rel_mse == 0.0);
 }
+
+/// The codes `quantize` packs equal, byte for byte, the scalar encoder's code of each value
+/// (`ElementCodec::encode` of x · 1/scale, plus the zero point when there is one) packed by
+/// `pack::pack`: for the formats the fused x86 row encoder takes (4- and 8-bit integers with
+/// and without zero points, minifloats with every special-value convention, MX, NVFP4) and
+/// some it does not. 200 columns: three full steps of 64 and a tail of 8; groups of 8, 40
+/// (not 8 · 2^k) and whole rows. Rows mix weight-like values, all-zero and all-(-0) groups,
+/// tiny and negative-tiny values, and grid midpoints (ties).
+#[test]
+fn packed_codes_equal_the_scalar_encoder() {
+    use formats::ElementCodec;
+    let (rows, cols) = (6, 200);
+    for s in [
+        "int8",
+        "int8:g8",
+        "int8:g40:asym",
+        "int4:g8",
+        "int4:g40",
+        "int4:g40:asym",
+        "uint4:g40",
+        "int3:g40",
+        "fp8_e4m3",
+        "fp8_e4m3:g40",
+        "fp8_e5m2:g8",
+        "fp8_e4m3fnuz:g40",
+        "fp8_e5m2fnuz",
+        "fp4_e2m1:g8",
+        "fp4_e2m1:g40",
+        "e3m0:g8",
+        "mxfp4:g8",
+        "mxint8:g8",
+        "nvfp4:g8",
+        "nf4:g40",
+    ] {
+        let f = Format::parse(s).unwrap();
+        let e = &f.elements[0];
+        let top = e.max_value();
+        let mut w = weights(rows, cols, 11);
+        for (r, row) in w.chunks_mut(cols).enumerate() {
+            for (i, x) in row.iter_mut().enumerate() {
+                match (r, i % 8) {
+                    // Each group of 8 starts at the grid's top, so with an exact scale the
+                    // rest land on sixteenths of it: midpoints of many grids.
+                    (1, 0) => *x = top,
+                    (1, _) => *x = top * ((i % 33) as f32 - 16.0) / 16.0,
+                    (2, _) if i < 80 => *x = if i < 40 { 0.0 } else { -0.0 },
+                    (2, _) => *x = [1e-30, -1e-30, 1e-38, -3e-39, 0.0, -0.0, 1e-3, -1e-3][i % 8],
+                    _ => {}
+                }
+            }
+        }
+        let q = f.quantize(&w, rows, cols, None).unwrap();
+        let bits = f.code_bits();
+        let g = f.group_len(cols).unwrap();
+        let rb = pack::row_bytes(cols, bits);
+        let gpr = cols / g;
+        for (r, row) in w.chunks(cols).enumerate() {
+            let codes: Vec<u16> = row
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let k = r * gpr + i / g;
+                    let scale = q.scales[k];
+                    let zero = if f.asym { q.zeros[k] } else { 0.0 };
+                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                    e.encode(if zero != 0.0 { x * inv + zero } else { x * inv })
+                })
+                .collect();
+            let mut packed = vec![0u8; rb];
+            pack::pack(&codes, bits, &mut packed);
+            assert_eq!(&q.codes[r * rb..(r + 1) * rb], &packed[..], "{s}: row {r}");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The packed row encoder for x86-64 with AVX2: scaling, element encoding and bit packing of a
+//! row fused in one pass, 64 values per step, for the grids most formats use (integers and
+//! minifloats of 4 or 8 bits). The element arithmetic is that of the portable encoders
+//! ([`crate::int::IntGrid::encode_slice`], [`crate::minifloat::Minifloat::encode_slice`]), one
+//! instruction for each of their operations, so the codes are the same bit for bit; what it
+//! saves is the passes between them (scaled values and one-byte codes stored and read back)
+//! and the narrowing of every eight codes through shuffles.
+
+use std::arch::x86_64::*;
+
+use crate::element::Element;
+use crate::int::{IntKind, MAGIC};
+use crate::minifloat::SliceConsts;
+
+/// An element grid the packed encoder handles, with the constants of its arithmetic.
+#[derive(Clone, Copy)]
+pub(crate) enum Kernel {
+    /// Integers: clamp to `[lo, hi]`, round by adding 1.5 · 2^23, keep the low bits (`mask`).
+    Int { lo: f32, hi: f32, mask: u32 },
+    /// Minifloats, by the branch-free encoder.
+    Float(SliceConsts),
+}
+
+impl Kernel {
+    /// The kernel for codes of grid `e` packed at `bits` per code, if there is one: 4- or
+    /// 8-bit packing, integer grids other than binary, and minifloats whose branch-free
+    /// constants exist, when `zero_points` is false (a minifloat with a zero point goes through
+    /// the general encoder).
+    pub(crate) fn of(e: &Element, bits: u32, zero_points: bool) -> Option<Kernel> {
+        if bits != 4 && bits != 8 {
+            return None;
+        }
+        match e {
+            Element::Int(g) if g.kind() != IntKind::Binary && g.bits() <= bits => {
+                Some(Kernel::Int { lo: g.qmin(), hi: g.qmax(), mask: (1u32 << g.bits()) - 1 })
+            }
+            Element::Float(f) if !zero_points => f.slice_consts().filter(|k| k.sign_shift < bits).map(Kernel::Float),
+            _ => None,
+        }
+    }
+}
+
+/// The factors of a row's groups: the values `8v .. 8v + 8` are multiplied by
+/// `inv[v >> shift]`, plus `zero[v >> shift]` when there are zero points. With groups of
+/// `8 · 2^shift` values these are the groups' own entries; other lengths go through
+/// [`per_vector`] and shift 0.
+pub(crate) struct Factors<'a> {
+    pub(crate) inv: &'a [f32],
+    pub(crate) zero: Option<&'a [f32]>,
+    pub(crate) shift: u32,
+}
+
+/// Encodes `row` (a multiple of eight values) into `out` (`row.len() · bits / 8` bytes),
+/// packed LSB first as [`crate::pack::pack`] packs, each value scaled by its [`Factors`].
+/// `next` (the row encoded after this one) is prefetched as this one is read.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn encode_packed_avx2(
+    k: &Kernel,
+    row: &[f32],
+    f: &Factors,
+    bits: u32,
+    out: &mut [u8],
+    next: Option<&[f32]>,
+) {
+    let n = row.len();
+    let (inv, zero, shift) = (f.inv, f.zero, f.shift);
+    let entries = (n / 8).div_ceil(1 << shift);
+    assert!(n.is_multiple_of(8) && inv.len() >= entries && zero.is_none_or(|z| z.len() >= entries));
+    assert!((bits == 4 || bits == 8) && out.len() == n * bits as usize / 8);
+    let c = Consts::new(k);
+    let z = zero.unwrap_or(&[]);
+    let four = bits == 4;
+    // The lengths were checked above.
+    match (k, zero.is_some(), four) {
+        (Kernel::Int { .. }, false, false) => row_loop::<INT, false, false>(&c, row, inv, z, shift, out, next),
+        (Kernel::Int { .. }, false, true) => row_loop::<INT, false, true>(&c, row, inv, z, shift, out, next),
+        (Kernel::Int { .. }, true, false) => row_loop::<INT, true, false>(&c, row, inv, z, shift, out, next),
+        (Kernel::Int { .. }, true, true) => row_loop::<INT, true, true>(&c, row, inv, z, shift, out, next),
+        (Kernel::Float(f), _, false) if f.fnuz => row_loop::<FNUZ, false, false>(&c, row, inv, z, shift, out, next),
+        (Kernel::Float(f), _, true) if f.fnuz => row_loop::<FNUZ, false, true>(&c, row, inv, z, shift, out, next),
+        (Kernel::Float(_), _, false) => row_loop::<FLOAT, false, false>(&c, row, inv, z, shift, out, next),
+        (Kernel::Float(_), _, true) => row_loop::<FLOAT, false, true>(&c, row, inv, z, shift, out, next),
+    }
+}
+
+/// Per-group values (`glen` values to a group, a multiple of 8) as one entry per eight values
+/// of a row of `n`, into `out`.
+pub(crate) fn per_vector(groups: &[f32], glen: usize, n: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(n / 8, 0.0);
+    for (d, &x) in out.chunks_mut(glen / 8).zip(groups) {
+        d.fill(x);
+    }
+}
+
+const INT: u8 = 0;
+const FLOAT: u8 = 1;
+const FNUZ: u8 = 2;
+
+/// A kernel's constants in registers (the unused ones are zero).
+struct Consts {
+    lo: __m256,
+    hi: __m256,
+    mask: __m256i,
+    max: __m256,
+    min_normal: __m256,
+    shift: __m128i,
+    half: __m256i,
+    lsb: __m256i,
+    rebias: __m256i,
+    c: __m256,
+    c_bits: __m256i,
+    sign_shift: __m128i,
+}
+
+impl Consts {
+    #[target_feature(enable = "avx2,fma")]
+    fn new(k: &Kernel) -> Consts {
+        let zs = _mm256_setzero_ps();
+        let zi = _mm256_setzero_si256();
+        let z1 = _mm_setzero_si128();
+        let mut c = Consts {
+            lo: zs,
+            hi: zs,
+            mask: zi,
+            max: zs,
+            min_normal: zs,
+            shift: z1,
+            half: zi,
+            lsb: zi,
+            rebias: zi,
+            c: zs,
+            c_bits: zi,
+            sign_shift: z1,
+        };
+        match *k {
+            Kernel::Int { lo, hi, mask } => {
+                c.lo = _mm256_set1_ps(lo);
+                c.hi = _mm256_set1_ps(hi);
+                c.mask = _mm256_set1_epi32(mask as i32);
+            }
+            Kernel::Float(f) => {
+                c.max = _mm256_set1_ps(f.max);
+                c.min_normal = _mm256_set1_ps(f.min_normal);
+                c.shift = _mm_cvtsi32_si128(f.shift as i32);
+                c.half = _mm256_set1_epi32(f.half as i32);
+                c.lsb = _mm256_set1_epi32(f.lsb as i32);
+                c.rebias = _mm256_set1_epi32(f.rebias as i32);
+                c.c = _mm256_set1_ps(f.c);
+                c.c_bits = _mm256_set1_epi32(f.c_bits as i32);
+                c.sign_shift = _mm_cvtsi32_si128(f.sign_shift as i32);
+            }
+        }
+        c
+    }
+}
+
+/// The codes of eight values `x` (scaled by `inv`, plus `zero` when `ZERO`), one per 32-bit
+/// lane.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn codes8<const KIND: u8, const ZERO: bool>(c: &Consts, x: __m256, inv: __m256, zero: __m256) -> __m256i {
+    // Multiply, then add: the portable encoders do not fuse them.
+    let mut y = _mm256_mul_ps(x, inv);
+    if ZERO {
+        y = _mm256_add_ps(y, zero);
+    }
+    if KIND == INT {
+        // clamp(lo, hi): max then min keep y unless it lies outside (y is finite).
+        let v = _mm256_min_ps(_mm256_max_ps(y, c.lo), c.hi);
+        return _mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(MAGIC))), c.mask);
+    }
+    let yb = _mm256_castps_si256(y);
+    let a = _mm256_min_ps(_mm256_castsi256_ps(_mm256_and_si256(yb, _mm256_set1_epi32(0x7fff_ffff))), c.max);
+    let b = _mm256_castps_si256(a);
+    let round = _mm256_add_epi32(c.half, _mm256_and_si256(_mm256_srl_epi32(b, c.shift), c.lsb));
+    let normal = _mm256_sub_epi32(_mm256_srl_epi32(_mm256_add_epi32(b, round), c.shift), c.rebias);
+    let sub = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(a, c.c)), c.c_bits);
+    let tiny = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(a, c.min_normal));
+    let mag = _mm256_blendv_epi8(normal, sub, tiny);
+    let mut neg = _mm256_srli_epi32::<31>(yb);
+    if KIND == FNUZ {
+        neg = _mm256_andnot_si256(_mm256_cmpeq_epi32(mag, _mm256_setzero_si256()), neg);
+    }
+    _mm256_or_si256(mag, _mm256_sll_epi32(neg, c.sign_shift))
+}
+
+/// 32 codes (four vectors of eight 32-bit lanes, each < 256) as 32 bytes in order.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn narrow32(v: &[__m256i]) -> __m256i {
+    // Per 128-bit half: words a0-3 b0-3 | a4-7 b4-7, then bytes a0-3 b0-3 c0-3 d0-3 | a4-7 …;
+    // the dword permutation puts the eight groups of four in order.
+    let ab = _mm256_packus_epi32(v[0], v[1]);
+    let cd = _mm256_packus_epi32(v[2], v[3]);
+    let bytes = _mm256_packus_epi16(ab, cd);
+    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// 64 one-byte codes (each < 16) as 32 bytes of two codes each, the first in the low nibble.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn nibbles(a: __m256i, b: __m256i) -> __m256i {
+    // Bytes a0-7 b0-7 | a8-15 b8-15 (in quads), put in order.
+    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(fold_pairs(a), fold_pairs(b)))
+}
+
+/// Each 16-bit lane's two byte codes (each < 16) as one byte: the upper code moved down into
+/// the lower one's high nibble.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn fold_pairs(v: __m256i) -> __m256i {
+    let lo = _mm256_and_si256(v, _mm256_set1_epi16(0x000f));
+    _mm256_or_si256(lo, _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi16(0x00f0)))
+}
+
+/// The loop of [`encode_packed_avx2`] for one kind of kernel, with or without zero points,
+/// packing 4 or 8 bits.
+#[target_feature(enable = "avx2,fma")]
+fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
+    c: &Consts,
+    row: &[f32],
+    inv: &[f32],
+    zero: &[f32],
+    shift: u32,
+    out: &mut [u8],
+    next: Option<&[f32]>,
+) {
+    let n = row.len();
+    let zs = _mm256_setzero_ps();
+    // SAFETY (the loads): v < n / 8, so v >> shift < inv.len() (and zero.len() when ZERO),
+    // and values 8v .. 8v + 8 lie in the row.
+    let vector = |v: usize| unsafe {
+        let x = _mm256_loadu_ps(row.as_ptr().add(8 * v));
+        let s = _mm256_broadcast_ss(inv.get_unchecked(v >> shift));
+        let z = if ZERO { _mm256_broadcast_ss(zero.get_unchecked(v >> shift)) } else { zs };
+        codes8::<KIND, ZERO>(c, x, s, z)
+    };
+    let mut i = 0;
+    while i + 64 <= n {
+        if let Some(nx) = next {
+            prefetch(nx, i);
+        }
+        let q = i / 8;
+        let a = narrow32(&[vector(q), vector(q + 1), vector(q + 2), vector(q + 3)]);
+        let b = narrow32(&[vector(q + 4), vector(q + 5), vector(q + 6), vector(q + 7)]);
+        // SAFETY: out holds the packed row, n / 2 or n bytes, and i + 64 <= n.
+        unsafe {
+            if FOUR {
+                _mm256_storeu_si256(out.as_mut_ptr().add(i / 2).cast(), nibbles(a, b));
+            } else {
+                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), a);
+                _mm256_storeu_si256(out.as_mut_ptr().add(i + 32).cast(), b);
+            }
+        }
+        i += 64;
+    }
+    if i < n {
+        // The row's last 8–56 values, through a buffer.
+        let q = i / 8;
+        let rest = (n - i) / 8;
+        let v: [__m256i; 8] = std::array::from_fn(|j| if j < rest { vector(q + j) } else { _mm256_setzero_si256() });
+        let (a, b) = (narrow32(&v[..4]), narrow32(&v[4..]));
+        let mut tmp = [0u8; 64];
+        // SAFETY: tmp holds 64 bytes.
+        unsafe {
+            if FOUR {
+                _mm256_storeu_si256(tmp.as_mut_ptr().cast(), nibbles(a, b));
+            } else {
+                _mm256_storeu_si256(tmp.as_mut_ptr().cast(), a);
+                _mm256_storeu_si256(tmp.as_mut_ptr().add(32).cast(), b);
+            }
+        }
+        let (at, len) = if FOUR { (i / 2, (n - i) / 2) } else { (i, n - i) };
+        out[at..at + len].copy_from_slice(&tmp[..len]);
+    }
+}
+
+/// Asks for the four cache lines of `v[at..at + 64]` that exist (a hint).
+#[inline(always)]
+fn prefetch(v: &[f32], at: usize) {
+    let end = (at + 64).min(v.len());
+    let mut p = at;
+    while p < end {
+        // SAFETY: p < v.len(); prefetching never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(p) as *const i8) };
+        p += 16;
+    }
+}
