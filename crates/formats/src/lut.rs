@@ -41,6 +41,14 @@ impl Lut {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The midpoints padded with +∞ (never below a value) to 15, for tables of at most 16
+    /// values (the short encoders').
+    pub(crate) fn short_mids(&self) -> Option<[f32; SHORT]> {
+        let mut mids = [f32::INFINITY; SHORT];
+        mids.get_mut(..self.mids.len())?.copy_from_slice(&self.mids);
+        Some(mids)
+    }
 }
 
 /// IQ4_NL's table as a grid (`iq4nl_grid`); the ggml IQ4_NL block format is `iq4_nl`.
@@ -106,8 +114,7 @@ impl Lut {
     /// once into a register.
     #[inline(always)]
     fn encode_slice_short<C: Code>(&self, src: &[f32], inv_scale: f32, zero: f32, dst: &mut [C]) {
-        let mut mids = [f32::INFINITY; SHORT];
-        mids[..self.mids.len()].copy_from_slice(&self.mids);
+        let mids = self.short_mids().expect("at most 15 midpoints");
         for (d, &x) in dst.iter_mut().zip(src) {
             let v = x * inv_scale + zero;
             // As in the general loop: a negative value moves one ulp towards zero.

@@ -1,14 +1,16 @@
 //! The packed row encoder for x86-64 with AVX2: scaling, element encoding and bit packing of a
-//! row fused in one pass, 64 values per step, for the grids most formats use (integers and
-//! minifloats of 4 or 8 bits). The element arithmetic is that of the portable encoders
-//! ([`crate::int::IntGrid::encode_slice`], [`crate::minifloat::Minifloat::encode_slice`]), one
-//! instruction for each of their operations, so the codes are the same bit for bit; what it
-//! saves is the passes between them (scaled values and one-byte codes stored and read back)
-//! and the narrowing of every eight codes through shuffles.
+//! row fused in one pass, 64 values per step, for the grids most formats use (integers,
+//! minifloats and tables of up to 16 values, 4 or 8 bits). The element arithmetic is that of
+//! the portable encoders ([`crate::int::IntGrid::encode_slice`],
+//! [`crate::minifloat::Minifloat::encode_slice`]), one instruction for each of their
+//! operations, so the codes are the same bit for bit; what it saves is the passes between them
+//! (scaled values and one-byte codes stored and read back) and the narrowing of every eight
+//! codes through shuffles. Tables ([`crate::lut::Lut`]) count the midpoints below a value as
+//! the portable encoder does, by a four-step binary search instead of fifteen compares.
 
 use std::arch::x86_64::*;
 
-use crate::element::Element;
+use crate::element::{Element, ElementCodec};
 use crate::int::{IntKind, MAGIC};
 use crate::minifloat::SliceConsts;
 
@@ -19,13 +21,15 @@ pub(crate) enum Kernel {
     Int { lo: f32, hi: f32, mask: u32 },
     /// Minifloats, by the branch-free encoder.
     Float(SliceConsts),
+    /// Tables of at most 16 values: their midpoints, padded with +∞.
+    Lut([f32; 15]),
 }
 
 impl Kernel {
     /// The kernel for codes of grid `e` packed at `bits` per code, if there is one: 4- or
-    /// 8-bit packing, integer grids other than binary, and minifloats whose branch-free
-    /// constants exist, when `zero_points` is false (a minifloat with a zero point goes through
-    /// the general encoder).
+    /// 8-bit packing, integer grids other than binary, minifloats whose branch-free constants
+    /// exist and tables of at most 16 values; the last two only when `zero_points` is false
+    /// (they go through the general encoder otherwise).
     pub(crate) fn of(e: &Element, bits: u32, zero_points: bool) -> Option<Kernel> {
         if bits != 4 && bits != 8 {
             return None;
@@ -35,6 +39,7 @@ impl Kernel {
                 Some(Kernel::Int { lo: g.qmin(), hi: g.qmax(), mask: (1u32 << g.bits()) - 1 })
             }
             Element::Float(f) if !zero_points => f.slice_consts().filter(|k| k.sign_shift < bits).map(Kernel::Float),
+            Element::Lut(l) if !zero_points && l.code_bits() <= bits => l.short_mids().map(Kernel::Lut),
             _ => None,
         }
     }
@@ -83,6 +88,8 @@ pub(crate) unsafe fn encode_packed_avx2(
         (Kernel::Float(f), _, true) if f.fnuz => row_loop::<FNUZ, false, true>(&c, row, inv, z, shift, out, next),
         (Kernel::Float(_), _, false) => row_loop::<FLOAT, false, false>(&c, row, inv, z, shift, out, next),
         (Kernel::Float(_), _, true) => row_loop::<FLOAT, false, true>(&c, row, inv, z, shift, out, next),
+        (Kernel::Lut(_), _, false) => row_loop::<LUT, false, false>(&c, row, inv, z, shift, out, next),
+        (Kernel::Lut(_), _, true) => row_loop::<LUT, false, true>(&c, row, inv, z, shift, out, next),
     }
 }
 
@@ -99,6 +106,7 @@ pub(crate) fn per_vector(groups: &[f32], glen: usize, n: usize, out: &mut Vec<f3
 const INT: u8 = 0;
 const FLOAT: u8 = 1;
 const FNUZ: u8 = 2;
+const LUT: u8 = 3;
 
 /// A kernel's constants in registers (the unused ones are zero).
 struct Consts {
@@ -114,6 +122,13 @@ struct Consts {
     c: __m256,
     c_bits: __m256i,
     sign_shift: __m128i,
+    /// The table's midpoints 7, 3 and 11 (broadcast), 1, 5, 9, 13 and the even ones: the
+    /// binary search's probes at each step.
+    m7: __m256,
+    m3: __m256,
+    m11: __m256,
+    odd4: __m256,
+    even8: __m256,
 }
 
 impl Consts {
@@ -135,6 +150,11 @@ impl Consts {
             c: zs,
             c_bits: zi,
             sign_shift: z1,
+            m7: zs,
+            m3: zs,
+            m11: zs,
+            odd4: zs,
+            even8: zs,
         };
         match *k {
             Kernel::Int { lo, hi, mask } => {
@@ -153,6 +173,13 @@ impl Consts {
                 c.c_bits = _mm256_set1_epi32(f.c_bits as i32);
                 c.sign_shift = _mm_cvtsi32_si128(f.sign_shift as i32);
             }
+            Kernel::Lut(m) => {
+                c.m7 = _mm256_set1_ps(m[7]);
+                c.m3 = _mm256_set1_ps(m[3]);
+                c.m11 = _mm256_set1_ps(m[11]);
+                c.odd4 = _mm256_setr_ps(m[1], m[5], m[9], m[13], m[1], m[5], m[9], m[13]);
+                c.even8 = _mm256_setr_ps(m[0], m[2], m[4], m[6], m[8], m[10], m[12], m[14]);
+            }
         }
         c
     }
@@ -167,6 +194,24 @@ fn codes8<const KIND: u8, const ZERO: bool>(c: &Consts, x: __m256, inv: __m256, 
     let mut y = _mm256_mul_ps(x, inv);
     if ZERO {
         y = _mm256_add_ps(y, zero);
+    }
+    if KIND == LUT {
+        // A negative value moves one ulp towards zero (its bits less one), so that one strict
+        // `<` counts a midpoint it sits on, as in the portable encoder.
+        let yb = _mm256_castps_si256(y);
+        let neg = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(y, _mm256_setzero_ps()));
+        let y = _mm256_castsi256_ps(_mm256_add_epi32(yb, neg));
+        // The count of midpoints below y, a bit at a time from 8 down: the midpoints are
+        // sorted, so "m[k] < y" holds for a prefix of k, and each probe is the last midpoint
+        // of the half still open (+∞ padding is never below).
+        let below = |m: __m256| _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(m, y));
+        let bit = |m: __m256, v: i32| _mm256_and_si256(below(m), _mm256_set1_epi32(v));
+        let mut n = bit(c.m7, 8);
+        // Sign bit set where the count is 8.
+        let m = _mm256_blendv_ps(c.m3, c.m11, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(n)));
+        n = _mm256_add_epi32(n, bit(m, 4));
+        n = _mm256_add_epi32(n, bit(_mm256_permutevar8x32_ps(c.odd4, _mm256_srli_epi32::<2>(n)), 2));
+        return _mm256_add_epi32(n, bit(_mm256_permutevar8x32_ps(c.even8, _mm256_srli_epi32::<1>(n)), 1));
     }
     if KIND == INT {
         // clamp(lo, hi): max then min keep y unless it lies outside (y is finite).

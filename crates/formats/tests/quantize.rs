@@ -428,6 +428,10 @@ fn packed_codes_equal_the_scalar_encoder() {
         "mxint8:g8",
         "nvfp4:g8",
         "nf4:g40",
+        "nf4:g8",
+        "iq4nl_grid:g40",
+        "pow4:g8",
+        "log4:g8",
     ] {
         let f = Format::parse(s).unwrap();
         let e = &f.elements[0];
