@@ -151,7 +151,24 @@ impl FloatDtype {
 
 /// f32 values as little-endian bytes.
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    f32_le(v).into_owned()
+}
+
+/// f32 values as little-endian bytes, borrowed where the machine is little-endian (no copy:
+/// what writing a large buffer needs).
+pub fn f32_le(v: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: the bytes of `v` (no padding; any byte is a valid u8, whose alignment is 1),
+        // borrowed for as long as `v`.
+        std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v))
+        })
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        std::borrow::Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
 }
 
 /// i32 values as little-endian bytes.

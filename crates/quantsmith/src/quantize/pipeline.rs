@@ -186,10 +186,6 @@ pub struct RunInputs<'a> {
     pub export: &'a ExportModel,
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 fn bytes_f32(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
@@ -792,11 +788,11 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             state.crc32.insert(format!("blk.{i}.bin"), crc);
         }
         if calibrate && solo {
-            let crc = write_atomic(&work.join("x.bin"), &f32_bytes(&x))?;
+            let crc = write_atomic(&work.join("x.bin"), &crate::export::hf_dir::f32_le(&x))?;
             state.crc32.insert("x.bin".into(), crc);
         }
         if asym && solo {
-            let crc = write_atomic(&work.join("xf.bin"), &f32_bytes(&xf))?;
+            let crc = write_atomic(&work.join("xf.bin"), &crate::export::hf_dir::f32_le(&xf))?;
             state.crc32.insert("xf.bin".into(), crc);
         }
         state.next_block = i + 1;
