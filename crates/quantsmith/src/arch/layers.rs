@@ -628,7 +628,8 @@ pub fn exp_f32(x: f32) -> f32 {
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer with SSE2 alone.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let kf = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let kf = t - ROUND;
     let r = (x - kf * LN2_HI) - kf * LN2_LO;
     let p = 1.0 / 5040.0;
     let p = p * r + 1.0 / 720.0;
@@ -638,7 +639,10 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let bits = ((kf as i32 + 127) as u32) << 23;
+    // k sits in t's low mantissa bits, two's complement over t's bits 0x4B40_0000 (a multiple
+    // of 2^9): k + 127, in 1..=254 here, lands in the exponent field and the rest shifts out.
+    // (`kf as i32` would be a saturating conversion, which LLVM does lane by lane.)
+    let bits = t.to_bits().wrapping_add(127) << 23;
     p * f32::from_bits(bits)
 }
 

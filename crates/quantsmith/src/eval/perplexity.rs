@@ -116,24 +116,41 @@ impl Moments {
 /// Returns (max, log of the sum) so that log p(i) = logit[i] − max − log_sum.
 fn log_softmax_parts(logits: &[f32]) -> (f32, f64) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, vector_kernels(|| exp_sum(logits, max)).ln())
+    (max, exp_sum_dispatch(logits, max).ln())
 }
 
-/// Runs `f` compiled for AVX2 when the CPU has it (the kernels below are written to vectorise).
-#[inline(always)]
-fn vector_kernels<T>(f: impl FnOnce() -> T) -> T {
+/// [`exp_sum`], compiled for AVX2 when the CPU has it. (A kernel passed to a generic
+/// AVX2 wrapper as a closure is compiled as the closure is, for the baseline: the wrapper
+/// names the kernel itself.)
+fn exp_sum_dispatch(x: &[f32], max: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T>(f: impl FnOnce() -> T) -> T {
-            f()
+        fn avx2(x: &[f32], max: f32) -> f64 {
+            exp_sum(x, max)
         }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
+            return unsafe { avx2(x, max) };
         }
     }
-    f()
+    exp_sum(x, max)
+}
+
+/// [`kl_row`], compiled for AVX2 when the CPU has it.
+fn kl_row_dispatch(base: &[f32], model: &[f32], bmax: f32, blse: f64, mmax: f32, mlse: f64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(base: &[f32], model: &[f32], bmax: f32, blse: f64, mmax: f32, mlse: f64) -> f64 {
+            kl_row(base, model, bmax, blse, mmax, mlse)
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(base, model, bmax, blse, mmax, mlse) };
+        }
+    }
+    kl_row(base, model, bmax, blse, mmax, mlse)
 }
 
 /// Σ exp(x − max) in f64 over eight interleaved partial sums (the f32 exponentials by
@@ -182,7 +199,7 @@ pub fn mean_kld(base: &[f32], model: &[f32], vocab: usize) -> f64 {
         .map(|(b, m)| {
             let (bmax, blse) = log_softmax_parts(b);
             let (mmax, mlse) = log_softmax_parts(m);
-            vector_kernels(|| kl_row(b, m, bmax, blse, mmax, mlse))
+            kl_row_dispatch(b, m, bmax, blse, mmax, mlse)
         })
         .sum();
     total / rows.max(1) as f64
@@ -214,7 +231,7 @@ fn row_stats(model: &[f32], base: Option<&[f32]>, target: usize) -> RowStats {
     };
     let (bmax, blse) = log_softmax_parts(base);
     let base_nll = -((base[target] - bmax) as f64 - blse);
-    let kld = vector_kernels(|| kl_row(base, model, bmax, blse, mmax, mlse));
+    let kld = kl_row_dispatch(base, model, bmax, blse, mmax, mlse);
     RowStats { nll, base_nll, kld, agree: argmax(model) == argmax(base) }
 }
 
