@@ -468,9 +468,7 @@ impl Attention {
                 if let Some(add) = bias {
                     add(head, len, &mut scores);
                 }
-                for row in scores.chunks_exact_mut(len) {
-                    softmax_in_place(row);
-                }
+                softmax_rows(&mut scores, len);
                 let s = MatRef::from_row_major_slice(&scores, len, len);
                 // Not `MatMut::from_row_major_slice_with_stride_mut`: in faer 0.22.6 it swaps
                 // the strides (it builds a column-major view) and writes out of bounds.
@@ -523,8 +521,26 @@ unsafe fn causal_softmax_avx2(s: &mut [f32], t0: usize, t1: usize, scale: f32) {
     causal_softmax_portable(s, t0, t1, scale)
 }
 
+/// Softmax of each `len`-long row of `s` in place, compiled for AVX2 when the CPU has it.
+fn softmax_rows(s: &mut [f32], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(s: &mut [f32], len: usize) {
+            s.chunks_exact_mut(len).for_each(softmax_in_place);
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { avx2(s, len) };
+            return;
+        }
+    }
+    s.chunks_exact_mut(len).for_each(softmax_in_place);
+}
+
 /// Softmax of one row in place: exponentials in a separate pass so they vectorise, the sum in
-/// f64.
+/// f64. Inlined so that it is compiled with its callers' AVX2.
+#[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     row.iter_mut().for_each(|v| *v = exp_f32(*v - max));
