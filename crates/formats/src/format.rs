@@ -505,7 +505,8 @@ impl Format {
             Granularity::Channel => 1,
             Granularity::Group(_) => cols / g,
         };
-        let mut codes = vec![0u8; rows * row_bytes];
+        let n_codes = rows * row_bytes;
+        let mut codes: Vec<u8> = Vec::with_capacity(n_codes);
         let per_group_choice = self.elements.len() > 1 && self.choice == Choice::PerGroup;
         let seed = match self.rounding {
             Rounding::Stochastic { seed } => Some(seed),
@@ -514,19 +515,28 @@ impl Format {
         // Each row writes its codes and group parameters in place and returns its
         // second-level scales; rows are independent, so they run in parallel. Every row gets
         // at least one slot of each (a row without groups, or a format without zero points
-        // or choices, gets one that is dropped afterwards).
+        // or choices, gets one that is dropped afterwards). The outputs are allocated
+        // without a serial zeroing pass: each row's task zeroes its own part (in cache, in
+        // parallel) before filling it.
         let slots = groups_per_row.max(1);
         let zslots = if self.asym { slots } else { 1 };
         let cslots = if per_group_choice { slots } else { 1 };
-        let mut scales = vec![0f32; rows * slots];
-        let mut zeros = vec![0f32; rows * zslots];
-        let mut choices = vec![0u8; rows * cslots];
+        let (n_scales, n_zeros, n_choices) = (rows * slots, rows * zslots, rows * cslots);
+        let mut scales: Vec<f32> = Vec::with_capacity(n_scales);
+        let mut zeros: Vec<f32> = Vec::with_capacity(n_zeros);
+        let mut choices: Vec<u8> = Vec::with_capacity(n_choices);
+        let parts = codes.spare_capacity_mut()[..n_codes].par_chunks_mut(row_bytes).zip(
+            scales.spare_capacity_mut()[..n_scales]
+                .par_chunks_mut(slots)
+                .zip(zeros.spare_capacity_mut()[..n_zeros].par_chunks_mut(zslots))
+                .zip(choices.spare_capacity_mut()[..n_choices].par_chunks_mut(cslots)),
+        );
         let metas: Vec<(Vec<f32>, bool)> = data
             .par_chunks(cols)
-            .zip(codes.par_chunks_mut(row_bytes))
-            .zip(scales.par_chunks_mut(slots).zip(zeros.par_chunks_mut(zslots)).zip(choices.par_chunks_mut(cslots)))
+            .zip(parts)
             .enumerate()
-            .map_init(RowBufs::default, |buf: &mut RowBufs, (r, ((row, codes), ((scales, zeros), choices)))| {
+            .map_init(RowBufs::default, |buf: &mut RowBufs, (r, (row, (codes, ((scales, zeros), choices))))| {
+                let (codes, scales, zeros, choices) = (zeroed(codes), zeroed(scales), zeroed(zeros), zeroed(choices));
                 let next = data.get((r + 1) * cols..(r + 2) * cols);
                 let ctx = RowCtx {
                     cols,
@@ -544,6 +554,14 @@ impl Format {
                 self.encode_row_dispatch(&ctx, r, row, RowOut { codes, scales, zeros, choices }, buf)
             })
             .collect();
+        // SAFETY: the row tasks together zeroed (then filled) the first n_* elements of each
+        // vector: its chunks cover them exactly, and every chunk went to one task.
+        unsafe {
+            codes.set_len(n_codes);
+            scales.set_len(n_scales);
+            zeros.set_len(n_zeros);
+            choices.set_len(n_choices);
+        }
         if metas.iter().any(|m| !m.1) {
             check_finite(data)?;
         }
@@ -1039,6 +1057,15 @@ fn prescale_generic(row: &[f32], glen: usize, inv: &[f32], zero: &[f32], ys: &mu
             }
         }
     }
+}
+
+/// Zeroes `c` and returns it as initialised.
+fn zeroed<T: Copy + Default>(c: &mut [std::mem::MaybeUninit<T>]) -> &mut [T] {
+    for x in c.iter_mut() {
+        x.write(T::default());
+    }
+    // SAFETY: every element was just written; MaybeUninit<T> has T's layout.
+    unsafe { &mut *(c as *mut [std::mem::MaybeUninit<T>] as *mut [T]) }
 }
 
 /// Per-row constants of [`Format::quantize`].
