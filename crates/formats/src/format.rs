@@ -688,7 +688,7 @@ impl Format {
                 let e = &self.elements[buf.ch[0] as usize];
                 #[cfg(target_arch = "x86_64")]
                 if one_grid
-                    && glen % 8 == 0
+                    && glen.is_multiple_of(8)
                     && std::is_x86_feature_detected!("avx2")
                     && std::is_x86_feature_detected!("fma")
                 {
@@ -1013,7 +1013,7 @@ struct RowBufs {
 fn prescale(row: &[f32], glen: usize, inv: &[f32], zero: &[f32], ys: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if glen % 8 == 0 && std::is_x86_feature_detected!("avx2") {
+        if glen.is_multiple_of(8) && std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
             return unsafe { prescale_avx2(row, glen, inv, zero, ys) };
         }
