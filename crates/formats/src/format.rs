@@ -401,6 +401,41 @@ impl Format {
         true
     }
 
+    /// [`Format::absmax_params`] for asymmetric formats: every group's scale and zero point
+    /// from its range alone (one grid, no clip search), with [`Format::params_at`]'s
+    /// arithmetic in one loop over the row's groups. Returns false (and leaves `sc` and `zp`
+    /// alone) otherwise.
+    #[inline(always)]
+    fn asym_params(&self, lo: &[f32], hi: &[f32], ts: f32, sc: &mut Vec<f32>, zp: &mut Vec<f32>) -> bool {
+        if self.elements.len() != 1 || self.clip == Clip::Mse || !self.asym {
+            return false;
+        }
+        let qmax = self.elements[0].max_value();
+        sc.clear();
+        sc.resize(lo.len(), 0.0);
+        zp.clear();
+        zp.resize(lo.len(), 0.0);
+        let storage = self.scale;
+        let plain = matches!(storage, ScaleStorage::F32 | ScaleStorage::UInt { .. });
+        for ((s, z), (&l, &h)) in sc.iter_mut().zip(zp.iter_mut()).zip(lo.iter().zip(hi)) {
+            let v = (h - l) / qmax;
+            // ScaleStorage::round: non-positive scales are 0, F32 (and UInt, rounded per
+            // super block later) keep the value.
+            let sv = if plain {
+                if v <= 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            } else {
+                storage.round(v, ts)
+            };
+            *s = sv;
+            *z = if sv > 0.0 { (-l / sv).round_ties_even().clamp(0.0, qmax) } else { 0.0 };
+        }
+        true
+    }
+
     #[inline(always)]
     fn params_at(&self, e: &Element, choice: u8, mn: f32, mx: f32, ts: f32) -> GroupParams {
         if self.asym {
@@ -662,6 +697,8 @@ impl Format {
                     buf.zp.resize(n, 0.0);
                     buf.ch.resize(n, 0);
                     uniform = true;
+                } else if self.asym_params(&buf.lo, &buf.hi, ts, &mut buf.sc, &mut buf.zp) {
+                    buf.ch.resize(n, 0);
                 } else {
                     for (k, grp) in row.chunks_exact(g).enumerate() {
                         let imp = importance.map(|imp| &imp[k * g..(k + 1) * g]);

@@ -230,11 +230,13 @@ fn per_group_choice_beats_every_single_grid() {
 fn solver_steps_reproduce_quantize() {
     // 240 columns: with groups of 8 to 40 the row's last groups are not a full set of eight
     // (the encoder computes ranges and scales eight groups at a time); some groups are all
-    // +0, all -0, all positive or all negative.
+    // +0, all -0, all positive or all negative; in some, a 4-bit asymmetric grid has scale 1
+    // and the zero point 6.5 exactly (a tie, to even).
     let (rows, cols) = (3, 240);
     let mut w = weights(rows, cols, 7);
     for (k, grp) in w.chunks_mut(8).enumerate() {
         match k % 11 {
+            1 => grp.copy_from_slice(&[-6.5, 8.5, 0.25, -3.0, 1.0, 2.0, -1.0, 0.5]),
             3 => grp.iter_mut().for_each(|x| *x = 0.0),
             5 => grp.iter_mut().for_each(|x| *x = -0.0),
             7 => grp.iter_mut().for_each(|x| *x = x.abs()),
@@ -245,6 +247,9 @@ fn solver_steps_reproduce_quantize() {
     for s in [
         "int4:g40",
         "uint3:g40",
+        "int4:g40:asym",
+        "int4:g8:asym:scale=f16",
+        "int4:g8:asym:scale=u6",
         "mxfp4:g8",
         "nvfp4",
         "nvfp4:g8",
