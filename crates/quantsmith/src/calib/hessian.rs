@@ -365,19 +365,49 @@ impl HessianPart {
             out
         };
         blocks.into_par_iter().for_each(|(c0, q, s, t, m)| {
-            let w = s.len();
-            for row in x.chunks_exact(n) {
-                let row = &row[c0..c0 + w];
-                for (((s, m), t), &v) in s.iter_mut().zip(m.iter_mut()).zip(t.iter_mut()).zip(row) {
-                    *s += v.abs() as f64;
-                    *t += v as f64;
-                    *m = m.max(v.abs());
-                }
-                for (q, &v) in q.iter_mut().zip(row) {
-                    *q += v as f64 * v as f64;
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { moments_block_avx2(x, n, c0, q, s, t, m) };
                 }
             }
+            moments_block(x, n, c0, q, s, t, m)
         });
+    }
+}
+
+/// [`moments_block`] compiled for AVX2 (four f64 lanes instead of SSE2's two).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn moments_block_avx2(
+    x: &[f32],
+    n: usize,
+    c0: usize,
+    q: &mut [f64],
+    s: &mut [f64],
+    t: &mut [f64],
+    m: &mut [f32],
+) {
+    moments_block(x, n, c0, q, s, t, m)
+}
+
+/// The moments of channels `c0 .. c0 + s.len()` of `x` (`[rows, n]`): Σ|x|, Σx and max |x|
+/// into `s`, `t`, `m`, and Σx² into `q` when it is not empty; each channel sums its rows in
+/// order.
+#[inline(always)]
+fn moments_block(x: &[f32], n: usize, c0: usize, q: &mut [f64], s: &mut [f64], t: &mut [f64], m: &mut [f32]) {
+    let w = s.len();
+    for row in x.chunks_exact(n) {
+        let row = &row[c0..c0 + w];
+        for (((s, m), t), &v) in s.iter_mut().zip(m.iter_mut()).zip(t.iter_mut()).zip(row) {
+            *s += v.abs() as f64;
+            *t += v as f64;
+            *m = m.max(v.abs());
+        }
+        for (q, &v) in q.iter_mut().zip(row) {
+            *q += v as f64 * v as f64;
+        }
     }
 }
 
