@@ -305,6 +305,30 @@ impl Minifloat {
             c,
             c_bits: c.to_bits(),
             sign_shift: self.exp_bits + self.man_bits,
+        })
+    }
+
+    /// The constants of the packed encoder's arithmetic ([`PackedConsts`]), or None when it
+    /// does not apply: fewer than two spare mantissa bits in f32, or emin's exponent or the
+    /// rounding term T at emin or at the largest exponent is not a normal f32 (formats with
+    /// eight exponent bits, whose codes are never packed at 4 or 8 bits anyway).
+    pub(crate) fn packed_consts(&self) -> Option<PackedConsts> {
+        let m = self.man_bits as i32;
+        let emin = 1 - self.bias;
+        // T's exponent, biased for f32, at emin and at the largest exponent.
+        let (t_lo, t_hi) = (emin + 23 - m + 127, self.emax() + 23 - m + 127);
+        if m > 21 || !(1..=254).contains(&(emin + 127)) || t_lo < 1 || t_hi > 254 {
+            return None;
+        }
+        let shift = 23 - self.man_bits;
+        let emin_bits = ((emin + 127) as u32) << 23;
+        Some(PackedConsts {
+            max: self.max,
+            emin_bits,
+            t_offset: ((23 - m) as u32) << 23,
+            shift,
+            bias_term: emin_bits >> shift,
+            sign_shift: self.exp_bits + self.man_bits,
             fnuz: self.special == Special::Fnuz,
         })
     }
@@ -410,6 +434,31 @@ pub(crate) struct SliceConsts {
     pub(crate) rebias: u32,
     pub(crate) c: f32,
     pub(crate) c_bits: u32,
+    pub(crate) sign_shift: u32,
+}
+
+/// Constants of the packed encoder's minifloat arithmetic ([`crate::simd`]): one path for
+/// normal and subnormal results, rounded by the FPU. The magnitude `a` is saturated at `max`
+/// (representable, so rounding stays at or below it); with `b` its f32 bits, `e = max(b &
+/// 0x7f80_0000, emin_bits)` is its exponent raised to at least emin (subnormals share emin's
+/// quantum 2^(emin - M)), and `t = e + t_offset` the bits of T = 2^(E + 23 - M), whose ulp is
+/// the quantum of a's binade. The bits of a + T less `t` count quanta, nearest, ties to even:
+/// the count's parity is the code's, as E's part of the code is a multiple of 2^M (with M = 0
+/// ties go up, to the even multiple of the quantum, as [`Minifloat::encode`] rounds). The
+/// code's magnitude is that count plus `(e >> shift) - bias_term` = (E - emin) · 2^M: a
+/// count reaching 2^(M+1) carries into the exponent, and a subnormal one reaching 2^M is
+/// min_normal's code. The sign goes to bit `sign_shift` (never on code 0 for fnuz).
+#[derive(Clone, Copy)]
+pub(crate) struct PackedConsts {
+    pub(crate) max: f32,
+    /// emin's f32 exponent field, in place.
+    pub(crate) emin_bits: u32,
+    /// 23 - M in the exponent field.
+    pub(crate) t_offset: u32,
+    /// 23 - M.
+    pub(crate) shift: u32,
+    /// `emin_bits >> shift`.
+    pub(crate) bias_term: u32,
     pub(crate) sign_shift: u32,
     /// fnuz: no negative zero (a magnitude of code 0 keeps a clear sign bit).
     pub(crate) fnuz: bool,

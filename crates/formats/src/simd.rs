@@ -1,26 +1,28 @@
 //! The packed row encoder for x86-64 with AVX2: scaling, element encoding and bit packing of a
 //! row fused in one pass, 64 values per step, for the grids most formats use (integers,
-//! minifloats and tables of up to 16 values, 4 or 8 bits). The element arithmetic is that of
-//! the portable encoders ([`crate::int::IntGrid::encode_slice`],
-//! [`crate::minifloat::Minifloat::encode_slice`]), one instruction for each of their
-//! operations, so the codes are the same bit for bit; what it saves is the passes between them
-//! (scaled values and one-byte codes stored and read back) and the narrowing of every eight
-//! codes through shuffles. Tables ([`crate::lut::Lut`]) count the midpoints below a value as
-//! the portable encoder does, by a four-step binary search instead of fifteen compares.
+//! minifloats and tables of up to 16 values, 4 or 8 bits). Integers take the arithmetic of
+//! [`crate::int::IntGrid::encode_slice`], one instruction for each of its operations.
+//! Minifloats are rounded by one FPU addition for normal and subnormal results alike (see
+//! [`PackedConsts`]) where the portable [`crate::minifloat::Minifloat::encode_slice`] computes
+//! both and selects. Tables ([`crate::lut::Lut`]) count the midpoints below a value as the
+//! portable encoder does, by a four-step binary search instead of fifteen compares. The codes
+//! are the same bit for bit (the tests compare every packed byte with the scalar encoder);
+//! what the fusion saves is the passes between the steps (scaled values and one-byte codes
+//! stored and read back) and the narrowing of every eight codes through shuffles.
 
 use std::arch::x86_64::*;
 
 use crate::element::{Element, ElementCodec};
 use crate::int::{IntKind, MAGIC};
-use crate::minifloat::SliceConsts;
+use crate::minifloat::PackedConsts;
 
 /// An element grid the packed encoder handles, with the constants of its arithmetic.
 #[derive(Clone, Copy)]
 pub(crate) enum Kernel {
     /// Integers: clamp to `[lo, hi]`, round by adding 1.5 · 2^23, keep the low bits (`mask`).
     Int { lo: f32, hi: f32, mask: u32 },
-    /// Minifloats, by the branch-free encoder.
-    Float(SliceConsts),
+    /// Minifloats, rounded by adding a power of two (see [`PackedConsts`]).
+    Float(PackedConsts),
     /// Tables of at most 16 values: their midpoints, padded with +∞.
     Lut([f32; 15]),
 }
@@ -38,7 +40,7 @@ impl Kernel {
             Element::Int(g) if g.kind() != IntKind::Binary && g.bits() <= bits => {
                 Some(Kernel::Int { lo: g.qmin(), hi: g.qmax(), mask: (1u32 << g.bits()) - 1 })
             }
-            Element::Float(f) if !zero_points => f.slice_consts().filter(|k| k.sign_shift < bits).map(Kernel::Float),
+            Element::Float(f) if !zero_points => f.packed_consts().filter(|k| k.sign_shift < bits).map(Kernel::Float),
             Element::Lut(l) if !zero_points && l.code_bits() <= bits => l.short_mids().map(Kernel::Lut),
             _ => None,
         }
@@ -114,14 +116,13 @@ struct Consts {
     hi: __m256,
     mask: __m256i,
     max: __m256,
-    min_normal: __m256,
-    shift: __m128i,
-    half: __m256i,
-    lsb: __m256i,
-    rebias: __m256i,
-    c: __m256,
-    c_bits: __m256i,
-    sign_shift: __m128i,
+    emin_bits: __m256i,
+    t_offset: __m256i,
+    /// Shift counts per lane (variable-count shifts by a vector are one instruction on more
+    /// CPUs than shifts by a count in an xmm register).
+    shift: __m256i,
+    bias_term: __m256i,
+    sign_bit: __m256i,
     /// The table's midpoints 7, 3 and 11 (broadcast), 1, 5, 9, 13 and the even ones: the
     /// binary search's probes at each step.
     m7: __m256,
@@ -136,20 +137,16 @@ impl Consts {
     fn new(k: &Kernel) -> Consts {
         let zs = _mm256_setzero_ps();
         let zi = _mm256_setzero_si256();
-        let z1 = _mm_setzero_si128();
         let mut c = Consts {
             lo: zs,
             hi: zs,
             mask: zi,
             max: zs,
-            min_normal: zs,
-            shift: z1,
-            half: zi,
-            lsb: zi,
-            rebias: zi,
-            c: zs,
-            c_bits: zi,
-            sign_shift: z1,
+            emin_bits: zi,
+            t_offset: zi,
+            shift: zi,
+            bias_term: zi,
+            sign_bit: zi,
             m7: zs,
             m3: zs,
             m11: zs,
@@ -164,14 +161,11 @@ impl Consts {
             }
             Kernel::Float(f) => {
                 c.max = _mm256_set1_ps(f.max);
-                c.min_normal = _mm256_set1_ps(f.min_normal);
-                c.shift = _mm_cvtsi32_si128(f.shift as i32);
-                c.half = _mm256_set1_epi32(f.half as i32);
-                c.lsb = _mm256_set1_epi32(f.lsb as i32);
-                c.rebias = _mm256_set1_epi32(f.rebias as i32);
-                c.c = _mm256_set1_ps(f.c);
-                c.c_bits = _mm256_set1_epi32(f.c_bits as i32);
-                c.sign_shift = _mm_cvtsi32_si128(f.sign_shift as i32);
+                c.emin_bits = _mm256_set1_epi32(f.emin_bits as i32);
+                c.t_offset = _mm256_set1_epi32(f.t_offset as i32);
+                c.shift = _mm256_set1_epi32(f.shift as i32);
+                c.bias_term = _mm256_set1_epi32(f.bias_term as i32);
+                c.sign_bit = _mm256_set1_epi32(1 << f.sign_shift);
             }
             Kernel::Lut(m) => {
                 c.m7 = _mm256_set1_ps(m[7]);
@@ -220,17 +214,18 @@ fn codes8<const KIND: u8, const ZERO: bool>(c: &Consts, x: __m256, inv: __m256, 
     }
     let yb = _mm256_castps_si256(y);
     let a = _mm256_min_ps(_mm256_castsi256_ps(_mm256_and_si256(yb, _mm256_set1_epi32(0x7fff_ffff))), c.max);
-    let b = _mm256_castps_si256(a);
-    let round = _mm256_add_epi32(c.half, _mm256_and_si256(_mm256_srl_epi32(b, c.shift), c.lsb));
-    let normal = _mm256_sub_epi32(_mm256_srl_epi32(_mm256_add_epi32(b, round), c.shift), c.rebias);
-    let sub = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(a, c.c)), c.c_bits);
-    let tiny = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(a, c.min_normal));
-    let mag = _mm256_blendv_epi8(normal, sub, tiny);
-    let mut neg = _mm256_srli_epi32::<31>(yb);
+    // The exponent (at least emin), T's bits, then the quanta of a + T (a ≥ 0, so the signed
+    // maximum orders the bits).
+    let e = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(a), _mm256_set1_epi32(0x7f80_0000)), c.emin_bits);
+    let t = _mm256_add_epi32(e, c.t_offset);
+    let quanta = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(a, _mm256_castsi256_ps(t))), t);
+    let mag = _mm256_add_epi32(quanta, _mm256_sub_epi32(_mm256_srlv_epi32(e, c.shift), c.bias_term));
+    // The sign bit moved to the code's sign position: all ones where negative, masked.
+    let mut neg = _mm256_and_si256(_mm256_srai_epi32::<31>(yb), c.sign_bit);
     if KIND == FNUZ {
         neg = _mm256_andnot_si256(_mm256_cmpeq_epi32(mag, _mm256_setzero_si256()), neg);
     }
-    _mm256_or_si256(mag, _mm256_sll_epi32(neg, c.sign_shift))
+    _mm256_or_si256(mag, neg)
 }
 
 /// 32 codes (four vectors of eight 32-bit lanes, each < 256) as 32 bytes in order.
@@ -333,5 +328,58 @@ fn prefetch(v: &[f32], at: usize) {
         // SAFETY: p < v.len(); prefetching never faults.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(p) as *const i8) };
         p += 16;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::minifloat::{Minifloat, Special};
+
+    /// Every minifloat of at most 8 bits with packed constants, at every value, every midpoint
+    /// between neighbours and the f32s either side of it, f32 subnormals, zeros and values past
+    /// the largest, both signs: the packed encoder's codes equal [`Minifloat::encode`]'s.
+    #[test]
+    fn packed_minifloat_codes_equal_encode_everywhere() {
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let ulp = |x: f32, up: bool| f32::from_bits(if up { x.to_bits() + 1 } else { x.to_bits() - 1 });
+        let mut shapes = 0;
+        for e in 1..=7u32 {
+            for m in 0..=(7 - e) {
+                for sp in [Special::Finite, Special::Fn, Special::Fnuz, Special::Ieee] {
+                    let d = Minifloat::default_bias(e, sp);
+                    for bias in [d, d + 2, d - 3, -100, 120] {
+                        let Ok(f) = Minifloat::new(e, m, bias, sp) else { continue };
+                        let Some(k) = f.packed_consts() else { continue };
+                        shapes += 1;
+                        let mut vals: Vec<f32> = (0..1u16 << (e + m))
+                            .map(|c| f.decode_code(c))
+                            .filter(|v| v.is_finite() && *v <= f.max_value())
+                            .collect();
+                        vals.sort_by(f32::total_cmp);
+                        vals.dedup();
+                        let mut xs = vec![0.0, 1e-45, 1e-40, f32::MIN_POSITIVE, f.max_value() * 1.5, f32::MAX];
+                        for w in vals.windows(2) {
+                            let mid = w[0] / 2.0 + w[1] / 2.0;
+                            xs.extend([w[0], mid, ulp(mid, false), ulp(mid, true)]);
+                        }
+                        xs.extend(vals.last());
+                        let mut row: Vec<f32> = xs.iter().flat_map(|&x| [x, -x]).collect();
+                        row.resize(row.len().next_multiple_of(8), 0.0);
+                        let mut out = vec![0u8; row.len()];
+                        let inv = vec![1.0f32; row.len() / 8];
+                        let fac = Factors { inv: &inv, zero: None, shift: 0 };
+                        // SAFETY: the CPU has AVX2 and FMA (checked above).
+                        unsafe { encode_packed_avx2(&Kernel::Float(k), &row, &fac, 8, &mut out, None) };
+                        for (&x, &c) in row.iter().zip(&out) {
+                            assert_eq!(c as u16, f.encode(x), "e{e}m{m} bias {bias} {sp:?}: {x:e}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(shapes > 60, "{shapes} shapes");
     }
 }
