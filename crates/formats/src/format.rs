@@ -294,9 +294,15 @@ impl Format {
         if self.scale != ScaleStorage::E4m3 || self.granularity == Granularity::None {
             return 1.0;
         }
+        // The magnitudes' maximum (one group spanning the chunk); a chunk with NaN or
+        // infinities takes min_max's NaN-skipping range instead (quantize then refuses it).
         let amax = data
             .par_chunks(1 << 16)
             .map(|c| {
+                let mut a = [0.0];
+                if group_absmax(c, c.len(), &mut a) {
+                    return a[0];
+                }
                 let (lo, hi) = min_max(c);
                 hi.max(-lo)
             })
@@ -399,6 +405,16 @@ impl Format {
             }
         }
         true
+    }
+
+    /// Whether every group's scale is a function of its largest magnitude alone: one grid, no
+    /// zero points, absmax scales (no clip search), and either E8M0 scales (the MX rule) or a
+    /// grid symmetric about zero, where [`Format::absmax_params`]'s max(hi / top, -lo /
+    /// -bottom) is max(hi, -lo) / top.
+    #[inline(always)]
+    fn absmax_only(&self) -> bool {
+        let [e] = &self.elements[..] else { return false };
+        !self.asym && self.clip != Clip::Mse && (self.scale == ScaleStorage::E8m0 || e.min_value() == -e.max_value())
     }
 
     /// [`Format::absmax_params`] for asymmetric formats: every group's scale and zero point
@@ -687,10 +703,21 @@ impl Format {
             }
             _ => {
                 // Every group's range first (eight groups at a time), then the parameters.
+                // Formats whose scale depends on the largest magnitude alone need only that:
+                // (lo, hi) = (-amax, amax) gives them the same scales.
                 let n = row.len() / g;
                 buf.lo.resize(n, 0.0);
                 buf.hi.resize(n, 0.0);
-                if !group_ranges(row, g, &mut buf.lo, &mut buf.hi) {
+                let finite = if self.absmax_only() {
+                    let ok = group_absmax(row, g, &mut buf.hi);
+                    for (l, &h) in buf.lo.iter_mut().zip(&buf.hi) {
+                        *l = -h;
+                    }
+                    ok
+                } else {
+                    group_ranges(row, g, &mut buf.lo, &mut buf.hi)
+                };
+                if !finite {
                     return (Vec::new(), false);
                 }
                 if self.absmax_params(&buf.lo, &buf.hi, ts, &mut buf.sc) {
@@ -1317,6 +1344,89 @@ unsafe fn group_ranges_avx2(row: &[f32], g: usize, lo: &mut [f32], hi: &mut [f32
     finite
 }
 
+/// Each `g`-long group's largest magnitude of `row` into `amax` (+0 for a group of zeros), and
+/// whether every value is finite: [`group_ranges`] for formats that need only max(hi, -lo).
+#[inline(always)]
+fn group_absmax(row: &[f32], g: usize, amax: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if g.is_multiple_of(8) && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { group_absmax_avx2(row, g, amax) };
+        }
+    }
+    let mut finite = true;
+    for (grp, a) in row.chunks_exact(g).zip(amax.iter_mut()) {
+        let (mn, mx, ok) = min_max_finite(grp);
+        *a = if -mn > mx { -mn } else { mx };
+        finite &= ok;
+    }
+    finite
+}
+
+/// [`group_absmax`] for groups of a multiple of eight: the magnitudes' bits (sign cleared)
+/// ordered as unsigned integers, which orders finite values as floats and puts infinities and
+/// NaN above them all. Groups of up to 256 values go eight at a time, reduced together by a
+/// transpose as in [`group_ranges_avx2`]; longer ones one at a time with four accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn group_absmax_avx2(row: &[f32], g: usize, amax: &mut [f32]) -> bool {
+    use std::arch::x86_64::*;
+    let n = row.len() / g;
+    let abs = _mm256_set1_epi32(0x7fff_ffff);
+    let zi = _mm256_setzero_si256();
+    let mag = |p: *const f32| _mm256_and_si256(_mm256_castps_si256(_mm256_loadu_ps(p)), abs);
+    let mut all = zi;
+    let mut k = 0;
+    if g <= 256 {
+        while k + 8 <= n {
+            let mut h = [zi; 8];
+            for (j, h) in h.iter_mut().enumerate() {
+                for c in row[(k + j) * g..(k + j + 1) * g].chunks_exact(8) {
+                    *h = _mm256_max_epu32(*h, mag(c.as_ptr()));
+                }
+            }
+            // Lane j: the maximum of h[j]'s lanes (pairs, quads, then halves).
+            let m = |a: __m256i, b: __m256i| _mm256_max_epu32(a, b);
+            let p = |a: __m256i, b: __m256i| m(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+            let (t01, t23, t45, t67) = (p(h[0], h[1]), p(h[2], h[3]), p(h[4], h[5]), p(h[6], h[7]));
+            let q = |a: __m256i, b: __m256i| m(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+            let (u0, u1) = (q(t01, t23), q(t45, t67));
+            let r = m(_mm256_permute2x128_si256::<0x20>(u0, u1), _mm256_permute2x128_si256::<0x31>(u0, u1));
+            all = _mm256_max_epu32(all, r);
+            // SAFETY: k + 8 <= n = amax.len().
+            _mm256_storeu_si256(amax.as_mut_ptr().add(k).cast(), r);
+            k += 8;
+        }
+    }
+    let mut rest = 0u32;
+    while k < n {
+        let grp = &row[k * g..(k + 1) * g];
+        let mut a = [zi; 4];
+        let mut chunks = grp.chunks_exact(32);
+        for c in &mut chunks {
+            for (i, a) in a.iter_mut().enumerate() {
+                *a = _mm256_max_epu32(*a, mag(c.as_ptr().add(8 * i)));
+            }
+        }
+        for c in chunks.remainder().chunks_exact(8) {
+            a[0] = _mm256_max_epu32(a[0], mag(c.as_ptr()));
+        }
+        let v = _mm256_max_epu32(_mm256_max_epu32(a[0], a[1]), _mm256_max_epu32(a[2], a[3]));
+        let v = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let v = _mm_max_epu32(v, _mm_unpackhi_epi64(v, v));
+        let v = _mm_max_epu32(v, _mm_shuffle_epi32::<1>(v));
+        let b = _mm_cvtsi128_si32(v) as u32;
+        amax[k] = f32::from_bits(b);
+        rest = rest.max(b);
+        k += 1;
+    }
+    let mut m = [0u32; 8];
+    _mm256_storeu_si256(m.as_mut_ptr().cast(), all);
+    rest < 0x7f80_0000 && m.iter().all(|&m| m < 0x7f80_0000)
+}
+
 /// Weighted squared error of one group under parameters `p` (nearest rounding).
 fn group_error(e: &Element, w: &[f32], importance: Option<&[f32]>, p: &GroupParams) -> f64 {
     let inv = if p.scale > 0.0 { 1.0 / p.scale } else { 0.0 };
@@ -1378,7 +1488,7 @@ mod tests {
     fn group_ranges_equal_per_group_min_max() {
         let mut bits = crate::xorshift(0x1234_5678);
         let mut next = || ((bits() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-        for g in [8usize, 16, 24, 32, 64, 128] {
+        for g in [8usize, 16, 24, 32, 40, 64, 72, 128] {
             for n_groups in [1usize, 7, 8, 9, 16, 19] {
                 let mut row: Vec<f32> = (0..g * n_groups).map(|_| next()).collect();
                 // Groups of only positive, only negative, all-zero and signed-zero values.
@@ -1398,11 +1508,18 @@ mod tests {
                     assert!(ok);
                     assert_eq!((lo[k].to_bits(), hi[k].to_bits()), (l.to_bits(), h.to_bits()), "g {g}, group {k}");
                 }
+                // The magnitudes alone: max(hi, -lo), +0 for groups of zeros of either sign.
+                let mut amax = vec![9.0; n_groups];
+                assert!(group_absmax(&row, g, &mut amax));
+                for k in 0..n_groups {
+                    assert_eq!(amax[k].to_bits(), hi[k].max(-lo[k]).max(0.0).to_bits(), "g {g}, group {k}");
+                }
                 for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                     for at in [0, row.len() / 2, row.len() - 1] {
                         let mut r = row.clone();
                         r[at] = bad;
                         assert!(!group_ranges(&r, g, &mut lo, &mut hi), "g {g}, {bad} at {at}");
+                        assert!(!group_absmax(&r, g, &mut amax), "g {g}, {bad} at {at}");
                     }
                 }
             }
