@@ -131,7 +131,7 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode(text, add_special && self.post_adds_specials)
+            .encode_fast(text, add_special && self.post_adds_specials)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let ids = enc.get_ids();
         let mut out = Vec::with_capacity(ids.len() + 1);
@@ -140,6 +140,75 @@ impl Tokenizer {
         }
         out.extend_from_slice(ids);
         Ok(out)
+    }
+
+    /// The ids [`Tokenizer::encode`] gives `text`, tokenized in pieces on all threads; with
+    /// `need`, only as many pieces as give at least that many ids (a prefix of encode's ids,
+    /// or all of them): perplexity over a few chunks of a novel reads its first pages.
+    ///
+    /// Pieces end just before an ASCII letter that starts a line after a line that does not
+    /// end in whitespace: a place every pre-tokenizer here splits at, whatever follows. A cut
+    /// is used only where the text around it, about 256 bytes either side, tokenizes as its
+    /// two halves do, concatenated; that check catches a tokenizer that would add a prefix
+    /// space or a special token to each piece. With no such place, the text is one piece.
+    pub fn encode_long(&self, text: &str, add_special: bool, need: Option<usize>) -> Result<Vec<u32>> {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads().max(1);
+        // About 4 bytes of English per token; a lazy piece asks for half again as many.
+        let piece = match need {
+            Some(n) => (n.saturating_mul(6) / threads).max(4096),
+            None => (text.len() / (2 * threads)).max(1 << 15),
+        };
+        if need.is_none() && text.len() <= 2 * piece {
+            return self.encode(text, add_special);
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut first = true;
+        while start < text.len() {
+            // The next round: up to one piece per thread.
+            let mut bounds = Vec::with_capacity(threads);
+            let mut at = start;
+            while bounds.len() < threads && at < text.len() {
+                let end = self.verified_cut(text, at + piece).unwrap_or(text.len());
+                bounds.push((at, end));
+                at = end;
+            }
+            let parts: Vec<Result<Vec<u32>>> = bounds
+                .par_iter()
+                .enumerate()
+                .map(|(i, &(a, b))| self.encode(&text[a..b], add_special && first && i == 0))
+                .collect();
+            for p in parts {
+                out.extend(p?);
+            }
+            first = false;
+            start = at;
+            if need.is_some_and(|n| out.len() >= n) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first cut at or after `from` (see [`Tokenizer::encode_long`]) whose surroundings
+    /// tokenize as their halves do; None if none is found among the next few candidates.
+    fn verified_cut(&self, text: &str, from: usize) -> Option<usize> {
+        const SIDE: usize = 256;
+        let mut at = from;
+        for _ in 0..8 {
+            let p = line_start_cut(text, at)?;
+            let q = line_start_cut_before(text, p.saturating_sub(SIDE));
+            let r = line_start_cut(text, p + SIDE).unwrap_or(text.len());
+            let joined = self.encode(&text[q..r], false).ok()?;
+            let mut halves = self.encode(&text[q..p], false).ok()?;
+            halves.extend(self.encode(&text[p..r], false).ok()?);
+            if joined == halves {
+                return Some(p);
+            }
+            at = p + 1;
+        }
+        None
     }
 
     /// The text of token ids (for display).
@@ -160,5 +229,63 @@ impl Tokenizer {
     /// Number of tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+}
+
+/// Whether byte `i` of `b` starts a line with an ASCII letter after a line that ends in
+/// something other than whitespace ("…x\nY").
+fn is_line_start_cut(b: &[u8], i: usize) -> bool {
+    i >= 2 && i < b.len() && b[i - 1] == b'\n' && b[i].is_ascii_alphabetic() && !b[i - 2].is_ascii_whitespace()
+}
+
+/// The first such line start at or after `from`.
+fn line_start_cut(text: &str, from: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    (from.max(2)..b.len()).find(|&i| is_line_start_cut(b, i))
+}
+
+/// The last such line start at or before `to`, or 0 (the text's start).
+fn line_start_cut_before(text: &str, to: usize) -> usize {
+    let b = text.as_bytes();
+    (2..=to.min(b.len().saturating_sub(1))).rev().find(|&i| is_line_start_cut(b, i)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level vocabulary behind a pre-tokenizer that puts "▁" before every text it
+    /// gets: tokenized in pieces, a piece would start with a word the whole text never has.
+    /// The seam check refuses every cut, so the long encoder gives the same ids.
+    #[test]
+    fn long_texts_encode_as_one_even_where_pieces_would_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"always","split":true},
+            "post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"\u2581a":0,"\u2581b":1,"\u2581b\n":2,"\u2581b\nb":3,"[UNK]":4},"unk_token":"[UNK]"}}"#;
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json).unwrap();
+        let tok = Tokenizer::from_json_file(&path).unwrap();
+        let text = "a b\nb a\n".repeat(20_000);
+        let whole = tok.encode(&text, false).unwrap();
+        assert!(whole.contains(&3), "the whole text has the word across lines");
+        assert_eq!(tok.encode_long(&text, false, None).unwrap(), whole);
+        let some = tok.encode_long(&text, false, Some(1000)).unwrap();
+        assert!(some.len() >= 1000 && whole.starts_with(&some), "{} ids", some.len());
+    }
+
+    #[test]
+    fn cuts_are_line_starts_after_a_non_blank_line_end() {
+        let t = "ab\n\nCd e\nFg\n hi\nj";
+        let b = t.as_bytes();
+        let cuts: Vec<usize> = (0..b.len()).filter(|&i| is_line_start_cut(b, i)).collect();
+        // "\n\nC" follows a blank line, "\n h" starts with a space: only F and j.
+        assert_eq!(cuts.iter().map(|&i| &t[i..i + 1]).collect::<Vec<_>>(), ["F", "j"]);
+        assert_eq!(line_start_cut(t, 0), Some(cuts[0]));
+        assert_eq!(line_start_cut(t, cuts[0] + 1), Some(cuts[1]));
+        assert_eq!(line_start_cut(t, cuts[1] + 1), None);
+        assert_eq!(line_start_cut_before(t, cuts[1] - 1), cuts[0]);
+        assert_eq!(line_start_cut_before(t, cuts[0] - 1), 0);
     }
 }

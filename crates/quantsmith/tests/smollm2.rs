@@ -30,7 +30,12 @@ fn smollm2_tokens_and_perplexity_match_llama_cpp() {
     // Whole files, trailing newline included, as llama.cpp's tokenizer counts them.
     for (name, count) in [("austen_emma.txt", 221850usize), ("austen_prideprejudice.txt", 167892)] {
         let (_, text) = repo_text(name);
-        assert_eq!(tok.encode(&text, true).unwrap().len(), count, "{name}");
+        let ids = tok.encode(&text, true).unwrap();
+        assert_eq!(ids.len(), count, "{name}");
+        // In pieces on all threads, and only the first pages: the same ids.
+        assert_eq!(tok.encode_long(&text, true, None).unwrap(), ids, "{name} in pieces");
+        let first = tok.encode_long(&text, true, Some(4 * 512)).unwrap();
+        assert!(first.len() >= 2048 && first.len() < ids.len() && ids.starts_with(&first), "{name}: first pages");
     }
 
     // llama-perplexity on the f32 dequantization: PPL = 27.7281 at --ctx 512 --chunks 4.

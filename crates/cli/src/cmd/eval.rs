@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use quantsmith::arch::{self, ModelKind};
-use quantsmith::eval::perplexity::{evaluate_decoders, PerplexityOptions};
+use quantsmith::eval::perplexity::{evaluate_decoders_on, PerplexityOptions};
 use quantsmith::io::open_model;
 use quantsmith::{Error, Result};
 
@@ -73,10 +73,17 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
         if args.slice.is_empty() { vec![None] } else { args.slice.iter().map(|&b| Some(b)).collect() };
     let mut decs = Vec::new();
     let mut labels: Vec<(String, Option<u32>)> = Vec::new();
+    let opts = PerplexityOptions { ctx: args.ctx, max_chunks: args.chunks, ..Default::default() };
+    // The text is tokenized while the first model loads.
+    let mut tokens = None;
     for (i, m) in args.models.iter().enumerate() {
         for &sl in &slices {
             let d = if i == 0 && sl == slices[0] {
-                arch::load_decoder(file)?
+                let (d, t) = arch::load_decoder_while(file, |tok| {
+                    quantsmith::eval::perplexity::eval_tokens(tok, text, &args.text, &opts)
+                })?;
+                tokens = Some(t);
+                d
             } else {
                 let mut f = open_model(m)?;
                 if let Some(b) = sl {
@@ -101,14 +108,14 @@ fn eval_decoder(args: &Args, file: &quantsmith::io::ModelFile, text: &str) -> Re
         }
         None => None,
     };
-    let opts = PerplexityOptions { ctx: args.ctx, max_chunks: args.chunks, ..Default::default() };
+    let tokens = tokens.ok_or_else(|| Error::Other("no model to evaluate".into()))??;
     let bar = Progress::new("tokens");
     let models: Vec<&quantsmith::arch::llama::Llama> = decs.iter().map(|d| &d.model).collect();
-    let reports = evaluate_decoders(
+    let reports = evaluate_decoders_on(
         &models,
         base.as_ref().map(|b| &b.model),
         &decs[0].tokenizer,
-        text,
+        tokens,
         &args.text,
         &opts,
         &|done, total| bar.update(done, total),

@@ -57,6 +57,16 @@ pub struct Decoder {
 
 /// Loads a Llama-family decoder and its tokenizer from a GGUF file or a Hugging Face directory.
 pub fn load_decoder(file: &ModelFile) -> Result<Decoder> {
+    load_decoder_while(file, |_| ()).map(|(d, ())| d)
+}
+
+/// [`load_decoder`], running `work` on the decoder's tokenizer on a second thread while the
+/// weights are read and checked: the text to evaluate is tokenized meanwhile (for a whole
+/// novel, a third of a second on one core). A load error comes first, then `work`'s result.
+pub fn load_decoder_while<T: Send>(
+    file: &ModelFile,
+    work: impl FnOnce(&Tokenizer) -> T + Send,
+) -> Result<(Decoder, T)> {
     let (cfg, tokenizer) = match file {
         ModelFile::Gguf(g) => (llama::LlamaConfig::from_gguf(g)?, Tokenizer::from_gguf(g)?),
         ModelFile::Hf(h) => {
@@ -71,8 +81,13 @@ pub fn load_decoder(file: &ModelFile) -> Result<Decoder> {
             cfg.vocab
         )));
     }
-    let model = llama::Llama::load(file.source(), file.path(), cfg)?;
-    Ok(Decoder { model, tokenizer })
+    let (model, out) = std::thread::scope(|s| {
+        let worker = s.spawn(|| work(&tokenizer));
+        let model = llama::Llama::load(file.source(), file.path(), cfg);
+        (model, worker.join())
+    });
+    let out = out.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    Ok((Decoder { model: model?, tokenizer }, out))
 }
 
 /// A group of linear layers that read one input, in the order a block runs them

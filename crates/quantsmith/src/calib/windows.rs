@@ -79,7 +79,7 @@ pub fn calibration_windows(tok: &Tokenizer, texts: &[(PathBuf, String)], opts: &
     let mut windows: Vec<Vec<u32>> = Vec::new();
     let mut total = 0usize;
     for (_, text) in texts {
-        let toks = tok.encode(text.strip_suffix('\n').unwrap_or(text), false)?;
+        let toks = tok.encode_long(text.strip_suffix('\n').unwrap_or(text), false, None)?;
         total += toks.len();
         for w in toks.chunks_exact(opts.len) {
             windows.push(w.to_vec());

@@ -80,7 +80,7 @@ pub fn perplexity_text(raw: &str) -> &str {
 
 /// Tokens of a text file prepared as llama-perplexity prepares them.
 pub fn perplexity_tokens(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    tok.encode(perplexity_text(text), true)
+    tok.encode_long(perplexity_text(text), true, None)
 }
 
 /// Running sums of a per-position statistic, f64.
@@ -276,7 +276,9 @@ pub fn eval_tokens(
     if opts.max_chunks == Some(0) {
         return Err(Error::Other("0 chunks evaluate nothing".into()));
     }
-    let tokens = perplexity_tokens(tok, text)?;
+    // With a number of chunks, only the text's first pages that hold them are tokenized.
+    let need = opts.max_chunks.map(|m| m.saturating_mul(ctx).max(2 * ctx));
+    let tokens = tok.encode_long(perplexity_text(text), true, need)?;
     if tokens.len() < 2 * ctx {
         return Err(Error::Text {
             path: text_path.to_path_buf(),
@@ -304,7 +306,13 @@ pub fn evaluate_decoders(
     opts: &PerplexityOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<DecoderReport>> {
-    let ctx = opts.ctx;
+    check_vocabularies(models, base)?;
+    let tokens = eval_tokens(tok, text, text_path, opts)?;
+    evaluate_decoders_on(models, base, tok, tokens, text_path, opts, progress)
+}
+
+/// The models' (and the base's) vocabularies are one size; the vocabulary of the first.
+fn check_vocabularies(models: &[&Llama], base: Option<&Llama>) -> Result<usize> {
     let Some(first_model) = models.first() else {
         return Err(Error::Other("no model to evaluate".into()));
     };
@@ -320,7 +328,22 @@ pub fn evaluate_decoders(
             )));
         }
     }
-    let (tokens, n_chunks) = eval_tokens(tok, text, text_path, opts)?;
+    Ok(vocab)
+}
+
+/// [`evaluate_decoders`] on tokens already prepared by [`eval_tokens`] (a caller can
+/// tokenize the text while the models load: see [`crate::arch::load_decoder_while`]).
+pub fn evaluate_decoders_on(
+    models: &[&Llama],
+    base: Option<&Llama>,
+    tok: &Tokenizer,
+    (tokens, n_chunks): (Vec<u32>, usize),
+    text_path: &Path,
+    opts: &PerplexityOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<DecoderReport>> {
+    let ctx = opts.ctx;
+    let vocab = check_vocabularies(models, base)?;
     let first = ctx / 2;
     let scored = ctx - 1 - first;
     let mut acc: Vec<Accum> = models.iter().map(|_| Accum::default()).collect();
