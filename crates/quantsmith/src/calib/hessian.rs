@@ -176,7 +176,7 @@ const PANEL: usize = 192;
 
 /// The lower triangle of XᵀX for `x` (`[rows, n]`), packed row by row (row i holds columns
 /// 0..=i). XᵀX is symmetric, so only half of it is needed; it is computed as column panels
-/// — panel j is X[:, j0..]ᵀ · X[:, j0..j0+w], plain GEMMs at full GEMM speed — which waste
+/// — panel j is X[:, j0..]ᵀ · X[:, j0..j0+w], plain GEMMs near full GEMM speed — which waste
 /// only the upper halves of the w×w diagonal blocks (faer's triangular product runs well
 /// below GEMM speed).
 pub(crate) fn lower_gram(x: MatRef<'_, f32>) -> Vec<f32> {
@@ -192,24 +192,27 @@ pub(crate) fn lower_gram(x: MatRef<'_, f32>) -> Vec<f32> {
     };
     let mut tri = vec![0f32; n * (n + 1) / 2];
     let panel_w = if n >= 1024 { PANEL } else { PANEL / 2 };
-    let mut panel = Mat::<f32>::zeros(n, panel_w.min(n));
+    // Each panel is computed transposed, X[:, j0..j0+w]ᵀ · X[:, j0..] (w × h): faer runs
+    // that orientation faster here (bench hessian, both ways: 0.467 → 0.367 s per batch at
+    // 4096 channels, 5–10 % at 576 and 1536), and each element is the same sum.
+    let mut panel = Mat::<f32>::zeros(panel_w.min(n), n);
     for j0 in (0..n).step_by(panel_w) {
         let w = panel_w.min(n - j0);
         let h = n - j0;
-        let mut dst = panel.as_mut().submatrix_mut(0, 0, h, w);
+        let mut dst_t = panel.as_mut().submatrix_mut(0, 0, w, h);
         matmul(
-            dst.as_mut(),
+            dst_t.as_mut(),
             BlockStructure::Rectangular,
             Accum::Replace,
-            x.subcols(j0, h).transpose(),
+            x.subcols(j0, w).transpose(),
             BlockStructure::Rectangular,
-            x.subcols(j0, w),
+            x.subcols(j0, h),
             BlockStructure::Rectangular,
             1.0f32,
             Par::rayon(0),
         );
         // Rows of the packed triangle are disjoint: copied out in parallel.
-        let dst = dst.as_ref();
+        let dst = dst_t.as_ref().transpose();
         let out = SharedMut(tri.as_mut_ptr());
         (j0..n).into_par_iter().with_min_len(64).for_each(|i| {
             let end = (j0 + w).min(i + 1);
