@@ -123,11 +123,11 @@ struct Consts {
     shift: __m256i,
     bias_term: __m256i,
     sign_bit: __m256i,
-    /// The table's midpoints 7, 3 and 11 (broadcast), 1, 5, 9, 13 and the even ones: the
-    /// binary search's probes at each step.
+    /// The binary search's probes at each step, indexed by the count so far: midpoint 7;
+    /// 3 and 11; 1, 5, 9 and 13; the even ones. Negative midpoints are stored one ulp lower
+    /// (see [`codes8`]).
     m7: __m256,
-    m3: __m256,
-    m11: __m256,
+    quarter2: __m256,
     odd4: __m256,
     even8: __m256,
 }
@@ -148,8 +148,7 @@ impl Consts {
             bias_term: zi,
             sign_bit: zi,
             m7: zs,
-            m3: zs,
-            m11: zs,
+            quarter2: zs,
             odd4: zs,
             even8: zs,
         };
@@ -167,10 +166,13 @@ impl Consts {
                 c.bias_term = _mm256_set1_epi32(f.bias_term as i32);
                 c.sign_bit = _mm256_set1_epi32(1 << f.sign_shift);
             }
-            Kernel::Lut(m) => {
+            Kernel::Lut(mids) => {
+                // "m < y" for a value y < 0 must also hold where y equals m (the portable
+                // encoder moves such y one ulp towards zero first): for a negative m that
+                // is "m - ulp < y". Non-negative midpoints and +∞ padding stay.
+                let m = mids.map(|m| if m < 0.0 { f32::from_bits(m.to_bits() + 1) } else { m });
                 c.m7 = _mm256_set1_ps(m[7]);
-                c.m3 = _mm256_set1_ps(m[3]);
-                c.m11 = _mm256_set1_ps(m[11]);
+                c.quarter2 = _mm256_setr_ps(m[3], m[11], m[3], m[11], m[3], m[11], m[3], m[11]);
                 c.odd4 = _mm256_setr_ps(m[1], m[5], m[9], m[13], m[1], m[5], m[9], m[13]);
                 c.even8 = _mm256_setr_ps(m[0], m[2], m[4], m[6], m[8], m[10], m[12], m[14]);
             }
@@ -190,22 +192,19 @@ fn codes8<const KIND: u8, const ZERO: bool>(c: &Consts, x: __m256, inv: __m256, 
         y = _mm256_add_ps(y, zero);
     }
     if KIND == LUT {
-        // A negative value moves one ulp towards zero (its bits less one), so that one strict
-        // `<` counts a midpoint it sits on, as in the portable encoder.
-        let yb = _mm256_castps_si256(y);
-        let neg = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(y, _mm256_setzero_ps()));
-        let y = _mm256_castsi256_ps(_mm256_add_epi32(yb, neg));
-        // The count of midpoints below y, a bit at a time from 8 down: the midpoints are
-        // sorted, so "m[k] < y" holds for a prefix of k, and each probe is the last midpoint
-        // of the half still open (+∞ padding is never below).
+        // The count of midpoints below y, one binary digit at a time from the top: the
+        // midpoints are sorted, so "m[k] < y" holds for a prefix of k, and each probe is the
+        // last midpoint of the half still open (+∞ padding is never below). A compare gives
+        // -1 where the probe is below, so count · 2 - mask appends the digit, and the count
+        // so far indexes the next probe. With negative midpoints one ulp lower, this counts
+        // m < y for y ≥ 0 and m ≤ y for y < 0, as the portable encoder does (it moves a
+        // negative y one ulp towards zero and counts m < y).
         let below = |m: __m256| _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(m, y));
-        let bit = |m: __m256, v: i32| _mm256_and_si256(below(m), _mm256_set1_epi32(v));
-        let mut n = bit(c.m7, 8);
-        // Sign bit set where the count is 8.
-        let m = _mm256_blendv_ps(c.m3, c.m11, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(n)));
-        n = _mm256_add_epi32(n, bit(m, 4));
-        n = _mm256_add_epi32(n, bit(_mm256_permutevar8x32_ps(c.odd4, _mm256_srli_epi32::<2>(n)), 2));
-        return _mm256_add_epi32(n, bit(_mm256_permutevar8x32_ps(c.even8, _mm256_srli_epi32::<1>(n)), 1));
+        let digit = |n: __m256i, m: __m256| _mm256_sub_epi32(_mm256_add_epi32(n, n), below(m));
+        let n = _mm256_sub_epi32(_mm256_setzero_si256(), below(c.m7));
+        let n = digit(n, _mm256_permutevar8x32_ps(c.quarter2, n));
+        let n = digit(n, _mm256_permutevar8x32_ps(c.odd4, n));
+        return digit(n, _mm256_permutevar8x32_ps(c.even8, n));
     }
     if KIND == INT {
         // clamp(lo, hi): max then min keep y unless it lies outside (y is finite).
@@ -381,5 +380,57 @@ mod tests {
             }
         }
         assert!(shapes > 60, "{shapes} shapes");
+    }
+
+    /// Tables of up to 16 values (NF4, IQ4_NL's grid, power and log grids, and ones with
+    /// midpoints that are exact, negative and zero), at every value, every midpoint and the
+    /// f32s either side of it, zeros, tiny and huge values, both signs: the packed encoder's
+    /// 4-bit codes equal [`crate::lut::Lut`]'s `encode`.
+    #[test]
+    fn packed_table_codes_equal_encode_everywhere() {
+        use crate::element::ElementCodec;
+        use crate::lut::{power_grid, Lut};
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let ulp = |x: f32, up: bool| {
+            let b = x.to_bits();
+            f32::from_bits(if (x >= 0.0) == up {
+                b + 1
+            } else if x == 0.0 {
+                0x8000_0001
+            } else {
+                b - 1
+            })
+        };
+        let tables = vec![
+            crate::nf4::nf4_grid(),
+            crate::lut::iq4_nl_grid(),
+            power_grid(4, 1.5).unwrap(),
+            power_grid(3, 2.0).unwrap(),
+            crate::log2::log_grid(4).unwrap(),
+            Lut::new("exact", vec![-3.0, -1.0, 0.0, 1.0, 3.0]).unwrap(),
+            Lut::new("zero-mid", vec![-2.0, -0.5, 0.5, 2.0, 4.0, 6.0, 8.0, 10.0]).unwrap(),
+            Lut::new("one", vec![1.0]).unwrap(),
+        ];
+        for t in &tables {
+            let Some(mids) = t.short_mids() else { panic!("{}: no short midpoints", t.name()) };
+            let mut xs = vec![0.0, -0.0, 1e-45, -1e-45, 1e30, -1e30, f32::MAX, f32::MIN];
+            for &m in mids.iter().filter(|m| m.is_finite()) {
+                xs.extend([m, ulp(m, true), ulp(m, false)]);
+            }
+            xs.extend(t.values());
+            let mut row: Vec<f32> = xs.iter().flat_map(|&x| [x, -x]).collect();
+            row.resize(row.len().next_multiple_of(8), 0.0);
+            let mut out = vec![0u8; row.len() / 2];
+            let inv = vec![1.0f32; row.len() / 8];
+            let fac = Factors { inv: &inv, zero: None, shift: 0 };
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { encode_packed_avx2(&Kernel::Lut(mids), &row, &fac, 4, &mut out, None) };
+            for (i, &x) in row.iter().enumerate() {
+                let code = (out[i / 2] >> (4 * (i % 2))) & 15;
+                assert_eq!(code as u16, t.encode(x), "{}: {x:e}", t.name());
+            }
+        }
     }
 }
