@@ -1376,6 +1376,7 @@ unsafe fn group_absmax_avx2(row: &[f32], g: usize, amax: &mut [f32]) -> bool {
     let n = row.len() / g;
     let abs = _mm256_set1_epi32(0x7fff_ffff);
     let zi = _mm256_setzero_si256();
+    // SAFETY (every call below): `p` points at eight floats of a chunk of eight or more.
     let mag = |p: *const f32| _mm256_and_si256(_mm256_castps_si256(_mm256_loadu_ps(p)), abs);
     let mut all = zi;
     let mut k = 0;
@@ -1406,6 +1407,7 @@ unsafe fn group_absmax_avx2(row: &[f32], g: usize, amax: &mut [f32]) -> bool {
         let mut a = [zi; 4];
         let mut chunks = grp.chunks_exact(32);
         for c in &mut chunks {
+            // c holds 32 floats: four loads of eight.
             for (i, a) in a.iter_mut().enumerate() {
                 *a = _mm256_max_epu32(*a, mag(c.as_ptr().add(8 * i)));
             }

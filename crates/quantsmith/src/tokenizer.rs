@@ -162,9 +162,19 @@ impl Tokenizer {
         if need.is_none() && text.len() <= 2 * piece {
             return self.encode(text, add_special);
         }
-        let mut out = Vec::new();
+        // The pieces are encoded without special tokens; those the whole text would get go
+        // before the first piece and after the last (the one at the end only when the whole
+        // text is read).
+        let (prefix, suffix) = if add_special {
+            match self.special_affixes() {
+                Some(a) => a,
+                None => return self.encode(text, add_special),
+            }
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut out = prefix;
         let mut start = 0;
-        let mut first = true;
         while start < text.len() {
             // The next round: up to one piece per thread.
             let mut bounds = Vec::with_capacity(threads);
@@ -174,39 +184,62 @@ impl Tokenizer {
                 bounds.push((at, end));
                 at = end;
             }
-            let parts: Vec<Result<Vec<u32>>> = bounds
-                .par_iter()
-                .enumerate()
-                .map(|(i, &(a, b))| self.encode(&text[a..b], add_special && first && i == 0))
-                .collect();
+            let parts: Vec<Result<Vec<u32>>> =
+                bounds.par_iter().map(|&(a, b)| self.encode(&text[a..b], false)).collect();
             for p in parts {
                 out.extend(p?);
             }
-            first = false;
             start = at;
             if need.is_some_and(|n| out.len() >= n) {
                 break;
             }
         }
+        if start >= text.len() {
+            out.extend(suffix);
+        }
         Ok(out)
     }
 
+    /// The special tokens `encode(…, true)` puts before and after a text's own ids (BOS,
+    /// and an EOS where a post-processor adds one), found by encoding a probe both ways; None
+    /// if the ids without them do not appear whole inside the ids with them.
+    fn special_affixes(&self) -> Option<(Vec<u32>, Vec<u32>)> {
+        let probe = "The probe";
+        let with = self.encode(probe, true).ok()?;
+        let without = self.encode(probe, false).ok()?;
+        let at = (0..=with.len().checked_sub(without.len())?).find(|&i| with[i..i + without.len()] == without[..])?;
+        Some((with[..at].to_vec(), with[at + without.len()..].to_vec()))
+    }
+
     /// The first cut at or after `from` (see [`Tokenizer::encode_long`]) whose surroundings
-    /// tokenize as their halves do; None if none is found among the next few candidates.
+    /// tokenize as their halves do; None if none is found among the next few candidates. The
+    /// window checked runs from a cut at least 256 bytes before to one at least 256 bytes
+    /// after (or the text's ends), and at most 16 KiB either side: a cut without such
+    /// neighbours is passed over.
     fn verified_cut(&self, text: &str, from: usize) -> Option<usize> {
         const SIDE: usize = 256;
+        const REACH: usize = 1 << 14;
         let mut at = from;
         for _ in 0..8 {
             let p = line_start_cut(text, at)?;
-            let q = line_start_cut_before(text, p.saturating_sub(SIDE));
-            let r = line_start_cut(text, p + SIDE).unwrap_or(text.len());
+            at = p + 1;
+            let floor = p.saturating_sub(REACH);
+            let q = match last_line_start_cut(text, floor, p.saturating_sub(SIDE)) {
+                Some(q) => q,
+                None if floor == 0 => 0,
+                None => continue,
+            };
+            let r = match line_start_cut(text, p + SIDE) {
+                Some(r) if r - p <= REACH => r,
+                None if text.len() - p <= REACH => text.len(),
+                _ => continue,
+            };
             let joined = self.encode(&text[q..r], false).ok()?;
             let mut halves = self.encode(&text[q..p], false).ok()?;
             halves.extend(self.encode(&text[p..r], false).ok()?);
             if joined == halves {
                 return Some(p);
             }
-            at = p + 1;
         }
         None
     }
@@ -244,10 +277,10 @@ fn line_start_cut(text: &str, from: usize) -> Option<usize> {
     (from.max(2)..b.len()).find(|&i| is_line_start_cut(b, i))
 }
 
-/// The last such line start at or before `to`, or 0 (the text's start).
-fn line_start_cut_before(text: &str, to: usize) -> usize {
+/// The last such line start in `lo..=hi`, if any.
+fn last_line_start_cut(text: &str, lo: usize, hi: usize) -> Option<usize> {
     let b = text.as_bytes();
-    (2..=to.min(b.len().saturating_sub(1))).rev().find(|&i| is_line_start_cut(b, i)).unwrap_or(0)
+    (lo.max(2)..=hi.min(b.len().saturating_sub(1))).rev().find(|&i| is_line_start_cut(b, i))
 }
 
 #[cfg(test)]
@@ -275,6 +308,32 @@ mod tests {
         assert!(some.len() >= 1000 && whole.starts_with(&some), "{} ids", some.len());
     }
 
+    /// A post-processor that adds BOS and EOS: the long encoder puts them around the whole
+    /// text, not around each piece, and leaves EOS off a first-pages prefix.
+    #[test]
+    fn long_texts_keep_special_tokens_at_the_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,
+            "added_tokens":[{"id":3,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+                            {"id":4,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},
+            "post_processor":{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"</s>","type_id":0}}],
+                "pair":[{"Sequence":{"id":"A","type_id":0}},{"Sequence":{"id":"B","type_id":1}}],
+                "special_tokens":{"<s>":{"id":"<s>","ids":[3],"tokens":["<s>"]},"</s>":{"id":"</s>","ids":[4],"tokens":["</s>"]}}},
+            "decoder":null,
+            "model":{"type":"WordLevel","vocab":{"a":0,"b":1,"[UNK]":2,"<s>":3,"</s>":4},"unk_token":"[UNK]"}}"#;
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json).unwrap();
+        let tok = Tokenizer::from_json_file(&path).unwrap();
+        let text = "a b\nb a\n".repeat(20_000);
+        let whole = tok.encode(&text, true).unwrap();
+        assert_eq!((whole[0], whole[whole.len() - 1]), (3, 4));
+        assert_eq!(tok.encode_long(&text, true, None).unwrap(), whole);
+        assert_eq!(tok.encode_long(&text, false, None).unwrap(), tok.encode(&text, false).unwrap());
+        let some = tok.encode_long(&text, true, Some(1000)).unwrap();
+        assert!(some.len() >= 1000 && some.len() < whole.len() && whole.starts_with(&some), "{} ids", some.len());
+    }
+
     #[test]
     fn cuts_are_line_starts_after_a_non_blank_line_end() {
         let t = "ab\n\nCd e\nFg\n hi\nj";
@@ -285,7 +344,9 @@ mod tests {
         assert_eq!(line_start_cut(t, 0), Some(cuts[0]));
         assert_eq!(line_start_cut(t, cuts[0] + 1), Some(cuts[1]));
         assert_eq!(line_start_cut(t, cuts[1] + 1), None);
-        assert_eq!(line_start_cut_before(t, cuts[1] - 1), cuts[0]);
-        assert_eq!(line_start_cut_before(t, cuts[0] - 1), 0);
+        assert_eq!(last_line_start_cut(t, 0, cuts[1] - 1), Some(cuts[0]));
+        assert_eq!(last_line_start_cut(t, 0, cuts[1]), Some(cuts[1]));
+        assert_eq!(last_line_start_cut(t, 0, cuts[0] - 1), None);
+        assert_eq!(last_line_start_cut(t, cuts[0] + 1, cuts[1] - 1), None);
     }
 }
