@@ -38,6 +38,53 @@ fn smollm2_tokens_and_perplexity_match_llama_cpp() {
         assert!(first.len() >= 2048 && first.len() < ids.len() && ids.starts_with(&first), "{name}: first pages");
     }
 
+    // Random texts of words, numbers, punctuation, whitespace runs, line breaks and non-ASCII
+    // text: in pieces (every cut checked) and first pages, the same ids as in one piece.
+    let frags = [
+        "the",
+        "Emma",
+        "don't",
+        "I'll",
+        "12345",
+        "7",
+        ".",
+        ",",
+        "--",
+        "!\"",
+        "'s",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\n\n",
+        " \n",
+        "\r\n",
+        "\u{e9}t\u{e9}",
+        "\u{4e2d}\u{6587}",
+        "\u{2014}",
+        "Mr.",
+        "(a)",
+        "\n   ",
+        "x\ny",
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..4 {
+        let mut text = String::new();
+        while text.len() < 150_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            text.push_str(frags[(state % frags.len() as u64) as usize]);
+            if state % 3 == 0 {
+                text.push(' ');
+            }
+        }
+        let ids = tok.encode(&text, true).unwrap();
+        assert_eq!(tok.encode_long(&text, true, None).unwrap(), ids, "random text {round}");
+        let first = tok.encode_long(&text, true, Some(3000)).unwrap();
+        assert!(first.len() >= 3000 && ids.starts_with(&first), "random text {round}: first pages");
+    }
+
     // llama-perplexity on the f32 dequantization: PPL = 27.7281 at --ctx 512 --chunks 4.
     let (path, text) = repo_text("austen_emma.txt");
     assert_eq!(perplexity_tokens(tok, &text).unwrap().len(), 221849, "trailing newline dropped");
