@@ -148,9 +148,11 @@ impl Tokenizer {
     ///
     /// Pieces end just before an ASCII letter that starts a line after a line that does not
     /// end in whitespace: a place every pre-tokenizer here splits at, whatever follows. A cut
-    /// is used only where the text around it, about 256 bytes either side, tokenizes as its
-    /// two halves do, concatenated; that check catches a tokenizer that would add a prefix
-    /// space or a special token to each piece. With no such place, the text is one piece.
+    /// is used only where the text around it (from a neighbouring cut at least 256 bytes and
+    /// at most 16 KiB away on each side) tokenizes as its two halves do, concatenated; that
+    /// check catches a tokenizer that would add a prefix space to each piece. Special tokens
+    /// go around the whole text, not around the pieces. With no such place, the text is one
+    /// piece.
     pub fn encode_long(&self, text: &str, add_special: bool, need: Option<usize>) -> Result<Vec<u32>> {
         use rayon::prelude::*;
         let threads = rayon::current_num_threads().max(1);
