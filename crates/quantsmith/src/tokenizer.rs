@@ -289,19 +289,24 @@ fn last_line_start_cut(text: &str, lo: usize, hi: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The tokenizer of a tokenizer.json text (written to a scratch directory and loaded).
+    fn json_tokenizer(json: &str) -> Tokenizer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json).unwrap();
+        Tokenizer::from_json_file(&path).unwrap()
+    }
+
     /// A word-level vocabulary behind a pre-tokenizer that puts "▁" before every text it
     /// gets: tokenized in pieces, a piece would start with a word the whole text never has.
     /// The seam check refuses every cut, so the long encoder gives the same ids.
     #[test]
     fn long_texts_encode_as_one_even_where_pieces_would_not() {
-        let dir = tempfile::tempdir().unwrap();
         let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
             "pre_tokenizer":{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"always","split":true},
             "post_processor":null,"decoder":null,
             "model":{"type":"WordLevel","vocab":{"\u2581a":0,"\u2581b":1,"\u2581b\n":2,"\u2581b\nb":3,"[UNK]":4},"unk_token":"[UNK]"}}"#;
-        let path = dir.path().join("tokenizer.json");
-        std::fs::write(&path, json).unwrap();
-        let tok = Tokenizer::from_json_file(&path).unwrap();
+        let tok = json_tokenizer(json);
         let text = "a b\nb a\n".repeat(20_000);
         let whole = tok.encode(&text, false).unwrap();
         assert!(whole.contains(&3), "the whole text has the word across lines");
@@ -314,7 +319,6 @@ mod tests {
     /// text, not around each piece, and leaves EOS off a first-pages prefix.
     #[test]
     fn long_texts_keep_special_tokens_at_the_ends() {
-        let dir = tempfile::tempdir().unwrap();
         let json = r#"{"version":"1.0","truncation":null,"padding":null,
             "added_tokens":[{"id":3,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
                             {"id":4,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
@@ -324,9 +328,7 @@ mod tests {
                 "special_tokens":{"<s>":{"id":"<s>","ids":[3],"tokens":["<s>"]},"</s>":{"id":"</s>","ids":[4],"tokens":["</s>"]}}},
             "decoder":null,
             "model":{"type":"WordLevel","vocab":{"a":0,"b":1,"[UNK]":2,"<s>":3,"</s>":4},"unk_token":"[UNK]"}}"#;
-        let path = dir.path().join("tokenizer.json");
-        std::fs::write(&path, json).unwrap();
-        let tok = Tokenizer::from_json_file(&path).unwrap();
+        let tok = json_tokenizer(json);
         let text = "a b\nb a\n".repeat(20_000);
         let whole = tok.encode(&text, true).unwrap();
         assert_eq!((whole[0], whole[whole.len() - 1]), (3, 4));
