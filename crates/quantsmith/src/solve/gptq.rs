@@ -10,7 +10,6 @@
 //! which is what makes GPTQ into ggml block types possible.
 
 use faer::linalg::matmul::matmul;
-use faer::linalg::solvers::DenseSolveCore;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
 
@@ -122,31 +121,72 @@ pub fn inverse_hessian_factor(name: &str, h: &[f64], n: usize, damp: f64) -> Res
     if h.len() != n * n {
         return Err(Error::Other(format!("tensor `{name}`: Hessian has {} entries, expected {n}×{n}", h.len())));
     }
-    if let Some(v) = h.iter().find(|v| !v.is_finite()) {
+    factor_inverse(name, n, damp, |i, j| h[i * n + j])
+}
+
+/// [`inverse_hessian_factor`] of the mean of the statistics `h` with its channels taken in
+/// the order `perm` (row and column `k` of the result's H are channel `perm[k]`), read
+/// straight from the sums: no copy of the mean or of the permuted matrix.
+pub fn inverse_factor_permuted(name: &str, h: &crate::calib::Hessian, perm: &[usize], damp: f64) -> Result<Mat<f64>> {
+    let n = h.n;
+    if h.sum_xxt.len() != n * n || perm.len() != n {
+        return Err(Error::Other(format!("tensor `{name}`: the solver needs the full {n}×{n} Hessian")));
+    }
+    let c = h.count.max(1) as f64;
+    factor_inverse(name, n, damp, |i, j| h.sum_xxt[perm[i] * n + perm[j]] / c)
+}
+
+/// The factor of [`inverse_hessian_factor`] for the symmetric matrix whose entry (r, c) is
+/// `at(r, c)` (only r ≥ c is read).
+fn factor_inverse(name: &str, n: usize, damp: f64, at: impl Fn(usize, usize) -> f64) -> Result<Mat<f64>> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+    // With J the exchange matrix (indices reversed), JHJ = L·Lᵀ gives H = V·Vᵀ with
+    // V = J·L·J upper triangular, so H⁻¹ = (V⁻¹)ᵀ·V⁻¹ and U = V⁻¹ = J·L⁻¹·J: one Cholesky
+    // factorisation and one triangular inverse, about half the work of factoring H,
+    // inverting it and factoring the inverse, and no explicit inverse of H.
+    // `jhj` holds the lower triangle of JHJ, column by column (each column one row of H).
+    let mut diag: Vec<f64> = (0..n).map(|k| at(k, k)).collect();
+    if let Some(v) = diag.iter().find(|v| !v.is_finite()) {
         return Err(Error::Other(format!("tensor `{name}`: the Hessian contains {v}")));
     }
-    let mut hm = Mat::<f64>::from_fn(n, n, |i, j| h[i * n + j]);
-    for i in 0..n {
-        if hm[(i, i)] <= 0.0 {
-            hm[(i, i)] = 1.0;
+    for v in diag.iter_mut() {
+        if *v <= 0.0 {
+            *v = 1.0;
         }
     }
-    let mean_diag = (0..n).map(|i| hm[(i, i)]).sum::<f64>() / n as f64;
+    let mean_diag = diag.iter().sum::<f64>() / n.max(1) as f64;
+    let par = faer::get_global_parallelism();
+    let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
+    let mut jhj = Mat::<f64>::zeros(n, n);
     let first_damp = damp.max(1e-8);
     const GROWTHS: i32 = 6;
     for k in 0..GROWTHS {
         let damp = first_damp * 10f64.powi(k);
-        let mut a = hm.clone();
-        for i in 0..n {
-            a[(i, i)] += damp * mean_diag;
-        }
-        if let Ok(llt) = a.llt(Side::Lower) {
-            let inv = llt.inverse();
-            if let Ok(l2) = inv.llt(Side::Lower) {
-                let u = l2.L().transpose().to_owned();
-                if u.col_iter().all(|c| c.iter().all(|v| v.is_finite())) {
-                    return Ok(u);
+        for j in 0..n {
+            let hj = n - 1 - j;
+            let mut col = jhj.col_mut(j);
+            col[j] = diag[hj] + damp * mean_diag;
+            for i in j + 1..n {
+                col[i] = at(hj, n - 1 - i);
+            }
+            if k == 0 {
+                if let Some(v) = (j + 1..n).map(|i| col[i]).find(|v| !v.is_finite()) {
+                    return Err(Error::Other(format!("tensor `{name}`: the Hessian contains {v}")));
                 }
+            }
+        }
+        let factored =
+            cholesky_in_place(jhj.as_mut(), Default::default(), par, MemStack::new(&mut mem), Default::default());
+        if factored.is_ok() {
+            let mut u = Mat::<f64>::zeros(n, n);
+            faer::linalg::triangular_inverse::invert_lower_triangular(
+                u.as_mut().reverse_rows_and_cols_mut(),
+                jhj.as_ref(),
+                par,
+            );
+            if u.col_iter().all(|c| c.iter().all(|v| v.is_finite())) {
+                return Ok(u);
             }
         }
     }
@@ -256,22 +296,14 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
             Some(diag_imp.as_slice())
         }
     };
-    // Column order.
-    let hmean = h.mean();
+    // Column order: by decreasing Hessian diagonal (act-order).
+    let count = h.count.max(1) as f64;
+    let diag: Vec<f64> = (0..cols).map(|c| h.sum_xxt[c * cols + c] / count).collect();
     let mut perm: Vec<usize> = (0..cols).collect();
     if opts.act_order {
-        perm.sort_by(|&a, &b| hmean[b * cols + b].total_cmp(&hmean[a * cols + a]));
+        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
     }
-    let hp: Vec<f64> = {
-        let mut v = vec![0f64; cols * cols];
-        for i in 0..cols {
-            for j in 0..cols {
-                v[i * cols + j] = hmean[perm[i] * cols + perm[j]];
-            }
-        }
-        v
-    };
-    let u = inverse_hessian_factor(p.name, &hp, cols, opts.damp)?;
+    let u = inverse_factor_permuted(p.name, h, &perm, opts.damp)?;
     let uf = Mat::<f32>::from_fn(cols, cols, |i, j| u[(i, j)] as f32);
 
     // Weights kept apart: the largest w² / [H⁻¹]_cc (H⁻¹ = UᵀU, in permuted order).
@@ -314,7 +346,7 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
     // the reference implementation, so their rounding error is not spread over live ones.
     let mut wt = vec![0f32; cols * rows];
     for (k, &c) in perm.iter().enumerate() {
-        let dead = hmean[c * cols + c] <= 0.0;
+        let dead = diag[c] <= 0.0;
         for r in 0..rows {
             wt[k * rows + r] = if dead { 0.0 } else { p.w[r * cols + c] };
         }
@@ -696,6 +728,40 @@ mod tests {
         let p = LayerProblem { name: "w", w: &w, rows, cols, hessian: Some(&h), importance: None };
         let g = solve(&p, &t, &GptqOptions::default()).unwrap();
         assert!(g.dequant.iter().all(|v| v.is_finite()));
+    }
+
+    /// The factor is the upper Cholesky factor of the damped inverse: upper triangular with
+    /// a positive diagonal, UᵀU·(H + λI) = I, equal to the factor of H's explicit inverse
+    /// (factor H, invert, factor the inverse) to rounding; read from the sums in a
+    /// permuted order it equals the factor of the explicitly permuted mean bit for bit.
+    #[test]
+    fn inverse_factor_is_the_upper_cholesky_factor_of_the_inverse() {
+        use faer::linalg::solvers::DenseSolveCore;
+        let (n, rows) = (37, 90);
+        let mut seed = 7u64;
+        let x: Vec<f32> = (0..rows * n).map(|i| lcg(&mut seed) * (1.0 + (i % n % 5) as f32)).collect();
+        let mut h = Hessian::new(n);
+        h.add(&x, rows);
+        let perm: Vec<usize> = (0..n).map(|k| (k * 11 + 3) % n).collect();
+        let mean = h.mean();
+        let hp: Vec<f64> = (0..n * n).map(|k| mean[perm[k / n] * n + perm[k % n]]).collect();
+        let u = inverse_factor_permuted("w", &h, &perm, 0.01).unwrap();
+        let u2 = inverse_hessian_factor("w", &hp, n, 0.01).unwrap();
+        assert!((0..n).all(|j| (0..n).all(|i| u[(i, j)].to_bits() == u2[(i, j)].to_bits())));
+        let lambda = 0.01 * (0..n).map(|i| hp[i * n + i]).sum::<f64>() / n as f64;
+        let damped = Mat::<f64>::from_fn(n, n, |i, j| hp[i * n + j] + if i == j { lambda } else { 0.0 });
+        let id = u.transpose() * &u * &damped;
+        let old = damped.llt(Side::Lower).unwrap().inverse().llt(Side::Lower).unwrap().L().transpose().to_owned();
+        for i in 0..n {
+            assert!(u[(i, i)] > 0.0);
+            for j in 0..n {
+                if i > j {
+                    assert_eq!(u[(i, j)], 0.0);
+                }
+                assert!((id[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs() < 1e-10, "({i}, {j}): {}", id[(i, j)]);
+                assert!((u[(i, j)] - old[(i, j)]).abs() <= 1e-10 * old[(i, i)].abs(), "({i}, {j})");
+            }
+        }
     }
 
     /// A Hessian no damping makes positive definite (off-diagonal entries far larger than the
