@@ -180,6 +180,57 @@ fn asymmetric_and_low_rank_runs_resume_to_the_same_bytes() {
     }
 }
 
+/// Checkpoints spaced out (`--checkpoint-every`): blocks between two write only their spill,
+/// and a kill between checkpoints (emulated: the spill of a block after the last checkpoint
+/// left behind, as such a kill leaves it) resumes from the last checkpoint to the same bytes.
+#[test]
+fn spaced_checkpoints_resume_from_the_last_one_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let model = tiny::Tiny { layers: 5, ..Default::default() }.gguf_in(&root);
+    let calib = root.join("calib.txt");
+    std::fs::write(&calib, tiny::text(0, 60_000).1).unwrap();
+    let s = Setup { _dir: dir, root, model, calib };
+    let args_of = |out: &Path, every: &str| {
+        let mut a = quantize_args(&s, "gguf", out, 8);
+        a.push(format!("--checkpoint-every={every}"));
+        a
+    };
+    let r = s.root.join("ref.gguf");
+    let o = run(&args_of(&r, "0"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = std::fs::read(&r).unwrap();
+    // An hour apart: block 0 (the first) writes one and block 2 (where the hook dies) another;
+    // block 1 writes only its spill.
+    let out = s.root.join("x.gguf");
+    let args = args_of(&out, "3600");
+    let o = bin().args(&args).env("QUANTSMITH_FAULT_AFTER_BLOCK", "2").output().unwrap();
+    assert!(!o.status.success(), "the injected crash did not happen");
+    let work = s.root.join("x.gguf.partial");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(work.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["next_block"], 3);
+    assert!(state["crc32"]["blk.1.bin"].is_number(), "{state}");
+    // A spill of block 3 from a run killed before its checkpoint: not resumed from, replaced.
+    std::fs::write(work.join("blk.3.bin"), b"left by a killed run").unwrap();
+    let o = run(&args);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("resuming at block 4 of 5"), "{e}");
+    assert!(std::fs::read(&out).unwrap() == want, "the resumed output differs");
+    assert!(!work.exists(), "checkpoint left");
+    // The default spacing writes the same bytes.
+    std::fs::remove_file(&out).unwrap();
+    let o = run(&quantize_args(&s, "gguf", &out, 8));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&out).unwrap() == want, "the default spacing's output differs");
+    // A negative or non-numeric spacing is refused before any work.
+    for bad in ["-1", "soon", "NaN"] {
+        let o = run(&args_of(&s.root.join("bad.gguf"), bad));
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(stderr(&o).contains("not a number of seconds"), "{bad}: {}", stderr(&o));
+    }
+}
+
 #[test]
 fn kills_at_random_moments_resume_to_the_same_bytes() {
     let s = setup();

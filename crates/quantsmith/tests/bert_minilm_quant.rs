@@ -48,6 +48,7 @@ fn quantize_minilm(out: &Path, method: &str, scheme: &str) {
             imatrix: ImatrixSource::None,
             batch_seqs: 8,
             resume: false,
+            checkpoint_every: None,
         },
         eval_text: None,
         eval: PerplexityOptions::default(),

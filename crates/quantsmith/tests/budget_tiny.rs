@@ -40,6 +40,7 @@ fn opts(out: &Path, layout: &str, budget: Option<BudgetOptions>) -> QuantizeOpti
             imatrix: ImatrixSource::None,
             batch_seqs: 3,
             resume: true,
+            checkpoint_every: None,
         },
         eval_text: None,
         eval: PerplexityOptions { ctx: 64, max_chunks: Some(4), ..Default::default() },

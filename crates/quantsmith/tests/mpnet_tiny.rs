@@ -303,6 +303,7 @@ fn options(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOpti
             imatrix: ImatrixSource::None,
             batch_seqs: 5,
             resume: false,
+            checkpoint_every: None,
         },
         eval_text: None,
         eval: PerplexityOptions::default(),

@@ -43,6 +43,7 @@ fn opts(out: &Path, method: &str, layout: &str, scheme: &str) -> QuantizeOptions
             imatrix: ImatrixSource::None,
             batch_seqs: 5,
             resume: true,
+            checkpoint_every: None,
         },
         eval_text: None,
         eval: PerplexityOptions::default(),

@@ -37,6 +37,7 @@ fn opts(out: &Path, preset: Option<&str>, method: &str, layout: &str) -> Quantiz
             imatrix: ImatrixSource::None,
             batch_seqs: 3,
             resume: true,
+            checkpoint_every: None,
         },
         eval_text: None,
         eval: PerplexityOptions { ctx: 64, max_chunks: Some(4), ..Default::default() },

@@ -41,6 +41,7 @@ fn options(
             imatrix,
             batch_seqs: 8,
             resume: true,
+            checkpoint_every: None,
         },
         eval_text: None,
         eval: PerplexityOptions { ctx: 512, max_chunks: Some(2), ..Default::default() },

@@ -164,6 +164,7 @@ pub fn run(args: Args) -> Result<()> {
             imatrix,
             batch_seqs: 8,
             resume: false,
+            checkpoint_every: None,
         },
         eval_text: None,
         eval: PerplexityOptions::default(),

@@ -133,6 +133,11 @@ pub struct Args {
     /// Start afresh even if OUT.partial/ holds a checkpoint of this run.
     #[arg(long)]
     pub no_resume: bool,
+    /// Least seconds between two checkpoints of a calibrated run (0: after every block).
+    /// Default: 50 times what the last one took to write (at most ~2 % of the run); the
+    /// first and last block always write one.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub checkpoint_every: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -424,6 +429,7 @@ pub fn run(args: Args) -> Result<()> {
             imatrix,
             batch_seqs: 8,
             resume: !args.no_resume,
+            checkpoint_every: args.checkpoint_every,
         },
         eval_text,
         eval: PerplexityOptions { ctx: args.eval_ctx, max_chunks: Some(args.eval_chunks), ..Default::default() },
@@ -561,4 +567,12 @@ impl quantsmith::quantize::Events for Events {
     fn notice(&self, msg: &str) {
         crate::cmd::progress::notice(msg)
     }
+}
+
+/// A number of seconds: finite and not negative.
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("`{s}` is not a number of seconds (0 or more)"))
 }

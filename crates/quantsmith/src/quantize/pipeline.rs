@@ -57,6 +57,23 @@ pub struct PipelineOptions {
     pub batch_seqs: usize,
     /// Resume from `OUT.partial/` when it holds a checkpoint of the same run.
     pub resume: bool,
+    /// Least time between two checkpoints of a calibrated run, in seconds (0: after every
+    /// block). `None`: 50 times what the last checkpoint took to write, so that writing them
+    /// (the activations entering the next block, mostly) costs at most about 2 % of the run.
+    /// A killed run resumes from the last checkpoint written; the first block and the last
+    /// always write one.
+    pub checkpoint_every: Option<f64>,
+}
+
+/// Checkpoints of a calibrated run are at least this many times their own writing time
+/// apart (when the options do not say otherwise).
+const CHECKPOINT_SPACING: f64 = 50.0;
+
+/// Whether a block writes a checkpoint: `always` (the first block of the run, the last, the
+/// fault hook's), or `since` seconds after the last one took `cost` seconds to write, when
+/// that is at least `every` (the option) or, without it, [`CHECKPOINT_SPACING`] × `cost`.
+fn checkpoint_due(always: bool, since: f64, cost: f64, every: Option<f64>) -> bool {
+    always || since >= every.unwrap_or(CHECKPOINT_SPACING * cost)
 }
 
 /// Per-tensor outcome.
@@ -573,6 +590,7 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
     }
 
     events.progress("blocks", resumed_blocks, n_blocks);
+    let (mut last_checkpoint, mut last_checkpoint_cost) = (Instant::now(), 0f64);
     for i in resumed_blocks..n_blocks {
         let t = Instant::now();
         let mut blk = arch.load_block(i, seq_len)?;
@@ -787,24 +805,36 @@ fn run_checkpointed(inp: &RunInputs, opts: &PipelineOptions, events: &dyn super:
             let crc = write_spill(&work.join(format!("blk.{i}.bin")), &spill)?;
             state.crc32.insert(format!("blk.{i}.bin"), crc);
         }
-        if calibrate && solo {
-            let crc = write_atomic(&work.join("x.bin"), &crate::export::hf_dir::f32_le(&x))?;
-            state.crc32.insert("x.bin".into(), crc);
+        // A checkpoint: the activations entering the next block and the state naming them.
+        // Between two, the spills stay (their checksums go into the next one), and a kill
+        // resumes from the last one written. The crash tests' hook below dies right after a
+        // checkpoint: the block it names always writes one.
+        let fault_here =
+            std::env::var("QUANTSMITH_FAULT_AFTER_BLOCK").ok().and_then(|v| v.parse::<usize>().ok()) == Some(i);
+        let since = last_checkpoint.elapsed().as_secs_f64();
+        let first_or_last = i == resumed_blocks || i + 1 == n_blocks;
+        if checkpoint_due(first_or_last || fault_here, since, last_checkpoint_cost, opts.checkpoint_every) {
+            if calibrate && solo {
+                let crc = write_atomic(&work.join("x.bin"), &crate::export::hf_dir::f32_le(&x))?;
+                state.crc32.insert("x.bin".into(), crc);
+            }
+            if asym && solo {
+                let crc = write_atomic(&work.join("xf.bin"), &crate::export::hf_dir::f32_le(&xf))?;
+                state.crc32.insert("xf.bin".into(), crc);
+            }
+            state.next_block = i + 1;
+            state.seconds = resumed_seconds + started.elapsed().as_secs_f64();
+            if root {
+                let json = serde_json::to_vec(&state).map_err(|e| Error::Other(e.to_string()))?;
+                write_atomic(&work.join("state.json"), &json)?;
+            }
+            last_checkpoint_cost = t.elapsed().as_secs_f64();
+            last_checkpoint = Instant::now();
         }
-        if asym && solo {
-            let crc = write_atomic(&work.join("xf.bin"), &crate::export::hf_dir::f32_le(&xf))?;
-            state.crc32.insert("xf.bin".into(), crc);
-        }
-        state.next_block = i + 1;
         phases.write += t.elapsed().as_secs_f64();
-        state.seconds = resumed_seconds + started.elapsed().as_secs_f64();
-        if root {
-            let json = serde_json::to_vec(&state).map_err(|e| Error::Other(e.to_string()))?;
-            write_atomic(&work.join("state.json"), &json)?;
-        }
         events.progress("blocks", i + 1, n_blocks);
         // Fault injection for the crash tests: die here as a kill -9 would (no cleanup).
-        if std::env::var("QUANTSMITH_FAULT_AFTER_BLOCK").ok().and_then(|v| v.parse::<usize>().ok()) == Some(i) {
+        if fault_here {
             std::process::abort();
         }
     }
@@ -1431,4 +1461,22 @@ pub fn solve_entry(
     rep.output_err = err.output_err;
     rep.seconds = t.elapsed().as_secs_f64();
     Ok((rep, qt, dequant))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checkpoint_due;
+
+    #[test]
+    fn checkpoints_are_spaced_by_their_cost_or_the_option() {
+        // The first, last and fault-hook blocks always write one.
+        assert!(checkpoint_due(true, 0.0, 10.0, Some(3600.0)));
+        // By default 50 times the last one's cost apart.
+        assert!(!checkpoint_due(false, 19.9, 0.4, None));
+        assert!(checkpoint_due(false, 20.0, 0.4, None));
+        // The option overrides it: 0 is after every block.
+        assert!(checkpoint_due(false, 0.0, 0.4, Some(0.0)));
+        assert!(!checkpoint_due(false, 100.0, 0.0, Some(3600.0)));
+        assert!(checkpoint_due(false, 3600.0, 0.0, Some(3600.0)));
+    }
 }

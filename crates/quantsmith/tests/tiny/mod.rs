@@ -66,11 +66,13 @@ pub struct Tiny {
     pub tied: bool,
     /// Seed of the weights.
     pub seed: u64,
+    /// Blocks ([`N_LAYER`] unless a test needs more).
+    pub layers: usize,
 }
 
 impl Default for Tiny {
     fn default() -> Self {
-        Tiny { qwen: false, tied: false, seed: 0x9E37_79B9_7F4A_7C15 }
+        Tiny { qwen: false, tied: false, seed: 0x9E37_79B9_7F4A_7C15, layers: N_LAYER }
     }
 }
 
@@ -82,7 +84,7 @@ impl Tiny {
         w.add_metadata("general.architecture", GgufValue::String(arch.into())).unwrap();
         w.add_metadata("general.name", GgufValue::String("tiny".into())).unwrap();
         for (k, v) in [
-            ("block_count", N_LAYER),
+            ("block_count", self.layers),
             ("context_length", 512),
             ("embedding_length", D),
             ("feed_forward_length", FF),
@@ -113,7 +115,7 @@ impl Tiny {
             w.add_tensor(name, &ne, GgmlType::F32, &bytes).unwrap();
         };
         put("token_embd.weight", &[VOCAB, D], r.vec(VOCAB * D, 1.0));
-        for i in 0..N_LAYER {
+        for i in 0..self.layers {
             let p = format!("blk.{i}");
             // Norm gains around 1, with a few large channels (activation outliers).
             let norm = |r: &mut Rng| {
