@@ -425,6 +425,62 @@ fn permute_data(data: &mut TensorData, storage: &Storage, rows: usize, cols: usi
     }
 }
 
+impl TensorData {
+    /// The data of consecutive row ranges of one matrix, each encoded on its own (the same
+    /// storage; every row's blocks or codes and group parameters its own), as one matrix:
+    /// ggml blocks and codes with their per-group parameters concatenated in order. Kept
+    /// weights, low-rank terms and per-tensor scales are refused; a per-tensor grid choice or
+    /// scale entry cannot be told from a per-row one in parts of one row, so callers join
+    /// only formats without them.
+    pub fn concat_rows(parts: Vec<TensorData>) -> std::result::Result<TensorData, String> {
+        let mut parts = parts.into_iter();
+        let first = parts.next().ok_or("no rows to join")?;
+        match first {
+            TensorData::Ggml(mut b) => {
+                for p in parts {
+                    let TensorData::Ggml(more) = p else { return Err("parts of different kinds".into()) };
+                    b.extend_from_slice(&more);
+                }
+                Ok(TensorData::Ggml(b))
+            }
+            TensorData::Codes(mut q) => {
+                if q.tensor_scale != 1.0 || !q.ggml.is_empty() {
+                    return Err("codes with a per-tensor scale".into());
+                }
+                for p in parts {
+                    let TensorData::Codes(m) = p else { return Err("parts of different kinds".into()) };
+                    let same = (m.cols, m.code_bits, m.row_bytes, m.tensor_scale.to_bits())
+                        == (q.cols, q.code_bits, q.row_bytes, q.tensor_scale.to_bits());
+                    // Group parameters so far and of the part: as many per row in both.
+                    let rowwise = |a: usize, b: usize| {
+                        (a == 0 && b == 0)
+                            || (q.rows > 0
+                                && m.rows > 0
+                                && a.is_multiple_of(q.rows)
+                                && b.is_multiple_of(m.rows)
+                                && a / q.rows == b / m.rows)
+                    };
+                    let params = rowwise(q.scales.len(), m.scales.len())
+                        && rowwise(q.zeros.len(), m.zeros.len())
+                        && rowwise(q.choices.len(), m.choices.len())
+                        && rowwise(q.super_scales.len(), m.super_scales.len());
+                    if !same || !params || m.codes.len() != m.rows * m.row_bytes {
+                        return Err("codes of different shapes or with parameters spanning rows".into());
+                    }
+                    q.rows += m.rows;
+                    q.codes.extend_from_slice(&m.codes);
+                    q.scales.extend_from_slice(&m.scales);
+                    q.zeros.extend_from_slice(&m.zeros);
+                    q.choices.extend_from_slice(&m.choices);
+                    q.super_scales.extend_from_slice(&m.super_scales);
+                }
+                Ok(TensorData::Codes(q))
+            }
+            _ => Err("only ggml blocks and plain codes join by rows".into()),
+        }
+    }
+}
+
 impl QuantTensor {
     /// Appends the tensor to a checkpoint spill (its storage is the plan's, not stored).
     pub fn write_spill(&self, out: &mut Vec<u8>) {

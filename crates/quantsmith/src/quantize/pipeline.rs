@@ -304,6 +304,14 @@ impl SolveCtx<'_> {
         if comm.size() > 1 && linears.len() > 1 {
             return self.solve_group_across_ranks(blk, linears, h, cross, i, out, reports, comm);
         }
+        if comm.size() > 1 && self.sequential {
+            // A layer alone in its group: its rows shared out, when they are solved apart.
+            let lname = linears[0];
+            let rows = blk.linear(lname).map_or(0, |l| l.out);
+            if rows >= 2 * comm.size() && rows_separable(self.entry(&blk.weight_name(lname))?) {
+                return self.solve_rows_across_ranks(blk, lname, h, cross, i, out, reports, comm);
+            }
+        }
         for &lname in linears {
             let name = blk.weight_name(lname);
             let entry = self.entry(&name)?;
@@ -408,6 +416,116 @@ impl SolveCtx<'_> {
         }
         Ok(())
     }
+}
+
+impl SolveCtx<'_> {
+    /// [`SolveCtx::solve_group`] for a group of one layer whose rows are solved apart
+    /// ([`rows_separable`]): each rank solves a contiguous share of the rows with the
+    /// group's statistics, every rank receives every share (in row order, so the codes and
+    /// values are the single-process ones bit for bit: GPTQ's arithmetic per row does not
+    /// depend on the other rows), and each builds the whole tensor, its values and its report.
+    #[allow(clippy::too_many_arguments)]
+    fn solve_rows_across_ranks(
+        &self,
+        blk: &mut dyn Block,
+        lname: &str,
+        h: Option<&Hessian>,
+        cross: Option<&Cross>,
+        i: usize,
+        out: &mut Vec<QuantTensor>,
+        reports: &mut Vec<TensorReport>,
+        comm: &dyn crate::dist::Collective,
+    ) -> Result<()> {
+        use crate::dist::wire;
+        let t = Instant::now();
+        let name = blk.weight_name(lname);
+        let entry = self.entry(&name)?;
+        let importance = self.importance(&name, h, &[]);
+        let lin = blk.linear(lname).ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?;
+        let (rows, cols) = (lin.out, lin.inp);
+        let shape = vec![rows, cols];
+        let target = asymmetric_target_of(entry, &name, &lin.w, &shape, h, cross)?;
+        let w = target.as_deref().unwrap_or(&lin.w);
+        if let Some(k) = formats::format::first_non_finite(w) {
+            return Err(Error::Other(format!("tensor `{name}`: non-finite weight {} at index {k}", w[k])));
+        }
+        let (size, rank) = (comm.size(), comm.rank());
+        let share = |r: usize| rows * r / size;
+        let (r0, r1) = (share(rank), share(rank + 1));
+        let method = method_of(entry, h);
+        let fmt = entry.storage.target()?;
+        let p = LayerProblem {
+            name: &name,
+            w: &w[r0 * cols..r1 * cols],
+            rows: r1 - r0,
+            cols,
+            hessian: h,
+            importance: importance.as_deref(),
+        };
+        let part = method.solve(&p, &fmt)?;
+        let mut mine = Vec::new();
+        let mut spill = Vec::new();
+        QuantTensor { name: name.clone(), shape: vec![r1 - r0, cols], storage: entry.storage.clone(), data: part.data }
+            .write_spill(&mut spill);
+        wire::put_bytes(&mut mine, &spill);
+        wire::put_f32s(&mut mine, &part.dequant);
+        drop(spill);
+        let gathered = comm.gather(&mine)?;
+        drop(mine);
+        let all = comm.broadcast(gathered.map(|g| g.concat()).unwrap_or_default())?;
+        let bad = |m: String| Error::Other(format!("block {i}: rows of `{name}` from another rank: {m}"));
+        let storage_of = |n: &str| self.plan.entry(n).map(|e| e.storage.clone());
+        let mut r = wire::Reader::new(&all);
+        let (mut parts, mut dq) = (Vec::with_capacity(size), Vec::with_capacity(rows * cols));
+        for k in 0..size {
+            let spill = r.bytes().map_err(bad)?;
+            let t = QuantTensor::read_spill(spill, &mut 0, &storage_of)
+                .map_err(bad)?
+                .ok_or_else(|| bad("an empty tensor".into()))?;
+            let values = r.f32s().map_err(bad)?;
+            let n = share(k + 1) - share(k);
+            if t.name != name || t.shape != [n, cols] || values.len() != n * cols {
+                return Err(bad(format!("rank {k} sent another tensor or share")));
+            }
+            parts.push(t.data);
+            dq.extend_from_slice(&values);
+        }
+        r.done().map_err(bad)?;
+        let data = TensorData::concat_rows(parts).map_err(bad)?;
+        let qt = QuantTensor { name: name.clone(), shape: shape.clone(), storage: entry.storage.clone(), data };
+        let err = layer_error(w, &dq, rows, cols, h);
+        let mut rep = new_report(entry, &name, &shape, Some(i));
+        finish_report(&mut rep, &qt, &method, importance.is_some(), &err);
+        rep.seconds = t.elapsed().as_secs_f64();
+        blk.linear_mut(lname).ok_or_else(|| Error::Other(format!("block {i} has no linear `{lname}`")))?.w = dq.into();
+        out.push(qt);
+        reports.push(rep);
+        Ok(())
+    }
+}
+
+/// Whether every row of `entry`'s tensor is solved on its own, so that ranks can share a
+/// layer's rows out: plain GPTQ or round-to-nearest (nothing kept apart, no low-rank term,
+/// no nested codes) into a ggml type or a format with scales per row or finer, rounding to
+/// nearest (no per-tensor scale or grid choice, no integer super-scales, no stochastic
+/// rounding seeded by row).
+fn rows_separable(entry: &PlanEntry) -> bool {
+    use formats::format::{Choice, Granularity, Rounding};
+    use formats::scale::ScaleStorage;
+    let m = &entry.method;
+    if entry.storage.is_float()
+        || !matches!(m.name(), "gptq" | "rtn")
+        || m.side_data().is_some()
+        || m.nesting().is_some()
+    {
+        return false;
+    }
+    let Ok(f) = entry.storage.target() else { return false };
+    f.ggml.is_some()
+        || (matches!(f.granularity, Granularity::Channel | Granularity::Group(_))
+            && matches!(f.scale, ScaleStorage::F32 | ScaleStorage::F16 | ScaleStorage::Bf16 | ScaleStorage::E8m0)
+            && !(f.elements.len() > 1 && f.choice == Choice::PerTensor)
+            && matches!(f.rounding, Rounding::Nearest))
 }
 
 /// Quantizes the model `inp.arch` reads as `inp.plan` says, block by block, and writes it
@@ -1391,19 +1509,7 @@ pub fn solve_entry(
     };
     let t = Instant::now();
     let (rows, cols) = matrix_of(shape);
-    let mut rep = TensorReport {
-        name: name.to_string(),
-        shape: shape.to_vec(),
-        format: entry.storage.name(),
-        solver: "copy".into(),
-        bytes: 0,
-        bits_per_weight: 0.0,
-        sqnr_db: None,
-        output_err: None,
-        seconds: 0.0,
-        block,
-        note: None,
-    };
+    let mut rep = new_report(entry, name, shape, block);
     let storage = entry.storage.clone();
     if storage.is_float() {
         non_finite(w)?;
@@ -1415,13 +1521,7 @@ pub fn solve_entry(
     }
     let fmt = storage.target()?;
     let p = LayerProblem { name, w, rows, cols, hessian: h, importance };
-    // GPTQ without statistics cannot run (1-D tensors, a separate embedding): round instead.
-    // A nested code set is rounded for all its precisions at once, still nested.
-    let rtn: crate::solve::Method = match entry.method.nesting() {
-        Some(n) => std::sync::Arc::new(crate::solve::nested::NestedRtn { nesting: n.clone() }),
-        None => std::sync::Arc::new(crate::solve::rtn::Rtn),
-    };
-    let method = if entry.method.needs_hessian() && h.is_none() { &rtn } else { &entry.method };
+    let method = &method_of(entry, h);
     // Plain round-to-nearest takes the format's streaming encoder (a nested set has its own).
     let plain_rtn = method.name() == "rtn" && method.nesting().is_none();
     // The streaming encoders refuse non-finite input themselves, in the pass that encodes it
@@ -1436,7 +1536,52 @@ pub fn solve_entry(
         (enc.data, err, Some(enc.dequant))
     };
     let qt = QuantTensor { name: name.into(), shape: shape.to_vec(), storage, data };
-    rep.solver = method.spec() + if importance.is_some() && method.name() == "rtn" { "+imatrix" } else { "" };
+    finish_report(&mut rep, &qt, method, importance.is_some(), &err);
+    rep.seconds = t.elapsed().as_secs_f64();
+    Ok((rep, qt, dequant))
+}
+
+/// A tensor's report before its solve: a copy, nothing measured.
+fn new_report(entry: &PlanEntry, name: &str, shape: &[usize], block: Option<usize>) -> TensorReport {
+    TensorReport {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        format: entry.storage.name(),
+        solver: "copy".into(),
+        bytes: 0,
+        bits_per_weight: 0.0,
+        sqnr_db: None,
+        output_err: None,
+        seconds: 0.0,
+        block,
+        note: None,
+    }
+}
+
+/// The solver that runs for `entry`: GPTQ without statistics cannot run (1-D tensors, a
+/// separate embedding) and rounds instead; a nested code set is rounded for all its
+/// precisions at once, still nested.
+fn method_of(entry: &PlanEntry, h: Option<&Hessian>) -> crate::solve::Method {
+    if !(entry.method.needs_hessian() && h.is_none()) {
+        return entry.method.clone();
+    }
+    match entry.method.nesting() {
+        Some(n) => std::sync::Arc::new(crate::solve::nested::NestedRtn { nesting: n.clone() }),
+        None => std::sync::Arc::new(crate::solve::rtn::Rtn),
+    }
+}
+
+/// The report of a solved tensor `qt` (the fields [`solve_entry`] starts it with filled in):
+/// the solver, notes on what is stored beside the codes, bytes and the error.
+fn finish_report(
+    rep: &mut TensorReport,
+    qt: &QuantTensor,
+    method: &crate::solve::Method,
+    with_importance: bool,
+    err: &LayerError,
+) {
+    let (rows, cols) = matrix_of(&qt.shape);
+    rep.solver = method.spec() + if with_importance && method.name() == "rtn" { "+imatrix" } else { "" };
     let mut notes = Vec::new();
     if qt.kept_weights() > 0 {
         notes.push(format!(
@@ -1459,8 +1604,6 @@ pub fn solve_entry(
     rep.bits_per_weight = 8.0 * rep.bytes as f64 / (rows * cols) as f64;
     rep.sqnr_db = Some(err.sqnr_db);
     rep.output_err = err.output_err;
-    rep.seconds = t.elapsed().as_secs_f64();
-    Ok((rep, qt, dequant))
 }
 
 #[cfg(test)]

@@ -649,6 +649,58 @@ mod tests {
         assert!(en < er, "{spec}: GPTQ without act-order {en} vs RTN {er}");
     }
 
+    /// Rows are independent in GPTQ and round-to-nearest: any split of a layer's rows, each
+    /// part solved alone with the same statistics, gives the whole layer's values bit for
+    /// bit, and its parts' codes joined by rows are the whole layer's (what MPI ranks
+    /// sharing out one layer's rows rely on).
+    #[test]
+    fn rows_solved_apart_equal_rows_solved_together() {
+        use crate::export::TensorData;
+        use crate::solve::Solver;
+        let cases = [
+            ("q4_k", 96, 512),
+            ("int4:g64", 100, 320),
+            ("int4:g32:asym", 20, 128),
+            ("q6_k", 40, 256),
+            ("q5_0", 70, 192),
+            ("fp4_e2m1:g32", 33, 160),
+            ("mxfp4", 24, 128),
+            ("int8", 30, 96),
+            ("q4_k", 577, 1536),
+        ];
+        for (spec, rows, cols) in cases {
+            let mut s = 11u64;
+            let n = 400;
+            let x: Vec<f32> = (0..n * cols).map(|i| lcg(&mut s) * (1.0 + (i % cols % 7) as f32)).collect();
+            let mut h = Hessian::new(cols);
+            h.add(&x, n);
+            let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s) * 0.1).collect();
+            let t = formats::format::Format::parse(spec).unwrap();
+            let whole = LayerProblem { name: "w", w: &w, rows, cols, hessian: Some(&h), importance: None };
+            let solvers: [(&str, &dyn Solver); 2] = [("gptq", &Gptq::default()), ("rtn", &crate::solve::rtn::Rtn)];
+            for (sname, solver) in solvers {
+                let full = solver.solve(&whole, &t).unwrap();
+                for split in [1, rows / 3, rows / 2, rows - 1] {
+                    let top = LayerProblem { w: &w[..split * cols], rows: split, ..whole };
+                    let bottom = LayerProblem { w: &w[split * cols..], rows: rows - split, ..whole };
+                    let a = solver.solve(&top, &t).unwrap();
+                    let b = solver.solve(&bottom, &t).unwrap();
+                    let joined: Vec<u32> = a.dequant.iter().chain(&b.dequant).map(|v| v.to_bits()).collect();
+                    let want: Vec<u32> = full.dequant.iter().map(|v| v.to_bits()).collect();
+                    let first = joined.iter().zip(&want).position(|(x, y)| x != y);
+                    assert!(first.is_none(), "{sname} {spec} split at {split}: first difference at {first:?}");
+                    let data = TensorData::concat_rows(vec![a.data, b.data]).unwrap();
+                    assert!(data == full.data, "{sname} {spec} split at {split}: the joined codes differ");
+                }
+            }
+        }
+        // Parts that cannot be joined by rows are refused.
+        let f = TensorData::Float(vec![1.0]);
+        assert!(TensorData::concat_rows(vec![f.clone(), f]).is_err());
+        assert!(TensorData::concat_rows(vec![TensorData::Ggml(vec![0]), TensorData::Float(vec![])]).is_err());
+        assert!(TensorData::concat_rows(vec![]).is_err());
+    }
+
     /// Weights kept apart in f16 (a few planted outliers among them) lower the output error,
     /// are stored as a sorted sparse table that dequantizes, spills, reorders and counts its
     /// bytes; QuantEase keeps them too.
