@@ -11,6 +11,7 @@
 //! stored and read back) and the narrowing of every eight codes through shuffles.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use crate::element::{Element, ElementCodec};
 use crate::int::{IntKind, MAGIC};
@@ -55,10 +56,14 @@ pub(crate) struct Factors<'a> {
     pub(crate) inv: &'a [f32],
     pub(crate) zero: Option<&'a [f32]>,
     pub(crate) shift: u32,
+    /// Write the codes with non-temporal stores (past the caches, without reading the lines
+    /// first): for outputs too large to be read back from cache.
+    pub(crate) stream: bool,
 }
 
-/// Encodes `row` (a multiple of eight values) into `out` (`row.len() · bits / 8` bytes),
-/// packed LSB first as [`crate::pack::pack`] packs, each value scaled by its [`Factors`].
+/// Encodes `row` (a multiple of eight values) into `out` (`row.len() · bits / 8` bytes, all
+/// written: it may start uninitialised), packed LSB first as [`crate::pack::pack`] packs, each
+/// value scaled by its [`Factors`].
 /// `next` (the row encoded after this one) is prefetched as this one is read.
 ///
 /// # Safety
@@ -69,11 +74,11 @@ pub(crate) unsafe fn encode_packed_avx2(
     row: &[f32],
     f: &Factors,
     bits: u32,
-    out: &mut [u8],
+    out: &mut [MaybeUninit<u8>],
     next: Option<&[f32]>,
 ) {
     let n = row.len();
-    let (inv, zero, shift) = (f.inv, f.zero, f.shift);
+    let (inv, zero, shift, stream) = (f.inv, f.zero, f.shift, f.stream);
     let entries = (n / 8).div_ceil(1 << shift);
     assert!(n.is_multiple_of(8) && inv.len() >= entries && zero.is_none_or(|z| z.len() >= entries));
     assert!((bits == 4 || bits == 8) && out.len() == n * bits as usize / 8);
@@ -82,16 +87,20 @@ pub(crate) unsafe fn encode_packed_avx2(
     let four = bits == 4;
     // The lengths were checked above.
     match (k, zero.is_some(), four) {
-        (Kernel::Int { .. }, false, false) => row_loop::<INT, false, false>(&c, row, inv, z, shift, out, next),
-        (Kernel::Int { .. }, false, true) => row_loop::<INT, false, true>(&c, row, inv, z, shift, out, next),
-        (Kernel::Int { .. }, true, false) => row_loop::<INT, true, false>(&c, row, inv, z, shift, out, next),
-        (Kernel::Int { .. }, true, true) => row_loop::<INT, true, true>(&c, row, inv, z, shift, out, next),
-        (Kernel::Float(f), _, false) if f.fnuz => row_loop::<FNUZ, false, false>(&c, row, inv, z, shift, out, next),
-        (Kernel::Float(f), _, true) if f.fnuz => row_loop::<FNUZ, false, true>(&c, row, inv, z, shift, out, next),
-        (Kernel::Float(_), _, false) => row_loop::<FLOAT, false, false>(&c, row, inv, z, shift, out, next),
-        (Kernel::Float(_), _, true) => row_loop::<FLOAT, false, true>(&c, row, inv, z, shift, out, next),
-        (Kernel::Lut(_), _, false) => row_loop::<LUT, false, false>(&c, row, inv, z, shift, out, next),
-        (Kernel::Lut(_), _, true) => row_loop::<LUT, false, true>(&c, row, inv, z, shift, out, next),
+        (Kernel::Int { .. }, false, false) => row_loop::<INT, false, false>(&c, row, inv, z, shift, out, next, stream),
+        (Kernel::Int { .. }, false, true) => row_loop::<INT, false, true>(&c, row, inv, z, shift, out, next, stream),
+        (Kernel::Int { .. }, true, false) => row_loop::<INT, true, false>(&c, row, inv, z, shift, out, next, stream),
+        (Kernel::Int { .. }, true, true) => row_loop::<INT, true, true>(&c, row, inv, z, shift, out, next, stream),
+        (Kernel::Float(f), _, false) if f.fnuz => {
+            row_loop::<FNUZ, false, false>(&c, row, inv, z, shift, out, next, stream)
+        }
+        (Kernel::Float(f), _, true) if f.fnuz => {
+            row_loop::<FNUZ, false, true>(&c, row, inv, z, shift, out, next, stream)
+        }
+        (Kernel::Float(_), _, false) => row_loop::<FLOAT, false, false>(&c, row, inv, z, shift, out, next, stream),
+        (Kernel::Float(_), _, true) => row_loop::<FLOAT, false, true>(&c, row, inv, z, shift, out, next, stream),
+        (Kernel::Lut(_), _, false) => row_loop::<LUT, false, false>(&c, row, inv, z, shift, out, next, stream),
+        (Kernel::Lut(_), _, true) => row_loop::<LUT, false, true>(&c, row, inv, z, shift, out, next, stream),
     }
 }
 
@@ -265,10 +274,24 @@ fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
     inv: &[f32],
     zero: &[f32],
     shift: u32,
-    out: &mut [u8],
+    out: &mut [MaybeUninit<u8>],
     next: Option<&[f32]>,
+    stream: bool,
 ) {
     let n = row.len();
+    let o = out.as_mut_ptr().cast::<u8>();
+    // Streaming stores of 16 bytes need 16-byte alignment: every store below lands at a
+    // multiple of 32 bytes from o.
+    let stream = stream && (o as usize).is_multiple_of(16);
+    // SAFETY (the stores): p + 32 <= out's end.
+    let store = |p: *mut u8, v: __m256i| unsafe {
+        if stream {
+            _mm_stream_si128(p.cast(), _mm256_castsi256_si128(v));
+            _mm_stream_si128(p.add(16).cast(), _mm256_extracti128_si256::<1>(v));
+        } else {
+            _mm256_storeu_si256(p.cast(), v);
+        }
+    };
     let zs = _mm256_setzero_ps();
     // SAFETY (the loads): v < n / 8, so v >> shift < inv.len() (and zero.len() when ZERO),
     // and values 8v .. 8v + 8 lie in the row.
@@ -289,13 +312,17 @@ fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
         // SAFETY: out holds the packed row, n / 2 or n bytes, and i + 64 <= n.
         unsafe {
             if FOUR {
-                _mm256_storeu_si256(out.as_mut_ptr().add(i / 2).cast(), nibbles(a, b));
+                store(o.add(i / 2), nibbles(a, b));
             } else {
-                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), a);
-                _mm256_storeu_si256(out.as_mut_ptr().add(i + 32).cast(), b);
+                store(o.add(i), a);
+                store(o.add(i + 32), b);
             }
         }
         i += 64;
+    }
+    if stream {
+        // Streaming stores are weakly ordered: fence them before the row is handed on.
+        _mm_sfence();
     }
     if i < n {
         // The row's last 8–56 values, through a buffer.
@@ -314,7 +341,8 @@ fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
             }
         }
         let (at, len) = if FOUR { (i / 2, (n - i) / 2) } else { (i, n - i) };
-        out[at..at + len].copy_from_slice(&tmp[..len]);
+        // SAFETY: at + len is the row's packed length, out's length (checked by the caller).
+        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), o.add(at), len) };
     }
 }
 
@@ -334,6 +362,12 @@ fn prefetch(v: &[f32], at: usize) {
 mod tests {
     use super::*;
     use crate::minifloat::{Minifloat, Special};
+
+    /// Bytes as the encoder's output (which writes only bytes into them).
+    fn uninit(b: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+        // SAFETY: MaybeUninit<u8> has u8's layout, and the encoder stores only bytes.
+        unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) }
+    }
 
     /// Every minifloat of at most 8 bits with packed constants, at every value, every midpoint
     /// between neighbours and the f32s either side of it, f32 subnormals, zeros and values past
@@ -369,9 +403,9 @@ mod tests {
                         row.resize(row.len().next_multiple_of(8), 0.0);
                         let mut out = vec![0u8; row.len()];
                         let inv = vec![1.0f32; row.len() / 8];
-                        let fac = Factors { inv: &inv, zero: None, shift: 0 };
+                        let fac = Factors { inv: &inv, zero: None, shift: 0, stream: false };
                         // SAFETY: the CPU has AVX2 and FMA (checked above).
-                        unsafe { encode_packed_avx2(&Kernel::Float(k), &row, &fac, 8, &mut out, None) };
+                        unsafe { encode_packed_avx2(&Kernel::Float(k), &row, &fac, 8, uninit(&mut out), None) };
                         for (&x, &c) in row.iter().zip(&out) {
                             assert_eq!(c as u16, f.encode(x), "e{e}m{m} bias {bias} {sp:?}: {x:e}");
                         }
@@ -380,6 +414,41 @@ mod tests {
             }
         }
         assert!(shapes > 60, "{shapes} shapes");
+    }
+
+    /// Streaming stores write the bytes ordinary ones write: 4- and 8-bit codes, rows with and
+    /// without a tail past the last 64 values, at a 16-byte aligned start and at odd starts
+    /// (which fall back to ordinary stores), bytes around the row untouched.
+    #[test]
+    fn streamed_codes_equal_stored_codes() {
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let k = Kernel::Int { lo: -8.0, hi: 7.0, mask: 15 };
+        for n in [64, 128, 200, 1024, 1048] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.17).collect();
+            let inv = vec![0.9f32; n / 8];
+            for bits in [4u32, 8] {
+                let len = n * bits as usize / 8;
+                let mut want = vec![0u8; len];
+                let plain = Factors { inv: &inv, zero: None, shift: 0, stream: false };
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                unsafe { encode_packed_avx2(&k, &row, &plain, bits, uninit(&mut want), None) };
+                // A 64-byte aligned buffer, written from offsets 0 (aligned), 16 and 3.
+                let mut buf = vec![0u128; len.div_ceil(16) + 8];
+                let base = buf.as_mut_ptr().cast::<u8>();
+                for at in [0usize, 16, 3] {
+                    // SAFETY: the buffer holds len + 128 bytes; at + len fits.
+                    let bytes = unsafe { std::slice::from_raw_parts_mut(base, len + 128) };
+                    bytes.fill(0xa5);
+                    let streamed = Factors { inv: &inv, zero: None, shift: 0, stream: true };
+                    // SAFETY: as above.
+                    unsafe { encode_packed_avx2(&k, &row, &streamed, bits, uninit(&mut bytes[at..at + len]), None) };
+                    assert_eq!(&bytes[at..at + len], &want[..], "n {n}, {bits} bits, offset {at}");
+                    assert!(bytes[..at].iter().chain(&bytes[at + len..]).all(|&b| b == 0xa5));
+                }
+            }
+        }
     }
 
     /// Tables of up to 16 values (NF4, IQ4_NL's grid, power and log grids, and ones with
@@ -424,9 +493,9 @@ mod tests {
             row.resize(row.len().next_multiple_of(8), 0.0);
             let mut out = vec![0u8; row.len() / 2];
             let inv = vec![1.0f32; row.len() / 8];
-            let fac = Factors { inv: &inv, zero: None, shift: 0 };
+            let fac = Factors { inv: &inv, zero: None, shift: 0, stream: false };
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            unsafe { encode_packed_avx2(&Kernel::Lut(mids), &row, &fac, 4, &mut out, None) };
+            unsafe { encode_packed_avx2(&Kernel::Lut(mids), &row, &fac, 4, uninit(&mut out), None) };
             for (i, &x) in row.iter().enumerate() {
                 let code = (out[i / 2] >> (4 * (i % 2))) & 15;
                 assert_eq!(code as u16, t.encode(x), "{}: {x:e}", t.name());
