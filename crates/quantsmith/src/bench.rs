@@ -174,7 +174,8 @@ pub fn bench_hessian(widths: &[usize], rows: usize, reps: usize) -> Vec<HessianB
         .collect()
 }
 
-/// Figures of the encoder benchmark for one format.
+/// Figures of the encoder benchmark for one format: medians over the repetitions, each of
+/// which reads the matrix, encodes it and decodes it, one after the other.
 #[derive(Clone, Debug, Serialize)]
 pub struct EncodeBench {
     /// The format's spec.
@@ -185,51 +186,66 @@ pub struct EncodeBench {
     pub decode_gbps: f64,
     /// The parallel read of the same matrix, GB/s, measured alongside.
     pub read_gbps: f64,
-    /// encode_gbps / read_gbps.
+    /// The median over repetitions of encode rate / read rate, each pair taken back to back
+    /// (the machine's bandwidth drifts between repetitions; a pair shares its conditions).
     pub encode_fraction_of_read: f64,
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
 /// Times encoding and decoding of a `rows × cols` f32 matrix in each format against a parallel
-/// read of the same matrix (memory bandwidth), measured in the same run.
+/// read of the same matrix (memory bandwidth), measured in the same run: each repetition reads,
+/// encodes and decodes once, and the figures are medians over the repetitions.
 pub fn bench_encode(specs: &[String], rows: usize, cols: usize, reps: usize) -> crate::Result<Vec<EncodeBench>> {
     use formats::Format;
     use rayon::prelude::*;
     let reps = reps.max(1);
     // Weight-like: a smooth spread with a few larger values per row.
     let data: Vec<f32> = seeded(rows * cols, 7).iter().map(|v| 0.02 * v * (1.0 + 3.0 * v * v * v * v)).collect();
-    let bytes = (rows * cols * 4) as f64;
+    let gb = (rows * cols * 4) as f64 / 1e9;
+    let rate = |t: Instant| gb / t.elapsed().as_secs_f64();
     let read = || {
         let t = Instant::now();
-        for _ in 0..reps {
-            let m = data.par_chunks(1 << 16).map(|c| formats::format::min_max(c).1).reduce(|| 0.0, f32::max);
-            std::hint::black_box(m);
-        }
-        reps as f64 * bytes / t.elapsed().as_secs_f64() / 1e9
+        let m = data.par_chunks(1 << 16).map(|c| formats::format::min_max(c).1).reduce(|| 0.0, f32::max);
+        std::hint::black_box(m);
+        rate(t)
     };
     read();
+    let mut deq = vec![0f32; rows * cols];
     let mut out = Vec::new();
     for spec in specs {
         let f = Format::parse(spec).map_err(|e| crate::Error::Other(format!("{spec}: {e}")))?;
-        let q = f.quantize(&data, rows, cols, None).map_err(|e| crate::Error::Other(format!("{spec}: {e}")))?;
-        let before = read();
-        let t = Instant::now();
+        let encode = || f.quantize(&data, rows, cols, None).map_err(|e| crate::Error::Other(format!("{spec}: {e}")));
+        // One untimed round first: page faults of first allocations, caches, clocks.
+        let q = encode()?;
+        f.dequantize_into(&q, &mut deq).map_err(|e| crate::Error::Other(e.to_string()))?;
+        let (mut rd, mut enc, mut dec, mut frac) = (vec![], vec![], vec![], vec![]);
         for _ in 0..reps {
-            std::hint::black_box(f.quantize(&data, rows, cols, None).map_err(|e| crate::Error::Other(e.to_string()))?);
-        }
-        let enc = reps as f64 * bytes / t.elapsed().as_secs_f64() / 1e9;
-        let mut deq = vec![0f32; rows * cols];
-        let t = Instant::now();
-        for _ in 0..reps {
+            let r = read();
+            let t = Instant::now();
+            let q = std::hint::black_box(encode()?);
+            let e = rate(t);
+            let t = Instant::now();
             f.dequantize_into(&q, &mut deq).map_err(|e| crate::Error::Other(e.to_string()))?;
+            dec.push(rate(t));
+            rd.push(r);
+            enc.push(e);
+            frac.push(e / r);
         }
-        let dec = reps as f64 * bytes / t.elapsed().as_secs_f64() / 1e9;
-        let rd = 0.5 * (before + read());
         out.push(EncodeBench {
             format: spec.clone(),
-            encode_gbps: enc,
-            decode_gbps: dec,
-            read_gbps: rd,
-            encode_fraction_of_read: enc / rd,
+            encode_gbps: median(enc),
+            decode_gbps: median(dec),
+            read_gbps: median(rd),
+            encode_fraction_of_read: median(frac),
         });
     }
     Ok(out)
