@@ -792,7 +792,13 @@ impl Format {
                         let factors =
                             crate::simd::Factors { inv, zero: zero_points.then_some(zp), shift, stream: ctx.stream };
                         // SAFETY: the CPU has AVX2 and FMA.
-                        unsafe { crate::simd::encode_packed_avx2(&k, row, &factors, bits, out.codes, next) };
+                        unsafe {
+                            if crate::simd::has_avx512() {
+                                crate::simd::encode_packed_avx512(&k, row, &factors, bits, out.codes, next);
+                            } else {
+                                crate::simd::encode_packed_avx2(&k, row, &factors, bits, out.codes, next);
+                            }
+                        }
                         break 'enc;
                     }
                 }
