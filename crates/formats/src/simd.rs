@@ -10,9 +10,10 @@
 //! what the fusion saves is the passes between the steps (scaled values and one-byte codes
 //! stored and read back) and the narrowing of every eight codes through shuffles.
 //!
-//! On CPUs with AVX-512 (F, BW, DQ, VL) [`encode_packed_avx512`] does the same lane for lane on
-//! sixteen values per instruction (tested byte for byte against the AVX2 encoder); the
-//! kernel is bound by its instruction count, and on a 2-core EPYC it encodes 1.1–1.4× faster.
+//! On CPUs with AVX-512 (F, BW, DQ, VL) [`encode_packed_avx512`] does the same for integers and
+//! minifloats lane for lane on sixteen values per instruction (tested byte for byte against
+//! the AVX2 encoder). The kernel is bound by its instruction count; on a 2-core EPYC, which
+//! splits 512-bit operations in two, that gains 1.0–1.2× (best of 5, one core, in cache).
 //! Outputs too large for the caches are written with streaming stores ([`Factors::stream`]).
 
 use std::arch::x86_64::*;
@@ -120,6 +121,7 @@ const FNUZ: u8 = 2;
 const LUT: u8 = 3;
 
 /// A kernel's constants in registers (the unused ones are zero).
+#[derive(Clone, Copy)]
 struct Consts {
     lo: __m256,
     hi: __m256,
@@ -276,6 +278,8 @@ fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
     next: Option<&[f32]>,
 ) {
     let (inv, zero, shift) = (f.inv, f.zero.unwrap_or(&[]), f.shift);
+    // A copy the stores below cannot alias, so the constants stay in registers.
+    let c = &{ *c };
     let n = row.len();
     let o = out.as_mut_ptr().cast::<u8>();
     // Streaming stores of 16 bytes need 16-byte alignment: every store below lands at a
@@ -352,11 +356,10 @@ pub(crate) fn has_avx512() -> bool {
         && std::is_x86_feature_detected!("avx512vl")
 }
 
-/// [`encode_packed_avx2`] with 16 values to an instruction: the same arithmetic lane for lane
-/// (so the same codes, bit for bit), tables searched through one register of all their
-/// midpoints (a permute, a compare into a mask and a masked add per binary digit, where AVX2
-/// needs four instructions per eight values), codes narrowed by the down-converting moves,
-/// and the row's last values through masked loads and stores.
+/// [`encode_packed_avx2`] with 16 values to an instruction for integers and minifloats: the
+/// same arithmetic lane for lane (so the same codes, bit for bit), codes narrowed by the
+/// down-converting moves, and the row's last values through masked loads and stores. Tables
+/// go to the AVX2 encoder.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, DQ and VL ([`has_avx512`]) besides AVX2 and FMA.
@@ -384,12 +387,15 @@ pub(crate) unsafe fn encode_packed_avx512(
         (Kernel::Float(p), _, true) if p.fnuz => loop512::<FNUZ, false, true>(&c, row, f, out, next),
         (Kernel::Float(_), _, false) => loop512::<FLOAT, false, false>(&c, row, f, out, next),
         (Kernel::Float(_), _, true) => loop512::<FLOAT, false, true>(&c, row, f, out, next),
-        (Kernel::Lut(_), _, false) => loop512::<LUT, false, false>(&c, row, f, out, next),
-        (Kernel::Lut(_), _, true) => loop512::<LUT, false, true>(&c, row, f, out, next),
+        // Tables stay on AVX2: their permutes cost as much on sixteen lanes as on eight here
+        // (the EPYC splits 512-bit operations), so the wide search was no faster.
+        // SAFETY: the CPU has AVX2 and FMA (the caller's guarantee).
+        (Kernel::Lut(_), _, _) => unsafe { encode_packed_avx2(k, row, f, bits, out, next) },
     }
 }
 
 /// A kernel's constants in 512-bit registers (the unused ones are zero).
+#[derive(Clone, Copy)]
 struct Consts512 {
     lo: __m512,
     hi: __m512,
@@ -400,13 +406,6 @@ struct Consts512 {
     shift: __m512i,
     bias_term: __m512i,
     sign_bit: __m512i,
-    /// The midpoint probed first (the eighth), then tables of the probes for the binary
-    /// digits 4, 2 and 1 indexed by the count so far: entry j is midpoint j + 3, j + 1, j
-    /// (+∞ past the last). Negative midpoints one ulp lower, as for AVX2.
-    m7: __m512,
-    t4: __m512,
-    t2: __m512,
-    t1: __m512,
 }
 
 impl Consts512 {
@@ -424,10 +423,6 @@ impl Consts512 {
             shift: zi,
             bias_term: zi,
             sign_bit: zi,
-            m7: zs,
-            t4: zs,
-            t2: zs,
-            t1: zs,
         };
         match *k {
             Kernel::Int { lo, hi, mask } => {
@@ -443,18 +438,7 @@ impl Consts512 {
                 c.bias_term = _mm512_set1_epi32(p.bias_term as i32);
                 c.sign_bit = _mm512_set1_epi32(1 << p.sign_shift);
             }
-            Kernel::Lut(mids) => {
-                let m = mids.map(|m| if m < 0.0 { f32::from_bits(m.to_bits() + 1) } else { m });
-                let table = |off: usize| {
-                    let t: [f32; 16] = std::array::from_fn(|j| m.get(j + off).copied().unwrap_or(f32::INFINITY));
-                    // SAFETY: t holds 16 f32s.
-                    unsafe { _mm512_loadu_ps(t.as_ptr()) }
-                };
-                c.m7 = _mm512_set1_ps(m[7]);
-                c.t4 = table(3);
-                c.t2 = table(1);
-                c.t1 = table(0);
-            }
+            Kernel::Lut(_) => {}
         }
         c
     }
@@ -468,18 +452,6 @@ fn codes16<const KIND: u8, const ZERO: bool>(c: &Consts512, x: __m512, inv: __m5
     let mut y = _mm512_mul_ps(x, inv);
     if ZERO {
         y = _mm512_add_ps(y, zero);
-    }
-    if KIND == LUT {
-        // The count of midpoints below y, binary digit by digit from 8 down: each probe is
-        // the midpoint at count + digit - 1, read from the digit's table by the count so far.
-        let digit = |n: __m512i, t: __m512, d: i32| {
-            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_permutexvar_ps(n, t), y);
-            _mm512_mask_add_epi32(n, below, n, _mm512_set1_epi32(d))
-        };
-        let n = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(c.m7, y), _mm512_set1_epi32(8));
-        let n = digit(n, c.t4, 4);
-        let n = digit(n, c.t2, 2);
-        return digit(n, c.t1, 1);
     }
     if KIND == INT {
         let v = _mm512_min_ps(_mm512_max_ps(y, c.lo), c.hi);
@@ -577,6 +549,8 @@ fn loop512<const KIND: u8, const ZERO: bool, const FOUR: bool>(
     let o = out.as_mut_ptr().cast::<u8>();
     let stream = f.stream && (o as usize).is_multiple_of(16);
     let p = row.as_ptr();
+    // A copy the stores below cannot alias, so the constants stay in registers.
+    let c = &{ *c };
     let mut i = 0;
     while i + 64 <= n {
         if let Some(nx) = next {
@@ -728,7 +702,7 @@ mod tests {
     }
 
     /// The AVX-512 encoder writes the AVX2 encoder's bytes: integer grids of 2–8 bits with and
-    /// without zero points, every minifloat shape with packed constants, tables; 4- and 8-bit
+    /// without zero points, every minifloat shape with packed constants, tables (handed to AVX2); 4- and 8-bit
     /// packing; groups of 8, 16, 32, 64 and 128 values and per-vector factors (shift 0); rows
     /// ending on every multiple of eight past the last 64 values; values spread over and past
     /// each grid's range, exact zeros and both signs; streamed and stored.
