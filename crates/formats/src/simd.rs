@@ -457,17 +457,18 @@ fn codes16<const KIND: u8, const ZERO: bool>(c: &Consts512, x: __m512, inv: __m5
         let v = _mm512_min_ps(_mm512_max_ps(y, c.lo), c.hi);
         return _mm512_and_si512(_mm512_castps_si512(_mm512_add_ps(v, _mm512_set1_ps(MAGIC))), c.mask);
     }
-    let yb = _mm512_castps_si512(y);
-    let a = _mm512_min_ps(_mm512_castsi512_ps(_mm512_and_si512(yb, _mm512_set1_epi32(0x7fff_ffff))), c.max);
+    // min(|y|, max) in one instruction (the smaller magnitude, sign cleared).
+    let a = _mm512_range_ps::<0b1010>(y, c.max);
     let e = _mm512_max_epi32(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7f80_0000)), c.emin_bits);
     let t = _mm512_add_epi32(e, c.t_offset);
     let quanta = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(a, _mm512_castsi512_ps(t))), t);
     let mag = _mm512_add_epi32(quanta, _mm512_sub_epi32(_mm512_srlv_epi32(e, c.shift), c.bias_term));
-    let mut neg = _mm512_and_si512(_mm512_srai_epi32::<31>(yb), c.sign_bit);
+    // The sign bit where y's is set (fnuz: and the magnitude is not zero).
+    let mut neg = _mm512_movepi32_mask(_mm512_castps_si512(y));
     if KIND == FNUZ {
-        neg = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(mag, mag), neg);
+        neg = _mm512_mask_test_epi32_mask(neg, mag, mag);
     }
-    _mm512_or_si512(mag, neg)
+    _mm512_mask_or_epi32(mag, neg, mag, c.sign_bit)
 }
 
 /// Sixteen codes (each < 16) as eight bytes of two codes each, the first in the low nibble
