@@ -791,7 +791,8 @@ impl Format {
                         };
                         let factors =
                             crate::simd::Factors { inv, zero: zero_points.then_some(zp), shift, stream: ctx.stream };
-                        // SAFETY: the CPU has AVX2 and FMA.
+                        // SAFETY: the CPU has AVX2 and FMA (checked above), and AVX-512 F, BW,
+                        // DQ and VL where `has_avx512` says so.
                         unsafe {
                             if crate::simd::has_avx512() {
                                 crate::simd::encode_packed_avx512(&k, row, &factors, bits, out.codes, next);

@@ -121,7 +121,6 @@ const FNUZ: u8 = 2;
 const LUT: u8 = 3;
 
 /// A kernel's constants in registers (the unused ones are zero).
-#[derive(Clone, Copy)]
 struct Consts {
     lo: __m256,
     hi: __m256,
@@ -278,8 +277,6 @@ fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
     next: Option<&[f32]>,
 ) {
     let (inv, zero, shift) = (f.inv, f.zero.unwrap_or(&[]), f.shift);
-    // A copy the stores below cannot alias, so the constants stay in registers.
-    let c = &{ *c };
     let n = row.len();
     let o = out.as_mut_ptr().cast::<u8>();
     // Streaming stores of 16 bytes need 16-byte alignment: every store below lands at a
@@ -395,7 +392,6 @@ pub(crate) unsafe fn encode_packed_avx512(
 }
 
 /// A kernel's constants in 512-bit registers (the unused ones are zero).
-#[derive(Clone, Copy)]
 struct Consts512 {
     lo: __m512,
     hi: __m512,
@@ -550,8 +546,6 @@ fn loop512<const KIND: u8, const ZERO: bool, const FOUR: bool>(
     let o = out.as_mut_ptr().cast::<u8>();
     let stream = f.stream && (o as usize).is_multiple_of(16);
     let p = row.as_ptr();
-    // A copy the stores below cannot alias, so the constants stay in registers.
-    let c = &{ *c };
     let mut i = 0;
     while i + 64 <= n {
         if let Some(nx) = next {
