@@ -685,20 +685,8 @@ impl Format {
 
     #[inline(always)]
     fn encode_row(&self, ctx: &RowCtx, r: usize, row: &[f32], out: RowOut, buf: &mut RowBufs) -> (Vec<f32>, bool) {
-        let RowCtx {
-            cols,
-            g,
-            gran,
-            tensor_params,
-            ts,
-            importance,
-            seed,
-            bits,
-            groups_per_row,
-            per_group_choice,
-            next,
-            ..
-        } = *ctx;
+        let RowCtx { cols, g, gran, tensor_params, ts, importance, seed, bits, groups_per_row, next, stream, .. } =
+            *ctx;
         let mut supers = Vec::new();
         // The row's group parameters, flat: scales, zero points, grid choices. Non-finite
         // input is checked in the pass that reads each group for its range. `uniform`: known
@@ -789,8 +777,7 @@ impl Format {
                             }
                             (&buf.inv8[..], &buf.zp8[..], 0)
                         };
-                        let factors =
-                            crate::simd::Factors { inv, zero: zero_points.then_some(zp), shift, stream: ctx.stream };
+                        let factors = crate::simd::Factors { inv, zero: zero_points.then_some(zp), shift, stream };
                         // SAFETY: the CPU has AVX2 and FMA (checked above), and AVX-512 F, BW,
                         // DQ and VL where `has_avx512` says so.
                         unsafe {
@@ -862,7 +849,7 @@ impl Format {
             if self.asym {
                 out.zeros.copy_from_slice(&buf.zp);
             }
-            if per_group_choice {
+            if ctx.per_group_choice {
                 out.choices.copy_from_slice(&buf.ch);
             }
         }
