@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use crate::element::{Element, ElementCodec};
-use crate::ggml::GgmlType;
+use crate::ggml::{ErrorSums, GgmlType};
 use crate::pack;
 use crate::scale::{absmax_scale, e8m0_scale, quantize_uint_scales, ScaleStorage};
 use crate::{FormatError, Result};
@@ -114,6 +114,25 @@ pub struct Quantized {
     pub tensor_scale: f32,
     /// ggml blocks, for ggml formats (everything above is then empty).
     pub ggml: Vec<u8>,
+}
+
+impl Quantized {
+    /// A `[rows, cols]` matrix held as ggml blocks.
+    fn of_ggml(rows: usize, cols: usize, ggml: Vec<u8>) -> Quantized {
+        Quantized {
+            rows,
+            cols,
+            code_bits: 0,
+            codes: Vec::new(),
+            row_bytes: 0,
+            scales: Vec::new(),
+            zeros: Vec::new(),
+            choices: Vec::new(),
+            super_scales: Vec::new(),
+            tensor_scale: 1.0,
+            ggml,
+        }
+    }
 }
 
 impl Format {
@@ -495,25 +514,43 @@ impl Format {
         self.group_len(cols)?;
         if let Some(t) = self.ggml {
             // ggml::quantize rejects non-finite input itself.
-            let bytes = crate::ggml::quantize(t, data, cols, importance)?;
-            return Ok(Quantized {
-                rows,
-                cols,
-                code_bits: 0,
-                codes: Vec::new(),
-                row_bytes: 0,
-                scales: Vec::new(),
-                zeros: Vec::new(),
-                choices: Vec::new(),
-                super_scales: Vec::new(),
-                tensor_scale: 1.0,
-                ggml: bytes,
-            });
+            return Ok(Quantized::of_ggml(rows, cols, crate::ggml::quantize(t, data, cols, importance)?));
         }
         if self.elements.len() > 1 && self.choice == Choice::PerTensor {
             return self.quantize_choosing_tensor(data, rows, cols, importance);
         }
-        self.quantize_grid(data, rows, cols, importance)
+        Ok(self.quantize_grid(data, rows, cols, importance, false)?.0)
+    }
+
+    /// [`Format::quantize`], and what rounding did: Σ w² and Σ (w − ŵ)² (ŵ the decoded
+    /// values), each row decoded and summed as soon as it is encoded, while it is in cache,
+    /// instead of a dequantized copy of the whole matrix. The same codes and parameters as
+    /// [`Format::quantize`]; the sums are summed per row in f64 and then over the rows in
+    /// order, so they are the same on every run and thread count.
+    pub fn quantize_measured(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<(Quantized, ErrorSums)> {
+        if let Some(t) = self.ggml {
+            if rows == 0 || cols == 0 {
+                return Err(FormatError::Invalid(format!("cannot quantize an empty {rows}x{cols} matrix")));
+            }
+            self.check_input(data, rows, cols, importance)?;
+            let (bytes, sums) = crate::ggml::quantize_measured(t, data, cols, importance)?;
+            return Ok((Quantized::of_ggml(rows, cols, bytes), sums));
+        }
+        if rows == 0 || cols == 0 || self.elements.len() > 1 && self.choice == Choice::PerTensor {
+            // Each grid is tried whole; the chosen one is decoded afterwards.
+            let q = self.quantize(data, rows, cols, importance)?;
+            let sums = ErrorSums::between(data, &self.dequantize(&q)?);
+            return Ok((q, sums));
+        }
+        self.check_input(data, rows, cols, importance)?;
+        self.group_len(cols)?;
+        self.quantize_grid(data, rows, cols, importance, true)
     }
 
     fn quantize_choosing_tensor(
@@ -527,7 +564,7 @@ impl Format {
         for (i, e) in self.elements.iter().enumerate() {
             let mut single = self.clone();
             single.elements = vec![e.clone()];
-            let mut q = single.quantize_grid(data, rows, cols, importance)?;
+            let mut q = single.quantize_grid(data, rows, cols, importance, false)?.0;
             let deq = single.dequantize(&q)?;
             let err = weighted_sq_error(data, &deq, cols, importance);
             if best.as_ref().map_or(true, |(b, _)| err < *b) {
@@ -538,7 +575,16 @@ impl Format {
         best.map(|(_, q)| q).ok_or_else(|| FormatError::Invalid("format has no element grid".into()))
     }
 
-    fn quantize_grid(&self, data: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Quantized> {
+    /// The codes of a format of one grid or of grids chosen per group; with `measure`, also
+    /// the error sums of [`Format::quantize_measured`] (zero otherwise).
+    fn quantize_grid(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+        measure: bool,
+    ) -> Result<(Quantized, ErrorSums)> {
         let g = self.group_len(cols)?;
         let bits = self.code_bits();
         let row_bytes = pack::row_bytes(cols, bits);
@@ -582,8 +628,10 @@ impl Format {
                 .zip(zeros.spare_capacity_mut()[..n_zeros].par_chunks_mut(zslots))
                 .zip(choices.spare_capacity_mut()[..n_choices].par_chunks_mut(cslots)),
         );
-        let stream = n_codes >= STREAM_BYTES;
-        let metas: Vec<(Vec<f32>, bool)> = data
+        // Measured rows are decoded at once, so their codes had better stay in cache.
+        let stream = n_codes >= STREAM_BYTES && !measure;
+        let decoder = measure.then(|| RowDecoder::new(self, cols, g, 0));
+        let metas: Vec<(Vec<f32>, bool, ErrorSums)> = data
             .par_chunks(cols)
             .zip(parts)
             .enumerate()
@@ -606,7 +654,28 @@ impl Format {
                     next,
                     stream,
                 };
-                self.encode_row_dispatch(&ctx, r, row, RowOut { codes, scales, zeros, choices }, buf)
+                let out =
+                    RowOut { codes: &mut *codes, scales: &mut *scales, zeros: &mut *zeros, choices: &mut *choices };
+                let (supers, finite) = self.encode_row_dispatch(&ctx, r, row, out, buf);
+                let mut sums = ErrorSums::default();
+                if let (Some(dec), true) = (&decoder, finite) {
+                    // SAFETY: a row that was finite had its codes written whole (the packed
+                    // encoder writes every byte; the other paths zero then fill them).
+                    let codes = unsafe { &*(codes as *const [std::mem::MaybeUninit<u8>] as *const [u8]) };
+                    let (sc, zp, ch): (&[f32], &[f32], &[u8]) = match (tensor_params.as_ref(), groups_per_row) {
+                        (Some(p), _) => (
+                            std::slice::from_ref(&p.scale),
+                            std::slice::from_ref(&p.zero),
+                            std::slice::from_ref(&p.choice),
+                        ),
+                        (None, 0) => (&[], &[], &[]),
+                        (None, _) => (scales, zeros, choices),
+                    };
+                    buf.dec.resize(cols, 0.0);
+                    dec.row(codes, sc, zp, ch, &mut buf.dec, &mut buf.b16);
+                    sums = ErrorSums::between(row, &buf.dec);
+                }
+                (supers, finite, sums)
             })
             .collect();
         // SAFETY: the row tasks together initialised the first n_* elements of each vector
@@ -620,6 +689,11 @@ impl Format {
         }
         if metas.iter().any(|m| !m.1) {
             check_finite(data)?;
+        }
+        let mut sums = ErrorSums::default();
+        for m in &metas {
+            sums.signal += m.2.signal;
+            sums.error += m.2.error;
         }
         let supers: Vec<f32> = metas.into_iter().flat_map(|m| m.0).collect();
         if let Some(p) = tensor_params {
@@ -635,7 +709,7 @@ impl Format {
         if !per_group_choice {
             choices = Vec::new();
         }
-        Ok(Quantized {
+        let q = Quantized {
             rows,
             cols,
             code_bits: bits,
@@ -647,7 +721,8 @@ impl Format {
             super_scales: supers,
             tensor_scale: ts,
             ggml: Vec::new(),
-        })
+        };
+        Ok((q, sums))
     }
 
     /// One row: group parameters, element codes (packed into `out`), second-level scales.
@@ -881,7 +956,7 @@ impl Format {
         if q.code_bits != bits || q.codes.len() != rows * q.row_bytes || q.row_bytes != pack::row_bytes(cols, bits) {
             return Err(FormatError::Invalid(format!("quantized data does not match format {}", self.spec())));
         }
-        let tables: Vec<Vec<f32>> = self.elements.iter().map(|e| e.decode_table()).collect();
+        let n_tables = self.elements.len();
         let fixed_choice =
             if self.choice == Choice::PerTensor { q.choices.first().copied().unwrap_or(0) } else { 0 } as usize;
         let gran = self.granularity;
@@ -897,8 +972,8 @@ impl Format {
         };
         if q.scales.len() != expected_scales
             || (self.asym && q.zeros.len() != expected_scales)
-            || fixed_choice >= tables.len()
-            || q.choices.iter().any(|&c| c as usize >= tables.len())
+            || fixed_choice >= n_tables
+            || q.choices.iter().any(|&c| c as usize >= n_tables)
         {
             return Err(FormatError::Invalid(format!("quantized metadata does not match format {}", self.spec())));
         }
@@ -914,64 +989,19 @@ impl Format {
                 self.spec()
             )));
         }
-        // Decode tables padded to 256 entries for codes of at most 8 bits.
-        let small: Vec<[f32; 256]> = if bits <= 8 {
-            tables
-                .iter()
-                .map(|t| {
-                    let mut a = [0f32; 256];
-                    a[..t.len()].copy_from_slice(t);
-                    a
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let dec = RowDecoder::new(self, cols, g, fixed_choice);
         out.par_chunks_mut(cols.max(1)).enumerate().for_each_init(Vec::new, |buf: &mut Vec<u16>, (r, orow)| {
             let codes = &q.codes[r * q.row_bytes..(r + 1) * q.row_bytes];
-            // 4- and 8-bit codes are read straight from the packed bytes through 256-entry
-            // tables (a u8 index needs no bounds check); other widths are unpacked first.
-            let direct = (bits == 4 && glen_of(gran, cols, g) % 2 == 0) || bits == 8;
-            if !direct {
-                buf.resize(cols, 0);
-                pack::unpack(codes, bits, buf);
-            }
-            let (glen, first) = match gran {
-                Granularity::None | Granularity::Tensor => (cols, 0),
-                _ => (g, r * groups_per_row),
-            };
-            for (k, dst) in orow.chunks_mut(glen).enumerate() {
-                let gi = first + k;
-                let (s, z) = match gran {
-                    Granularity::None => (1.0, 0.0),
-                    Granularity::Tensor => (q.scales[0], if self.asym { q.zeros[0] } else { 0.0 }),
-                    _ => (q.scales[gi], if self.asym { q.zeros[gi] } else { 0.0 }),
-                };
-                let ti = if per_group_choice { q.choices[gi] as usize } else { fixed_choice };
-                if let Some(t) = small.get(ti) {
-                    if bits == 4 && direct {
-                        let bytes = &codes[k * glen / 2..(k + 1) * glen / 2];
-                        for (d, &b) in dst.chunks_exact_mut(2).zip(bytes) {
-                            d[0] = (t[(b & 15) as usize] - z) * s;
-                            d[1] = (t[(b >> 4) as usize] - z) * s;
-                        }
-                    } else if bits == 8 {
-                        let bytes = &codes[k * glen..(k + 1) * glen];
-                        for (d, &b) in dst.iter_mut().zip(bytes) {
-                            *d = (t[b as usize] - z) * s;
-                        }
-                    } else {
-                        for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
-                            *d = (t[(c & 0xff) as usize] - z) * s;
-                        }
-                    }
-                } else {
-                    let t = &tables[ti];
-                    for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
-                        *d = (t[c as usize] - z) * s;
-                    }
+            let (sc, zp, ch) = match gran {
+                Granularity::None => (&[][..], &[][..], &q.choices[..]),
+                Granularity::Tensor => (&q.scales[..], &q.zeros[..], &q.choices[..]),
+                _ => {
+                    let at = r * groups_per_row..(r + 1) * groups_per_row;
+                    let ch = if per_group_choice { &q.choices[at.clone()] } else { &[][..] };
+                    (&q.scales[at.clone()], if self.asym { &q.zeros[at] } else { &[][..] }, ch)
                 }
-            }
+            };
+            dec.row(codes, sc, zp, ch, orow, buf);
         });
         Ok(())
     }
@@ -1068,10 +1098,104 @@ fn glen_of(gran: Granularity, cols: usize, g: usize) -> usize {
     }
 }
 
+/// Decodes rows of a grid format's codes: [`Format::dequantize_into`]'s body, which the
+/// measured encoder also runs on each row as soon as it is encoded.
+struct RowDecoder {
+    tables: Vec<Vec<f32>>,
+    /// The tables padded to 256 entries, for codes of at most 8 bits.
+    small: Vec<[f32; 256]>,
+    gran: Granularity,
+    cols: usize,
+    glen: usize,
+    bits: u32,
+    asym: bool,
+    per_group_choice: bool,
+    /// The grid of every group when it is not chosen per group.
+    fixed_choice: usize,
+}
+
+impl RowDecoder {
+    fn new(f: &Format, cols: usize, g: usize, fixed_choice: usize) -> RowDecoder {
+        let tables: Vec<Vec<f32>> = f.elements.iter().map(|e| e.decode_table()).collect();
+        let bits = f.code_bits();
+        let small = if bits <= 8 {
+            tables
+                .iter()
+                .map(|t| {
+                    let mut a = [0f32; 256];
+                    a[..t.len()].copy_from_slice(t);
+                    a
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        RowDecoder {
+            tables,
+            small,
+            gran: f.granularity,
+            cols,
+            glen: glen_of(f.granularity, cols, g),
+            bits,
+            asym: f.asym,
+            per_group_choice: f.elements.len() > 1 && f.choice == Choice::PerGroup,
+            fixed_choice,
+        }
+    }
+
+    /// One row's values into `orow` from its packed `codes` and its groups' parameters: `sc`
+    /// the scales (per-tensor granularity: the tensor's one; none: unused), `zp` the zero
+    /// points (read only by asymmetric formats), `ch` the grid choices (read only when chosen
+    /// per group). The caller has checked that codes and parameters match the format.
+    #[inline]
+    fn row(&self, codes: &[u8], sc: &[f32], zp: &[f32], ch: &[u8], orow: &mut [f32], buf: &mut Vec<u16>) {
+        let (bits, glen) = (self.bits, self.glen);
+        // 4- and 8-bit codes are read straight from the packed bytes through 256-entry tables
+        // (a u8 index needs no bounds check); other widths are unpacked first.
+        let direct = (bits == 4 && glen % 2 == 0) || bits == 8;
+        if !direct {
+            buf.resize(self.cols, 0);
+            pack::unpack(codes, bits, buf);
+        }
+        for (k, dst) in orow.chunks_mut(glen).enumerate() {
+            let (s, z) = match self.gran {
+                Granularity::None => (1.0, 0.0),
+                _ => (sc[k], if self.asym { zp[k] } else { 0.0 }),
+            };
+            let ti = if self.per_group_choice { ch[k] as usize } else { self.fixed_choice };
+            if let Some(t) = self.small.get(ti) {
+                if bits == 4 && direct {
+                    let bytes = &codes[k * glen / 2..(k + 1) * glen / 2];
+                    for (d, &b) in dst.chunks_exact_mut(2).zip(bytes) {
+                        d[0] = (t[(b & 15) as usize] - z) * s;
+                        d[1] = (t[(b >> 4) as usize] - z) * s;
+                    }
+                } else if bits == 8 {
+                    let bytes = &codes[k * glen..(k + 1) * glen];
+                    for (d, &b) in dst.iter_mut().zip(bytes) {
+                        *d = (t[b as usize] - z) * s;
+                    }
+                } else {
+                    for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
+                        *d = (t[(c & 0xff) as usize] - z) * s;
+                    }
+                }
+            } else {
+                let t = &self.tables[ti];
+                for (d, &c) in dst.iter_mut().zip(&buf[k * glen..(k + 1) * glen]) {
+                    *d = (t[c as usize] - z) * s;
+                }
+            }
+        }
+    }
+}
+
 /// Per-thread scratch of the row encoder: codes before packing.
 #[derive(Default)]
 struct RowBufs {
     b8: Vec<u8>,
+    /// A measured row's decoded values.
+    dec: Vec<f32>,
     b16: Vec<u16>,
     ys: Vec<f32>,
     /// Each group's (min(w, 0), max(w, 0)).

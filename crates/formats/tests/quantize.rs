@@ -283,6 +283,67 @@ fn solver_steps_reproduce_quantize() {
 }
 
 #[test]
+fn measured_quantize_equals_quantize_and_sums_its_error() {
+    // 21 rows: an odd count, so the rows split unevenly between threads.
+    let (rows, cols) = (21, 256);
+    let mut w = weights(rows, cols, 11);
+    w[cols * 4..cols * 5].iter_mut().for_each(|x| *x = 0.0);
+    let imp: Vec<f32> = (0..cols).map(|c| 0.5 + (c % 7) as f32).collect();
+    for s in [
+        "int8",
+        "int8:t",
+        "int8:ch",
+        "int4:g128",
+        "int4:g128:asym",
+        "int4:g32:asym:scale=u6",
+        "uint3:g64",
+        "int4:g32:scale=u6",
+        "int3:g64:clip=mse",
+        "fp8_e4m3",
+        "fp8_e4m3:t",
+        "fp4_e2m1:g32",
+        "mxfp4",
+        "nvfp4",
+        "nf4",
+        "nf4:dq",
+        "bitmod4:g128",
+        "fp4:g64",
+        "int4:t:round=sr:seed=1",
+        "q4_k",
+        "q8_0",
+    ] {
+        let f = Format::parse(s).unwrap();
+        for importance in [None, Some(&imp[..])] {
+            let q = f.quantize(&w, rows, cols, importance).unwrap();
+            let (qm, sums) = f.quantize_measured(&w, rows, cols, importance).unwrap();
+            assert_eq!(q, qm, "{s}: the measured encoder's codes");
+            let back = f.dequantize(&q).unwrap();
+            let signal: f64 = w.iter().map(|&x| x as f64 * x as f64).sum();
+            let error: f64 = w.iter().zip(&back).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum();
+            assert!(error > 0.0, "{s}: rounding changed nothing");
+            assert!((sums.signal - signal).abs() <= 1e-12 * signal, "{s}: signal {} vs {signal}", sums.signal);
+            assert!((sums.error - error).abs() <= 1e-9 * error, "{s}: error {} vs {error}", sums.error);
+            // Summed per row, then over the rows in order: the same bits on any thread count.
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let (_, again) = pool.install(|| f.quantize_measured(&w, rows, cols, importance).unwrap());
+                assert_eq!(
+                    (again.signal.to_bits(), again.error.to_bits()),
+                    (sums.signal.to_bits(), sums.error.to_bits()),
+                    "{s}: {threads} threads"
+                );
+            }
+        }
+    }
+    let mut bad = w.clone();
+    bad[cols * 3 + 5] = f32::NAN;
+    assert!(matches!(
+        Format::parse("mxfp4").unwrap().quantize_measured(&bad, rows, cols, None),
+        Err(FormatError::NonFinite { index, .. }) if index == cols * 3 + 5
+    ));
+}
+
+#[test]
 fn non_finite_input_is_an_error_naming_the_index() {
     let mut w = vec![0.5f32; 300];
     w[123] = f32::NAN;
@@ -340,7 +401,7 @@ fn roundtrip_pads_the_last_group_and_casts_raw_minifloats() {
 #[test]
 fn pack_unpack_round_trip_every_width() {
     for bits in 1..=16u32 {
-        for n in [1usize, 2, 7, 8, 33, 64] {
+        for n in [1usize, 2, 7, 8, 33, 64, 100, 257] {
             let codes: Vec<u16> = (0..n).map(|i| ((i * 2_654_435_761usize) as u64 % (1u64 << bits)) as u16).collect();
             let mut packed = vec![0u8; pack::row_bytes(n, bits)];
             pack::pack(&codes, bits, &mut packed);

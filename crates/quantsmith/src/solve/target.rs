@@ -78,8 +78,8 @@ pub fn rtn(t: &Target, name: &str, w: &[f32], rows: usize, cols: usize, importan
 }
 
 /// Round-to-nearest as [`rtn`], without the dequantized copy of the whole matrix: the encoded
-/// data and the weight error (Σ w², Σ (w − ŵ)²). ggml types measure each work unit as it is
-/// encoded; other formats decode into a temporary.
+/// data and the weight error (Σ w², Σ (w − ŵ)²), each work unit (ggml types) or row (other
+/// formats) decoded and measured as it is encoded.
 pub fn rtn_measured(
     t: &Target,
     name: &str,
@@ -92,8 +92,8 @@ pub fn rtn_measured(
         let (bytes, sums) = formats::ggml::quantize_measured(ty, w, cols, importance).map_err(|e| fmt_err(name, e))?;
         return Ok((TensorData::Ggml(bytes), sums));
     }
-    let e = rtn(t, name, w, rows, cols, importance)?;
-    Ok((e.data, formats::ggml::ErrorSums::between(w, &e.dequant)))
+    let (q, sums) = t.quantize_measured(w, rows, cols, importance).map_err(|e| fmt_err(name, e))?;
+    Ok((TensorData::Codes(q), sums))
 }
 
 /// The static grid of `t` for `w`.
