@@ -79,10 +79,24 @@ pub fn unpack(src: &[u8], bits: u32, out: &mut [u16]) {
         }
         _ => {
             let mask = (1u64 << bits) - 1;
+            let b = bits as usize;
+            // Eight codes of at most 8 bits fill `bits` whole bytes: read them as one
+            // little-endian word while eight bytes remain, then the rest code by code.
+            let mut done = 0;
+            if bits <= 8 {
+                for (k, eight) in out.chunks_exact_mut(8).enumerate() {
+                    let Some(w) = src.get(k * b..k * b + 8) else { break };
+                    let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+                    for (i, o) in eight.iter_mut().enumerate() {
+                        *o = ((w >> (b * i)) & mask) as u16;
+                    }
+                    done += 8;
+                }
+            }
             let mut acc = 0u64;
             let mut nacc = 0u32;
-            let mut k = 0;
-            for o in out.iter_mut() {
+            let mut k = done * b / 8;
+            for o in out[done..].iter_mut() {
                 while nacc < bits {
                     acc |= (src[k] as u64) << nacc;
                     k += 1;

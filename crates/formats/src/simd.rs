@@ -35,12 +35,12 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    /// The kernel for codes of grid `e` packed at `bits` per code, if there is one: 4- or
-    /// 8-bit packing, integer grids other than binary, minifloats whose branch-free constants
+    /// The kernel for codes of grid `e` packed at `bits` per code, if there is one: packing of
+    /// 2 to 8 bits, integer grids other than binary, minifloats whose branch-free constants
     /// exist and tables of at most 16 values; the last two only when `zero_points` is false
     /// (they go through the general encoder otherwise).
     pub(crate) fn of(e: &Element, bits: u32, zero_points: bool) -> Option<Kernel> {
-        if bits != 4 && bits != 8 {
+        if !(2..=8).contains(&bits) {
             return None;
         }
         match e {
@@ -87,21 +87,26 @@ pub(crate) unsafe fn encode_packed_avx2(
     let (inv, zero, shift) = (f.inv, f.zero, f.shift);
     let entries = (n / 8).div_ceil(1 << shift);
     assert!(n.is_multiple_of(8) && inv.len() >= entries && zero.is_none_or(|z| z.len() >= entries));
-    assert!((bits == 4 || bits == 8) && out.len() == n * bits as usize / 8);
-    let c = Consts::new(k);
-    let four = bits == 4;
-    // The lengths were checked above.
-    match (k, zero.is_some(), four) {
-        (Kernel::Int { .. }, false, false) => row_loop::<INT, false, false>(&c, row, f, out, next),
-        (Kernel::Int { .. }, false, true) => row_loop::<INT, false, true>(&c, row, f, out, next),
-        (Kernel::Int { .. }, true, false) => row_loop::<INT, true, false>(&c, row, f, out, next),
-        (Kernel::Int { .. }, true, true) => row_loop::<INT, true, true>(&c, row, f, out, next),
-        (Kernel::Float(p), _, false) if p.fnuz => row_loop::<FNUZ, false, false>(&c, row, f, out, next),
-        (Kernel::Float(p), _, true) if p.fnuz => row_loop::<FNUZ, false, true>(&c, row, f, out, next),
-        (Kernel::Float(_), _, false) => row_loop::<FLOAT, false, false>(&c, row, f, out, next),
-        (Kernel::Float(_), _, true) => row_loop::<FLOAT, false, true>(&c, row, f, out, next),
-        (Kernel::Lut(_), _, false) => row_loop::<LUT, false, false>(&c, row, f, out, next),
-        (Kernel::Lut(_), _, true) => row_loop::<LUT, false, true>(&c, row, f, out, next),
+    assert!((2..=8).contains(&bits) && out.len() == n * bits as usize / 8);
+    let c = Consts::new(k, bits);
+    // The lengths were checked above. Packing: 4 or 8 bits, or (0) any other width.
+    let pack = if bits == 4 || bits == 8 { bits } else { 0 };
+    match (k, zero.is_some(), pack) {
+        (Kernel::Int { .. }, false, 8) => row_loop::<INT, false, 8>(&c, row, f, out, next),
+        (Kernel::Int { .. }, false, 4) => row_loop::<INT, false, 4>(&c, row, f, out, next),
+        (Kernel::Int { .. }, false, _) => row_loop::<INT, false, 0>(&c, row, f, out, next),
+        (Kernel::Int { .. }, true, 8) => row_loop::<INT, true, 8>(&c, row, f, out, next),
+        (Kernel::Int { .. }, true, 4) => row_loop::<INT, true, 4>(&c, row, f, out, next),
+        (Kernel::Int { .. }, true, _) => row_loop::<INT, true, 0>(&c, row, f, out, next),
+        (Kernel::Float(p), _, 8) if p.fnuz => row_loop::<FNUZ, false, 8>(&c, row, f, out, next),
+        (Kernel::Float(p), _, 4) if p.fnuz => row_loop::<FNUZ, false, 4>(&c, row, f, out, next),
+        (Kernel::Float(p), _, _) if p.fnuz => row_loop::<FNUZ, false, 0>(&c, row, f, out, next),
+        (Kernel::Float(_), _, 8) => row_loop::<FLOAT, false, 8>(&c, row, f, out, next),
+        (Kernel::Float(_), _, 4) => row_loop::<FLOAT, false, 4>(&c, row, f, out, next),
+        (Kernel::Float(_), _, _) => row_loop::<FLOAT, false, 0>(&c, row, f, out, next),
+        (Kernel::Lut(_), _, 8) => row_loop::<LUT, false, 8>(&c, row, f, out, next),
+        (Kernel::Lut(_), _, 4) => row_loop::<LUT, false, 4>(&c, row, f, out, next),
+        (Kernel::Lut(_), _, _) => row_loop::<LUT, false, 0>(&c, row, f, out, next),
     }
 }
 
@@ -140,13 +145,22 @@ struct Consts {
     quarter2: __m256,
     odd4: __m256,
     even8: __m256,
+    /// Packing of other widths than 4 and 8 ([`pack8`]): the bytes of eight codes, and the
+    /// shifts that gather them into one 64-bit word.
+    bytes8: usize,
+    low32: __m256i,
+    pair_shift: __m256i,
+    quad_shift: __m256i,
+    half_shift: __m128i,
 }
 
 impl Consts {
+    /// The constants of kernel `k` packing `bits` per code.
     #[target_feature(enable = "avx2,fma")]
-    fn new(k: &Kernel) -> Consts {
+    fn new(k: &Kernel, bits: u32) -> Consts {
         let zs = _mm256_setzero_ps();
         let zi = _mm256_setzero_si256();
+        let b = bits as i64;
         let mut c = Consts {
             lo: zs,
             hi: zs,
@@ -161,6 +175,11 @@ impl Consts {
             quarter2: zs,
             odd4: zs,
             even8: zs,
+            bytes8: bits as usize,
+            low32: _mm256_set1_epi64x(0xffff_ffff),
+            pair_shift: _mm256_set1_epi64x(32 - b),
+            quad_shift: _mm256_setr_epi64x(0, 2 * b, 0, 2 * b),
+            half_shift: _mm_set1_epi64x(4 * b),
         };
         match *k {
             Kernel::Int { lo, hi, mask } => {
@@ -266,10 +285,25 @@ fn fold_pairs(v: __m256i) -> __m256i {
     _mm256_or_si256(lo, _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi16(0x00f0)))
 }
 
-/// The loop of [`encode_packed_avx2`] for one kind of kernel, with or without zero points,
-/// packing 4 or 8 bits.
+/// Eight codes (32-bit lanes, each below 2^b for the b of [`Consts::bytes8`]) packed LSB first
+/// into the low 8b bits of a word: code i at bit b·i, as [`crate::pack::pack`] packs them.
 #[target_feature(enable = "avx2,fma")]
-fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
+#[inline]
+fn pack8(c: &Consts, v: __m256i) -> u64 {
+    // Each 64-bit lane (codes 2j and 2j + 1): the upper code moved down from bit 32 to bit b
+    // (the lower one, below 2^b, shifts out); then the odd lanes up by 2b and folded onto the
+    // even ones; then the upper half's word up by 4b onto the lower's.
+    let p = _mm256_or_si256(_mm256_and_si256(v, c.low32), _mm256_srlv_epi64(v, c.pair_shift));
+    let q = _mm256_sllv_epi64(p, c.quad_shift);
+    let q = _mm256_or_si256(q, _mm256_srli_si256::<8>(q));
+    let r = _mm_or_si128(_mm256_castsi256_si128(q), _mm_sllv_epi64(_mm256_extracti128_si256::<1>(q), c.half_shift));
+    _mm_cvtsi128_si64(r) as u64
+}
+
+/// The loop of [`encode_packed_avx2`] for one kind of kernel, with or without zero points,
+/// packing `PACK` = 4 or 8 bits, or (0) the width of [`Consts::bytes8`].
+#[target_feature(enable = "avx2,fma")]
+fn row_loop<const KIND: u8, const ZERO: bool, const PACK: u32>(
     c: &Consts,
     row: &[f32],
     f: &Factors,
@@ -300,6 +334,31 @@ fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
         let z = if ZERO { _mm256_broadcast_ss(zero.get_unchecked(v >> shift)) } else { zs };
         codes8::<KIND, ZERO>(c, x, s, z)
     };
+    if PACK == 0 {
+        // Eight codes make b bytes: each word is stored whole (its upper bytes are
+        // overwritten by the next word's) while it ends inside the row, byte by byte after.
+        // Not streamed: the stores overlap.
+        let b = c.bytes8;
+        let len = out.len();
+        for v in 0..n / 8 {
+            if v % 8 == 0 {
+                if let Some(nx) = next {
+                    prefetch(nx, 8 * v);
+                }
+            }
+            let word = pack8(c, vector(v)).to_le_bytes();
+            let at = v * b;
+            // SAFETY: at + 8 <= len, or at + b <= len (the row's packed length is (n / 8) · b).
+            unsafe {
+                if at + 8 <= len {
+                    o.add(at).cast::<[u8; 8]>().write_unaligned(word);
+                } else {
+                    std::ptr::copy_nonoverlapping(word.as_ptr(), o.add(at), b);
+                }
+            }
+        }
+        return;
+    }
     let mut i = 0;
     while i + 64 <= n {
         if let Some(nx) = next {
@@ -310,7 +369,7 @@ fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
         let b = narrow32(&[vector(q + 4), vector(q + 5), vector(q + 6), vector(q + 7)]);
         // SAFETY: out holds the packed row, n / 2 or n bytes, and i + 64 <= n.
         unsafe {
-            if FOUR {
+            if PACK == 4 {
                 store(o.add(i / 2), nibbles(a, b));
             } else {
                 store(o.add(i), a);
@@ -332,14 +391,14 @@ fn row_loop<const KIND: u8, const ZERO: bool, const FOUR: bool>(
         let mut tmp = [0u8; 64];
         // SAFETY: tmp holds 64 bytes.
         unsafe {
-            if FOUR {
+            if PACK == 4 {
                 _mm256_storeu_si256(tmp.as_mut_ptr().cast(), nibbles(a, b));
             } else {
                 _mm256_storeu_si256(tmp.as_mut_ptr().cast(), a);
                 _mm256_storeu_si256(tmp.as_mut_ptr().add(32).cast(), b);
             }
         }
-        let (at, len) = if FOUR { (i / 2, (n - i) / 2) } else { (i, n - i) };
+        let (at, len) = if PACK == 4 { (i / 2, (n - i) / 2) } else { (i, n - i) };
         // SAFETY: at + len is the row's packed length, out's length (checked by the caller).
         unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), o.add(at), len) };
     }
@@ -369,6 +428,11 @@ pub(crate) unsafe fn encode_packed_avx512(
     out: &mut [MaybeUninit<u8>],
     next: Option<&[f32]>,
 ) {
+    if bits != 4 && bits != 8 {
+        // Other widths pack eight codes to a 64-bit word, which the AVX2 encoder does.
+        // SAFETY: the CPU has AVX2 and FMA (the caller's guarantee).
+        return unsafe { encode_packed_avx2(k, row, f, bits, out, next) };
+    }
     let n = row.len();
     let entries = (n / 8).div_ceil(1 << f.shift);
     assert!(n.is_multiple_of(8) && f.inv.len() >= entries && f.zero.is_none_or(|z| z.len() >= entries));
@@ -696,9 +760,64 @@ mod tests {
         }
     }
 
+    /// Packing at every width of 2 to 8 bits writes the bytes [`crate::pack::pack`] makes of the
+    /// 8-bit codes (themselves tested against the scalar encoders): integer grids with and
+    /// without zero points, minifloats, tables; rows of 8 to 328 values (the words stored
+    /// whole, then byte by byte at the row's end); every byte of the row written and none past
+    /// it.
+    #[test]
+    fn packed_codes_of_every_width_equal_pack() {
+        use crate::element::Element;
+        use crate::int::IntGrid;
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let mut grids: Vec<(Element, bool)> = Vec::new();
+        for b in 2..=8 {
+            for kind in [IntKind::Signed, IntKind::Unsigned] {
+                let e = Element::Int(IntGrid::new(b, kind).unwrap());
+                grids.push((e.clone(), false));
+                grids.push((e, true));
+            }
+        }
+        for (e, m) in [(2u32, 3u32), (3, 2), (2, 1), (1, 1), (4, 3), (2, 2)] {
+            let f = Minifloat::new(e, m, Minifloat::default_bias(e, Special::Finite), Special::Finite).unwrap();
+            grids.push((Element::Float(f), false));
+        }
+        grids.push((Element::Lut(crate::nf4::nf4_grid()), false));
+        grids.push((Element::Lut(crate::lut::power_grid(3, 2.0).unwrap()), false));
+        let mut widths_tested = [0usize; 9];
+        for (e, zp) in &grids {
+            let Some(k8) = Kernel::of(e, 8, *zp) else { panic!("no 8-bit kernel") };
+            for n in [8usize, 16, 24, 40, 64, 72, 200, 328] {
+                let row: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.21).collect();
+                let inv: Vec<f32> = (0..n / 8).map(|v| 0.3 + 0.1 * (v % 5) as f32).collect();
+                let zero: Vec<f32> = (0..n / 8).map(|v| (v % 4) as f32).collect();
+                let f = Factors { inv: &inv, zero: zp.then_some(&zero[..]), shift: 0, stream: false };
+                let mut bytes = vec![0u8; n];
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                unsafe { encode_packed_avx2(&k8, &row, &f, 8, uninit(&mut bytes), None) };
+                for bits in 2..=8u32 {
+                    let Some(k) = Kernel::of(e, bits, *zp) else { continue };
+                    widths_tested[bits as usize] += 1;
+                    let len = n * bits as usize / 8;
+                    let mut want = vec![0u8; len];
+                    crate::pack::pack(&bytes, bits, &mut want);
+                    let mut buf = vec![0xa5u8; len + 16];
+                    let f = Factors { stream: true, ..f };
+                    // SAFETY: as above.
+                    unsafe { encode_packed_avx2(&k, &row, &f, bits, uninit(&mut buf[..len]), Some(&row)) };
+                    assert_eq!(&buf[..len], &want[..], "n {n}, {bits} bits, zero points {zp}");
+                    assert!(buf[len..].iter().all(|&b| b == 0xa5));
+                }
+            }
+        }
+        assert!(widths_tested[2..].iter().all(|&t| t >= 8), "{widths_tested:?}");
+    }
+
     /// The AVX-512 encoder writes the AVX2 encoder's bytes: integer grids of 2–8 bits with and
     /// without zero points, every minifloat shape with packed constants, tables (handed to AVX2); 4- and 8-bit
-    /// packing; groups of 8, 16, 32, 64 and 128 values and per-vector factors (shift 0); rows
+    /// packing (other widths handed to AVX2); groups of 8, 16, 32, 64 and 128 values and per-vector factors (shift 0); rows
     /// ending on every multiple of eight past the last 64 values; values spread over and past
     /// each grid's range, exact zeros and both signs; streamed and stored.
     #[test]
@@ -712,7 +831,7 @@ mod tests {
         // (kernel, zero points, packing)
         let mut kernels: Vec<(Kernel, bool, u32)> = Vec::new();
         let mut add = |e: &Element, zp: bool| {
-            for pack in [4, 8] {
+            for pack in 2..=8 {
                 kernels.extend(Kernel::of(e, pack, zp).map(|k| (k, zp, pack)));
             }
         };
