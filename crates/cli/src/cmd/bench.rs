@@ -51,7 +51,7 @@ pub enum What {
     /// (memory bandwidth).
     Encode {
         /// Formats (specs as in recipes).
-        #[arg(long, value_delimiter = ',', default_values_t = ["int8".to_string(), "int4:g128".into(), "int4:g128:asym".into(), "fp8_e4m3".into(), "fp4_e2m1:g32".into(), "mxfp4".into(), "nvfp4".into(), "nf4".into(), "q4_k".into(), "q8_0".into()])]
+        #[arg(long, value_delimiter = ',', default_values_t = ["int8".to_string(), "int4:g128".into(), "int4:g128:asym".into(), "int3:g128".into(), "fp8_e4m3".into(), "fp4_e2m1:g32".into(), "mxfp4".into(), "mxfp6_e3m2".into(), "nvfp4".into(), "nf4".into(), "q4_k".into(), "q8_0".into()])]
         formats: Vec<String>,
         /// Matrix rows.
         #[arg(long, default_value_t = 4096)]
