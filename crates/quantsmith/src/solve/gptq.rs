@@ -87,27 +87,27 @@ pub struct OnGrid {
 
 impl OnGrid {
     /// The encoded layer: the grid's encoding of the dense part (kept positions rounded onto
-    /// the grid there), plus the sparse table of kept weights when there are any.
-    pub fn encode(&self) -> Result<Encoded> {
+    /// the grid there), plus the sparse table of kept weights when there are any. The
+    /// dequantized weights take over `q`'s buffer.
+    pub fn encode(self) -> Result<Encoded> {
         if self.kept.is_empty() {
-            return self.grid.encode(&self.q);
+            return self.grid.encode(self.q);
         }
         let cols = self.cols;
-        let mut dense = self.q.clone();
+        // The kept values (f16) first: the grid's encoding overwrites them.
+        let val: Vec<u16> = self.kept.iter().map(|&i| half::f16::from_f32(self.q[i as usize]).to_bits()).collect();
+        let mut dense = self.q;
         for &i in &self.kept {
             let i = i as usize;
             dense[i] = self.grid.round(i / cols, i % cols, dense[i]);
         }
-        let e = self.grid.encode(&dense)?;
+        let e = self.grid.encode(dense)?;
         let mut dequant = e.dequant;
-        let mut val = Vec::with_capacity(self.kept.len());
-        for &i in &self.kept {
-            let h = half::f16::from_f32(self.q[i as usize]);
-            dequant[i as usize] = h.to_f32();
-            val.push(h.to_bits());
+        for (&i, &h) in self.kept.iter().zip(&val) {
+            dequant[i as usize] = half::f16::from_bits(h).to_f32();
         }
         Ok(Encoded {
-            data: crate::export::TensorData::Sparse { dense: Box::new(e.data), idx: self.kept.clone(), val },
+            data: crate::export::TensorData::Sparse { dense: Box::new(e.data), idx: self.kept, val },
             dequant,
         })
     }
@@ -285,6 +285,11 @@ pub fn solve(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<En
 /// GPTQ's result before encoding: the fixed grid it rounded onto, and the quantized weights
 /// `[rows, cols]` (every value on that grid) — the start of solvers that refine it.
 pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> Result<OnGrid> {
+    solve_in_chunks(p, target, opts, chunk_rows(p.rows, p.cols))
+}
+
+/// [`solve_on_grid`] on `chunk` rows at a time (the same result for any chunk).
+fn solve_in_chunks(p: &LayerProblem, target: &Target, opts: &GptqOptions, chunk: usize) -> Result<OnGrid> {
     let h = checked_hessian(p, "GPTQ")?;
     let (rows, cols) = (p.rows, p.cols);
     // Importance for the grid's scale choice: the given imatrix, else the Hessian diagonal.
@@ -341,117 +346,141 @@ pub fn solve_on_grid(p: &LayerProblem, target: &Target, opts: &GptqOptions) -> R
         grid(target, p.name, &wg, rows, cols, importance)?
     };
 
-    // Work on Wᵀ in permuted column order: wt[k] is (permuted) column k, contiguous over rows.
-    // Dead channels (zero Hessian diagonal) carry no signal: their weights are zeroed, as in
-    // the reference implementation, so their rounding error is not spread over live ones.
-    let mut wt = vec![0f32; cols * rows];
-    for (k, &c) in perm.iter().enumerate() {
-        let dead = diag[c] <= 0.0;
-        for r in 0..rows {
-            wt[k * rows + r] = if dead { 0.0 } else { p.w[r * cols + c] };
-        }
-    }
-    let mut qt = vec![0f32; cols * rows];
+    // Rows are independent given the Hessian (a row's error moves only that row's later
+    // weights), so GPTQ runs on chunks of rows, each transposed into working copies of its
+    // own, and writes each chunk's result straight into q: the working memory is a few
+    // chunks rather than two more copies of the matrix (an output head of a large vocabulary
+    // is by far the largest matrix; a layer up to CHUNK_BYTES is one chunk).
+    let chunk = chunk.clamp(1, rows.max(1));
     let bs = opts.block.max(1);
     // One running copy of the weights per stream of the grid (one, but for a cascaded nested
     // grid, whose precisions each compensate their own error), each with its error block.
     let ns = g.streams();
-    let mut wts = vec![wt];
-    for _ in 1..ns {
-        wts.push(wts[0].clone());
-    }
-    let mut errs = vec![vec![0f32; bs * rows]; ns];
-    let mut seen_all = vec![0f32; if ns > 1 { rows * ns } else { 0 }];
-    let mut i1 = 0;
-    while i1 < cols {
-        let i2 = (i1 + bs).min(cols);
-        let nb = i2 - i1;
-        if ns == 1 {
-            // One task per chunk of rows runs the whole block: rows are independent within a
-            // block (a row's error only moves that row's later weights), so this is GPTQ's
-            // column-by-column loop with the same arithmetic per weight, without two parallel
-            // dispatches per column.
-            block_by_rows(&mut wts[0], &mut qt, &mut errs[0], (i1, i2), rows, &uf, &perm, &keep, cols, &*g);
-        } else {
-            // Several streams (a cascaded nested grid): column by column, every stream's value
-            // of the column rounded together.
-            for i in i1..i2 {
-                let d = uf[(i, i)];
-                let c = perm[i];
-                let qcol = &mut qt[i * rows..(i + 1) * rows];
-                // The stored value, and each stream's error.
-                let wts_ref = &wts;
-                qcol.par_iter_mut().zip(seen_all.par_chunks_mut(ns)).enumerate().for_each(|(r, (q, seen))| {
-                    let mut xs = [0f32; 8];
-                    for (s, x) in xs[..ns].iter_mut().enumerate() {
-                        *x = wts_ref[s][i * rows + r];
-                    }
-                    *q = g.round_streams(r, c, &xs[..ns], seen);
-                    for (sv, x) in seen.iter_mut().zip(&xs) {
-                        *sv = (x - *sv) / d;
-                    }
-                });
-                for (s, err) in errs.iter_mut().enumerate() {
-                    for (r, e) in err[(i - i1) * rows..(i - i1 + 1) * rows].iter_mut().enumerate() {
-                        *e = seen_all[r * ns + s];
-                    }
-                }
-                // Within the block, update the remaining columns right away.
-                for (wt, err) in wts.iter_mut().zip(&errs) {
-                    let tail = &mut wt[(i + 1) * rows..];
-                    let ecol = &err[(i - i1) * rows..(i - i1 + 1) * rows];
-                    tail[..(i2 - i - 1) * rows].par_chunks_mut(rows).enumerate().for_each(|(jj, wcol)| {
-                        let uij = uf[(i, i + 1 + jj)];
-                        for (w, e) in wcol.iter_mut().zip(ecol) {
-                            *w -= e * uij;
+    let mut wts = vec![vec![0f32; cols * chunk]; ns];
+    let mut qt = vec![0f32; cols * chunk];
+    let mut errs = vec![vec![0f32; bs * chunk]; ns];
+    let mut seen_all = vec![0f32; if ns > 1 { chunk * ns } else { 0 }];
+    let mut q = vec![0f32; rows * cols];
+    for base in (0..rows).step_by(chunk) {
+        let n = chunk.min(rows - base);
+        let ctx = ChunkCtx { base, n, uf: &uf, perm: &perm, keep: &keep, cols, g: &*g };
+        // Wᵀ of the chunk in permuted column order: column k of it is (permuted) column k,
+        // contiguous over the chunk's rows. Dead channels (zero Hessian diagonal) carry no
+        // signal: their weights are zeroed, as in the reference implementation, so their
+        // rounding error is not spread over live ones.
+        for (k, &c) in perm.iter().enumerate() {
+            let dead = diag[c] <= 0.0;
+            for (r, w) in wts[0][k * n..(k + 1) * n].iter_mut().enumerate() {
+                *w = if dead { 0.0 } else { p.w[(base + r) * cols + c] };
+            }
+        }
+        let (first, others) = wts.split_at_mut(1);
+        for wt in others {
+            wt[..cols * n].copy_from_slice(&first[0][..cols * n]);
+        }
+        let qt = &mut qt[..cols * n];
+        let seen_all = &mut seen_all[..if ns > 1 { n * ns } else { 0 }];
+        let mut i1 = 0;
+        while i1 < cols {
+            let i2 = (i1 + bs).min(cols);
+            let nb = i2 - i1;
+            if ns == 1 {
+                // One task per chunk of rows runs the whole block: rows are independent within
+                // a block, so this is GPTQ's column-by-column loop with the same arithmetic per
+                // weight, without two parallel dispatches per column.
+                block_by_rows(&mut wts[0][..cols * n], qt, &mut errs[0][..bs * n], (i1, i2), &ctx);
+            } else {
+                // Several streams (a cascaded nested grid): column by column, every stream's
+                // value of the column rounded together.
+                for i in i1..i2 {
+                    let d = uf[(i, i)];
+                    let c = perm[i];
+                    let qcol = &mut qt[i * n..(i + 1) * n];
+                    // The stored value, and each stream's error.
+                    let wts_ref = &wts;
+                    qcol.par_iter_mut().zip(seen_all.par_chunks_mut(ns)).enumerate().for_each(|(r, (q, seen))| {
+                        let mut xs = [0f32; 8];
+                        for (s, x) in xs[..ns].iter_mut().enumerate() {
+                            *x = wts_ref[s][i * n + r];
+                        }
+                        *q = g.round_streams(base + r, c, &xs[..ns], seen);
+                        for (sv, x) in seen.iter_mut().zip(&xs) {
+                            *sv = (x - *sv) / d;
                         }
                     });
+                    for (s, err) in errs.iter_mut().enumerate() {
+                        for (r, e) in err[(i - i1) * n..(i - i1 + 1) * n].iter_mut().enumerate() {
+                            *e = seen_all[r * ns + s];
+                        }
+                    }
+                    // Within the block, update the remaining columns right away.
+                    for (wt, err) in wts.iter_mut().zip(&errs) {
+                        let tail = &mut wt[(i + 1) * n..cols * n];
+                        let ecol = &err[(i - i1) * n..(i - i1 + 1) * n];
+                        tail[..(i2 - i - 1) * n].par_chunks_mut(n).enumerate().for_each(|(jj, wcol)| {
+                            let uij = uf[(i, i + 1 + jj)];
+                            for (w, e) in wcol.iter_mut().zip(ecol) {
+                                *w -= e * uij;
+                            }
+                        });
+                    }
                 }
             }
-        }
-        // Lazy update of all later columns: Wᵀ[i2.., :] -= U[i1..i2, i2..]ᵀ · E.
-        if i2 < cols {
-            for (wt, err) in wts.iter_mut().zip(&errs) {
-                let later = &mut wt[i2 * rows..];
-                let dst = MatMut::from_row_major_slice_mut(later, cols - i2, rows);
-                let e = MatRef::from_row_major_slice(&err[..nb * rows], nb, rows);
-                let usub = uf.as_ref().submatrix(i1, i2, nb, cols - i2);
-                matmul(dst, Accum::Add, usub.transpose(), e, -1.0f32, Par::rayon(0));
+            // Lazy update of all later columns: Wᵀ[i2.., :] -= U[i1..i2, i2..]ᵀ · E.
+            if i2 < cols {
+                for (wt, err) in wts.iter_mut().zip(&errs) {
+                    let later = &mut wt[i2 * n..cols * n];
+                    let dst = MatMut::from_row_major_slice_mut(later, cols - i2, n);
+                    let e = MatRef::from_row_major_slice(&err[..nb * n], nb, n);
+                    let usub = uf.as_ref().submatrix(i1, i2, nb, cols - i2);
+                    matmul(dst, Accum::Add, usub.transpose(), e, -1.0f32, Par::rayon(0));
+                }
             }
+            i1 = i2;
         }
-        i1 = i2;
-    }
-    // Back to [rows, cols] in the original column order.
-    let mut q = vec![0f32; rows * cols];
-    for (k, &c) in perm.iter().enumerate() {
-        for r in 0..rows {
-            q[r * cols + c] = qt[k * rows + r];
+        // Back to [rows, cols] in the original column order.
+        for (k, &c) in perm.iter().enumerate() {
+            for (r, &v) in qt[k * n..(k + 1) * n].iter().enumerate() {
+                q[(base + r) * cols + c] = v;
+            }
         }
     }
     Ok(OnGrid { grid: g, q, kept, cols })
 }
 
-/// GPTQ's columns `i1..i2` (one block) for every row, rows split into chunks run in parallel:
-/// `wt`, `qt` hold (permuted) columns of `rows` values, `err` the block's scaled errors.
-#[allow(clippy::too_many_arguments)]
-fn block_by_rows(
-    wt: &mut [f32],
-    qt: &mut [f32],
-    err: &mut [f32],
-    (i1, i2): (usize, usize),
-    rows: usize,
-    uf: &Mat<f32>,
-    perm: &[usize],
-    keep: &[bool],
+/// Rows at most this many bytes of a matrix (one working copy) are solved at a time.
+const CHUNK_BYTES: usize = 32 << 20;
+
+/// Rows per chunk of a `rows × cols` matrix: all of them up to [`CHUNK_BYTES`], else as many as
+/// fit (at least 256).
+fn chunk_rows(rows: usize, cols: usize) -> usize {
+    (CHUNK_BYTES / (4 * cols.max(1))).max(256).min(rows).max(1)
+}
+
+/// What every step of one chunk of rows shares: rows `base .. base + n` of the matrix, the
+/// inverse-Hessian factor, the column order, the kept weights (flat indices of the whole
+/// matrix), the grid.
+struct ChunkCtx<'a> {
+    base: usize,
+    n: usize,
+    uf: &'a Mat<f32>,
+    perm: &'a [usize],
+    keep: &'a [bool],
     cols: usize,
-    g: &dyn Grid,
-) {
-    // Chunks of at least 16 rows, about four per thread.
-    let chunk = (rows / (4 * rayon::current_num_threads()).max(1)).max(16).min(rows);
+    g: &'a dyn Grid,
+}
+
+/// GPTQ's columns `i1..i2` (one block) for every row of the chunk, rows split into pieces run
+/// in parallel: `wt`, `qt` hold (permuted) columns of the chunk's `n` rows, `err` the block's
+/// scaled errors.
+fn block_by_rows(wt: &mut [f32], qt: &mut [f32], err: &mut [f32], (i1, i2): (usize, usize), ctx: &ChunkCtx) {
+    let rows = ctx.n;
+    // Pieces of at least 16 rows, about four per thread.
+    let piece = (rows / (4 * rayon::current_num_threads()).max(1)).max(16).min(rows);
     let (wp, qp, ep) = (SharedMut(wt.as_mut_ptr()), SharedMut(qt.as_mut_ptr()), SharedMut(err.as_mut_ptr()));
-    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|t| {
-        let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(rows));
-        let task = RowsTask { wp, qp, ep, r0, n: r1 - r0, i1, i2, rows, uf, perm, keep, cols, g };
+    (0..rows.div_ceil(piece)).into_par_iter().for_each(|t| {
+        let (r0, r1) = (t * piece, ((t + 1) * piece).min(rows));
+        let task = RowsTask { wp, qp, ep, r0, n: r1 - r0, i1, i2, ctx };
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
@@ -463,7 +492,7 @@ fn block_by_rows(
     });
 }
 
-/// One task of [`block_by_rows`]: rows `r0 .. r0 + n` of one block.
+/// One task of [`block_by_rows`]: rows `r0 .. r0 + n` of the chunk, one block of columns.
 struct RowsTask<'a> {
     wp: SharedMut<f32>,
     qp: SharedMut<f32>,
@@ -472,12 +501,7 @@ struct RowsTask<'a> {
     n: usize,
     i1: usize,
     i2: usize,
-    rows: usize,
-    uf: &'a Mat<f32>,
-    perm: &'a [usize],
-    keep: &'a [bool],
-    cols: usize,
-    g: &'a dyn Grid,
+    ctx: &'a ChunkCtx<'a>,
 }
 
 impl RowsTask<'_> {
@@ -490,7 +514,8 @@ impl RowsTask<'_> {
 
     #[inline(always)]
     fn run(&self) {
-        let RowsTask { wp, qp, ep, r0, n, i1, i2, rows, uf, perm, keep, cols, g } = *self;
+        let RowsTask { wp, qp, ep, r0, n, i1, i2, ctx } = *self;
+        let ChunkCtx { base, n: rows, uf, perm, keep, cols, g } = *ctx;
         // SAFETY: the task reads and writes rows r0..r0 + n of columns i1..cols of `wt` and
         // `qt` and of the block's columns of `err`, and no other task touches those rows; each
         // slice below lies inside its buffer (columns of `rows` values) and lives only during
@@ -501,7 +526,7 @@ impl RowsTask<'_> {
             let c = perm[i];
             let (w, q, e) = (col(wp, i), col(qp, i), col(ep, i - i1));
             for (k, ((q, e), &x)) in q.iter_mut().zip(e.iter_mut()).zip(w.iter()).enumerate() {
-                let r = r0 + k;
+                let r = base + r0 + k;
                 let seen = if !keep.is_empty() && keep[r * cols + c] {
                     *q = half::f16::from_f32(x).to_f32();
                     *q
@@ -699,6 +724,44 @@ mod tests {
         assert!(TensorData::concat_rows(vec![f.clone(), f]).is_err());
         assert!(TensorData::concat_rows(vec![TensorData::Ggml(vec![0]), TensorData::Float(vec![])]).is_err());
         assert!(TensorData::concat_rows(vec![]).is_err());
+    }
+
+    /// GPTQ run on a layer's rows a chunk at a time (how a large output head is solved without
+    /// two more copies of it) gives the values of one pass over all rows, bit for bit: uneven
+    /// chunks, single rows, with weights kept apart (indices of the whole matrix) and with a
+    /// cascaded nested grid (one running copy per precision).
+    #[test]
+    fn chunks_of_rows_equal_one_pass() {
+        let (rows, cols, n) = (45, 96, 600);
+        let mut s = 23u64;
+        let x: Vec<f32> = (0..n * cols).map(|i| lcg(&mut s) * (1.0 + (i % cols % 5) as f32)).collect();
+        let mut h = Hessian::new(cols);
+        h.add(&x, n);
+        let mut w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s) * 0.1).collect();
+        for k in 0..12 {
+            w[(k * 353) % (rows * cols)] = 0.9;
+        }
+        let p = LayerProblem { name: "w", w: &w, rows, cols, hessian: Some(&h), importance: None };
+        let nested = crate::solve::nested::Nesting::parse("8,4,2").unwrap();
+        let cases = [
+            ("q5_0", GptqOptions::default()),
+            ("int4:g32", GptqOptions { block: 40, ..Default::default() }),
+            ("int3:g32", GptqOptions { outliers: 0.01, ..Default::default() }),
+            ("int8:g32:asym", GptqOptions { nested: Some(nested), ..Default::default() }),
+        ];
+        for (spec, opts) in cases {
+            let t = formats::format::Format::parse(spec).unwrap();
+            let one = solve_in_chunks(&p, &t, &opts, rows).unwrap();
+            let bits = |q: &[f32]| q.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            for chunk in [1, 7, 16, rows - 1] {
+                let parts = solve_in_chunks(&p, &t, &opts, chunk).unwrap();
+                assert!(bits(&parts.q) == bits(&one.q), "{spec}: chunks of {chunk} rows");
+                assert_eq!(parts.kept, one.kept, "{spec}: chunks of {chunk} rows");
+            }
+            assert_eq!(one.kept.is_empty(), opts.outliers == 0.0);
+        }
+        assert_eq!(chunk_rows(49152, 576), CHUNK_BYTES / (4 * 576));
+        assert_eq!(chunk_rows(1536, 576), 1536);
     }
 
     /// Weights kept apart in f16 (a few planted outliers among them) lower the output error,

@@ -256,12 +256,32 @@ pub struct LayerError {
 /// Σ over the rows r of `m` (`[rows, cols]`) of r H rᵀ, with `h` the `cols × cols` matrix
 /// (row-major, f32): tr(M H Mᵀ), a few thousand rows per GEMM (a head has 49k rows).
 pub fn quad_form(m: &[f32], h: &[f32], cols: usize) -> f64 {
+    quad_form_of(m, None, h, cols)
+}
+
+/// [`quad_form`] of `a` − `b` (of `a` alone without `b`): the difference is formed a chunk of
+/// rows at a time, never as a whole matrix (the same values and sums as of a difference made
+/// whole).
+fn quad_form_of(a: &[f32], b: Option<&[f32]>, h: &[f32], cols: usize) -> f64 {
+    const CHUNK_ROWS: usize = 4096;
     let mut total = 0f64;
-    for chunk in m.chunks(4096 * cols) {
+    let mut diff = Vec::new();
+    let mut mh = Vec::new();
+    for (k, chunk) in a.chunks(CHUNK_ROWS * cols).enumerate() {
         let r = chunk.len() / cols;
-        let mut mh = vec![0f32; r * cols];
-        crate::linalg::matmul_nn(chunk, h, r, cols, cols, &mut mh, true);
-        total += mh.iter().zip(chunk).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+        let m: &[f32] = match b {
+            Some(b) => {
+                let b = &b[k * CHUNK_ROWS * cols..][..chunk.len()];
+                diff.clear();
+                diff.extend(chunk.iter().zip(b).map(|(x, y)| x - y));
+                &diff
+            }
+            None => chunk,
+        };
+        mh.clear();
+        mh.resize(r * cols, 0f32);
+        crate::linalg::matmul_nn(m, h, r, cols, cols, &mut mh, true);
+        total += mh.iter().zip(m).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
     }
     total
 }
@@ -278,11 +298,9 @@ pub fn layer_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: Option<&He
     // Diagonal-only statistics do not give tr(ΔW H ΔWᵀ): no output error then.
     let output_err = h.filter(|h| h.is_full()).map(|h| {
         let hf: Vec<f32> = h.mean().iter().map(|&v| v as f32).collect();
-        let quad = |m: &[f32]| quad_form(m, &hf, cols);
-        let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
-        let den = quad(w);
+        let den = quad_form(w, &hf, cols);
         if den > 0.0 {
-            quad(&d) / den
+            quad_form_of(w, Some(q), &hf, cols) / den
         } else {
             0.0
         }

@@ -308,7 +308,7 @@ impl Grid for NestedGrid {
         let (u, p) = self.code_at(row, col, x);
         (p.scale * (u as f32 - p.zero), p.scale * (self.nesting.mean_position(u) - p.zero))
     }
-    fn encode(&self, q: &[f32]) -> Result<Encoded> {
+    fn encode(&self, q: Vec<f32>) -> Result<Encoded> {
         self.grid.encode(q)
     }
     fn streams(&self) -> usize {
@@ -370,7 +370,7 @@ impl Solver for NestedRtn {
         let g = self.nesting.grid(target, p.name, p.w, p.rows, p.cols, p.importance)?;
         let cols = p.cols;
         let q: Vec<f32> = p.w.par_iter().enumerate().map(|(i, &x)| g.round(i / cols, i % cols, x)).collect();
-        g.encode(&q)
+        g.encode(q)
     }
 }
 

@@ -27,8 +27,9 @@ pub struct Encoded {
 pub trait Grid: Sync {
     /// The representable value nearest to `x` at (`row`, `col`).
     fn round(&self, row: usize, col: usize, x: f32) -> f32;
-    /// Encodes a matrix whose every value lies on the grid.
-    fn encode(&self, q: &[f32]) -> Result<Encoded>;
+    /// Encodes a matrix whose every value lies on the grid; its buffer then holds the
+    /// dequantized weights (no second copy of the matrix).
+    fn encode(&self, q: Vec<f32>) -> Result<Encoded>;
     /// Rounds `x` at (`row`, `col`) for an error-compensating solver: the value stored (on the
     /// grid) and the value whose difference from `x` is the error to compensate. They differ
     /// for grids serving several precisions at once ([`super::nested`]), where the error is
@@ -193,7 +194,7 @@ impl Grid for FormatGrid {
     }
     /// Codes of values already on the grid, laid out as [`Format::quantize`] lays them out,
     /// so every exporter and [`Format::dequantize`] read them alike.
-    fn encode(&self, q: &[f32]) -> Result<Encoded> {
+    fn encode(&self, mut q: Vec<f32>) -> Result<Encoded> {
         let (rows, cols) = (self.rows, self.cols);
         let bits = self.t.code_bits();
         let row_bytes = formats::pack::row_bytes(cols, bits);
@@ -228,8 +229,8 @@ impl Grid for FormatGrid {
             tensor_scale: self.ts,
             ggml: Vec::new(),
         };
-        let dequant = self.t.dequantize(&quantized).map_err(|e| Error::Other(format!("GPTQ codes: {e}")))?;
-        Ok(Encoded { data: TensorData::Codes(quantized), dequant })
+        self.t.dequantize_into(&quantized, &mut q).map_err(|e| Error::Other(format!("GPTQ codes: {e}")))?;
+        Ok(Encoded { data: TensorData::Codes(quantized), dequant: q })
     }
 }
 
@@ -242,10 +243,9 @@ impl Grid for GgmlGrid {
     fn round(&self, row: usize, col: usize, x: f32) -> f32 {
         self.g.round(row, col, x)
     }
-    fn encode(&self, q: &[f32]) -> Result<Encoded> {
-        let bytes = self.g.encode(q).map_err(|e| fmt_err(&self.name, e))?;
-        let mut dequant = vec![0f32; q.len()];
-        formats::ggml::dequantize(self.g.ty(), &bytes, &mut dequant).map_err(|e| fmt_err(&self.name, e))?;
-        Ok(Encoded { data: TensorData::Ggml(bytes), dequant })
+    fn encode(&self, mut q: Vec<f32>) -> Result<Encoded> {
+        let bytes = self.g.encode(&q).map_err(|e| fmt_err(&self.name, e))?;
+        formats::ggml::dequantize(self.g.ty(), &bytes, &mut q).map_err(|e| fmt_err(&self.name, e))?;
+        Ok(Encoded { data: TensorData::Ggml(bytes), dequant: q })
     }
 }
