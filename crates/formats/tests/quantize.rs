@@ -262,6 +262,19 @@ fn solver_steps_reproduce_quantize() {
         "nf4:g40",
         "int4:g40:clip=mse",
         "bitmod3:g40",
+        // Widths other than 4 and 8 bits, which the packed encoder packs eight codes to a word.
+        "int2:g40",
+        "int3:g40",
+        "int5:g8",
+        "int6:g40:asym",
+        "uint7:g40",
+        "ternary:g40",
+        "fp6_e3m2:g40",
+        "fp6_e2m3:g8",
+        "mxfp6_e3m2:g8",
+        "e3m3:g40",
+        "pow3:g40",
+        "log3:g40",
     ] {
         let f = Format::parse(s).unwrap();
         let q = f.quantize(&w, rows, cols, None).unwrap();
