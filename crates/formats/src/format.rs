@@ -668,7 +668,8 @@ impl Format {
                             std::slice::from_ref(&p.zero),
                             std::slice::from_ref(&p.choice),
                         ),
-                        (None, 0) => (&[], &[], &[]),
+                        // No scales (nor zero points); the row's one choice slot, as encoded.
+                        (None, 0) => (&[], &[], choices),
                         (None, _) => (scales, zeros, choices),
                     };
                     buf.dec.resize(cols, 0.0);

@@ -1,6 +1,6 @@
 //! The packed row encoder for x86-64 with AVX2: scaling, element encoding and bit packing of a
 //! row fused in one pass, 64 values per step, for the grids most formats use (integers,
-//! minifloats and tables of up to 16 values, 4 or 8 bits). Integers take the arithmetic of
+//! minifloats and tables of up to 16 values, 2 to 8 bits). Integers take the arithmetic of
 //! [`crate::int::IntGrid::encode_slice`], one instruction for each of its operations.
 //! Minifloats are rounded by one FPU addition for normal and subnormal results alike (see
 //! [`PackedConsts`]) where the portable [`crate::minifloat::Minifloat::encode_slice`] computes
@@ -816,10 +816,11 @@ mod tests {
     }
 
     /// The AVX-512 encoder writes the AVX2 encoder's bytes: integer grids of 2–8 bits with and
-    /// without zero points, every minifloat shape with packed constants, tables (handed to AVX2); 4- and 8-bit
-    /// packing (other widths handed to AVX2); groups of 8, 16, 32, 64 and 128 values and per-vector factors (shift 0); rows
-    /// ending on every multiple of eight past the last 64 values; values spread over and past
-    /// each grid's range, exact zeros and both signs; streamed and stored.
+    /// without zero points, every minifloat shape with packed constants, tables (handed to
+    /// AVX2); 4- and 8-bit packing (other widths handed to AVX2); groups of 8, 16, 32, 64 and
+    /// 128 values and per-vector factors (shift 0); rows ending on every multiple of eight past
+    /// the last 64 values; values spread over and past each grid's range, exact zeros and both
+    /// signs; streamed and stored.
     #[test]
     fn avx512_codes_equal_avx2_codes() {
         use crate::element::Element;

@@ -385,7 +385,7 @@ fn solve_in_chunks(p: &LayerProblem, target: &Target, opts: &GptqOptions, chunk:
             let i2 = (i1 + bs).min(cols);
             let nb = i2 - i1;
             if ns == 1 {
-                // One task per chunk of rows runs the whole block: rows are independent within
+                // One task per piece of rows runs the whole block: rows are independent within
                 // a block, so this is GPTQ's column-by-column loop with the same arithmetic per
                 // weight, without two parallel dispatches per column.
                 block_by_rows(&mut wts[0][..cols * n], qt, &mut errs[0][..bs * n], (i1, i2), &ctx);
