@@ -702,7 +702,11 @@ impl Format {
             zeros = vec![p.zero];
             choices = vec![p.choice];
         } else if groups_per_row == 0 {
+            // No scales and no zero points; one grid choice for the matrix (every row took the
+            // first grid), as dequantize expects.
             scales.clear();
+            zeros.clear();
+            choices.truncate(1);
         }
         if !self.asym {
             zeros = Vec::new();

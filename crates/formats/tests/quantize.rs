@@ -348,6 +348,21 @@ fn measured_quantize_equals_quantize_and_sums_its_error() {
             }
         }
     }
+    // Raw grids (no scales) over several rows, a choice among grids included: they decode,
+    // row by row as a one-row matrix does, and measure alike.
+    for s in ["bitmod4", "int4", "fp4_e2m1"] {
+        let f = Format { granularity: Granularity::None, ..Format::parse(s).unwrap() };
+        let x: Vec<f32> = w.iter().map(|v| v * 2.0).collect();
+        let q = f.quantize(&x, rows, cols, None).unwrap();
+        let back = f.dequantize(&q).unwrap();
+        for (r, row) in x.chunks(cols).enumerate() {
+            assert_eq!(&back[r * cols..(r + 1) * cols], &f.roundtrip(row).unwrap()[..], "raw {s}: row {r}");
+        }
+        let (qm, sums) = f.quantize_measured(&x, rows, cols, None).unwrap();
+        assert_eq!(qm, q, "raw {s}");
+        let error: f64 = x.iter().zip(&back).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum();
+        assert!((sums.error - error).abs() <= 1e-9 * error, "raw {s}: error {} vs {error}", sums.error);
+    }
     let mut bad = w.clone();
     bad[cols * 3 + 5] = f32::NAN;
     assert!(matches!(
